@@ -1,0 +1,60 @@
+//! Multi-head self-attention with RMS qk-norm and 2-D RoPE (softmax in f32).
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::{Device, Tensor, activation::softmax};
+
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use super::{Init, linear};
+
+/// The reference's `Attention`: `qkv` → per-head `q_norm`/`k_norm` → RoPE → softmax(q·kᵀ/√hd)·v
+/// → `proj`.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// `Linear(D, 3D)` with bias.
+    pub qkv: Linear,
+    /// RMSNorm over head_dim on queries.
+    pub q_norm: RmsNorm,
+    /// RMSNorm over head_dim on keys.
+    pub k_norm: RmsNorm,
+    /// `Linear(D, D)`.
+    pub proj: Linear,
+    /// Dropout on the attention probabilities (training only).
+    pub attn_drop: Dropout,
+    /// Dropout after `proj` (training only).
+    pub proj_drop: Dropout,
+    /// Number of heads.
+    pub num_heads: usize,
+}
+
+impl Attention {
+    /// Xavier-initialised attention of width `dim`.
+    pub fn new(dim: usize, num_heads: usize, attn_drop: f64, proj_drop: f64, device: &Device) -> Self {
+        let head_dim = dim / num_heads;
+        Self {
+            qkv: linear(dim, 3 * dim, true, Init::Xavier, device),
+            q_norm: RmsNorm::new(head_dim, device),
+            k_norm: RmsNorm::new(head_dim, device),
+            proj: linear(dim, dim, true, Init::Xavier, device),
+            attn_drop: DropoutConfig::new(attn_drop).init(),
+            proj_drop: DropoutConfig::new(proj_drop).init(),
+            num_heads,
+        }
+    }
+
+    /// `x` `[B, T, D]` with RoPE tables for T tokens → `[B, T, D]`.
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let (h, hd) = (self.num_heads, d / self.num_heads);
+        let qkv = self.qkv.forward(x).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0));
+        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let q = rope.forward(self.q_norm.forward(q));
+        let k = rope.forward(self.k_norm.forward(k));
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+        let attn = self.attn_drop.forward(softmax(scores, 3));
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        self.proj_drop.forward(self.proj.forward(out))
+    }
+}

@@ -1,0 +1,62 @@
+//! The transformer block with adaLN-Zero conditioning.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::Tensor;
+use burn::tensor::Device;
+
+use super::attention::Attention;
+use super::mlp::SwiGlu;
+use super::norm::RmsNorm;
+use super::rope::Rope;
+use super::{Init, linear};
+
+/// `modulate(x) = x·(1 + scale) + shift`, with `shift`, `scale` `[B, 1, D]`.
+pub fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
+    x.mul(scale.add_scalar(1.0)).add(shift)
+}
+
+/// Splits an adaLN output `[B, n·D]` into n tensors `[B, 1, D]`.
+pub fn split_modulation(m: Tensor<2>, n: usize) -> Vec<Tensor<3>> {
+    m.chunk(n, 1).into_iter().map(|c| c.unsqueeze_dim::<3>(1)).collect()
+}
+
+/// `JiTBlock`: `x += gate_msa·Attn(modulate(norm1(x)))`, `x += gate_mlp·SwiGLU(modulate(norm2(x)))`.
+#[allow(non_snake_case)]
+#[derive(Module, Debug)]
+pub struct JitBlock {
+    /// RMSNorm before attention.
+    pub norm1: RmsNorm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// RMSNorm before the MLP.
+    pub norm2: RmsNorm,
+    /// SwiGLU MLP.
+    pub mlp: SwiGlu,
+    /// `Linear(D, 6D)` on SiLU(c), zero-initialised: shift/scale/gate for attention then MLP.
+    pub adaLN_modulation: Linear,
+}
+
+impl JitBlock {
+    /// A block of width `dim`; `drop = (attn_drop, proj_drop)`.
+    pub fn new(dim: usize, heads: usize, mlp_hidden: usize, drop: (f64, f64), device: &Device) -> Self {
+        Self {
+            norm1: RmsNorm::new(dim, device),
+            attn: Attention::new(dim, heads, drop.0, drop.1, device),
+            norm2: RmsNorm::new(dim, device),
+            mlp: SwiGlu::new(dim, mlp_hidden, drop.1, device),
+            adaLN_modulation: linear(dim, 6 * dim, true, Init::Zeros, device),
+        }
+    }
+
+    /// `x` `[B, T, D]`, `c_silu` = SiLU(c) `[B, D]` → `[B, T, D]`.
+    pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>, rope: &Rope) -> Tensor<3> {
+        let m = split_modulation(self.adaLN_modulation.forward(c_silu), 6);
+        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
+            <[Tensor<3>; 6]>::try_from(m).expect("six chunks");
+        let h = modulate(self.norm1.forward(x.clone()), shift_msa, scale_msa);
+        let x = x.add(gate_msa.mul(self.attn.forward(h, rope)));
+        let h = modulate(self.norm2.forward(x.clone()), shift_mlp, scale_mlp);
+        x.clone().add(gate_mlp.mul(self.mlp.forward(h)))
+    }
+}

@@ -1,0 +1,40 @@
+//! The output head: adaLN-modulated RMSNorm then a linear map to p·p·C values per token.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Device, Tensor};
+
+use super::block::{modulate, split_modulation};
+use super::norm::RmsNorm;
+use super::{Init, linear};
+
+/// `FinalLayer`: `linear(modulate(norm_final(x), shift, scale))`.
+#[allow(non_snake_case)]
+#[derive(Module, Debug)]
+pub struct FinalLayer {
+    /// RMSNorm.
+    pub norm_final: RmsNorm,
+    /// `Linear(D, p·p·C)`, zero-initialised.
+    pub linear: Linear,
+    /// `Linear(D, 2D)` on SiLU(c), zero-initialised: (shift, scale).
+    pub adaLN_modulation: Linear,
+}
+
+impl FinalLayer {
+    /// Head for width `dim` and `patch_dim = p·p·C` outputs per token.
+    pub fn new(dim: usize, patch_dim: usize, device: &Device) -> Self {
+        Self {
+            norm_final: RmsNorm::new(dim, device),
+            linear: linear(dim, patch_dim, true, Init::Zeros, device),
+            adaLN_modulation: linear(dim, 2 * dim, true, Init::Zeros, device),
+        }
+    }
+
+    /// `x` `[B, N, D]`, `c_silu` `[B, D]` → `[B, N, p·p·C]`.
+    pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>) -> Tensor<3> {
+        let mut m = split_modulation(self.adaLN_modulation.forward(c_silu), 2);
+        let scale = m.pop().expect("two chunks");
+        let shift = m.pop().expect("two chunks");
+        self.linear.forward(modulate(self.norm_final.forward(x), shift, scale))
+    }
+}

@@ -1,0 +1,37 @@
+//! SwiGLU feed-forward: `w3(SiLU(x1) · x2)` with `(x1, x2) = w12(x)`.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::{Device, Tensor, activation::silu};
+
+use super::{Init, linear};
+
+/// The reference's `SwiGLUFFN`; hidden width `int(int(D·mlp_ratio)·2/3)`.
+#[derive(Module, Debug)]
+pub struct SwiGlu {
+    /// `Linear(D, 2·hidden)`: both gates at once.
+    pub w12: Linear,
+    /// `Linear(hidden, D)`.
+    pub w3: Linear,
+    /// Dropout after `w3` (training only; 0 unless configured).
+    pub drop: Dropout,
+}
+
+impl SwiGlu {
+    /// Xavier-initialised SwiGLU of width `dim` and hidden width `hidden`.
+    pub fn new(dim: usize, hidden: usize, drop: f64, device: &Device) -> Self {
+        Self {
+            w12: linear(dim, 2 * hidden, true, Init::Xavier, device),
+            w3: linear(hidden, dim, true, Init::Xavier, device),
+            drop: DropoutConfig::new(drop).init(),
+        }
+    }
+
+    /// `x` `[B, N, D]` → `[B, N, D]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let mut halves = self.w12.forward(x).chunk(2, 2);
+        let x2 = halves.pop().expect("two halves");
+        let x1 = halves.pop().expect("two halves");
+        self.drop.forward(self.w3.forward(silu(x1).mul(x2)))
+    }
+}

@@ -1,0 +1,41 @@
+//! The JiT network (`model_jit.py` in the reference), one concept per file.
+//!
+//! Field names follow the reference's state-dict keys (`x_embedder`, `t_embedder`,
+//! `adaLN_modulation`, …) so that [`crate::state_dict`] maps them 1:1.
+
+pub mod attention;
+pub mod block;
+pub mod embed;
+pub mod final_layer;
+pub mod jit;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+pub use jit::{Activations, Jit};
+
+use burn::module::Initializer;
+use burn::nn::Linear;
+use burn::tensor::Device;
+
+/// A linear layer initialised as the reference does: xavier-uniform weight (or zeros for the
+/// adaLN and output layers, or N(0, std)), zero bias. burn stores the weight as `[d_in, d_out]`.
+pub(crate) fn linear(d_in: usize, d_out: usize, bias: bool, init: Init, device: &Device) -> Linear {
+    let weight_init = match init {
+        Init::Xavier => Initializer::XavierUniform { gain: 1.0 },
+        Init::Zeros => Initializer::Zeros,
+        Init::Normal(std) => Initializer::Normal { mean: 0.0, std },
+    };
+    Linear {
+        weight: weight_init.init_with([d_in, d_out], Some(d_in), Some(d_out), device),
+        bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+    }
+}
+
+/// Weight initialisation of a [`linear`] layer.
+#[derive(Clone, Copy)]
+pub(crate) enum Init {
+    Xavier,
+    Zeros,
+    Normal(f64),
+}

@@ -1,0 +1,163 @@
+//! ODE sampling (the reference's `Denoiser.generate`): from `z₀ = noise_scale·ε` at t = 0 to the
+//! image at t = 1 over `linspace(0, 1, steps + 1)`, Heun for every step but the last, which is
+//! Euler (Euler throughout with [`Method::Euler`]).
+//!
+//! Guidance: `v = v_uncond + s·(v_cond − v_uncond)` with `s = cfg` where `low < t < high`
+//! (`low == 0`: no lower bound) and 1 elsewhere. Where `s == 1` the unconditional pass is skipped
+//! (the reference runs it anyway); where it is needed, both passes share one batched forward.
+//!
+//! [`Sampling`] is a step-by-step state machine so that front ends (including async browser
+//! code) drive the loop, show previews and cancel; [`sample`] runs it to the end.
+
+use burn::tensor::{Int, Tensor};
+
+use crate::config::{DiffusionConfig, Method, SamplerConfig};
+use crate::error::JitError;
+use crate::model::Jit;
+use crate::objective::Prediction;
+
+/// The time grid `linspace(0, 1, steps + 1)` as f32 values, as torch computes it.
+pub fn timesteps(steps: usize) -> Vec<f32> {
+    let step = 1.0f32 / steps as f32;
+    let half = (steps + 1) / 2;
+    (0..=steps)
+        .map(|i| if i < half { i as f32 * step } else { 1.0 - (steps - i) as f32 * step })
+        .collect()
+}
+
+/// Guided velocity and clean-image estimate at time `t` for state `z`.
+pub fn guided_velocity(
+    net: &Jit,
+    diffusion: &DiffusionConfig,
+    sampler: &SamplerConfig,
+    z: Tensor<4>,
+    t: f32,
+    labels: Tensor<1, Int>,
+) -> (Tensor<4>, Tensor<4>) {
+    let [b, ..] = z.dims();
+    let device = z.device();
+    let scale = sampler.scale_at(t as f64);
+    let v = if scale == 1.0 {
+        let tt = Tensor::<1>::full([b], t, &device);
+        let out = net.forward(z.clone(), tt.clone(), labels);
+        Prediction::new(out, z.clone(), tt, diffusion.prediction, diffusion.t_eps).v()
+    } else {
+        let tt = Tensor::<1>::full([2 * b], t, &device);
+        let null = labels.clone().full_like(net.config.num_classes as i64);
+        let zz = Tensor::cat(vec![z.clone(), z.clone()], 0);
+        let out = net.forward(zz.clone(), tt.clone(), Tensor::cat(vec![labels, null], 0));
+        let v = Prediction::new(out, zz, tt, diffusion.prediction, diffusion.t_eps).v();
+        let mut halves = v.chunk(2, 0);
+        let v_uncond = halves.pop().expect("two halves");
+        let v_cond = halves.pop().expect("two halves");
+        v_uncond.clone().add(v_cond.sub(v_uncond).mul_scalar(scale))
+    };
+    let x_hat = z.add(v.clone().mul_scalar(1.0 - t as f64));
+    (v, x_hat)
+}
+
+/// One finished step of a [`Sampling`] run.
+pub struct Step {
+    /// Step index, 0-based.
+    pub index: usize,
+    /// Total number of steps.
+    pub total: usize,
+    /// The network's clean-image estimate x̂ `[B, C, H, W]` at the start of this step.
+    pub x_hat: Tensor<4>,
+}
+
+/// A sampling run in progress; call [`Sampling::step`] until it returns `None`, then
+/// [`Sampling::finish`].
+pub struct Sampling<'a> {
+    net: &'a Jit,
+    diffusion: DiffusionConfig,
+    sampler: SamplerConfig,
+    labels: Tensor<1, Int>,
+    z: Tensor<4>,
+    grid: Vec<f32>,
+    index: usize,
+}
+
+impl<'a> Sampling<'a> {
+    /// Starts from noise `z0` `[B, C, H, W]` (already scaled by `noise_scale`) with class
+    /// `labels` `[B]` (the null class K gives unconditional samples).
+    pub fn new(
+        net: &'a Jit,
+        diffusion: &DiffusionConfig,
+        sampler: &SamplerConfig,
+        z0: Tensor<4>,
+        labels: Tensor<1, Int>,
+    ) -> Result<Self, JitError> {
+        sampler.validate()?;
+        let [b, ..] = z0.dims();
+        let t = Tensor::<1>::zeros([b], &z0.device());
+        net.check_inputs(&z0, &t, &labels)?;
+        Ok(Self {
+            net,
+            diffusion: diffusion.clone(),
+            sampler: sampler.clone(),
+            labels,
+            z: z0,
+            grid: timesteps(sampler.steps),
+            index: 0,
+        })
+    }
+
+    /// Total steps.
+    pub fn total(&self) -> usize {
+        self.sampler.steps
+    }
+
+    /// Advances one ODE step; `None` when done.
+    pub fn step(&mut self) -> Option<Step> {
+        let steps = self.sampler.steps;
+        if self.index >= steps {
+            return None;
+        }
+        let (t, t_next) = (self.grid[self.index], self.grid[self.index + 1]);
+        let dt = (t_next - t) as f64;
+        let (net, d, s) = (self.net, &self.diffusion, &self.sampler);
+        let (v, x_hat) = guided_velocity(net, d, s, self.z.clone(), t, self.labels.clone());
+        let last = self.index + 1 == steps;
+        let v = if s.method == Method::Heun && !last {
+            let z_euler = self.z.clone().add(v.clone().mul_scalar(dt));
+            let (v_next, _) = guided_velocity(net, d, s, z_euler, t_next, self.labels.clone());
+            v.add(v_next).mul_scalar(0.5)
+        } else {
+            v
+        };
+        self.z = self.z.clone().add(v.mul_scalar(dt));
+        let step = Step { index: self.index, total: steps, x_hat };
+        self.index += 1;
+        Some(step)
+    }
+
+    /// The current state (the image once all steps ran), `[B, C, H, W]` in about [-1, 1].
+    pub fn finish(self) -> Tensor<4> {
+        self.z
+    }
+}
+
+/// Runs a whole [`Sampling`]; `on_step(step)` returns `false` to cancel
+/// ([`JitError::Cancelled`]).
+pub fn sample(
+    net: &Jit,
+    diffusion: &DiffusionConfig,
+    sampler: &SamplerConfig,
+    z0: Tensor<4>,
+    labels: Tensor<1, Int>,
+    mut on_step: impl FnMut(&Step) -> bool,
+) -> Result<Tensor<4>, JitError> {
+    let mut run = Sampling::new(net, diffusion, sampler, z0, labels)?;
+    while let Some(step) = run.step() {
+        if !on_step(&step) {
+            return Err(JitError::Cancelled);
+        }
+    }
+    Ok(run.finish())
+}
+
+/// Float image in [-1, 1] → 8-bit values: `round(clip((x + 1)/2 · 255))`, as the reference.
+pub fn to_u8(x: &[f32]) -> Vec<u8> {
+    x.iter().map(|v| (((v + 1.0) / 2.0) * 255.0).clamp(0.0, 255.0).round() as u8).collect()
+}

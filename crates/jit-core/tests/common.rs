@@ -1,0 +1,86 @@
+//! Shared helpers of the integration tests: golden-vector discovery and error metrics.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
+use jit_core::state_dict::HostTensor;
+
+/// One golden vector set: `NAME.json` + `NAME.safetensors`.
+pub struct GoldenSet {
+    pub name: String,
+    pub json: serde_json::Value,
+    pub bytes: Vec<u8>,
+}
+
+/// The golden sets in `$JIT_GOLDEN_DIR` (default `../shared/golden` beside the checkout).
+/// `None` (skip) when the default directory is absent; panics when `JIT_GOLDEN_DIR` is set but
+/// holds no sets, so a misconfigured CI cannot pass silently.
+pub fn golden_sets() -> Option<Vec<GoldenSet>> {
+    let explicit = std::env::var_os("JIT_GOLDEN_DIR").map(PathBuf::from);
+    let dir = explicit.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
+    });
+    if explicit.is_none() && !dir.is_dir() {
+        eprintln!("SKIP: no golden vectors at {} (set JIT_GOLDEN_DIR to run these checks)", dir.display());
+        return None;
+    }
+    let mut sets = Vec::new();
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("JIT_GOLDEN_DIR {}: {e}", dir.display()));
+    let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    names.sort();
+    for path in names {
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let st = path.with_extension("safetensors");
+        if !st.is_file() {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        sets.push(GoldenSet { name, json, bytes: std::fs::read(&st).unwrap() });
+    }
+    assert!(!sets.is_empty(), "golden directory {} holds no NAME.json + NAME.safetensors sets", dir.display());
+    Some(sets)
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
+    assert_eq!(ours.len(), reference.len(), "length mismatch");
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in ours.iter().zip(reference) {
+        num += (*a as f64 - *b as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+}
+
+pub fn tensor4(h: &HostTensor, device: &Device) -> Tensor<4> {
+    let s: [usize; 4] = h.shape.clone().try_into().unwrap();
+    Tensor::from_data(TensorData::new(h.data.clone(), s), device)
+}
+
+pub fn tensor1(h: &HostTensor, device: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(h.data.clone(), [h.data.len()]), device)
+}
+
+pub fn labels(h: &HostTensor, device: &Device) -> Tensor<1, Int> {
+    let v: Vec<i64> = h.data.iter().map(|v| *v as i64).collect();
+    Tensor::from_data(TensorData::new(v, [h.data.len()]), device)
+}
+
+/// burn-wgpu on whatever adapter exists (Mesa lavapipe on CI), autotuning kept minimal.
+pub fn wgpu_device() -> Device {
+    // SAFETY: set before any wgpu runtime thread reads it; tests in this binary only read it.
+    unsafe {
+        if std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_none() {
+            std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal");
+        }
+    }
+    Device::wgpu(DeviceKind::DefaultDevice)
+}

@@ -1,0 +1,138 @@
+//! MNIST-style IDX files (`train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`, and the
+//! `t10k-` test split), e.g. Debian's `dataset-fashion-mnist`. Images are padded (or resized) to
+//! the model size with the background value.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use image::{GrayImage, imageops::FilterType};
+use jit_core::rng::PortableRng;
+
+use super::{Dataset, Sample};
+
+/// Where Debian's `dataset-fashion-mnist` installs the files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+const FASHION_NAMES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
+/// An IDX image/label pair loaded in memory, converted to `[-1, 1]` at `size` pixels.
+pub struct IdxDataset {
+    size: usize,
+    images: Vec<Vec<f32>>,
+    labels: Vec<usize>,
+    names: Vec<String>,
+}
+
+fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
+    for candidate in [dir.join(stem), dir.join(format!("{stem}.gz"))] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    let hint = if dir == Path::new(FASHION_MNIST_DIR) { " (install it: apt-get install dataset-fashion-mnist)" } else { "" };
+    bail!("missing IDX file {stem}[.gz] in {}{hint}", dir.display())
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .with_context(|| format!("{} is not a valid gzip file", path.display()))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Parses an IDX buffer with unsigned-byte data: returns (dims, data).
+pub fn parse_idx(bytes: &[u8], expect_dims: usize, what: &Path) -> Result<(Vec<usize>, &[u8])> {
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] as usize != expect_dims {
+        bail!("{} is not an IDX file of unsigned bytes with {expect_dims} dimensions", what.display());
+    }
+    let header = 4 + 4 * expect_dims;
+    if bytes.len() < header {
+        bail!("{} is truncated (header)", what.display());
+    }
+    let dims: Vec<usize> = (0..expect_dims)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+        .collect();
+    let n: usize = dims.iter().product();
+    if bytes.len() < header + n {
+        bail!("{} is truncated: header promises {n} values, file has {}", what.display(), bytes.len() - header);
+    }
+    Ok((dims, &bytes[header..header + n]))
+}
+
+impl IdxDataset {
+    /// Loads split `train` or `t10k`/`test` from `dir` at `size` pixels.
+    pub fn open(dir: &Path, split: &str, size: usize) -> Result<Self> {
+        if !dir.is_dir() {
+            let hint = if dir == Path::new(FASHION_MNIST_DIR) { " (install it: apt-get install dataset-fashion-mnist)" } else { "" };
+            bail!("dataset directory {} does not exist{hint}", dir.display());
+        }
+        let prefix = if split == "train" { "train" } else { "t10k" };
+        let img_path = find(dir, &format!("{prefix}-images-idx3-ubyte"))?;
+        let lbl_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
+        let img_bytes = read_all(&img_path)?;
+        let lbl_bytes = read_all(&lbl_path)?;
+        let (dims, pixels) = parse_idx(&img_bytes, 3, &img_path)?;
+        let (ldims, labels) = parse_idx(&lbl_bytes, 1, &lbl_path)?;
+        let (n, h, w) = (dims[0], dims[1], dims[2]);
+        if ldims[0] != n {
+            bail!("{} has {} labels for {n} images in {}", lbl_path.display(), ldims[0], img_path.display());
+        }
+        if n == 0 {
+            bail!("{} holds no images", img_path.display());
+        }
+        let images = pixels.chunks_exact(h * w).map(|img| place(img, h, w, size)).collect();
+        let labels: Vec<usize> = labels.iter().map(|l| *l as usize).collect();
+        let classes = labels.iter().max().unwrap() + 1;
+        let fashion = dir.to_string_lossy().contains("fashion");
+        let names = (0..classes)
+            .map(|c| if fashion && classes == 10 { FASHION_NAMES[c].to_string() } else { c.to_string() })
+            .collect();
+        Ok(Self { size, images, labels, names })
+    }
+}
+
+/// Grey image `h × w` in bytes → `[-1, 1]` at `size`: centred with background padding when it
+/// fits, else resized.
+fn place(img: &[u8], h: usize, w: usize, size: usize) -> Vec<f32> {
+    let mut out = vec![-1f32; size * size];
+    if h <= size && w <= size {
+        let (oy, ox) = ((size - h) / 2, (size - w) / 2);
+        for y in 0..h {
+            for x in 0..w {
+                out[(y + oy) * size + x + ox] = img[y * w + x] as f32 / 127.5 - 1.0;
+            }
+        }
+    } else {
+        let g = GrayImage::from_raw(w as u32, h as u32, img.to_vec()).expect("sizes match");
+        let r = image::imageops::resize(&g, size as u32, size as u32, FilterType::Triangle);
+        for (o, p) in out.iter_mut().zip(r.pixels()) {
+            *o = p.0[0] as f32 / 127.5 - 1.0;
+        }
+    }
+    out
+}
+
+impl Dataset for IdxDataset {
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+    fn channels(&self) -> usize {
+        1
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn class_names(&self) -> &[String] {
+        &self.names
+    }
+    fn get(&self, index: usize, _rng: &mut PortableRng) -> Result<Sample> {
+        Ok(Sample { pixels: self.images[index].clone(), label: self.labels[index] })
+    }
+}

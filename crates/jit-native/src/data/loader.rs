@@ -1,0 +1,76 @@
+//! Batches on a background thread, so decoding never starves the trainer. The order is a pure
+//! function of (seed, step): each epoch is a seeded permutation, so a resumed run sees exactly the
+//! batches an uninterrupted one would.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use anyhow::Result;
+use jit_core::rng::PortableRng;
+
+use super::Dataset;
+
+/// One batch: images `[B, C, H, W]` flattened, labels `[B]`.
+pub struct Batch {
+    pub images: Vec<f32>,
+    pub labels: Vec<i64>,
+}
+
+/// Prefetching loader; dropping it stops the thread.
+pub struct Loader {
+    rx: Receiver<Result<Batch>>,
+    _worker: JoinHandle<()>,
+}
+
+fn permutation(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut rng = PortableRng::new(seed ^ 0xE90C_0000_0000_0000 ^ epoch.wrapping_mul(0x9E37_79B9));
+    let mut p: Vec<usize> = (0..len).collect();
+    for i in (1..len).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+/// The batch for optimizer step `step`.
+pub fn make_batch(data: &dyn Dataset, batch: usize, seed: u64, step: u64) -> Result<Batch> {
+    let len = data.len();
+    let mut images = Vec::with_capacity(batch * data.channels() * data.size() * data.size());
+    let mut labels = Vec::with_capacity(batch);
+    let mut perm_epoch = u64::MAX;
+    let mut perm = Vec::new();
+    for i in 0..batch {
+        let pos = step * batch as u64 + i as u64;
+        let (epoch, offset) = (pos / len as u64, (pos % len as u64) as usize);
+        if epoch != perm_epoch {
+            perm = permutation(len, seed, epoch);
+            perm_epoch = epoch;
+        }
+        let mut aug = PortableRng::new(seed.wrapping_mul(31).wrapping_add(pos));
+        let sample = data.get(perm[offset], &mut aug)?;
+        images.extend_from_slice(&sample.pixels);
+        labels.push(sample.label as i64);
+    }
+    Ok(Batch { images, labels })
+}
+
+impl Loader {
+    /// Starts producing batches for steps `start_step..` with `prefetch` batches in flight.
+    pub fn spawn(data: Arc<dyn Dataset>, batch: usize, seed: u64, start_step: u64, prefetch: usize) -> Self {
+        let (tx, rx): (SyncSender<Result<Batch>>, _) = sync_channel(prefetch.max(1));
+        let worker = std::thread::spawn(move || {
+            for step in start_step.. {
+                if tx.send(make_batch(data.as_ref(), batch, seed, step)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { rx, _worker: worker }
+    }
+
+    /// The next batch (blocks until the worker has it).
+    pub fn next(&self) -> Result<Batch> {
+        self.rx.recv().map_err(|_| anyhow::anyhow!("data loader stopped"))?
+    }
+}

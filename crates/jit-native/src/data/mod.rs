@@ -1,0 +1,84 @@
+//! Training data: the built-in procedural shapes, MNIST-style IDX files and image folders, all
+//! as `[-1, 1]` float images at the model size, plus a prefetching batch loader.
+
+pub mod folder;
+pub mod idx;
+pub mod loader;
+pub mod shapes;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use jit_core::rng::PortableRng;
+
+/// One training image: `pixels` is `[C, H, W]` row-major in [-1, 1].
+pub struct Sample {
+    pub pixels: Vec<f32>,
+    pub label: usize,
+}
+
+/// A labelled image dataset at a fixed size.
+pub trait Dataset: Send + Sync {
+    /// Number of images in one epoch.
+    fn len(&self) -> usize;
+    /// Image channels C.
+    fn channels(&self) -> usize;
+    /// Image side in pixels.
+    fn size(&self) -> usize;
+    /// One name per class.
+    fn class_names(&self) -> &[String];
+    /// Image `index`; `rng` drives augmentation (random flips).
+    fn get(&self, index: usize, rng: &mut PortableRng) -> Result<Sample>;
+}
+
+/// Which dataset to train on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DataSource {
+    /// Procedural coloured shapes (no download).
+    Shapes,
+    /// MNIST/Fashion-MNIST IDX files in a directory.
+    Idx { dir: PathBuf },
+    /// One subfolder of images per class.
+    Folder { dir: PathBuf },
+}
+
+impl std::str::FromStr for DataSource {
+    type Err = anyhow::Error;
+    /// `shapes`, `idx:DIR` (also `mnist:DIR`, `fashion-mnist[:DIR]`) or `folder:DIR`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (kind, path) = s.split_once(':').unwrap_or((s, ""));
+        Ok(match kind {
+            "shapes" => Self::Shapes,
+            "fashion-mnist" | "fashion_mnist" if path.is_empty() => {
+                Self::Idx { dir: PathBuf::from(idx::FASHION_MNIST_DIR) }
+            }
+            "idx" | "mnist" | "fashion-mnist" | "fashion_mnist" if !path.is_empty() => Self::Idx { dir: path.into() },
+            "folder" if !path.is_empty() => Self::Folder { dir: path.into() },
+            _ => anyhow::bail!(
+                "unknown dataset '{s}': use shapes, fashion-mnist, idx:DIR (MNIST-style IDX files) or folder:DIR (one subfolder per class)"
+            ),
+        })
+    }
+}
+
+impl DataSource {
+    /// Opens the dataset at `size` pixels with `channels` channels (0: the dataset's own).
+    pub fn open(&self, size: usize, channels: usize, flip: bool) -> Result<Box<dyn Dataset>> {
+        Ok(match self {
+            Self::Shapes => Box::new(shapes::Shapes::new(size, if channels == 0 { 3 } else { channels })?),
+            Self::Idx { dir } => Box::new(idx::IdxDataset::open(dir, "train", size)?),
+            Self::Folder { dir } => {
+                Box::new(folder::ImageFolder::open(dir, size, if channels == 0 { 3 } else { channels }, flip)?)
+            }
+        })
+    }
+
+    /// The channel count the dataset produces when not forced.
+    pub fn natural_channels(&self) -> usize {
+        match self {
+            Self::Idx { .. } => 1,
+            _ => 3,
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! `jit-native export`: the single-copy file the web page loads (f16 by default).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use burn::module::Module;
+use burn::tensor::Device;
+use clap::Args;
+use jit_core::checkpoint::{self, StoreDtype};
+
+use crate::ckpt::{self, Weights};
+use crate::fsutil::write_atomic;
+
+/// `export` flags.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Source checkpoint.
+    pub checkpoint: PathBuf,
+    /// Output file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Storage precision: f16 (half the size; the browser converts to f32 on load), bf16 or f32.
+    #[arg(long, default_value = "f16")]
+    pub dtype: String,
+    /// Which weights of a training checkpoint.
+    #[arg(long, value_enum, default_value_t = Weights::Ema1)]
+    pub weights: Weights,
+    /// Class names, comma-separated (default: those in the checkpoint).
+    #[arg(long, value_delimiter = ',')]
+    pub class_names: Option<Vec<String>>,
+}
+
+/// Runs `export`.
+pub fn run(a: ExportArgs) -> Result<()> {
+    let dtype: StoreDtype = a.dtype.parse()?;
+    let (model, mut meta) = ckpt::load(&a.checkpoint, a.weights, &Device::flex())?;
+    if let Some(names) = a.class_names {
+        if names.len() != meta.network.num_classes {
+            bail!("--class-names has {} names but the model has {} classes", names.len(), meta.network.num_classes);
+        }
+        meta.class_names = names;
+    }
+    meta.extra.clear();
+    let bytes = checkpoint::save(&meta, &[("", &model)], dtype)?;
+    write_atomic(&a.out, &bytes)?;
+    println!(
+        "wrote {} ({:.2} MiB, {:?}, {} parameters, {} classes)",
+        a.out.display(),
+        bytes.len() as f64 / (1024.0 * 1024.0),
+        dtype,
+        model.num_params(),
+        meta.network.num_classes
+    );
+    Ok(())
+}

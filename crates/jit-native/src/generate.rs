@@ -1,0 +1,63 @@
+//! Sampling shared by `sample`, `bench` and the training grids: portable seeded noise →
+//! `jit_core::sampler` → host images.
+
+use std::path::Path;
+
+use anyhow::Result;
+use burn::tensor::Tensor;
+use jit_core::objective::labels_tensor;
+use jit_core::rng::PortableRng;
+use jit_core::sampler::{Sampling, Step};
+use jit_core::{DiffusionConfig, Jit, SamplerConfig};
+
+use crate::images::{HostImages, save_png};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Noise seed: the batch's initial noise is `PortableRng::new(seed).noise([B, C, H, W])`,
+    /// the same on every backend and in the browser.
+    pub seed: u64,
+    /// Solver settings.
+    pub sampler: SamplerConfig,
+    /// One class per image (K = num_classes gives unconditional samples).
+    pub labels: Vec<i64>,
+}
+
+/// Initial noise for `count` images of `model` from `seed`.
+pub fn initial_noise(model: &Jit, diffusion: &DiffusionConfig, count: usize, seed: u64) -> Tensor<4> {
+    let c = &model.config;
+    let device = model.devices()[0].clone();
+    PortableRng::new(seed).noise([count, c.in_channels, c.input_size, c.input_size], diffusion.noise_scale, &device)
+}
+
+/// Runs the sampler; `on_step` sees every step (x̂ previews). Returns `[B, C, H, W]` on the host.
+pub fn generate(
+    model: &Jit,
+    diffusion: &DiffusionConfig,
+    opts: &GenerateOptions,
+    mut on_step: impl FnMut(&Step),
+) -> Result<Vec<f32>> {
+    use burn::module::Module;
+    let device = model.devices()[0].clone();
+    for &l in &opts.labels {
+        if l < 0 || l as usize > model.config.num_classes {
+            anyhow::bail!("class {l} does not exist (the model has classes 0..{})", model.config.num_classes - 1);
+        }
+    }
+    let z0 = initial_noise(model, diffusion, opts.labels.len(), opts.seed);
+    let mut run = Sampling::new(model, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device))?;
+    while let Some(step) = run.step() {
+        on_step(&step);
+    }
+    let out = run.finish();
+    Ok(out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?)
+}
+
+/// Generates and writes a grid PNG (one row per 8 images).
+pub fn generate_grid(model: &Jit, diffusion: &DiffusionConfig, opts: &GenerateOptions, path: &Path, scale: u32) -> Result<()> {
+    let data = generate(model, diffusion, opts, |_| {})?;
+    let c = &model.config;
+    let imgs = HostImages { data: &data, count: opts.labels.len(), channels: c.in_channels, size: c.input_size };
+    save_png(path, &imgs.grid(8, scale))
+}

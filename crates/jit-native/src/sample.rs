@@ -1,0 +1,160 @@
+//! `jit-native sample`: images from a checkpoint.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use jit_core::{Method, SamplerConfig};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::backend::BackendArgs;
+use crate::ckpt::{self, Weights};
+use crate::fsutil::write_atomic;
+use crate::generate::{GenerateOptions, generate};
+use crate::images::{HostImages, save_png};
+
+/// `sample` flags (sampler settings default to those stored in the checkpoint).
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Checkpoint (a training `ckpt-*.safetensors` or an exported file).
+    pub checkpoint: PathBuf,
+    /// Class index or name; repeat for several; `all` for every class; `none` for unconditional.
+    #[arg(long = "class", default_value = "all")]
+    pub classes: Vec<String>,
+    /// Images per class.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Noise seed (same seed → same images on every backend and in the browser).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// ODE steps.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Solver.
+    #[arg(long, value_parser = ["euler", "heun"])]
+    pub sampler: Option<String>,
+    /// Guidance scale (1: none).
+    #[arg(long)]
+    pub cfg: Option<f64>,
+    /// Lower end of the guidance interval (0: none).
+    #[arg(long)]
+    pub interval_low: Option<f64>,
+    /// Upper end of the guidance interval.
+    #[arg(long)]
+    pub interval_high: Option<f64>,
+    /// Which weights of a training checkpoint.
+    #[arg(long, value_enum, default_value_t = Weights::Ema1)]
+    pub weights: Weights,
+    /// Output folder for `sample-NNN.png` and `grid.png`.
+    #[arg(long, default_value = "samples")]
+    pub out: PathBuf,
+    /// Grid only, no single images.
+    #[arg(long)]
+    pub grid_only: bool,
+    /// Also write `previews.png`: the x̂ estimate of every image at every step.
+    #[arg(long)]
+    pub previews: bool,
+    /// Also write the float images `[B, C, H, W]` in [-1, 1] as a safetensors tensor `samples`.
+    #[arg(long)]
+    pub save_tensor: Option<PathBuf>,
+    /// Upscaling of the grid (nearest neighbour).
+    #[arg(long, default_value_t = 4)]
+    pub scale: u32,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+fn parse_classes(spec: &[String], names: &[String], k: usize) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for s in spec {
+        match s.as_str() {
+            "all" => out.extend(0..k as i64),
+            "none" | "null" => out.push(k as i64),
+            _ => {
+                if let Ok(i) = s.parse::<usize>() {
+                    if i >= k {
+                        bail!("class {i} does not exist: the model has classes 0..{}", k - 1);
+                    }
+                    out.push(i as i64);
+                } else if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
+                    out.push(i as i64);
+                } else {
+                    bail!("unknown class '{s}' (classes: {})", names.join(", "));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `sample`.
+pub fn run(a: SampleArgs) -> Result<()> {
+    let device = a.backend.device()?;
+    let (model, meta) = ckpt::load(&a.checkpoint, a.weights, &device)?;
+    let c = &meta.network;
+    let defaults = &meta.sampler;
+    let sampler = SamplerConfig {
+        method: match a.sampler.as_deref() {
+            Some(s) => s.parse::<Method>()?,
+            None => defaults.method,
+        },
+        steps: a.steps.unwrap_or(defaults.steps),
+        cfg: a.cfg.unwrap_or(defaults.cfg),
+        interval: (a.interval_low.unwrap_or(defaults.interval.0), a.interval_high.unwrap_or(defaults.interval.1)),
+    };
+    sampler.validate()?;
+    if a.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let per_class = parse_classes(&a.classes, &meta.class_names, c.num_classes)?;
+    let labels: Vec<i64> = per_class.iter().flat_map(|l| std::iter::repeat_n(*l, a.count)).collect();
+    let opts = GenerateOptions { seed: a.seed, sampler: sampler.clone(), labels: labels.clone() };
+    let mut previews: Vec<Vec<f32>> = Vec::new();
+    let t0 = std::time::Instant::now();
+    let data = generate(&model, &meta.diffusion, &opts, |step| {
+        if a.previews {
+            previews.push(step.x_hat.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default());
+        }
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let n = labels.len();
+    let imgs = HostImages { data: &data, count: n, channels: c.in_channels, size: c.input_size };
+    save_png(&a.out.join("grid.png"), &imgs.grid(8, a.scale))?;
+    if !a.grid_only {
+        for i in 0..n {
+            save_png(&a.out.join(format!("sample-{i:03}-class{}.png", labels[i])), &imgs.rgb(i))?;
+        }
+    }
+    if a.previews {
+        // rows: images; columns: steps
+        let per = c.in_channels * c.input_size * c.input_size;
+        let mut strip = Vec::with_capacity(n * previews.len() * per);
+        for i in 0..n {
+            for p in &previews {
+                strip.extend_from_slice(&p[i * per..(i + 1) * per]);
+            }
+        }
+        let all = HostImages { data: &strip, count: n * previews.len(), channels: c.in_channels, size: c.input_size };
+        save_png(&a.out.join("previews.png"), &all.grid(previews.len(), a.scale.min(2)))?;
+    }
+    if let Some(path) = &a.save_tensor {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![n, c.in_channels, c.input_size, c.input_size], &bytes)?;
+        let info = HashMap::from([("labels".to_string(), format!("{labels:?}")), ("seed".to_string(), a.seed.to_string())]);
+        write_atomic(path, &safetensors::serialize([("samples", view)], Some(info))?)?;
+    }
+    println!(
+        "{n} images, {} {} steps, cfg {} in ({}, {}): {:.2}s ({:.2} images/s) → {}",
+        sampler.steps,
+        format!("{:?}", sampler.method).to_lowercase(),
+        sampler.cfg,
+        sampler.interval.0,
+        sampler.interval.1,
+        secs,
+        n as f64 / secs,
+        a.out.display()
+    );
+    Ok(())
+}
