@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, then builds and runs
-# every test. README's test command; .ci/run calls exactly this.
+# every test (Rust unit/integration tests, then the browser end-to-end test in Chromium).
+# README's test command; .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+export JIT_ARTIFACTS="${JIT_ARTIFACTS:-$PWD/artifacts}"
 
 step() { printf '\n=== %s (%ss)\n' "$*" "$SECONDS"; }
 
 step "system packages"
 need_apt=()
-[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-step "rust targets"
-rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+step "native build and Rust tests"
+cargo test --release --locked --workspace --exclude jit-web -- --test-threads=1
 
-step "jit-core builds for wasm32 (no filesystem, no threads)"
-cargo check --release --locked -p jit-core --no-default-features --features wgpu --target wasm32-unknown-unknown
+step "web build (jit-core and jit-web for wasm32)"
+bash scripts/build-web.sh
 
-step "native build and tests"
-cargo test --release --locked --workspace -- --test-threads=1
-step "done"
+step "browser end-to-end test"
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+bin="$CARGO_TARGET_DIR/release/jit-native"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$bin" train --backend cpu --model JiT-T/4 --image-size 16 --depth 2 --hidden-size 32 --num-heads 2 \
+  --batch-size 16 --steps 40 --checkpoint-every 40 --sample-every 0 --lr 2e-3 --out "$work/run" 2>&1 | tail -n 2
+"$bin" export "$work/run/ckpt-00000040.safetensors" --out dist/model.safetensors
+"$bin" sample dist/model.safetensors --backend cpu --class 1 --count 2 --seed 7 --steps 4 --sampler heun \
+  --cfg 2.0 --interval-low 0.1 --interval-high 1.0 --out "$work/samples" --save-tensor "$work/ref.safetensors"
+JIT_DIST="$PWD/dist" JIT_REF="$work/ref.safetensors" \
+JIT_QUERY="class=1&count=2&seed=7&steps=4&sampler=heun&cfg=2&low=0.1&high=1" \
+  node --test --test-concurrency=1 tests/browser/e2e.test.mjs
+step "done; screenshots in $JIT_ARTIFACTS"

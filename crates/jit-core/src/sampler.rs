@@ -9,12 +9,20 @@
 //! [`Sampling`] is a step-by-step state machine so that front ends (including async browser
 //! code) drive the loop, show previews and cancel; [`sample`] runs it to the end.
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
-use crate::config::{DiffusionConfig, Method, SamplerConfig};
+use crate::config::{DiffusionConfig, JitConfig, Method, SamplerConfig};
 use crate::error::JitError;
 use crate::model::Jit;
 use crate::objective::Prediction;
+use crate::rng::PortableRng;
+
+/// The initial noise `z₀ = noise_scale · N(0, I)` for `count` images from `seed`, drawn with
+/// [`PortableRng`]: identical on every backend, natively and in the browser.
+pub fn initial_noise(config: &JitConfig, diffusion: &DiffusionConfig, count: usize, seed: u64, device: &Device) -> Tensor<4> {
+    let shape = [count, config.in_channels, config.input_size, config.input_size];
+    PortableRng::new(seed).noise(shape, diffusion.noise_scale, device)
+}
 
 /// The time grid `linspace(0, 1, steps + 1)` as f32 values, as torch computes it.
 pub fn timesteps(steps: usize) -> Vec<f32> {

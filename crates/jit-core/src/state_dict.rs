@@ -113,7 +113,7 @@ impl ModuleVisitor for Export {
         let value = param.val().without_autodiff();
         let value = if layout.transposed { value.transpose() } else { value };
         match value.try_into_data().map_err(|e| JitError::Backend(format!("{e:?}"))).and_then(|d| {
-            d.convert::<f32>().into_vec::<f32>().map_err(|e| JitError::Backend(format!("{e:?}")))
+            d.convert::<f32>().try_into_vec::<f32>().map_err(|e| JitError::Backend(format!("{e:?}")))
         }) {
             Ok(data) => {
                 self.out.insert(layout.key.clone(), HostTensor { shape: layout.torch.clone(), data });
@@ -155,7 +155,6 @@ struct Load {
 impl ModuleMapper for Load {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let (layout, data) = self.values.remove(&param.id).expect("checked in load()");
-        let require_grad = param.is_require_grad();
         let tensor: Tensor<D> = if layout.transposed {
             let (rows, cols) = (layout.burn[1], layout.burn[0]);
             Tensor::<2>::from_data(TensorData::new(data, [rows, cols]), &self.device)
@@ -165,6 +164,40 @@ impl ModuleMapper for Load {
             Tensor::<D>::from_data(TensorData::new(data, layout.burn.clone()), &self.device)
                 .reshape(param.lazy_shape())
         };
-        Param::initialized(param.id, tensor).set_require_grad(require_grad)
+        // Keeps the parameter's device and its training (require-grad) setting.
+        let id = param.id;
+        param.transform_for_load(tensor, id)
+    }
+}
+
+/// Parameter ids by reference key. Optimizer state is keyed by these ids, so a training
+/// checkpoint stores them and [`set_param_ids`] restores them on resume.
+pub fn param_ids(model: &Jit) -> BTreeMap<String, u64> {
+    layouts(model).into_iter().map(|(id, l)| (l.key, id.val())).collect()
+}
+
+/// Gives the parameters of `model` the ids in `ids` (by reference key); keys not in `ids` keep
+/// theirs.
+pub fn set_param_ids(model: Jit, ids: &BTreeMap<String, u64>) -> Jit {
+    let by_id: HashMap<ParamId, ParamId> = layouts(&model)
+        .into_iter()
+        .filter_map(|(id, l)| ids.get(&l.key).map(|new| (id, ParamId::from(*new))))
+        .collect();
+    model.map(&mut Renumber { by_id })
+}
+
+struct Renumber {
+    by_id: HashMap<ParamId, ParamId>,
+}
+
+impl ModuleMapper for Renumber {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        match self.by_id.get(&param.id).copied() {
+            Some(new) => {
+                let value = param.val();
+                param.transform_for_load(value, new)
+            }
+            None => param,
+        }
     }
 }

@@ -57,7 +57,7 @@ pub fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }
 
 pub fn tensor4(h: &HostTensor, device: &Device) -> Tensor<4> {

@@ -57,7 +57,7 @@ impl BackendArgs {
             BackendKind::Metal => Some(WgpuBackend::Metal),
             BackendKind::Dx12 => Some(WgpuBackend::Dx12),
         };
-        let mut device = match (self.backend, api) {
+        let device = match (self.backend, api) {
             (_, None) => {
                 eprintln!("backend: cpu (burn Flex, {} threads)", std::thread::available_parallelism().map_or(1, |n| n.get()));
                 Device::flex()
@@ -84,6 +84,13 @@ impl BackendArgs {
                 device
             }
         };
+        if device == Device::flex() {
+            // burn creates some state (e.g. restored optimizer moments) on `Device::default()`,
+            // which is wgpu when compiled in; keep it on the CPU backend we chose.
+            // SAFETY: set once during start-up, before the data loader thread starts.
+            unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+        }
+        let mut device = device;
         let dtype = match self.precision {
             Precision::F32 => return Ok(device),
             Precision::F16 => FloatDType::F16,
@@ -93,7 +100,7 @@ impl BackendArgs {
             bail!("this device does not support {:?} arithmetic; use --precision f32", self.precision);
         }
         device
-            .configure(DeviceConfig::new().float_dtype(dtype))
+            .configure(DeviceConfig::default().float_dtype(dtype))
             .map_err(|e| anyhow!("cannot switch the device to {:?}: {e:?}", self.precision))?;
         Ok(device)
     }

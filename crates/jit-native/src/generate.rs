@@ -4,10 +4,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use burn::tensor::Tensor;
 use jit_core::objective::labels_tensor;
-use jit_core::rng::PortableRng;
-use jit_core::sampler::{Sampling, Step};
+use jit_core::sampler::{Sampling, Step, initial_noise};
 use jit_core::{DiffusionConfig, Jit, SamplerConfig};
 
 use crate::images::{HostImages, save_png};
@@ -24,13 +22,6 @@ pub struct GenerateOptions {
     pub labels: Vec<i64>,
 }
 
-/// Initial noise for `count` images of `model` from `seed`.
-pub fn initial_noise(model: &Jit, diffusion: &DiffusionConfig, count: usize, seed: u64) -> Tensor<4> {
-    let c = &model.config;
-    let device = model.devices()[0].clone();
-    PortableRng::new(seed).noise([count, c.in_channels, c.input_size, c.input_size], diffusion.noise_scale, &device)
-}
-
 /// Runs the sampler; `on_step` sees every step (x̂ previews). Returns `[B, C, H, W]` on the host.
 pub fn generate(
     model: &Jit,
@@ -45,13 +36,13 @@ pub fn generate(
             anyhow::bail!("class {l} does not exist (the model has classes 0..{})", model.config.num_classes - 1);
         }
     }
-    let z0 = initial_noise(model, diffusion, opts.labels.len(), opts.seed);
+    let z0 = initial_noise(&model.config, diffusion, opts.labels.len(), opts.seed, &device);
     let mut run = Sampling::new(model, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device))?;
     while let Some(step) = run.step() {
         on_step(&step);
     }
     let out = run.finish();
-    Ok(out.into_data().convert::<f32>().into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?)
+    Ok(out.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?)
 }
 
 /// Generates and writes a grid PNG (one row per 8 images).

@@ -294,7 +294,7 @@ pub fn unpickle(bytes: &[u8]) -> Result<Py> {
                 pop!();
             }
             b'1' => {
-                pop_mark!();
+                let _ = pop_mark!();
             }
             b'2' => {
                 let t = top!();
@@ -311,7 +311,7 @@ pub fn read_torch_zip(path: &Path) -> Result<Py> {
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .with_context(|| format!("{} is not a PyTorch zip checkpoint (truncated or another format)", path.display()))?;
     let name = (0..zip.len())
-        .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_string()))
+        .filter_map(|i| zip.by_index(i).ok().and_then(|f| f.name().ok().map(|n| n.to_string())))
         .filter(|n| n.ends_with("data.pkl"))
         .min_by_key(|n| n.len())
         .with_context(|| format!("{} has no data.pkl: not a torch.save checkpoint", path.display()))?;

@@ -114,7 +114,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let data = generate(&model, &meta.diffusion, &opts, |step| {
         if a.previews {
-            previews.push(step.x_hat.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default());
+            previews.push(step.x_hat.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default());
         }
     })?;
     let secs = t0.elapsed().as_secs_f64();

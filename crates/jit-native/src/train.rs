@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -494,11 +495,12 @@ fn meta_for(r: &Resolved, step: u64) -> CheckpointMeta {
 fn save_checkpoint(dir: &Path, t: &Trainer, r: &Resolved) -> Result<()> {
     let meta = meta_for(r, t.step);
     let optim = t.optim.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise optimizer state: {e:?}"))?;
+    let ids = serde_json::to_vec(&jit_core::state_dict::param_ids(&t.model))?;
     let bytes = checkpoint::save_with_blobs(
         &meta,
         &[("net", &t.model), ("ema1", &t.ema1.model), ("ema2", &t.ema2.model)],
         StoreDtype::F32,
-        &[("optimizer", &optim[..])],
+        &[("optimizer", &optim[..]), ("param_ids", &ids[..])],
     )?;
     write_atomic(&dir.join(ckpt_name(t.step)), &bytes)?;
     let all = checkpoints(dir)?;
@@ -518,6 +520,10 @@ fn restore(path: &Path, r: &Resolved, device: &Device) -> Result<Trainer> {
     let (ema1, _) = checkpoint::load(&bytes, "ema1", device).with_context(ctx)?;
     let (ema2, _) = checkpoint::load(&bytes, "ema2", device).with_context(ctx)?;
     let optim = checkpoint::blob(&bytes, "optimizer")?.with_context(|| format!("{} has no optimizer state", path.display()))?;
+    // AdamW state is keyed by parameter id: give the loaded weights their saved ids.
+    let ids = checkpoint::blob(&bytes, "param_ids")?.with_context(|| format!("{} has no parameter ids", path.display()))?;
+    let ids: std::collections::BTreeMap<String, u64> = serde_json::from_slice(&ids).context("corrupt parameter ids")?;
+    let net = jit_core::state_dict::set_param_ids(net, &ids);
     let mut t = Trainer::new(net, r.diffusion.clone(), r.optim.clone(), r.seed);
     t.ema1.model = ema1;
     t.ema2.model = ema2;

@@ -1,5 +1,7 @@
 //! The transformer block with adaLN-Zero conditioning.
 
+#![allow(non_snake_case)] // `adaLN_modulation` is the reference's name
+
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;

@@ -1,5 +1,7 @@
 //! The output head: adaLN-modulated RMSNorm then a linear map to p·p·C values per token.
 
+#![allow(non_snake_case)] // `adaLN_modulation` is the reference's name
+
 use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};

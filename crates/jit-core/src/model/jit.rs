@@ -125,9 +125,9 @@ impl Jit {
         record("y_emb".into(), &y_emb.clone().unsqueeze_dim(1));
         let c_silu = silu(t_emb.add(y_emb.clone()));
 
-        let patches = self.x_embedder.forward(x);
-        record("patch_embed".into(), &patches);
-        let mut h = patches.add(self.pos_embed.val());
+        // The reference records `patch_embed` with the position table already added.
+        let mut h = self.x_embedder.forward(x).add(self.pos_embed.val());
+        record("patch_embed".into(), &h);
 
         let mut rope = &self.feat_rope;
         for (i, block) in self.blocks.iter().enumerate() {

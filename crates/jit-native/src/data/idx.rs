@@ -48,7 +48,7 @@ fn read_all(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Parses an IDX buffer with unsigned-byte data: returns (dims, data).
-pub fn parse_idx(bytes: &[u8], expect_dims: usize, what: &Path) -> Result<(Vec<usize>, &[u8])> {
+pub fn parse_idx<'a>(bytes: &'a [u8], expect_dims: usize, what: &Path) -> Result<(Vec<usize>, &'a [u8])> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] as usize != expect_dims {
         bail!("{} is not an IDX file of unsigned bytes with {expect_dims} dimensions", what.display());
     }

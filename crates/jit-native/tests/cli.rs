@@ -1,0 +1,224 @@
+//! End-to-end tests of the `jit-native` binary on the CPU backend: train → resume → sample →
+//! export → info, golden imports of official checkpoints, and one-line errors on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use jit_core::checkpoint::{self, decode, parse};
+
+fn jit(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_jit-native"))
+        .args(args)
+        .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
+        .output()
+        .expect("run jit-native");
+    if !out.status.success() {
+        eprintln!("jit-native {args:?} stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = jit(args);
+    assert!(out.status.success(), "jit-native {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Runs a command that must fail with a one-line `error:` message containing `needle`.
+fn fails(args: &[&str], needle: &str) {
+    let out = jit(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "jit-native {args:?} should fail");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected, got:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panic instead of an error:\n{stderr}");
+    assert!(errors[0].contains(needle), "error should mention '{needle}':\n{stderr}");
+}
+
+const TINY: &[&str] = &[
+    "train", "--backend", "cpu", "--model", "JiT-T/4", "--image-size", "16", "--depth", "2", "--hidden-size", "32",
+    "--num-heads", "2", "--in-context-len", "2", "--in-context-start", "1", "--batch-size", "6", "--steps", "6",
+    "--checkpoint-every", "3", "--sample-every", "0", "--sample-steps", "2", "--grid-images", "4", "--keep", "5",
+    "--lr", "1e-3",
+];
+
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn train_resume_sample_export_info() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_a = tmp.path().join("a");
+    let run_b = tmp.path().join("b");
+    let mut args = TINY.to_vec();
+    args.extend(["--out", run_a.to_str().unwrap()]);
+    ok(&args);
+    let ckpt = run_a.join("ckpt-00000006.safetensors");
+    assert!(run_a.join("ckpt-00000003.safetensors").is_file() && ckpt.is_file());
+    assert!(run_a.join("settings.json").is_file());
+    let grid = image::open(run_a.join("samples-00000006.png")).expect("final sample grid");
+    assert!(grid.width() > 16);
+    let full = losses(&run_a);
+    assert_eq!(full.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+
+    // Interrupted run: stop after 3 steps, then resume; the loss sequence must be identical.
+    let mut args = TINY.to_vec();
+    args.extend(["--out", run_b.to_str().unwrap(), "--stop-after", "3"]);
+    ok(&args);
+    assert_eq!(losses(&run_b).len(), 3);
+    ok(&["train", "--backend", "cpu", "--resume", run_b.to_str().unwrap()]);
+    let resumed = losses(&run_b);
+    assert_eq!(resumed.len(), 6);
+    for ((s1, l1), (s2, l2)) in full.iter().zip(&resumed) {
+        assert_eq!(s1, s2);
+        assert!((l1 - l2).abs() <= 1e-6 * l1.abs().max(1.0), "step {s1}: {l1} vs {l2} after resume");
+    }
+
+    // Sample: PNGs of the model size, and the float tensor.
+    let out = tmp.path().join("samples");
+    let tensor = tmp.path().join("samples.safetensors");
+    ok(&["sample", ckpt.to_str().unwrap(), "--backend", "cpu", "--class", "0", "--class", "square", "--count", "2",
+        "--steps", "3", "--previews", "--out", out.to_str().unwrap(), "--save-tensor", tensor.to_str().unwrap()]);
+    let img = image::open(out.join("sample-000-class0.png")).unwrap();
+    assert_eq!((img.width(), img.height()), (16, 16));
+    assert!(out.join("sample-003-class1.png").is_file());
+    assert!(out.join("grid.png").is_file() && out.join("previews.png").is_file());
+    let bytes = std::fs::read(&tensor).unwrap();
+    let st = parse(&bytes).unwrap();
+    assert_eq!(st.tensor("samples").unwrap().shape(), &[4, 3, 16, 16]);
+
+    // Export (f16) → info; the exported file samples like the EMA weights it came from.
+    let exported = tmp.path().join("model.safetensors");
+    let said = ok(&["export", ckpt.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    assert!(said.contains("MiB"), "{said}");
+    let info = ok(&["info", exported.to_str().unwrap()]);
+    assert!(info.contains("step        6"), "{info}");
+    assert!(info.contains("circle"), "{info}");
+    let again = tmp.path().join("again.safetensors");
+    ok(&["sample", exported.to_str().unwrap(), "--backend", "cpu", "--class", "0", "--class", "square", "--count", "2",
+        "--steps", "3", "--grid-only", "--out", out.to_str().unwrap(), "--save-tensor", again.to_str().unwrap()]);
+    let a = decode("samples", &st.tensor("samples").unwrap()).unwrap().data;
+    let b_bytes = std::fs::read(&again).unwrap();
+    let b = decode("samples", &parse(&b_bytes).unwrap().tensor("samples").unwrap()).unwrap().data;
+    let err = rel_l2(&b, &a);
+    assert!(err < 2e-2, "f16 export changes samples by {err}");
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn golden_dir() -> Option<PathBuf> {
+    let explicit = std::env::var_os("JIT_GOLDEN_DIR").map(PathBuf::from);
+    let dir = explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
+    if explicit.is_none() && !dir.is_dir() {
+        eprintln!("SKIP: no golden vectors at {}", dir.display());
+        return None;
+    }
+    Some(dir)
+}
+
+#[test]
+fn imports_official_checkpoints_matching_the_reference_ema() {
+    let Some(dir) = golden_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut imported = 0;
+    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
+    names.sort();
+    for pth in names.iter().filter(|p| p.to_string_lossy().ends_with(".checkpoint-last.pth")) {
+        let name = pth.file_name().unwrap().to_string_lossy().trim_end_matches(".checkpoint-last.pth").to_string();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+        let start = json["config"]["in_context_start"].as_u64().unwrap().to_string();
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        ok(&["import", pth.to_str().unwrap(), "--weights", "ema1", "--in-context-start", &start, "--out", out.to_str().unwrap()]);
+
+        let device = Device::flex();
+        let bytes = std::fs::read(&out).unwrap();
+        let (net, meta) = checkpoint::load(&bytes, "", &device).unwrap();
+        assert_eq!(meta.network.hidden_size, json["config"]["hidden_size"].as_u64().unwrap() as usize);
+        let golden = std::fs::read(dir.join(format!("{name}.safetensors"))).unwrap();
+        let g = parse(&golden).unwrap();
+        let get = |k: &str| decode(k, &g.tensor(k).unwrap()).unwrap();
+        let (z, t, y) = (get("in.z"), get("in.t"), get("in.y"));
+        let z = Tensor::<4>::from_data(TensorData::new(z.data, <[usize; 4]>::try_from(z.shape).unwrap()), &device);
+        let n = t.data.len();
+        let t = Tensor::<1>::from_data(TensorData::new(t.data, [n]), &device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(y.data.iter().map(|v| *v as i64).collect::<Vec<_>>(), [n]), &device);
+        let ours: Vec<f32> = net.forward(z, t, y).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        let expected_bytes = std::fs::read(dir.join(format!("{name}.ema1_expected.safetensors"))).unwrap();
+        let e = parse(&expected_bytes).unwrap();
+        let expected = decode("out.net_ema1", &e.tensor("out.net_ema1").unwrap()).unwrap().data;
+        let err = rel_l2(&ours, &expected);
+        println!("{name}: imported EMA-1 forward rel L2 {err:.2e}");
+        assert!(err <= 1e-4, "{name}: {err}");
+        imported += 1;
+    }
+    assert!(imported > 0, "no NAME.checkpoint-last.pth in {}", dir.display());
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_string_lossy().to_string();
+
+    // A real checkpoint to damage.
+    let mut args = TINY.to_vec();
+    let run = p("run");
+    args.extend(["--out", &run, "--steps", "1", "--checkpoint-every", "1"]);
+    ok(&args);
+    let ckpt = PathBuf::from(&run).join("ckpt-00000001.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+
+    std::fs::write(p("truncated.safetensors"), &bytes[..bytes.len() / 3]).unwrap();
+    fails(&["sample", &p("truncated.safetensors"), "--backend", "cpu"], "not a usable JiT checkpoint");
+    fails(&["info", &p("truncated.safetensors")], "not a JiT checkpoint");
+    fails(&["sample", &p("missing.safetensors"), "--backend", "cpu"], "cannot read checkpoint");
+
+    // Metadata of another config over these weights.
+    let st = parse(&bytes).unwrap();
+    let mut meta = checkpoint::read_meta(&bytes).unwrap();
+    meta.network.hidden_size = 64;
+    let info = std::collections::HashMap::from([(checkpoint::META_KEY.to_string(), serde_json::to_string(&meta).unwrap())]);
+    std::fs::write(p("other.safetensors"), safetensors::serialize(st.tensors(), Some(info)).unwrap()).unwrap();
+    fails(&["sample", &p("other.safetensors"), "--backend", "cpu"], "has shape");
+
+    // Datasets.
+    fails(&["train", "--backend", "cpu", "--data", &format!("folder:{}", p("nope")), "--out", &p("r1")], "does not exist");
+    std::fs::create_dir_all(tmp.path().join("empty/cats")).unwrap();
+    std::fs::write(tmp.path().join("empty/cats/readme.txt"), "no images").unwrap();
+    fails(&["train", "--backend", "cpu", "--data", &format!("folder:{}", p("empty")), "--out", &p("r2")], "has no images");
+    fails(&["train", "--backend", "cpu", "--data", &format!("idx:{}", p("empty")), "--out", &p("r3")], "missing IDX file");
+    fails(&["train", "--backend", "cpu", "--data", "imagenet", "--out", &p("r4")], "unknown dataset");
+    fails(&["train", "--backend", "cpu", "--model", "JiT-Z/16", "--out", &p("r5")], "unknown model preset");
+    fails(&["sample", ckpt.to_str().unwrap(), "--backend", "cpu", "--class", "giraffe"], "unknown class");
+
+    // .pth files that are not JiT checkpoints.
+    std::fs::write(p("text.pth"), "just some text").unwrap();
+    fails(&["import", &p("text.pth"), "--out", &p("o.safetensors")], "not a PyTorch zip checkpoint");
+    std::fs::write(p("cut.pth"), &bytes[..100]).unwrap();
+    fails(&["import", &p("cut.pth"), "--out", &p("o.safetensors")], "not a PyTorch zip checkpoint");
+    {
+        use std::io::Write;
+        let f = std::fs::File::create(p("other.pth")).unwrap();
+        let mut zip = zip::ZipWriter::new(f);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        zip.start_file("archive/data.pkl", opts).unwrap();
+        // pickle protocol 2 of {'foo': 1}
+        zip.write_all(b"\x80\x02}q\x00X\x03\x00\x00\x00fooq\x01K\x01s.").unwrap();
+        zip.finish().unwrap();
+    }
+    fails(&["import", &p("other.pth"), "--out", &p("o.safetensors")], "not a JiT training checkpoint");
+    assert!(!tmp.path().join("o.safetensors").exists());
+}

@@ -1,0 +1,265 @@
+//! # jit-web
+//!
+//! JiT in the browser. A wasm-bindgen module with a small JavaScript API:
+//!
+//! ```js
+//! import init, { JitGenerator } from "./pkg/jit_web.js";
+//! await init();
+//! const g = await JitGenerator.load("model.safetensors", { backend: "auto" });
+//! console.log(g.info());            // config, classes, parameters, backend in use
+//! const out = await g.generate({ classLabel: 3, seed: 7, steps: 50, sampler: "heun",
+//!                                cfg: 2.9, intervalLow: 0.1, intervalHigh: 1.0, count: 4 },
+//!                              (step, total, previewRgba) => { /* live x̂ */ });
+//! // out.rgba: Uint8ClampedArray of count·H·W·4, out.floats: Float32Array [count, C, H, W]
+//! ```
+//!
+//! The sampler is `jit_core::sampler`, unchanged. The backend is WebGPU through burn-wgpu (the
+//! adapter's real limits are requested); when WebGPU is missing or the adapter request fails,
+//! the CPU backend compiled to wasm takes over and `info().backend` says so. All GPU reads are
+//! asynchronous.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use jit_core::checkpoint::{self, CheckpointMeta};
+use jit_core::objective::labels_tensor;
+use jit_core::sampler::{Sampling, initial_noise, to_u8};
+use jit_core::{Jit, Method, SamplerConfig};
+use js_sys::{Array, Function, Float32Array, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, future_to_promise};
+
+thread_local! {
+    static WEBGPU: std::cell::RefCell<Option<Result<Device, String>>> = const { std::cell::RefCell::new(None) };
+}
+
+#[wasm_bindgen(start)]
+fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// WebGPU once per page (the runtime cannot be initialised twice).
+async fn webgpu() -> Result<Device, String> {
+    if let Some(r) = WEBGPU.with(|w| w.borrow().clone()) {
+        return r;
+    }
+    let r = Device::wgpu_options().init_async().await.map_err(|e| format!("{e}"));
+    WEBGPU.with(|w| *w.borrow_mut() = Some(r.clone()));
+    r
+}
+
+fn err(msg: impl std::fmt::Display) -> JsValue {
+    JsError::new(&msg.to_string()).into()
+}
+
+fn get(obj: &JsValue, key: &str) -> Option<JsValue> {
+    if obj.is_undefined() || obj.is_null() {
+        return None;
+    }
+    Reflect::get(obj, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+fn get_f64(obj: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
+    match get(obj, key) {
+        None => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or_else(|| err(format!("option '{key}' must be a number"))),
+    }
+}
+
+async fn fetch_bytes(url: &str) -> Result<Vec<u8>, JsValue> {
+    let fetch: Function = Reflect::get(&js_sys::global(), &"fetch".into())?.dyn_into()?;
+    let resp: web_sys::Response = JsFuture::from(fetch.call1(&JsValue::NULL, &url.into())?.dyn_into::<Promise>()?)
+        .await
+        .map_err(|_| err(format!("cannot download {url}")))?
+        .dyn_into()?;
+    if !resp.ok() {
+        return Err(err(format!("cannot download {url}: HTTP {}", resp.status())));
+    }
+    let buf = JsFuture::from(resp.array_buffer()?).await?;
+    Ok(Uint8Array::new(&buf).to_vec())
+}
+
+/// Lets the page render and handle input between steps.
+async fn yield_now() {
+    let promise = Promise::new(&mut |resolve, _| {
+        if let Ok(Ok(set_timeout)) =
+            Reflect::get(&js_sys::global(), &"setTimeout".into()).map(|f| f.dyn_into::<Function>())
+        {
+            let _ = set_timeout.call2(&JsValue::NULL, &resolve, &0.into());
+        } else {
+            let _ = resolve.call0(&JsValue::NULL);
+        }
+    });
+    let _ = JsFuture::from(promise).await;
+}
+
+struct Inner {
+    model: Jit,
+    meta: CheckpointMeta,
+    backend: String,
+    note: Option<String>,
+    params: usize,
+    cancelled: Cell<bool>,
+}
+
+/// A loaded JiT checkpoint ready to generate images.
+#[wasm_bindgen]
+pub struct JitGenerator {
+    inner: Rc<Inner>,
+}
+
+#[wasm_bindgen]
+impl JitGenerator {
+    /// Loads an exported checkpoint. `source`: a URL string, an `ArrayBuffer` or a `Uint8Array`.
+    /// `options.backend`: `"auto"` (WebGPU, else CPU), `"webgpu"` or `"cpu"`.
+    pub fn load(source: JsValue, options: JsValue) -> Promise {
+        future_to_promise(async move {
+            let bytes = if let Some(url) = source.as_string() {
+                fetch_bytes(&url).await?
+            } else if source.is_instance_of::<js_sys::ArrayBuffer>() || source.is_instance_of::<Uint8Array>() {
+                Uint8Array::new(&source).to_vec()
+            } else {
+                return Err(err("JitGenerator.load expects a URL, an ArrayBuffer or a Uint8Array"));
+            };
+            let want = get(&options, "backend").and_then(|v| v.as_string()).unwrap_or_else(|| "auto".into());
+            let meta = checkpoint::read_meta(&bytes).map_err(|e| err(format!("not a JiT checkpoint: {e}")))?;
+            let (device, backend, note) = match want.as_str() {
+                "cpu" => (Device::flex(), "cpu", None),
+                "webgpu" | "gpu" => {
+                    let d = webgpu().await.map_err(|e| err(format!("WebGPU is not available: {e}")))?;
+                    (d, "webgpu", None)
+                }
+                "auto" => match webgpu().await {
+                    Ok(d) => (d, "webgpu", None),
+                    Err(e) => (Device::flex(), "cpu", Some(format!("WebGPU unavailable ({e}); running on the CPU"))),
+                },
+                other => return Err(err(format!("unknown backend '{other}' (use auto, webgpu or cpu)"))),
+            };
+            let copy = meta.copies.first().cloned().unwrap_or_default();
+            let (model, meta) = checkpoint::load(&bytes, &copy, &device).map_err(|e| err(format!("not a usable JiT checkpoint: {e}")))?;
+            let params = model.num_params();
+            let inner = Inner { model, meta, backend: backend.into(), note, params, cancelled: Cell::new(false) };
+            Ok(JitGenerator { inner: Rc::new(inner) }.into())
+        })
+    }
+
+    /// `{config, classNames, numClasses, parameters, backend, backendNote, step, sampler,
+    /// noiseScale, imageSize, channels}`.
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        let i = &self.inner;
+        let o = Object::new();
+        let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v);
+        set("config", js_sys::JSON::parse(&serde_json_string(&i.meta.network)?)?)?;
+        set("sampler", js_sys::JSON::parse(&serde_json_string(&i.meta.sampler)?)?)?;
+        let names: Array = i.meta.class_names.iter().map(|n| JsValue::from_str(n)).collect();
+        set("classNames", names.into())?;
+        set("numClasses", (i.meta.network.num_classes as u32).into())?;
+        set("imageSize", (i.meta.network.input_size as u32).into())?;
+        set("channels", (i.meta.network.in_channels as u32).into())?;
+        set("parameters", (i.params as f64).into())?;
+        set("step", (i.meta.step as f64).into())?;
+        set("noiseScale", i.meta.diffusion.noise_scale.into())?;
+        set("backend", i.backend.clone().into())?;
+        set("backendNote", i.note.clone().map(JsValue::from).unwrap_or(JsValue::NULL))?;
+        Ok(o.into())
+    }
+
+    /// Generates images. `options`: `{classLabel, seed, steps, sampler, cfg, intervalLow,
+    /// intervalHigh, count}` (missing ones take the checkpoint's defaults; `classLabel` null or
+    /// omitted gives unconditional samples). `onStep(step, total, previewRgba)` is called after
+    /// every step with the x̂ estimate as RGBA. Resolves to `{rgba, floats, width, height,
+    /// count, channels, seconds}`; rejects with "cancelled" after [`JitGenerator::cancel`].
+    pub fn generate(&self, options: JsValue, on_step: Option<Function>) -> Promise {
+        let inner = self.inner.clone();
+        inner.cancelled.set(false);
+        future_to_promise(async move {
+            let m = &inner.meta;
+            let c = &m.network;
+            let d = &m.sampler;
+            let method = match get(&options, "sampler").and_then(|v| v.as_string()) {
+                Some(s) => s.parse::<Method>().map_err(err)?,
+                None => d.method,
+            };
+            let sampler = SamplerConfig {
+                method,
+                steps: get_f64(&options, "steps")?.map_or(d.steps, |v| v as usize),
+                cfg: get_f64(&options, "cfg")?.unwrap_or(d.cfg),
+                interval: (
+                    get_f64(&options, "intervalLow")?.unwrap_or(d.interval.0),
+                    get_f64(&options, "intervalHigh")?.unwrap_or(d.interval.1),
+                ),
+            };
+            sampler.validate().map_err(err)?;
+            let count = get_f64(&options, "count")?.unwrap_or(1.0);
+            if !(1.0..=256.0).contains(&count) {
+                return Err(err("count must be between 1 and 256"));
+            }
+            let count = count as usize;
+            let label = match get_f64(&options, "classLabel")? {
+                None => c.num_classes as i64,
+                Some(l) if l >= 0.0 && (l as usize) < c.num_classes && l.fract() == 0.0 => l as i64,
+                Some(l) => return Err(err(format!("classLabel {l} does not exist (0..{})", c.num_classes - 1))),
+            };
+            let seed = get_f64(&options, "seed")?.unwrap_or(0.0);
+            if seed < 0.0 || seed.fract() != 0.0 {
+                return Err(err("seed must be a non-negative integer"));
+            }
+            let device = inner.model.devices()[0].clone();
+            let started = js_sys::Date::now();
+            let z0 = initial_noise(c, &m.diffusion, count, seed as u64, &device);
+            let labels = labels_tensor(&vec![label; count], &device);
+            let mut run = Sampling::new(&inner.model, &m.diffusion, &sampler, z0, labels).map_err(err)?;
+            while let Some(step) = run.step() {
+                if inner.cancelled.get() {
+                    return Err(err("cancelled"));
+                }
+                if let Some(cb) = &on_step {
+                    let data = step.x_hat.into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
+                    let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
+                    let rgba = rgba(&floats, count, c.in_channels, c.input_size);
+                    cb.call3(&JsValue::NULL, &((step.index + 1) as u32).into(), &(step.total as u32).into(), &rgba.into())?;
+                }
+                yield_now().await;
+            }
+            let data = run.finish().into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
+            let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
+            let o = Object::new();
+            let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v);
+            set("rgba", rgba(&floats, count, c.in_channels, c.input_size).into())?;
+            set("floats", Float32Array::from(&floats[..]).into())?;
+            set("width", (c.input_size as u32).into())?;
+            set("height", (c.input_size as u32).into())?;
+            set("channels", (c.in_channels as u32).into())?;
+            set("count", (count as u32).into())?;
+            set("seconds", ((js_sys::Date::now() - started) / 1000.0).into())?;
+            Ok(o.into())
+        })
+    }
+
+    /// Stops a running `generate` after its current step.
+    pub fn cancel(&self) {
+        self.inner.cancelled.set(true);
+    }
+}
+
+fn serde_json_string<T: serde::Serialize>(v: &T) -> Result<String, JsValue> {
+    serde_json::to_string(v).map_err(err)
+}
+
+/// `[B, C, H, W]` floats in [-1, 1] → B RGBA images stacked, `B·H·W·4` bytes.
+fn rgba(floats: &[f32], count: usize, channels: usize, size: usize) -> Uint8ClampedArray {
+    let px = to_u8(floats);
+    let plane = size * size;
+    let mut out = vec![255u8; count * plane * 4];
+    for b in 0..count {
+        for i in 0..plane {
+            for ch in 0..3 {
+                let src = if channels == 1 { 0 } else { ch };
+                out[(b * plane + i) * 4 + ch] = px[(b * channels + src) * plane + i];
+            }
+        }
+    }
+    Uint8ClampedArray::from(&out[..])
+}
