@@ -93,7 +93,7 @@ fn training_lowers_the_loss_and_emas_follow_their_formula() {
         jit_core::objective::loss(net, &diffusion, x.clone(), draw).into_scalar()
     };
     let before = eval(&trainer.model.valid());
-    let first_param = |net: &Jit| to_vec(net.blocks[0].attn.qkv.weight.val().without_autodiff());
+    let first_param = |net: &Jit| to_vec(net.final_layer.linear.weight.val().without_autodiff());
     let theta0 = first_param(&trainer.model);
     let ema1_0 = first_param(&trainer.ema1.model);
     assert_eq!(theta0, ema1_0, "EMA starts at the weights");
@@ -179,6 +179,7 @@ fn bad_checkpoints_give_errors_that_name_the_problem() {
     // Metadata describing another network: the first mismatching tensor is named.
     let mut other = meta_for(&config);
     other.network.hidden_size = 32;
+    other.copies = vec![String::new()];
     let json = serde_json::to_string(&other).unwrap();
     let patched = {
         let st = checkpoint::parse(&bytes).unwrap();

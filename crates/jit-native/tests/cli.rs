@@ -174,9 +174,9 @@ fn bad_input_gives_one_line_errors() {
     let p = |n: &str| tmp.path().join(n).to_string_lossy().to_string();
 
     // A real checkpoint to damage.
-    let mut args = TINY.to_vec();
     let run = p("run");
-    args.extend(["--out", &run, "--steps", "1", "--checkpoint-every", "1"]);
+    let mut args: Vec<&str> = TINY.iter().map(|a| if *a == "6" || *a == "3" { "1" } else { a }).collect();
+    args.extend(["--out", &run]);
     ok(&args);
     let ckpt = PathBuf::from(&run).join("ckpt-00000001.safetensors");
     let bytes = std::fs::read(&ckpt).unwrap();
