@@ -493,6 +493,17 @@ fn meta_for(r: &Resolved, step: u64) -> CheckpointMeta {
 }
 
 fn save_checkpoint(dir: &Path, t: &Trainer, r: &Resolved) -> Result<()> {
+    // An update can overflow even when the loss that produced it was finite: never save such
+    // weights over a good checkpoint.
+    let weights = jit_core::state_dict::export(&t.model)?;
+    if let Some((name, _)) = weights.iter().find(|(_, v)| v.data.iter().any(|x| !x.is_finite())) {
+        let kept = checkpoints(dir)?.pop();
+        bail!(
+            "weights became non-finite at step {} (first: {name}); stopped. Last good checkpoint: {} (lower the learning rate and --resume)",
+            t.step,
+            kept.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+        );
+    }
     let meta = meta_for(r, t.step);
     let optim = t.optim.into_bytes().map_err(|e| anyhow::anyhow!("cannot serialise optimizer state: {e:?}"))?;
     let ids = serde_json::to_vec(&jit_core::state_dict::param_ids(&t.model))?;

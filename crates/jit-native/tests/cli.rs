@@ -222,3 +222,64 @@ fn bad_input_gives_one_line_errors() {
     fails(&["import", &p("other.pth"), "--out", &p("o.safetensors")], "not a JiT training checkpoint");
     assert!(!tmp.path().join("o.safetensors").exists());
 }
+
+#[test]
+fn trains_on_fashion_mnist_and_image_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = ["--backend", "cpu", "--model", "JiT-T/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "1",
+        "--in-context-len", "0", "--batch-size", "4", "--steps", "2", "--sample-every", "0", "--sample-steps", "1",
+        "--grid-images", "2"];
+    let fashion = Path::new("/usr/share/datasets/fashion-mnist");
+    if fashion.is_dir() {
+        let run = tmp.path().join("fm");
+        let mut args = vec!["train", "--data", "fashion-mnist", "--out", run.to_str().unwrap()];
+        args.extend(small);
+        ok(&args);
+        let meta = checkpoint::read_meta(&std::fs::read(run.join("ckpt-00000002.safetensors")).unwrap()).unwrap();
+        assert_eq!((meta.network.in_channels, meta.network.input_size, meta.network.num_classes), (1, 32, 10));
+        assert_eq!(meta.class_names[9], "Ankle boot");
+    } else {
+        eprintln!("SKIP fashion-mnist part: apt-get install dataset-fashion-mnist");
+    }
+
+    // An image folder with two classes of differently sized PNGs (one with alpha).
+    let data = tmp.path().join("pets");
+    for (class, color) in [("cats", [200u8, 60, 60, 255]), ("dogs", [60, 60, 200, 128])] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for i in 0..3 {
+            let img = image::RgbaImage::from_pixel(20 + 7 * i, 30, image::Rgba(color));
+            img.save(data.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let run = tmp.path().join("pets-run");
+    let spec = format!("folder:{}", data.display());
+    let mut args = vec!["train", "--data", &spec, "--image-size", "16", "--out", run.to_str().unwrap()];
+    args.extend(small);
+    ok(&args);
+    let meta = checkpoint::read_meta(&std::fs::read(run.join("ckpt-00000002.safetensors")).unwrap()).unwrap();
+    assert_eq!(meta.class_names, vec!["cats", "dogs"]);
+    assert_eq!((meta.network.in_channels, meta.network.input_size), (3, 16));
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("nan");
+    let mut args: Vec<&str> = TINY.iter().map(|a| if *a == "1e-3" { "1e30" } else if *a == "3" { "1" } else { a }).collect();
+    args.extend(["--steps", "30", "--warmup-steps", "1", "--out", run.to_str().unwrap()]);
+    let args: Vec<&str> = {
+        // drop the first --steps 6 so that the later --steps 30 is the only one
+        let i = args.iter().position(|a| *a == "--steps").unwrap();
+        args.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect()
+    };
+    fails(&args, "became");
+    let kept: Vec<_> = std::fs::read_dir(&run).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("ckpt-")).collect();
+    assert!(!kept.is_empty(), "the last good checkpoint is kept");
+    for name in kept {
+        let bytes = std::fs::read(run.join(&name)).unwrap();
+        let (net, _) = checkpoint::load(&bytes, "net", &Device::flex()).unwrap();
+        let values = jit_core::state_dict::export(&net).unwrap();
+        assert!(values.values().all(|t| t.data.iter().all(|v| v.is_finite())), "{name} holds finite weights");
+    }
+}
