@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod denoiser;
 pub mod ema;
 pub mod error;
 pub mod model;
@@ -25,5 +26,6 @@ pub mod state_dict;
 pub mod train;
 
 pub use config::{DiffusionConfig, JitConfig, Method, SamplerConfig, Target};
+pub use denoiser::Denoiser;
 pub use error::JitError;
 pub use model::Jit;

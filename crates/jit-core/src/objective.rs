@@ -12,7 +12,7 @@
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData, activation::sigmoid};
 
 use crate::config::{DiffusionConfig, Target};
-use crate::model::Jit;
+use crate::denoiser::Denoiser;
 
 /// A network output read in the three spaces.
 pub struct Prediction {
@@ -110,11 +110,11 @@ pub fn draw_noise(cfg: &DiffusionConfig, num_classes: usize, x: &Tensor<4>, labe
 /// The training loss for clean images `x` `[B, C, H, W]` in [-1, 1] under the given draws:
 /// `z = t·x + (1−t)·ε`, prediction from `net(z, t, y')`, mean squared error in `cfg.loss` space.
 /// Returns a one-element tensor.
-pub fn loss(net: &Jit, cfg: &DiffusionConfig, x: Tensor<4>, draw: StepNoise) -> Tensor<1> {
+pub fn loss<N: Denoiser>(net: &N, cfg: &DiffusionConfig, x: Tensor<4>, draw: StepNoise) -> Tensor<1> {
     let StepNoise { t, noise, labels } = draw;
     let t4 = t.clone().reshape([-1, 1, 1, 1]);
     let z = t4.clone().mul(x.clone()).add(t4.clone().neg().add_scalar(1.0).mul(noise.clone()));
-    let out = net.forward(z.clone(), t.clone(), labels);
+    let out = net.denoise(z.clone(), t.clone(), labels);
     let pred = Prediction::new(out, z.clone(), t, cfg.prediction, cfg.t_eps);
     let target = match cfg.loss {
         Target::X => x,

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::{DiffusionConfig, JitConfig, Method, SamplerConfig};
 use crate::error::JitError;
-use crate::model::Jit;
+use crate::denoiser::Denoiser;
 use crate::objective::Prediction;
 use crate::rng::PortableRng;
 
@@ -34,8 +34,8 @@ pub fn timesteps(steps: usize) -> Vec<f32> {
 }
 
 /// Guided velocity and clean-image estimate at time `t` for state `z`.
-pub fn guided_velocity(
-    net: &Jit,
+pub fn guided_velocity<N: Denoiser>(
+    net: &N,
     diffusion: &DiffusionConfig,
     sampler: &SamplerConfig,
     z: Tensor<4>,
@@ -47,13 +47,13 @@ pub fn guided_velocity(
     let scale = sampler.scale_at(t as f64);
     let v = if scale == 1.0 {
         let tt = Tensor::<1>::full([b], t, &device);
-        let out = net.forward(z.clone(), tt.clone(), labels);
+        let out = net.denoise(z.clone(), tt.clone(), labels);
         Prediction::new(out, z.clone(), tt, diffusion.prediction, diffusion.t_eps).v()
     } else {
         let tt = Tensor::<1>::full([2 * b], t, &device);
-        let null = labels.clone().full_like(net.config.num_classes as i64);
+        let null = labels.clone().full_like(net.null_class() as i64);
         let zz = Tensor::cat(vec![z.clone(), z.clone()], 0);
-        let out = net.forward(zz.clone(), tt.clone(), Tensor::cat(vec![labels, null], 0));
+        let out = net.denoise(zz.clone(), tt.clone(), Tensor::cat(vec![labels, null], 0));
         let v = Prediction::new(out, zz, tt, diffusion.prediction, diffusion.t_eps).v();
         let mut halves = v.chunk(2, 0);
         let v_uncond = halves.pop().expect("two halves");
@@ -76,8 +76,8 @@ pub struct Step {
 
 /// A sampling run in progress; call [`Sampling::step`] until it returns `None`, then
 /// [`Sampling::finish`].
-pub struct Sampling<'a> {
-    net: &'a Jit,
+pub struct Sampling<'a, N: Denoiser> {
+    net: &'a N,
     diffusion: DiffusionConfig,
     sampler: SamplerConfig,
     labels: Tensor<1, Int>,
@@ -86,11 +86,11 @@ pub struct Sampling<'a> {
     index: usize,
 }
 
-impl<'a> Sampling<'a> {
+impl<'a, N: Denoiser> Sampling<'a, N> {
     /// Starts from noise `z0` `[B, C, H, W]` (already scaled by `noise_scale`) with class
     /// `labels` `[B]` (the null class K gives unconditional samples).
     pub fn new(
-        net: &'a Jit,
+        net: &'a N,
         diffusion: &DiffusionConfig,
         sampler: &SamplerConfig,
         z0: Tensor<4>,
@@ -148,8 +148,8 @@ impl<'a> Sampling<'a> {
 
 /// Runs a whole [`Sampling`]; `on_step(step)` returns `false` to cancel
 /// ([`JitError::Cancelled`]).
-pub fn sample(
-    net: &Jit,
+pub fn sample<N: Denoiser>(
+    net: &N,
     diffusion: &DiffusionConfig,
     sampler: &SamplerConfig,
     z0: Tensor<4>,

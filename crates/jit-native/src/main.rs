@@ -13,6 +13,7 @@ mod import;
 mod info;
 mod pickle;
 mod sample;
+mod toy;
 mod train;
 
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure training and sampling throughput.
     Bench(bench::BenchArgs),
+    /// The paper's toy experiment: x- vs ε- vs v-prediction as the ambient dimension grows.
+    Toy(toy::ToyArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Export(a) => export::run(a),
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Toy(a) => toy::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

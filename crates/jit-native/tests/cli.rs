@@ -283,3 +283,20 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
         assert!(values.values().all(|t| t.data.iter().all(|v| v.is_finite())), "{name} holds finite weights");
     }
 }
+
+#[test]
+fn toy_x_prediction_stays_on_the_manifold_where_eps_prediction_does_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("toy");
+    ok(&["toy", "--dims", "512", "--targets", "x,eps", "--steps", "200", "--batch-size", "128", "--samples", "300",
+        "--sample-steps", "10", "--out", out.to_str().unwrap()]);
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("toy.json")).unwrap()).unwrap();
+    let get = |target: &str, key: &str| {
+        results.as_array().unwrap().iter().find(|r| r["target"] == target).unwrap()[key].as_f64().unwrap()
+    };
+    let (off_x, off_eps) = (get("x", "off_manifold"), get("eps", "off_manifold"));
+    println!("D=512 off-manifold norm: x-pred {off_x:.3}, eps-pred {off_eps:.3}");
+    assert!(off_x * 10.0 < off_eps, "x-prediction should stay far closer to the data plane: {off_x} vs {off_eps}");
+    assert!(get("x", "sliced_w1") < get("eps", "sliced_w1"));
+    assert!(out.join("toy.png").is_file() && out.join("toy.md").is_file());
+}
