@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod ckpt;
 mod data;
+mod eval;
 mod export;
 mod fsutil;
 mod generate;
@@ -41,6 +42,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure training and sampling throughput.
     Bench(bench::BenchArgs),
+    /// Sample quality for small datasets: FD on a trained classifier's features, class accuracy.
+    Eval(eval::EvalArgs),
     /// The paper's toy experiment: x- vs ε- vs v-prediction as the ambient dimension grows.
     Toy(toy::ToyArgs),
 }
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Toy(a) => toy::run(a),
+        Command::Eval(a) => eval::run(a).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -300,3 +300,32 @@ fn toy_x_prediction_stays_on_the_manifold_where_eps_prediction_does_not() {
     assert!(get("x", "sliced_w1") < get("eps", "sliced_w1"));
     assert!(out.join("toy.png").is_file() && out.join("toy.md").is_file());
 }
+
+#[test]
+fn eval_separates_real_from_noise_and_scores_a_checkpoint() {
+    if !Path::new("/usr/share/datasets/fashion-mnist").is_dir() {
+        eprintln!("SKIP: apt-get install dataset-fashion-mnist");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("fm");
+    ok(&["train", "--backend", "cpu", "--data", "fashion-mnist", "--model", "JiT-T/8", "--depth", "1", "--steps", "2",
+        "--batch-size", "8", "--sample-every", "0", "--out", run.to_str().unwrap()]);
+    let clf = tmp.path().join("clf.mpk");
+    let report = tmp.path().join("eval.json");
+    let ckpt = run.join("ckpt-00000002.safetensors");
+    ok(&["eval", ckpt.to_str().unwrap(), "--backend", "cpu", "--data", "fashion-mnist", "--count", "300", "--steps", "2",
+        "--classifier-epochs", "1", "--classifier", clf.to_str().unwrap(), "--json", report.to_str().unwrap()]);
+    assert!(clf.is_file(), "the classifier is cached");
+    let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    let fd = |i: usize| rows[i]["fd_classifier"].as_f64().unwrap();
+    let (floor, noise, generated) = (fd(0), fd(1), fd(2));
+    println!("FD-classifier: real {floor:.2}, noise {noise:.2}, 2-step model {generated:.2}");
+    assert!(floor < 0.1 * noise, "real vs real ({floor}) should be far below noise vs real ({noise})");
+    assert!(rows[0]["class_accuracy"].as_f64().unwrap() > 0.6, "the classifier learned the classes");
+    assert!(generated > floor, "an untrained model is worse than real data");
+    // A checkpoint for another image size is refused.
+    fails(&["eval", ckpt.to_str().unwrap(), "--backend", "cpu", "--data", "fashion-mnist", "--image-size", "28",
+        "--classifier", clf.to_str().unwrap()], "but the dataset has");
+}
