@@ -93,7 +93,7 @@ pub struct TrainSettings {
     /// Loss space: x, eps or v. [default: v]
     #[arg(long)]
     pub loss: Option<String>,
-    /// Base learning rate; lr = blr·batch/256 (reference: 5e-5). [default: 4e-3 → 5e-4 at batch 32]
+    /// Base learning rate; lr = blr·batch/256 (reference: 5e-5). [default: 6.4e-3 → 8e-4 at batch 32]
     #[arg(long)]
     pub blr: Option<f64>,
     /// Absolute learning rate (overrides --blr).
@@ -123,7 +123,7 @@ pub struct TrainSettings {
     /// Images per step. [default: 32]
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Optimizer steps. [default: 2000]
+    /// Optimizer steps. [default: 5000]
     #[arg(long)]
     pub steps: Option<u64>,
     /// Epochs (overrides --steps).
@@ -248,7 +248,7 @@ fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn crate::data::Dataset>
     let steps_per_epoch = (dataset.len() as f64 / batch_size as f64).max(1.0);
     let steps = match s.epochs {
         Some(e) => (e * steps_per_epoch).ceil() as u64,
-        None => s.steps.unwrap_or(2000),
+        None => s.steps.unwrap_or(5000),
     };
     if steps == 0 {
         bail!("--steps/--epochs must give at least one step");
@@ -263,7 +263,7 @@ fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn crate::data::Dataset>
         other => bail!("unknown --schedule '{other}' (use constant or cosine)"),
     };
     let optim = OptimConfig {
-        blr: s.blr.unwrap_or(4e-3),
+        blr: s.blr.unwrap_or(6.4e-3),
         lr: s.lr,
         min_lr: s.min_lr.unwrap_or(0.0),
         weight_decay: s.weight_decay.unwrap_or(0.0),
@@ -364,7 +364,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         None => TrainSettings::default(),
     };
-    let (run_dir, resolved, dataset, resume_from) = if let Some(dir) = &args.resume {
+    let (run_dir, settings, resolved, dataset, resume_from) = if let Some(dir) = &args.resume {
         let latest = checkpoints(dir)?
             .pop()
             .with_context(|| format!("{} holds no checkpoint to resume from", dir.display()))?;
@@ -376,7 +376,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             settings.epochs = None;
         }
         let (resolved, dataset) = resolve(&settings)?;
-        (dir.clone(), resolved, dataset, Some((latest, settings)))
+        (dir.clone(), settings, resolved, dataset, Some(latest))
     } else {
         let settings = file_settings.overlay(&args.settings);
         let (resolved, dataset) = resolve(&settings)?;
@@ -384,7 +384,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
             PathBuf::from(format!("runs/run-{secs}"))
         });
-        (dir, resolved, dataset, None)
+        (dir, settings, resolved, dataset, None)
     };
     if args.dry_run {
         println!("{}", serde_json::to_string_pretty(&resolved)?);
@@ -396,13 +396,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let mut trainer = match &resume_from {
         None => {
-            let settings_json = serde_json::to_string_pretty(&file_settings_for_run(&args, &r))?;
+            // Everything explicit, as it will be re-read on `--resume`.
+            let settings_json = serde_json::to_string_pretty(&settings)?;
             write_atomic(&run_dir.join("settings.json"), settings_json.as_bytes())?;
             device.seed(r.seed);
             let model = Jit::new(&r.network, &device)?;
             Trainer::new(model, r.diffusion.clone(), r.optim.clone(), r.seed)
         }
-        Some((path, _)) => restore(path, &r, &device)?,
+        Some(path) => restore(path, &r, &device)?,
     };
     let n_params = trainer.model.num_params();
     eprintln!(
@@ -471,17 +472,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     metrics.sync_all().ok();
     eprintln!("done: step {} in {}", trainer.step, run_dir.display());
     Ok(())
-}
-
-/// The settings as they will be re-read on `--resume` (everything explicit).
-fn file_settings_for_run(args: &TrainArgs, _r: &Resolved) -> TrainSettings {
-    let file = args
-        .config
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|t| toml::from_str::<TrainSettings>(&t).ok())
-        .unwrap_or_default();
-    file.overlay(&args.settings)
 }
 
 fn meta_for(r: &Resolved, step: u64) -> CheckpointMeta {
