@@ -162,7 +162,6 @@ impl ModuleMapper for Load {
                 .reshape(param.lazy_shape())
         } else {
             Tensor::<D>::from_data(TensorData::new(data, layout.burn.clone()), &self.device)
-                .reshape(param.lazy_shape())
         };
         // Keeps the parameter's device and its training (require-grad) setting.
         let id = param.id;

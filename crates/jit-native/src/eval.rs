@@ -285,7 +285,7 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
         bail!("need at least 2 test images per split (have {})", test_a.indices.len().min(test_b.indices.len()));
     }
     let (xa, ya) = test_a.images(n)?;
-    let (fa, acc_a) = features_and_accuracy(&clf, &xa, &ya, shape, &device)?;
+    let (fa, _) = features_and_accuracy(&clf, &xa, &ya, shape, &device)?;
     let (xb, yb) = test_b.images(n)?;
     let (fb, acc_b) = features_and_accuracy(&clf, &xb, &yb, shape, &device)?;
     let mut rows = vec![Row { what: "real held-out (floor)".into(), fd_classifier: frechet_distance(&fb, &fa), class_accuracy: acc_b }];
@@ -309,7 +309,6 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
     for r in &rows {
         println!("| {} | {:.2} | {:.1}% |", r.what, r.fd_classifier, 100.0 * r.class_accuracy);
     }
-    let _ = acc_a;
     if let Some(p) = &a.json {
         crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&rows)?.as_bytes()).context("cannot write the report")?;
     }

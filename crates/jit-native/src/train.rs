@@ -225,8 +225,7 @@ fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn crate::data::Dataset>
     let dataset: Arc<dyn crate::data::Dataset> = Arc::from(data.open(size, channels, flip)?);
     let num_classes = dataset.class_names().len();
     let mut net = JitConfig::preset(s.model.as_deref().unwrap_or("JiT-T/4"), size, channels, num_classes)?;
-    let o = Overrides::from(s);
-    set_some!(net, o, patch_size, hidden_size, depth, num_heads, bottleneck_dim, in_context_len,
+    set_some!(net, s, patch_size, hidden_size, depth, num_heads, bottleneck_dim, in_context_len,
         in_context_start, mlp_ratio, attn_drop, proj_drop);
     if net.in_context_len > 0 && net.in_context_start >= net.depth {
         net.in_context_start = net.depth / 2;
@@ -297,37 +296,6 @@ fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn crate::data::Dataset>
         class_names: dataset.class_names().to_vec(),
     };
     Ok((resolved, dataset))
-}
-
-/// The network-size overrides of [`TrainSettings`] as the field names of [`JitConfig`].
-struct Overrides {
-    patch_size: Option<usize>,
-    hidden_size: Option<usize>,
-    depth: Option<usize>,
-    num_heads: Option<usize>,
-    bottleneck_dim: Option<usize>,
-    in_context_len: Option<usize>,
-    in_context_start: Option<usize>,
-    mlp_ratio: Option<f64>,
-    attn_drop: Option<f64>,
-    proj_drop: Option<f64>,
-}
-
-impl From<&TrainSettings> for Overrides {
-    fn from(s: &TrainSettings) -> Self {
-        Self {
-            patch_size: s.patch_size,
-            hidden_size: s.hidden_size,
-            depth: s.depth,
-            num_heads: s.num_heads,
-            bottleneck_dim: s.bottleneck_dim,
-            in_context_len: s.in_context_len,
-            in_context_start: s.in_context_start,
-            mlp_ratio: s.mlp_ratio,
-            attn_drop: s.attn_drop,
-            proj_drop: s.proj_drop,
-        }
-    }
 }
 
 fn ckpt_name(step: u64) -> String {
