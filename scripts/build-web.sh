@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Builds the web demo into dist/ with only wasm-bindgen-cli (no Trunk needed):
+# Builds the browser module, its npm-style package and the demo page into dist/:
 #   bash scripts/build-web.sh [MODEL.safetensors]
-# MODEL (default: web/model.safetensors if present) is copied as the page's default model.
+# dist/pkg/  the package: package.json, README.md, wasm-bindgen's ES module + .d.ts, the wasm,
+#            worker.js + client.js (JitWorker: the module in a Web Worker) + client.d.ts
+# dist/      the demo page, models.json and the model files it lists that exist in web/
+# MODEL (default: web/model.safetensors) becomes dist/model.safetensors.
+# JIT_WASM_OPT=0 skips wasm-opt. Needs wasm-bindgen-cli (installed here, the version in
+# Cargo.lock) and npm (for binaryen's wasm-opt, scripts/web-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+t0=$SECONDS
 
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 want=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
@@ -14,12 +20,49 @@ if [ "$have" != "$want" ]; then
   cargo install wasm-bindgen-cli --version "$want"
 fi
 
-cargo build --release --locked -p jit-web --target wasm32-unknown-unknown
+# Root Cargo.toml's [profile.wasm-release]: release tuned for size (opt-level z, fat LTO, one
+# codegen unit, panic=abort).
+cargo build --profile wasm-release --locked -p jit-web --target wasm32-unknown-unknown
+raw="$CARGO_TARGET_DIR/wasm32-unknown-unknown/wasm-release/jit_web.wasm"
 rm -rf dist && mkdir -p dist
-# Names and producers sections only help debugging: dropping them saves ~5 MB (4 MB gzipped in all).
-wasm-bindgen --target web --no-typescript --remove-name-section --remove-producers-section --out-dir dist/pkg \
-  "$CARGO_TARGET_DIR/wasm32-unknown-unknown/release/jit_web.wasm"
-cp web/index.html web/app.js web/style.css dist/
+# Names and producers sections only help debugging: dropping them saves ~5 MB.
+wasm-bindgen --target web --remove-name-section --remove-producers-section --out-dir dist/pkg "$raw"
+wasm=dist/pkg/jit_web_bg.wasm
+size() { printf '%s bytes (%s gzipped)' "$(stat -c %s "$1")" "$(gzip -9 -c "$1" | wc -c)"; }
+echo "wasm-bindgen: $(size $wasm)"
+
+# wasm-opt from npm's binaryen (a current one: Debian's binaryen 108 produces a module that fails
+# at start-up). Its output is kept only if it passes a smoke test in Node: it starts, loads the
+# default model and samples the same floats as the unoptimised module.
+if [ "${JIT_WASM_OPT:-1}" != 0 ]; then
+  (cd scripts/web-tools && npm ci --no-audit --no-fund --silent)
+  opt=$(mktemp -d)
+  trap 'rm -rf "$opt"' EXIT
+  t=$SECONDS
+  scripts/web-tools/node_modules/.bin/wasm-opt -Oz \
+    --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \
+    --enable-sign-ext --enable-mutable-globals --enable-multivalue \
+    "$wasm" -o "$opt/jit_web_bg.wasm"
+  echo "wasm-opt -Oz ($((SECONDS - t)) s): $(size "$opt/jit_web_bg.wasm")"
+  if node scripts/web-tools/smoke.mjs dist/pkg "$opt/jit_web_bg.wasm" web/model.safetensors; then
+    cp "$opt/jit_web_bg.wasm" "$wasm"
+  else
+    echo "wasm-opt's module failed the smoke test; keeping wasm-bindgen's" >&2
+  fi
+fi
+
+# The npm-style package around the module.
+version=$(awk -F'"' '/^\[workspace.package\]/ {p=1} p && /^version/ {print $2; exit}' Cargo.toml)
+cp crates/jit-web/js/worker.js crates/jit-web/js/client.js crates/jit-web/js/client.d.ts dist/pkg/
+cp crates/jit-web/README.md dist/pkg/README.md
+sed "s/\"version\": \"0.0.0\"/\"version\": \"$version\"/" crates/jit-web/js/package.json > dist/pkg/package.json
+rm -f dist/pkg/.gitignore
+
+# The demo page and its models.
+cp web/index.html web/app.js web/style.css web/models.json dist/
+node -e 'for (const m of require("./web/models.json").models) console.log(m.file)' | while read -r f; do
+  if [ -f "web/$f" ]; then mkdir -p "dist/$(dirname "$f")" && cp "web/$f" "dist/$f"; fi
+done
 model="${1:-web/model.safetensors}"
 if [ -f "$model" ]; then cp "$model" dist/model.safetensors; fi
-echo "built dist/ ($(du -sh dist/pkg/jit_web_bg.wasm | cut -f1) wasm); serve it with: python3 -m http.server -d dist 8080"
+echo "built dist/ in $((SECONDS - t0)) s: module $(size $wasm); serve it with: python3 -m http.server -d dist 8080"

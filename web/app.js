@@ -1,17 +1,13 @@
-// The JiT demo page: loads an exported checkpoint (cached with the Cache API), shows the
-// controls, and generates on WebGPU (or the CPU fallback) with a live x̂ preview.
+// The JiT demo page. The wasm module runs in a dedicated Web Worker (pkg/worker.js, driven by
+// JitWorker from pkg/client.js), so this thread only draws: the page stays responsive while the
+// worker samples on WebGPU (or its CPU fallback), streaming an x̂ preview after every step.
+// Models come from models.json (the picker), a ?model=URL, or a file dropped on the page.
+import { JitWorker } from "./pkg/client.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { gen: null, busy: false };
+const state = { jit: null, info: null, label: null, busy: false, gpuWarm: false, models: [], cancelAt: null };
 // Exposed for tests and for curious visitors.
-window.__jit = { ready: false, info: null, result: null, error: null, steps: [] };
-
-async function loadBindings() {
-  if (window.wasmBindings) return window.wasmBindings; // built by Trunk
-  const mod = await import("./pkg/jit_web.js");
-  await mod.default();
-  return mod;
-}
+window.__jit = { ready: false, worker: true, info: null, model: null, result: null, error: null, steps: [], stepTimes: [], cancel: null };
 
 function showError(msg) {
   const el = $("error");
@@ -38,22 +34,29 @@ async function cachedBytes(url) {
   return bytes;
 }
 
-async function useModel(source, label) {
-  const { JitGenerator } = state.bindings;
+function describe(entry) {
+  $("model-desc").textContent = entry ? [entry.description, entry.credit].filter(Boolean).join(" — ") : "";
+}
+
+async function useModel(getSource, label, entry = null) {
   const params = new URLSearchParams(location.search);
   $("go").disabled = true;
+  $("model-select").disabled = true;
   $("status").textContent = `Loading ${label}…`;
   try {
-    const gen = await JitGenerator.load(source, { backend: params.get("backend") || "auto" });
-    state.gen = gen;
-    const info = gen.info();
+    const info = await state.jit.load(await getSource(), { backend: params.get("backend") || "auto" });
+    state.info = info;
+    state.label = label;
+    state.gpuWarm = false; // a new network means new kernels to compile
     window.__jit.info = info;
+    window.__jit.model = label;
     showError("");
+    describe(entry);
     const c = info.config;
     $("model-info").textContent =
       `${label}: ${(info.parameters / 1e6).toFixed(2)}M parameters, ${c.in_channels}×${c.input_size}×${c.input_size} px, ` +
       `patch ${c.patch_size}, depth ${c.depth}, ${info.numClasses} classes, trained ${info.step} steps`;
-    $("status").textContent = `Backend: ${info.backend === "webgpu" ? "WebGPU (your GPU)" : "CPU (WebAssembly)"}`;
+    $("status").textContent = `Backend: ${info.backend === "webgpu" ? "WebGPU (your GPU)" : "CPU (WebAssembly)"}, in a Web Worker`;
     $("banner").hidden = !info.backendNote;
     $("banner").textContent = info.backendNote
       ? `WebGPU is not available in this browser, so images are computed on the CPU (slower). ${info.backendNote}`
@@ -73,13 +76,16 @@ async function useModel(source, label) {
       ["cfg", "cfg"], ["low", "low"], ["high", "high"], ["count", "count"]]) {
       if (params.has(k)) $(id).value = params.get(k);
     }
-    $("go").disabled = false;
     window.__jit.ready = true;
+    return true;
   } catch (e) {
     showError(`Could not load ${label}: ${e.message ?? e}`);
-    $("status").textContent = state.gen ? "Kept the previous model." : "No model loaded.";
-    $("go").disabled = !state.gen;
-    window.__jit.ready = !!state.gen;
+    $("status").textContent = state.info ? `Kept the previous model (${state.label}).` : "No model loaded.";
+    window.__jit.ready = !!state.info;
+    return false;
+  } finally {
+    $("go").disabled = !state.info;
+    $("model-select").disabled = false;
   }
 }
 
@@ -99,13 +105,16 @@ function drawStrip(canvas, rgba, width, height, count) {
   }
 }
 
+const median = (xs) => { const s = [...xs].sort((a, b) => a - b); return s.length ? s[s.length >> 1] : NaN; };
+
 async function generate(ev) {
   ev.preventDefault();
-  if (!state.gen || state.busy) return;
+  if (!state.info || state.busy) return;
   state.busy = true;
-  $("go").disabled = true; $("cancel").disabled = false;
+  state.cancelAt = null;
+  $("go").disabled = true; $("cancel").disabled = false; $("model-select").disabled = true;
   showError("");
-  const info = state.gen.info();
+  const info = state.info;
   const count = Number($("count").value);
   const opts = {
     classLabel: $("class").value === "" ? null : Number($("class").value),
@@ -113,15 +122,23 @@ async function generate(ev) {
     cfg: Number($("cfg").value), intervalLow: Number($("low").value), intervalHigh: Number($("high").value), count,
   };
   window.__jit.steps = [];
+  window.__jit.stepTimes = [];
+  window.__jit.result = null;
   $("progress").max = opts.steps; $("progress").value = 0;
+  const compiling = info.backend === "webgpu" && !state.gpuWarm;
+  const backendText = $("status").textContent;
+  if (compiling) $("status").textContent = "Compiling GPU kernels (first run only)…";
   const size = info.imageSize;
+  const started = performance.now();
   try {
-    const out = await state.gen.generate(opts, (step, total, rgba) => {
+    const out = await state.jit.generate(opts, (step, total, rgba) => {
       window.__jit.steps.push(step);
+      window.__jit.stepTimes.push(performance.now());
       $("progress").value = step;
       drawStrip($("preview"), rgba, size, size, count);
     });
-    window.__jit.result = { floats: Array.from(out.floats), count: out.count, seconds: out.seconds, options: opts, backend: info.backend };
+    if (info.backend === "webgpu") state.gpuWarm = true;
+    window.__jit.result = { floats: Array.from(out.floats), count: out.count, seconds: out.seconds, options: opts, backend: info.backend, compiling };
     const grid = $("grid");
     grid.innerHTML = "";
     for (let i = 0; i < out.count; i++) {
@@ -139,43 +156,96 @@ async function generate(ev) {
     }
     $("timing").textContent = `${out.count} images in ${out.seconds.toFixed(2)} s — ${(out.seconds / out.count).toFixed(2)} s per image on ${info.backend}`;
   } catch (e) {
-    showError(`${e.message ?? e}` === "cancelled" ? "Cancelled." : `Generation failed: ${e.message ?? e}`);
+    if (e.cancelled) {
+      const now = performance.now();
+      const times = [started, ...window.__jit.stepTimes];
+      const stepMs = median(times.slice(1).map((t, i) => t - times[i]));
+      const latencyMs = state.cancelAt === null ? NaN : now - state.cancelAt;
+      window.__jit.cancel = { latencyMs, stepMs, stepsDone: window.__jit.steps.length };
+      showError(`Cancelled after ${window.__jit.steps.length} of ${opts.steps} steps (stopped ${latencyMs.toFixed(0)} ms after the click; a step takes ~${stepMs.toFixed(0)} ms).`);
+    } else {
+      showError(`Generation failed: ${e.message ?? e}`);
+    }
   } finally {
     state.busy = false;
-    $("go").disabled = false; $("cancel").disabled = true;
+    if (compiling) $("status").textContent = backendText;
+    $("go").disabled = false; $("cancel").disabled = true; $("model-select").disabled = false;
+  }
+}
+
+async function loadManifest() {
+  try {
+    const resp = await fetch("models.json");
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    const { models } = await resp.json();
+    return models.filter((m) => m && typeof m.file === "string");
+  } catch (e) {
+    console.warn("no models.json, offering model.safetensors only:", e);
+    return [{ file: "model.safetensors", title: "Default model" }];
   }
 }
 
 async function main() {
-  try {
-    state.bindings = await loadBindings();
-  } catch (e) {
-    showError(`This browser could not start the WebAssembly module: ${e.message ?? e}`);
-    return;
-  }
   $("form").addEventListener("submit", generate);
-  $("cancel").addEventListener("click", () => state.gen?.cancel());
+  $("cancel").addEventListener("click", () => {
+    state.cancelAt = performance.now();
+    state.jit?.cancel();
+  });
   $("dice").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e9); });
-  const onFile = async (file) => {
-    if (!file) return;
-    await useModel(new Uint8Array(await file.arrayBuffer()), file.name);
-  };
-  $("file").addEventListener("change", (e) => onFile(e.target.files[0]));
-  const drop = $("drop");
-  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); onFile(e.dataTransfer.files[0]); });
   if (!navigator.gpu) {
     $("banner").hidden = false;
     $("banner").textContent = "This browser has no WebGPU; images will be computed on the CPU (slower).";
   }
-  const url = new URLSearchParams(location.search).get("model") || "model.safetensors";
   try {
-    await useModel(await cachedBytes(url), url);
+    state.jit = await JitWorker.create();
   } catch (e) {
-    showError(`Could not load the default model (${e.message ?? e}). Drop a checkpoint file above.`);
-    $("status").textContent = "No model loaded.";
+    showError(`This browser could not start the WebAssembly module in a worker: ${e.message ?? e}`);
+    $("status").textContent = "Not available.";
+    return;
   }
+
+  // The picker: models.json, plus a ?model=URL if given (selected first).
+  state.models = await loadManifest();
+  const wanted = new URLSearchParams(location.search).get("model");
+  if (wanted && !state.models.some((m) => m.file === wanted)) state.models.unshift({ file: wanted, title: wanted });
+  const picker = $("model-select");
+  state.models.forEach((m, i) => picker.add(new Option(m.title ?? m.file, String(i))));
+  picker.value = String(Math.max(0, state.models.findIndex((m) => m.file === (wanted ?? state.models[0]?.file))));
+  const pick = (i) => {
+    const m = state.models[i];
+    return useModel(() => cachedBytes(m.file), m.title ?? m.file, m);
+  };
+  picker.addEventListener("change", async () => {
+    const previous = state.label;
+    if (!(await pick(Number(picker.value)))) {
+      const back = [...picker.options].find((o) => o.text === previous);
+      if (back) picker.value = back.value;
+    }
+  });
+
+  const onFile = async (file) => {
+    if (!file) return;
+    if (await useModel(() => file, file.name)) {
+      const opt = new Option(file.name, "");
+      opt.disabled = true;
+      picker.add(opt);
+      picker.value = "";
+    }
+  };
+  $("file").addEventListener("change", (e) => onFile(e.target.files[0]));
+  const drop = $("drop");
+  for (const target of [document.body, drop]) {
+    target.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+    target.addEventListener("dragleave", () => drop.classList.remove("over"));
+    target.addEventListener("drop", (e) => { e.preventDefault(); e.stopPropagation(); drop.classList.remove("over"); onFile(e.dataTransfer.files[0]); });
+  }
+
+  if (state.models.length === 0) {
+    showError("No models listed in models.json. Drop a checkpoint file above.");
+    $("status").textContent = "No model loaded.";
+    return;
+  }
+  await pick(Number(picker.value));
 }
 
 main();

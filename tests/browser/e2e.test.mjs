@@ -1,6 +1,9 @@
 // Browser end-to-end test: the built page in Debian's Chromium (playwright-core), on WebGPU
 // (SwiftShader) and with WebGPU disabled (CPU fallback). Compares the generated float images with
-// what `jit-native sample` produced for the same checkpoint, seed and settings.
+// what `jit-native sample` produced for the same checkpoint, seed and settings. Also: the module
+// runs in a Web Worker (a main-thread timer keeps ticking during generation), cancel latency,
+// the model picker (models.json), dropping a file, and the npm-style package dist/pkg loaded the
+// way crates/jit-web/README.md's embedding example does (that example is served as /embed.html).
 //
 // Environment (set by scripts/test.sh): JIT_DIST (built page with model.safetensors),
 // JIT_REF (safetensors with the native `samples`), JIT_QUERY (page query string with the
@@ -11,7 +14,12 @@ import http from "node:http";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { execFileSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, "../..");
 
 const DIST = process.env.JIT_DIST;
 const REF = process.env.JIT_REF;
@@ -22,7 +30,22 @@ const BASE_FLAGS = ["--no-sandbox", "--no-first-run", "--disable-background-netw
   "--disable-component-update", "--disable-sync", "--disable-quic"];
 const TIMEOUT = 15 * 60 * 1000;
 
-const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm" };
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".wasm": "application/wasm", ".json": "application/json" };
+// The picker test's manifest: the test model (dist/model.safetensors) and the repository's
+// shapes model (web/model.safetensors, 32×32, served as /shapes.safetensors).
+const SHAPES = path.join(ROOT, "web/model.safetensors");
+const TEST_MANIFEST = { models: [
+  { file: "model.safetensors", title: "Test model", description: "tiny, trained for 40 steps by scripts/test.sh", credit: "the test" },
+  { file: "shapes.safetensors", title: "Shapes", description: "the demo's default model", credit: "this project" },
+] };
+
+/** The ```html block after "embed.html" in crates/jit-web/README.md: the embedding example. */
+function embedExample() {
+  const readme = fs.readFileSync(path.join(ROOT, "crates/jit-web/README.md"), "utf8");
+  const m = readme.match(/embed\.html[\s\S]*?```html\n([\s\S]*?)```/);
+  assert.ok(m, "crates/jit-web/README.md has the embed.html example");
+  return m[1];
+}
 let server, base;
 
 function readTensor(file, name) {
@@ -49,6 +72,15 @@ before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://127.0.0.1");
+    if (url.pathname === "/embed.html") {
+      res.writeHead(200, { "content-type": "text/html" }); res.end(embedExample()); return;
+    }
+    if (url.pathname === "/models.json") {
+      res.writeHead(200, { "content-type": "application/json" }); res.end(JSON.stringify(TEST_MANIFEST)); return;
+    }
+    if (url.pathname === "/shapes.safetensors") {
+      res.writeHead(200, { "content-type": "application/octet-stream" }); fs.createReadStream(SHAPES).pipe(res); return;
+    }
     const file = path.join(DIST, decodeURIComponent(url.pathname === "/" ? "/index.html" : url.pathname));
     if (!file.startsWith(path.resolve(DIST)) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
       res.writeHead(404); res.end("not found"); return;
@@ -81,15 +113,19 @@ async function generateOnPage(page) {
   await page.waitForFunction(() => window.__jit.ready || window.__jit.error, null, { timeout: TIMEOUT });
   assert.equal(await page.evaluate(() => window.__jit.error), null, "model loads without error");
   await page.click("#go");
+  const statusDuring = await page.locator("#status").innerText();
   await page.waitForFunction(() => window.__jit.result || window.__jit.error, null, { timeout: TIMEOUT });
   assert.equal(await page.evaluate(() => window.__jit.error), null, "generation succeeds");
-  return page.evaluate(() => ({ result: window.__jit.result, steps: window.__jit.steps }));
+  return { statusDuring, ...(await page.evaluate(() => ({ result: window.__jit.result, steps: window.__jit.steps, worker: window.__jit.worker }))) };
 }
 
 test("WebGPU backend reproduces jit-native's images", { timeout: TIMEOUT }, async () => {
   await withPage(true, async (page) => {
-    const { result, steps } = await generateOnPage(page);
+    const { result, steps, statusDuring, worker } = await generateOnPage(page);
     assert.equal(result.backend, "webgpu", "the WebGPU backend was used");
+    assert.equal(worker, true, "the page drives the module in a worker");
+    assert.match(statusDuring, /compiling GPU kernels \(first run only\)/i, "first WebGPU run says it compiles kernels");
+    assert.doesNotMatch(await page.locator("#status").innerText(), /compiling/i, "and stops saying so when done");
     const ref = readTensor(REF, "samples");
     const err = relL2(Float32Array.from(result.floats), ref);
     console.log(`webgpu vs native: rel L2 ${err.toExponential(2)}, ${result.seconds.toFixed(2)} s`);
@@ -103,8 +139,9 @@ test("WebGPU backend reproduces jit-native's images", { timeout: TIMEOUT }, asyn
 
 test("without WebGPU the CPU fallback gives the same images and says so", { timeout: TIMEOUT }, async () => {
   await withPage(false, async (page) => {
-    const { result } = await generateOnPage(page);
+    const { result, statusDuring } = await generateOnPage(page);
     assert.equal(result.backend, "cpu");
+    assert.doesNotMatch(statusDuring, /compiling/i, "no kernel compilation on the CPU");
     assert.ok(await page.locator("#banner").isVisible(), "banner explains the CPU fallback");
     const err = relL2(Float32Array.from(result.floats), readTensor(REF, "samples"));
     console.log(`cpu (wasm) vs native: rel L2 ${err.toExponential(2)}, ${result.seconds.toFixed(2)} s`);
@@ -124,4 +161,147 @@ test("a file that is not a JiT checkpoint shows an error, and the page keeps wor
     assert.equal(await page.locator("#go").isEnabled(), true, "the previous model stays usable");
     await page.screenshot({ path: path.join(ARTIFACTS, "browser-bad-file.png"), fullPage: true });
   });
+});
+
+test("models.json lists models the build copied", () => {
+  const { models } = JSON.parse(fs.readFileSync(path.join(DIST, "models.json"), "utf8"));
+  assert.ok(models.length >= 1);
+  for (const m of models) {
+    assert.equal(typeof m.file, "string"); assert.equal(typeof m.title, "string");
+    assert.ok(fs.existsSync(path.join(DIST, m.file)), `${m.file} is in dist/`);
+  }
+});
+
+async function openPage(page, query = QUERY) {
+  await page.goto(`${base}/?${query}`);
+  await page.waitForFunction(() => window.__jit.ready || window.__jit.error, null, { timeout: TIMEOUT });
+  assert.equal(await page.evaluate(() => window.__jit.error), null, "model loads without error");
+}
+
+test("the model picker offers models.json's models and switches between them", { timeout: TIMEOUT }, async () => {
+  await withPage(false, async (page) => {
+    await openPage(page);
+    const titles = await page.locator("#model-select option").allInnerTexts();
+    assert.deepEqual(titles, TEST_MANIFEST.models.map((m) => m.title));
+    assert.match(await page.locator("#model-info").innerText(), /^Test model: /);
+    assert.match(await page.locator("#model-desc").innerText(), /trained for 40 steps/);
+    await page.selectOption("#model-select", { label: "Shapes" });
+    await page.waitForFunction(() => window.__jit.model === "Shapes", null, { timeout: 60000 });
+    const info = await page.evaluate(() => window.__jit.info);
+    assert.equal(info.imageSize, 32, "the shapes model is 32×32");
+    assert.deepEqual(await page.locator("#class option").allInnerTexts(), [...info.classNames, "(unconditional)"]);
+    assert.match(await page.locator("#model-desc").innerText(), /demo's default model/);
+    await page.selectOption("#model-select", { label: "Test model" });
+    await page.waitForFunction(() => window.__jit.model === "Test model", null, { timeout: 60000 });
+    assert.equal((await page.evaluate(() => window.__jit.info)).imageSize, 16);
+    await page.screenshot({ path: path.join(ARTIFACTS, "browser-picker.png"), fullPage: true });
+  });
+});
+
+test("dropping a checkpoint on the page loads it", { timeout: TIMEOUT }, async () => {
+  await withPage(false, async (page) => {
+    await openPage(page);
+    const bytes = [...fs.readFileSync(SHAPES)];
+    await page.evaluate((bytes) => {
+      const dt = new DataTransfer();
+      dt.items.add(new File([new Uint8Array(bytes)], "dropped.safetensors"));
+      document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, bytes);
+    await page.waitForFunction(() => window.__jit.model === "dropped.safetensors", null, { timeout: 60000 });
+    assert.equal(await page.evaluate(() => window.__jit.error), null);
+    assert.equal((await page.evaluate(() => window.__jit.info)).imageSize, 32);
+  });
+});
+
+// Generation runs in a worker: a main-thread timer keeps ticking while steps that each take far
+// longer than its period run; Cancel stops within the step in flight.
+test("generation runs in a worker: the page stays responsive and Cancel stops within a step", { timeout: TIMEOUT }, async () => {
+  await withPage(false, async (page) => {
+    // 32 images of the 32×32 shapes model with CFG: ~10² ms per Heun step on this machine's CPU.
+    await openPage(page, "model=shapes.safetensors&class=0&count=32&seed=1&steps=50&sampler=heun&cfg=2.9&low=0&high=1");
+    await page.evaluate(() => {
+      window.__ticks = [];
+      window.__timer = setInterval(() => window.__ticks.push(performance.now()), 20);
+    });
+    await page.click("#go");
+    await page.waitForFunction(() => window.__jit.steps.length >= 4, null, { timeout: TIMEOUT });
+    // Cancel somewhere inside a step.
+    await page.waitForTimeout(37);
+    await page.click("#cancel");
+    await page.waitForFunction(() => window.__jit.cancel, null, { timeout: TIMEOUT });
+    const { cancel, gaps, stepsDone, total } = await page.evaluate(() => {
+      clearInterval(window.__timer);
+      const t = window.__ticks;
+      return { cancel: window.__jit.cancel, gaps: t.slice(1).map((x, i) => x - t[i]), stepsDone: window.__jit.steps.length, total: Number(document.getElementById("steps").value) };
+    });
+    const maxGap = Math.max(...gaps);
+    console.log(`worker: step ${cancel.stepMs.toFixed(0)} ms (median), main-thread timer max gap ${maxGap.toFixed(0)} ms over ${gaps.length} ticks; ` +
+      `cancel latency ${cancel.latencyMs.toFixed(0)} ms after ${stepsDone} steps`);
+    assert.ok(cancel.stepMs > 100, `steps are long enough to tell (${cancel.stepMs} ms)`);
+    assert.ok(maxGap < Math.min(200, cancel.stepMs), `the main thread kept ticking (max gap ${maxGap} ms)`);
+    assert.ok(stepsDone < total, "generation stopped early");
+    assert.ok(cancel.latencyMs < cancel.stepMs * 1.5 + 250, `cancel took ${cancel.latencyMs} ms (a step: ${cancel.stepMs} ms)`);
+    assert.match(await page.locator("#error").innerText(), /^Cancelled after/);
+    assert.equal(await page.locator("#go").isEnabled(), true, "ready for the next generation");
+  });
+});
+
+test("the npm-style package: README's embedding example works as a page", { timeout: TIMEOUT }, async () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(DIST, "pkg/package.json"), "utf8"));
+  for (const f of pkg.files) assert.ok(fs.existsSync(path.join(DIST, "pkg", f)), `package file ${f}`);
+  assert.equal(pkg.types, "jit_web.d.ts");
+  await withPage(false, async (page) => {
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    await page.goto(`${base}/embed.html`);
+    await page.waitForFunction(() => /^done/.test(document.getElementById("status")?.textContent ?? ""), null, { timeout: TIMEOUT });
+    assert.deepEqual(errors, []);
+    // The example's settings are those of JIT_QUERY: its pixels are the native samples, in 8 bits.
+    const px = await page.evaluate(() => [...document.querySelectorAll("#images canvas")].map((c) =>
+      Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data)));
+    const ref = readTensor(REF, "samples");
+    assert.equal(px.length, 2, "two images");
+    const size = Math.sqrt(px[0].length / 4);
+    const plane = size * size;
+    let worst = 0;
+    for (let b = 0; b < px.length; b++) for (let c = 0; c < 3; c++) for (let i = 0; i < plane; i++) {
+      const want = Math.round(Math.min(255, Math.max(0, (ref[(b * 3 + c) * plane + i] + 1) / 2 * 255)));
+      worst = Math.max(worst, Math.abs(px[b][i * 4 + c] - want));
+    }
+    assert.ok(worst <= 1, `embedded example's pixels match the native samples (max diff ${worst})`);
+  });
+});
+
+test("the package's TypeScript declarations type-check", { timeout: 120000 }, () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jit-ts-"));
+  try {
+    const pkg = path.join(DIST, "pkg");
+    fs.writeFileSync(path.join(dir, "use.ts"), `
+      import init, { JitGenerator, type GenerateResult, type ModelInfo } from "${pkg}/jit_web.js";
+      import { JitWorker, type JitError } from "${pkg}/client.js";
+      export async function direct(): Promise<number> {
+        await init();
+        const g: JitGenerator = await JitGenerator.load("model.safetensors", { backend: "auto" });
+        const info: ModelInfo = g.info();
+        const out: GenerateResult = await g.generate({ classLabel: null, seed: 1, sampler: "heun" },
+          (step: number, total: number, rgba: Uint8ClampedArray) => {});
+        return out.floats.length + info.classNames.length;
+      }
+      export async function worker(): Promise<string> {
+        const jit = await JitWorker.create();
+        const info = await jit.load(new Uint8Array(8), { backend: "cpu" });
+        try { await jit.generate({ count: 2 }, (s, t, rgba, time) => {}); } catch (e) { if ((e as JitError).cancelled) return "cancelled"; }
+        return info.backend;
+      }
+      // @ts-expect-error: unknown backend
+      JitGenerator.load("m", { backend: "cuda" });
+    `);
+    execFileSync(process.execPath, [path.join(HERE, "node_modules/typescript/bin/tsc"), "--noEmit", "--strict",
+      "--target", "es2022", "--module", "es2022", "--moduleResolution", "bundler", "--lib", "es2022,dom", "--skipLibCheck", "false",
+      path.join(dir, "use.ts")], { stdio: "pipe" });
+  } catch (e) {
+    assert.fail(`tsc: ${e.stdout ?? ""}${e.stderr ?? ""}${e.message}`);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

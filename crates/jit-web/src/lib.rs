@@ -31,6 +31,66 @@ use js_sys::{Array, Function, Float32Array, Object, Promise, Reflect, Uint8Array
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** Which backend to run on: WebGPU if available, else the CPU ("auto"), or one of them. */
+export type BackendChoice = "auto" | "webgpu" | "cpu";
+/** Options of `JitGenerator.load`. */
+export interface LoadOptions { backend?: BackendChoice }
+/** The network of a checkpoint (as stored in its metadata). */
+export interface NetworkConfig {
+  input_size: number; patch_size: number; in_channels: number; hidden_size: number; depth: number;
+  num_heads: number; mlp_ratio: number; num_classes: number; bottleneck_dim: number;
+  in_context_len: number; in_context_start: number; [key: string]: unknown;
+}
+/** Sampler defaults stored with a checkpoint. */
+export interface SamplerDefaults { method: "heun" | "euler"; steps: number; cfg: number; interval: [number, number] }
+/** What `JitGenerator.info()` returns. */
+export interface ModelInfo {
+  backend: "webgpu" | "cpu";
+  /** Why WebGPU was not used with `backend: "auto"`, or null. */
+  backendNote: string | null;
+  classNames: string[];
+  numClasses: number;
+  imageSize: number;
+  channels: number;
+  parameters: number;
+  /** Training step of the checkpoint. */
+  step: number;
+  config: NetworkConfig;
+  sampler: SamplerDefaults;
+  noiseScale: number;
+}
+/** Options of `generate`; omitted ones take the checkpoint's defaults. */
+export interface GenerateOptions {
+  /** Class index, or null/omitted for unconditional samples. */
+  classLabel?: number | null;
+  /** Non-negative integer; the same seed gives the same images everywhere. */
+  seed?: number;
+  steps?: number;
+  sampler?: "heun" | "euler";
+  cfg?: number;
+  intervalLow?: number;
+  intervalHigh?: number;
+  /** Images in one batch, 1..256 (default 1). */
+  count?: number;
+}
+/** Called after every step with the clean-image estimate x̂ of all images, count·H·W·4 RGBA bytes. */
+export type StepCallback = (step: number, total: number, previewRgba: Uint8ClampedArray) => void;
+/** What `generate` resolves to. */
+export interface GenerateResult {
+  /** count·H·W·4 RGBA bytes, images stacked. */
+  rgba: Uint8ClampedArray;
+  /** [count, channels, height, width] floats in about [-1, 1]. */
+  floats: Float32Array;
+  width: number;
+  height: number;
+  channels: number;
+  count: number;
+  seconds: number;
+}
+"#;
+
 thread_local! {
     static WEBGPU: std::cell::RefCell<Option<Result<Device, String>>> = const { std::cell::RefCell::new(None) };
 }
@@ -114,7 +174,11 @@ pub struct JitGenerator {
 impl JitGenerator {
     /// Loads an exported checkpoint. `source`: a URL string, an `ArrayBuffer` or a `Uint8Array`.
     /// `options.backend`: `"auto"` (WebGPU, else CPU), `"webgpu"` or `"cpu"`.
-    pub fn load(source: JsValue, options: JsValue) -> Promise {
+    #[wasm_bindgen(unchecked_return_type = "Promise<JitGenerator>")]
+    pub fn load(
+        #[wasm_bindgen(unchecked_param_type = "string | ArrayBuffer | Uint8Array")] source: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions | undefined")] options: JsValue,
+    ) -> Promise {
         future_to_promise(async move {
             let bytes = if let Some(url) = source.as_string() {
                 fetch_bytes(&url).await?
@@ -147,6 +211,7 @@ impl JitGenerator {
 
     /// `{config, classNames, numClasses, parameters, backend, backendNote, step, sampler,
     /// noiseScale, imageSize, channels}`.
+    #[wasm_bindgen(unchecked_return_type = "ModelInfo")]
     pub fn info(&self) -> Result<JsValue, JsValue> {
         let i = &self.inner;
         let o = Object::new();
@@ -171,7 +236,12 @@ impl JitGenerator {
     /// omitted gives unconditional samples). `onStep(step, total, previewRgba)` is called after
     /// every step with the x̂ estimate as RGBA. Resolves to `{rgba, floats, width, height,
     /// count, channels, seconds}`; rejects with "cancelled" after [`JitGenerator::cancel`].
-    pub fn generate(&self, options: JsValue, on_step: Option<Function>) -> Promise {
+    #[wasm_bindgen(unchecked_return_type = "Promise<GenerateResult>")]
+    pub fn generate(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "StepCallback | undefined")] on_step: Option<Function>,
+    ) -> Promise {
         let inner = self.inner.clone();
         inner.cancelled.set(false);
         future_to_promise(async move {
@@ -211,14 +281,20 @@ impl JitGenerator {
             let z0 = initial_noise(c, &m.diffusion, count, seed as u64, &device);
             let labels = labels_tensor(&vec![label; count], &device);
             let mut run = Sampling::new(&inner.model, &m.diffusion, &sampler, z0, labels).map_err(err)?;
-            while let Some(step) = run.step() {
+            // The flag is checked before every step and again after its preview is read back
+            // (the read waits for the GPU), so a cancel lands within the step in flight.
+            loop {
                 if inner.cancelled.get() {
                     return Err(err("cancelled"));
                 }
+                let Some(step) = run.step() else { break };
                 if let Some(cb) = &on_step {
                     let data = step.x_hat.into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
                     let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
                     let rgba = rgba(&floats, count, c.in_channels, c.input_size);
+                    if inner.cancelled.get() {
+                        return Err(err("cancelled"));
+                    }
                     cb.call3(&JsValue::NULL, &((step.index + 1) as u32).into(), &(step.total as u32).into(), &rgba.into())?;
                 }
                 yield_now().await;
@@ -238,7 +314,8 @@ impl JitGenerator {
         })
     }
 
-    /// Stops a running `generate` after its current step.
+    /// Stops a running `generate`: it rejects with "cancelled" at the next check, made before
+    /// every step and after every preview read-back.
     pub fn cancel(&self) {
         self.inner.cancelled.set(true);
     }
@@ -262,4 +339,10 @@ fn rgba(floats: &[f32], count: usize, channels: usize, size: usize) -> Uint8Clam
         }
     }
     Uint8ClampedArray::from(&out[..])
+}
+
+/// The version of this module (the crate's version).
+#[wasm_bindgen]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").into()
 }

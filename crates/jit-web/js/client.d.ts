@@ -1,0 +1,30 @@
+import type { GenerateOptions, GenerateResult, LoadOptions, ModelInfo } from "./jit_web.js";
+export type { BackendChoice, GenerateOptions, GenerateResult, LoadOptions, ModelInfo, NetworkConfig, SamplerDefaults } from "./jit_web.js";
+
+/** Called after every step with x̂ of all images (count·H·W·4 RGBA bytes) and the worker's clock (ms since the epoch). */
+export type WorkerStepCallback = (step: number, total: number, previewRgba: Uint8ClampedArray, time: number) => void;
+
+/** A generate that was cancelled rejects with an Error whose `message` is "cancelled" and `cancelled` is true. */
+export interface JitError extends Error { cancelled: boolean }
+
+/** The JiT module running in a dedicated Web Worker (WebGPU, else CPU), behind promises. */
+export declare class JitWorker {
+  /** Starts the worker (default: `worker.js` beside this file) and waits until its wasm module is ready. */
+  static create(options?: { workerUrl?: string | URL }): Promise<JitWorker>;
+  constructor(workerUrl?: string | URL);
+  readonly worker: Worker;
+  /** Resolves once the worker's wasm module started. */
+  readonly ready: Promise<JitWorker>;
+  /** The module's version, once ready. */
+  version: string | null;
+  /** Info of the model loaded last, or null. */
+  info: ModelInfo | null;
+  /** Loads a checkpoint from a URL, bytes or a File; ArrayBuffers are transferred to the worker. */
+  load(source: string | URL | ArrayBuffer | Uint8Array | Blob, options?: LoadOptions): Promise<ModelInfo>;
+  /** Generates images with the loaded model. */
+  generate(options?: GenerateOptions, onStep?: WorkerStepCallback | null): Promise<GenerateResult>;
+  /** Stops the running generate between steps; it rejects with a {@link JitError}. */
+  cancel(): void;
+  /** Ends the worker. */
+  terminate(): void;
+}

@@ -1,0 +1,67 @@
+// The Web Worker that runs the JiT wasm module (module worker: `new Worker(url, {type: "module"})`).
+// `JitWorker` in client.js speaks its protocol; it is documented there.
+//
+// Everything heavy happens here — loading weights, WebGPU (or CPU) compute, reading previews back
+// — so the page's main thread stays free. Between steps the Rust loop yields to the event loop, so
+// a "cancel" message is handled and the running `generate` stops at its next check (before every
+// step and after every preview read-back).
+import init, { JitGenerator, version } from "./jit_web.js";
+
+let gen = null; // the loaded model
+let running = null; // id of the running generate
+
+const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+const message = (e) => `${e?.message ?? e}`;
+
+async function bytesOf(source) {
+  if (typeof source === "string") return source; // a URL: the module downloads it
+  if (source instanceof Blob) return new Uint8Array(await source.arrayBuffer());
+  return source; // ArrayBuffer or Uint8Array
+}
+
+async function onLoad({ id, source, options }) {
+  try {
+    const next = await JitGenerator.load(await bytesOf(source), options ?? {});
+    // The previous model stays usable until a new one loaded; then it is freed (unless a
+    // generate still holds it, which keeps its own reference).
+    if (gen) gen.free();
+    gen = next;
+    post({ type: "loaded", id, info: gen.info() });
+  } catch (e) {
+    post({ type: "error", id, message: message(e) });
+  }
+}
+
+async function onGenerate({ id, options }) {
+  if (!gen) return post({ type: "error", id, message: "no model loaded" });
+  if (running !== null) return post({ type: "error", id, message: "a generation is already running" });
+  running = id;
+  try {
+    const out = await gen.generate(options ?? {}, (step, total, rgba) => {
+      post({ type: "step", id, step, total, rgba, time: performance.now() + performance.timeOrigin }, [rgba.buffer]);
+    });
+    const result = {
+      rgba: out.rgba, floats: out.floats, width: out.width, height: out.height,
+      channels: out.channels, count: out.count, seconds: out.seconds,
+    };
+    post({ type: "done", id, result }, [out.rgba.buffer, out.floats.buffer]);
+  } catch (e) {
+    post({ type: "error", id, message: message(e), cancelled: message(e) === "cancelled" });
+  } finally {
+    running = null;
+  }
+}
+
+self.onmessage = ({ data }) => {
+  switch (data?.type) {
+    case "load": return onLoad(data);
+    case "generate": return onGenerate(data);
+    case "cancel": return gen?.cancel();
+    default: post({ type: "error", id: data?.id, message: `unknown request ${data?.type}` });
+  }
+};
+
+init().then(
+  () => post({ type: "ready", version: version() }),
+  (e) => post({ type: "failed", message: `the WebAssembly module could not start: ${message(e)}` }),
+);
