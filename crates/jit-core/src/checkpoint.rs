@@ -14,15 +14,56 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DiffusionConfig, JitConfig, SamplerConfig};
+use crate::config::{DiffusionConfig, JitConfig, MemoryLimit, SamplerConfig};
 use crate::error::JitError;
 use crate::model::Jit;
-use crate::state_dict::{self, HostTensor};
+use crate::host::{HostTensor, StoredFloat};
+use crate::state_dict;
 
 /// Format tag written into every file.
 pub const FORMAT: &str = "jit-checkpoint/1";
 /// The safetensors metadata key holding [`CheckpointMeta`] as JSON.
 pub const META_KEY: &str = "jit";
+/// Name prefix of the opaque byte blobs (optimizer state, parameter ids) in training files.
+pub const BLOB_PREFIX: &str = "__";
+
+/// The network copies of a training checkpoint (an exported file holds one unprefixed copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum WeightCopy {
+    /// The first EMA (what the reference samples with).
+    Ema1,
+    /// The second EMA.
+    Ema2,
+    /// The raw trained weights.
+    Net,
+}
+
+impl WeightCopy {
+    /// The tensor-name prefix of this copy in a training checkpoint.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Ema1 => "ema1",
+            Self::Ema2 => "ema2",
+            Self::Net => "net",
+        }
+    }
+
+    /// The copy to load from a file with `meta`: this one in training checkpoints, the only
+    /// one (`""`) in exported files.
+    pub fn pick(self, meta: &CheckpointMeta) -> Result<String, JitError> {
+        if meta.copies.iter().any(|c| c.is_empty()) {
+            return Ok(String::new());
+        }
+        let want = self.prefix();
+        if meta.copies.iter().any(|c| c == want) {
+            Ok(want.into())
+        } else {
+            Err(JitError::BadMetadata(format!("no '{want}' weights in this file (it has: {})", meta.copies.join(", "))))
+        }
+    }
+}
 
 /// Everything besides the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +108,7 @@ impl CheckpointMeta {
 
 /// Storage precision of the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum StoreDtype {
     /// 32-bit float (bit-exact round trip).
@@ -101,20 +143,25 @@ fn encode(data: &[f32], dtype: StoreDtype) -> (Dtype, Vec<u8>) {
     }
 }
 
-/// Decodes a stored tensor to f32 (f32, f16, bf16, f64 and integer types are accepted).
+/// Decodes a stored tensor to f32 (f32, f16, bf16, f64 and integer types are accepted),
+/// checking its byte length against its shape first.
 pub fn decode(name: &str, view: &TensorView<'_>) -> Result<HostTensor, JitError> {
-    let b = view.data();
-    let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        Dtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Dtype::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        Dtype::I32 => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        other => {
-            return Err(JitError::UnsupportedDtype { name: name.into(), dtype: format!("{other:?}") });
-        }
+    let format = match view.dtype() {
+        Dtype::F32 => StoredFloat::F32,
+        Dtype::F16 => StoredFloat::F16,
+        Dtype::BF16 => StoredFloat::BF16,
+        Dtype::F64 => StoredFloat::F64,
+        Dtype::I64 => StoredFloat::I64,
+        Dtype::I32 => StoredFloat::I32,
+        other => return Err(JitError::UnsupportedDtype { name: name.into(), dtype: format!("{other:?}") }),
     };
+    let bytes = view.data();
+    let elements = view.shape().iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    match elements.and_then(|n| n.checked_mul(format.size())) {
+        Some(len) if len == bytes.len() => {}
+        _ => return Err(JitError::NotACheckpoint(format!("tensor '{name}' has {} bytes for shape {:?}", bytes.len(), view.shape()))),
+    }
+    let data = format.decode(bytes).ok_or_else(|| JitError::NotACheckpoint(format!("tensor '{name}' is truncated")))?;
     Ok(HostTensor { shape: view.shape().to_vec(), data })
 }
 
@@ -162,12 +209,15 @@ pub fn save_with_blobs(
             return Err(JitError::InvalidConfig(format!("copy '{copy}' has a different config than the metadata")));
         }
         for (key, host) in state_dict::export(net)? {
+            if !host.data.iter().all(|v| v.is_finite()) {
+                return Err(JitError::NonFinite(prefixed(copy, &key)));
+            }
             let (dt, bytes) = encode(&host.data, dtype);
             encoded.push((prefixed(copy, &key), dt, host.shape, bytes));
         }
     }
     for (name, bytes) in blobs {
-        encoded.push((format!("__{name}"), Dtype::U8, vec![bytes.len()], bytes.to_vec()));
+        encoded.push((format!("{BLOB_PREFIX}{name}"), Dtype::U8, vec![bytes.len()], bytes.to_vec()));
     }
     let views = encoded
         .iter()
@@ -180,9 +230,16 @@ pub fn save_with_blobs(
 }
 
 /// Builds the network copy `copy` (`""` for an unprefixed file; `"ema1"` etc.) from checkpoint
-/// bytes on `device`. Every missing, misshapen or unexpected tensor is an error naming it.
+/// bytes on `device`, within the default [`MemoryLimit`]. Every missing, misshapen, non-finite
+/// or unexpected tensor is an error naming it.
 pub fn load(bytes: &[u8], copy: &str, device: &Device) -> Result<(Jit, CheckpointMeta), JitError> {
+    load_limited(bytes, copy, device, MemoryLimit::default())
+}
+
+/// [`load`] with an explicit memory limit for the network (checked before it is built).
+pub fn load_limited(bytes: &[u8], copy: &str, device: &Device, limit: MemoryLimit) -> Result<(Jit, CheckpointMeta), JitError> {
     let meta = read_meta(bytes)?;
+    limit.check(&meta.network, 1)?;
     if !meta.copies.iter().any(|c| c == copy) {
         return Err(JitError::BadMetadata(format!(
             "no copy '{copy}' in this checkpoint (it has: {})",
@@ -200,7 +257,7 @@ pub fn load_from(tensors: &SafeTensors<'_>, copy: &str, config: &JitConfig, devi
     let model = Jit::new(config, device)?;
     let expected: std::collections::HashSet<String> =
         state_dict::expected_shapes(&model).into_iter().map(|(k, _)| prefixed(copy, &k)).collect();
-    let own = |name: &str| !name.starts_with("__") && (copy.is_empty() || name.starts_with(&format!("{copy}.")));
+    let own = |name: &str| !name.starts_with(BLOB_PREFIX) && (copy.is_empty() || name.starts_with(&format!("{copy}.")));
     if let Some(extra) = tensors.names().into_iter().find(|n| own(n) && !expected.contains(*n)) {
         return Err(JitError::UnexpectedTensor(extra.to_string()));
     }
@@ -209,7 +266,11 @@ pub fn load_from(tensors: &SafeTensors<'_>, copy: &str, config: &JitConfig, devi
         let name = prefixed(copy, key);
         let view = tensors.tensor(&name).ok()?;
         match decode(&name, &view) {
-            Ok(t) => Some(t),
+            Ok(t) if t.data.iter().all(|v| v.is_finite()) => Some(t),
+            Ok(_) => {
+                error = Some(JitError::NonFinite(name));
+                None
+            }
             Err(e) => {
                 error = Some(e);
                 None
@@ -225,5 +286,5 @@ pub fn load_from(tensors: &SafeTensors<'_>, copy: &str, config: &JitConfig, devi
 /// The blob `name` stored by [`save_with_blobs`], if present.
 pub fn blob(bytes: &[u8], name: &str) -> Result<Option<Vec<u8>>, JitError> {
     let tensors = parse(bytes)?;
-    Ok(tensors.tensor(&format!("__{name}")).ok().map(|v| v.data().to_vec()))
+    Ok(tensors.tensor(&format!("{BLOB_PREFIX}{name}")).ok().map(|v| v.data().to_vec()))
 }

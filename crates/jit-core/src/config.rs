@@ -46,6 +46,61 @@ fn default_mlp_ratio() -> f64 {
     4.0
 }
 
+/// Upper bounds of [`JitConfig`] sizes: far above every preset (JiT-H at 1024 px), low enough
+/// that no size product overflows and no hostile file can ask for absurd allocations.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Image side in pixels.
+    pub input_size: usize,
+    /// Image channels.
+    pub in_channels: usize,
+    /// Width D (also heads and bottleneck).
+    pub hidden_size: usize,
+    /// Blocks.
+    pub depth: usize,
+    /// Classes.
+    pub num_classes: usize,
+    /// Image plus in-context tokens.
+    pub tokens: usize,
+}
+
+/// The bounds every config is checked against.
+pub const BOUNDS: Bounds =
+    Bounds { input_size: 4096, in_channels: 4, hidden_size: 8192, depth: 256, num_classes: 100_000, tokens: 16_384 };
+
+/// Memory a model may ask for before it is built, in bytes: [`DEFAULT_MEMORY_LIMIT`] unless a
+/// front end raises it (`--max-memory` in `jit-native`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit(pub u64);
+
+/// 16 GiB natively, 2 GiB where `usize` is 32 bits (wasm32).
+pub const DEFAULT_MEMORY_LIMIT: MemoryLimit =
+    MemoryLimit(if usize::BITS >= 64 { 16 << 30 } else { 2 << 30 });
+
+impl Default for MemoryLimit {
+    fn default() -> Self {
+        DEFAULT_MEMORY_LIMIT
+    }
+}
+
+impl MemoryLimit {
+    /// Refuses `config` when a forward pass of `batch` images would need more than the limit.
+    pub fn check(self, config: &JitConfig, batch: usize) -> Result<(), JitError> {
+        config.validate()?;
+        self.check_bytes(format!("sampling this model in batches of {batch}"), config.forward_bytes(batch.max(1)))
+    }
+
+    /// Refuses `config` when a training step on `batch` images would need more than the limit.
+    pub fn check_training(self, config: &JitConfig, batch: usize) -> Result<(), JitError> {
+        config.validate()?;
+        self.check_bytes(format!("training this model in batches of {batch}"), config.train_bytes(batch.max(1)))
+    }
+
+    fn check_bytes(self, what: String, need: u64) -> Result<(), JitError> {
+        if need > self.0 { Err(JitError::TooLarge { what, need, limit: self.0 }) } else { Ok(()) }
+    }
+}
+
 /// Named model sizes: the paper's presets and small ones for CPU work.
 pub const PRESETS: &[&str] = &[
     "JiT-B/16", "JiT-B/32", "JiT-L/16", "JiT-L/32", "JiT-H/16", "JiT-H/32", "JiT-T/4", "JiT-S/4",
@@ -96,9 +151,28 @@ impl JitConfig {
         Ok(config)
     }
 
-    /// Checks that the sizes fit together; every constructor path calls this.
+    /// Checks that the sizes fit together and stay within [`BOUNDS`]; every constructor path
+    /// (presets, checkpoint metadata, imports, the browser) calls this before allocating. Sizes
+    /// are checked one by one first, so no product below can overflow.
     pub fn validate(&self) -> Result<(), JitError> {
         let bad = |why: String| Err(JitError::InvalidConfig(why));
+        let b = &BOUNDS;
+        for (field, value, max) in [
+            ("input_size", self.input_size, b.input_size),
+            ("patch_size", self.patch_size, b.input_size),
+            ("in_channels", self.in_channels, b.in_channels),
+            ("hidden_size", self.hidden_size, b.hidden_size),
+            ("depth", self.depth, b.depth),
+            ("num_heads", self.num_heads, b.hidden_size),
+            ("num_classes", self.num_classes, b.num_classes),
+            ("bottleneck_dim", self.bottleneck_dim, b.hidden_size),
+            ("in_context_len", self.in_context_len, b.tokens),
+            ("in_context_start", self.in_context_start, b.depth),
+        ] {
+            if value > max {
+                return bad(format!("{field} = {value} is over the limit of {max}"));
+            }
+        }
         if self.patch_size == 0 || self.input_size == 0 || self.input_size % self.patch_size != 0 {
             return bad(format!(
                 "input_size {} must be a positive multiple of patch_size {}",
@@ -126,7 +200,79 @@ impl JitConfig {
                 self.in_context_start, self.depth
             ));
         }
+        if self.num_patches() + self.in_context_len > b.tokens {
+            return bad(format!(
+                "{} image tokens + {} in-context tokens is over the limit of {} tokens",
+                self.num_patches(),
+                self.in_context_len,
+                b.tokens
+            ));
+        }
+        if !(self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0 && self.mlp_ratio <= 16.0) || self.mlp_hidden() == 0 {
+            return bad(format!("mlp_ratio {} must be in (0, 16] and give a non-empty MLP", self.mlp_ratio));
+        }
+        for (field, p) in [("attn_drop", self.attn_drop), ("proj_drop", self.proj_drop)] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{field} {p} must be in [0, 1)"));
+            }
+        }
         Ok(())
+    }
+
+    /// Trainable and fixed parameters of the network (computed from the sizes, without building
+    /// it; matches `Jit::num_params`). Call on a validated config.
+    pub fn param_count(&self) -> u64 {
+        let (d, c, p, k) = (self.hidden_size as u64, self.in_channels as u64, self.patch_size as u64, self.num_classes as u64);
+        let (bn, h, freq) = (self.bottleneck_dim as u64, self.mlp_hidden() as u64, 256u64);
+        let linear = |i: u64, o: u64| i * o + o;
+        let embed = c * p * p * bn + linear(bn, d);
+        let t_embed = linear(freq, d) + linear(d, d);
+        let y_embed = (k + 1) * d;
+        let pos = self.num_patches() as u64 * d + self.in_context_len as u64 * d;
+        let block = d + linear(d, 3 * d) + 2 * (d / self.num_heads as u64) + linear(d, d) + d + 2 * linear(d, h)
+            + linear(h, d)
+            + linear(d, 6 * d);
+        let head = d + linear(d, 2 * d) + linear(d, p * p * c);
+        embed + t_embed + y_embed + pos + self.depth as u64 * block + head
+    }
+
+    /// Floating-point operations of one forward pass over `images` images (2 per multiply-add
+    /// of the matrix products: embeddings, every block's linears and attention, the head);
+    /// a training step costs about 3× this (forward, then backward through inputs and weights).
+    pub fn forward_flops(&self, images: usize) -> f64 {
+        let (d, h, n) = (self.hidden_size as f64, self.mlp_hidden() as f64, self.num_patches() as f64);
+        let (c, p, bn, l) = (self.in_channels as f64, self.patch_size as f64, self.bottleneck_dim as f64, self.in_context_len as f64);
+        let per_token = 3.0 * d * d + d * d + 2.0 * d * h + h * d;
+        let attention = |t: f64| 2.0 * t * t * d;
+        let mut macs = n * (c * p * p * bn + bn * d) + 256.0 * d + d * d + n * d * p * p * c + d * 2.0 * d;
+        for i in 0..self.depth {
+            let t = if l > 0.0 && i >= self.in_context_start { n + l } else { n };
+            macs += t * per_token + attention(t) + d * 6.0 * d;
+        }
+        2.0 * macs * images as f64
+    }
+
+    /// Bytes of the largest activations of one block for `batch` images, roughly: tokens ×
+    /// (4·D + 2·max(MLP width, 3·D)) plus the attention scores heads × T², all f32.
+    pub fn block_activation_bytes(&self, batch: usize) -> u64 {
+        let tokens = (self.num_patches() + self.in_context_len) as u128;
+        let (b, d, heads) = (batch as u128, self.hidden_size as u128, self.num_heads as u128);
+        let wide = (self.mlp_hidden() as u128).max(3 * d);
+        let bytes = 4 * (b * tokens * (4 * d + 2 * wide) + b * heads * tokens * tokens * 2);
+        bytes.min(u64::MAX as u128) as u64
+    }
+
+    /// Bytes a forward pass of `batch` images needs at its peak: f32 weights plus one block's
+    /// activations. Used to refuse models and batches that cannot fit before anything is
+    /// allocated.
+    pub fn forward_bytes(&self, batch: usize) -> u64 {
+        (4 * self.param_count()).saturating_add(self.block_activation_bytes(batch))
+    }
+
+    /// Bytes a training step of `batch` images needs, roughly: weights, gradients, two AdamW
+    /// moments and two EMAs (6 f32 copies) plus every block's activations kept for backward.
+    pub fn train_bytes(&self, batch: usize) -> u64 {
+        (24 * self.param_count()).saturating_add(self.block_activation_bytes(batch).saturating_mul(self.depth as u64))
     }
 
     /// Patches per side, H / p.
@@ -158,12 +304,14 @@ impl JitConfig {
 
 /// What the network output is interpreted as (the paper's Table 1 rows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// Clean image x (JiT's choice).
     #[default]
     X,
     /// Noise ε.
+    #[cfg_attr(feature = "clap", value(alias = "epsilon"))]
     Eps,
     /// Velocity v = x − ε.
     V,
@@ -222,6 +370,7 @@ impl Default for DiffusionConfig {
 
 /// ODE solver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// First order.

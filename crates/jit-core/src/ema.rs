@@ -4,25 +4,23 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 
-use crate::model::Jit;
-
 /// An EMA copy of a network, kept off the autodiff graph.
 #[derive(Debug, Clone)]
-pub struct Ema {
+pub struct Ema<M> {
     /// Decay per update, e.g. 0.9999.
     pub decay: f64,
     /// The averaged network (plain, non-autodiff device).
-    pub model: Jit,
+    pub model: M,
 }
 
-impl Ema {
+impl<M: Module> Ema<M> {
     /// Starts the average at the current weights of `model`.
-    pub fn new(model: &Jit, decay: f64) -> Self {
+    pub fn new(model: &M, decay: f64) -> Self {
         Self { decay, model: model.valid() }
     }
 
     /// Moves the average towards `model`'s current weights.
-    pub fn update(&mut self, model: &Jit) {
+    pub fn update(&mut self, model: &M) {
         let mut collect = Collect(Vec::new());
         model.visit(&mut collect);
         let mut blend = Blend { source: collect.0.into_iter(), decay: self.decay };

@@ -38,6 +38,12 @@ pub enum JitError {
     /// A backend failed to execute or read back.
     #[error("backend error: {0}")]
     Backend(String),
+    /// A model or batch that would need more memory than the limit allows.
+    #[error("{what} needs about {need_gib:.2} GiB, over the memory limit of {limit_gib:.2} GiB (raise the limit if the machine has the memory)", need_gib = *need as f64 / 1073741824.0, limit_gib = *limit as f64 / 1073741824.0)]
+    TooLarge { what: String, need: u64, limit: u64 },
+    /// Weights that are NaN or infinite.
+    #[error("weights '{0}' contain NaN or infinite values")]
+    NonFinite(String),
     /// Sampling was cancelled by the callback.
     #[error("cancelled")]
     Cancelled,

@@ -7,25 +7,34 @@
 //! Backend-agnostic: every function takes burn's run-time [`burn::tensor::Device`], so the same
 //! code runs on burn-wgpu (WGSL), the CPU backends and in wasm32. No filesystem, no threads.
 //!
-//! - [`model`]: the network ([`Jit`]).
+//! Where things are:
+//! - [`config`]: the network ([`JitConfig`], presets, size bounds, memory limit), the
+//!   objective ([`DiffusionConfig`]) and sampler defaults ([`SamplerConfig`]).
+//! - [`model`]: the network ([`Jit`]), one file per reference class; [`network`]: the
+//!   [`Network`] trait the diffusion math drives (JiT, the toy MLP).
 //! - [`objective`]: the training loss (the reference's `Denoiser.forward`).
-//! - [`sampler`]: Euler/Heun with CFG (the reference's `Denoiser.generate`).
-//! - [`train`]: AdamW set-up, learning-rate schedule, [`ema::Ema`].
+//! - [`sampler`]: Euler/Heun with CFG (the reference's `Denoiser.generate`), step by step.
+//! - [`optim`]: AdamW and the learning-rate schedule; [`ema`]: weight averages;
+//!   [`train_state`]: network + AdamW + EMAs + step, the training step, save/resume.
 //! - [`checkpoint`] and [`state_dict`]: weights in and out, named as the reference names them.
+//! - [`host`]: reading tensors back, label tensors, 8-bit images; [`rng`]: portable noise.
 
 pub mod checkpoint;
 pub mod config;
-pub mod denoiser;
 pub mod ema;
 pub mod error;
+pub mod host;
 pub mod model;
+pub mod network;
 pub mod objective;
+pub mod optim;
 pub mod rng;
 pub mod sampler;
 pub mod state_dict;
-pub mod train;
+pub mod train_state;
 
-pub use config::{DiffusionConfig, JitConfig, Method, SamplerConfig, Target};
-pub use denoiser::Denoiser;
+pub use config::{DiffusionConfig, JitConfig, MemoryLimit, Method, SamplerConfig, Target};
 pub use error::JitError;
 pub use model::Jit;
+pub use network::Network;
+pub use train_state::TrainState;

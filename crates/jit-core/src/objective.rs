@@ -9,10 +9,10 @@
 //! The loss is `mean((target − pred)²)` in the chosen space, with the velocity target
 //! `v = (x − z)/max(1−t, t_eps)` exactly as the reference computes it.
 
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData, activation::sigmoid};
+use burn::tensor::{Bool, Device, Distribution, Int, Tensor, activation::sigmoid};
 
 use crate::config::{DiffusionConfig, Target};
-use crate::denoiser::Denoiser;
+use crate::network::Network;
 
 /// A network output read in the three spaces.
 pub struct Prediction {
@@ -110,11 +110,11 @@ pub fn draw_noise(cfg: &DiffusionConfig, num_classes: usize, x: &Tensor<4>, labe
 /// The training loss for clean images `x` `[B, C, H, W]` in [-1, 1] under the given draws:
 /// `z = t·x + (1−t)·ε`, prediction from `net(z, t, y')`, mean squared error in `cfg.loss` space.
 /// Returns a one-element tensor.
-pub fn loss<N: Denoiser>(net: &N, cfg: &DiffusionConfig, x: Tensor<4>, draw: StepNoise) -> Tensor<1> {
+pub fn loss<N: Network>(net: &N, cfg: &DiffusionConfig, x: Tensor<4>, draw: StepNoise) -> Tensor<1> {
     let StepNoise { t, noise, labels } = draw;
     let t4 = t.clone().reshape([-1, 1, 1, 1]);
     let z = t4.clone().mul(x.clone()).add(t4.clone().neg().add_scalar(1.0).mul(noise.clone()));
-    let out = net.denoise(z.clone(), t.clone(), labels);
+    let out = net.predict(z.clone(), t.clone(), labels);
     let pred = Prediction::new(out, z.clone(), t, cfg.prediction, cfg.t_eps);
     let target = match cfg.loss {
         Target::X => x,
@@ -122,9 +122,4 @@ pub fn loss<N: Denoiser>(net: &N, cfg: &DiffusionConfig, x: Tensor<4>, draw: Ste
         Target::V => x.sub(z).div(t4.neg().add_scalar(1.0).clamp_min(cfg.t_eps)),
     };
     target.sub(pred.in_space(cfg.loss)).square().mean()
-}
-
-/// Builds the `[B]` label tensor from host integers.
-pub fn labels_tensor(labels: &[i64], device: &Device) -> Tensor<1, Int> {
-    Tensor::from_data(TensorData::new(labels.to_vec(), [labels.len()]), device)
 }

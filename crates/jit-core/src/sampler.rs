@@ -13,7 +13,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::{DiffusionConfig, JitConfig, Method, SamplerConfig};
 use crate::error::JitError;
-use crate::denoiser::Denoiser;
+use crate::network::Network;
 use crate::objective::Prediction;
 use crate::rng::PortableRng;
 
@@ -34,7 +34,7 @@ pub fn timesteps(steps: usize) -> Vec<f32> {
 }
 
 /// Guided velocity and clean-image estimate at time `t` for state `z`.
-pub fn guided_velocity<N: Denoiser>(
+pub fn guided_velocity<N: Network>(
     net: &N,
     diffusion: &DiffusionConfig,
     sampler: &SamplerConfig,
@@ -47,13 +47,13 @@ pub fn guided_velocity<N: Denoiser>(
     let scale = sampler.scale_at(t as f64);
     let v = if scale == 1.0 {
         let tt = Tensor::<1>::full([b], t, &device);
-        let out = net.denoise(z.clone(), tt.clone(), labels);
+        let out = net.predict(z.clone(), tt.clone(), labels);
         Prediction::new(out, z.clone(), tt, diffusion.prediction, diffusion.t_eps).v()
     } else {
         let tt = Tensor::<1>::full([2 * b], t, &device);
         let null = labels.clone().full_like(net.null_class() as i64);
         let zz = Tensor::cat(vec![z.clone(), z.clone()], 0);
-        let out = net.denoise(zz.clone(), tt.clone(), Tensor::cat(vec![labels, null], 0));
+        let out = net.predict(zz.clone(), tt.clone(), Tensor::cat(vec![labels, null], 0));
         let v = Prediction::new(out, zz, tt, diffusion.prediction, diffusion.t_eps).v();
         let mut halves = v.chunk(2, 0);
         let v_uncond = halves.pop().expect("two halves");
@@ -76,7 +76,7 @@ pub struct Step {
 
 /// A sampling run in progress; call [`Sampling::step`] until it returns `None`, then
 /// [`Sampling::finish`].
-pub struct Sampling<'a, N: Denoiser> {
+pub struct Sampling<'a, N: Network> {
     net: &'a N,
     diffusion: DiffusionConfig,
     sampler: SamplerConfig,
@@ -86,7 +86,7 @@ pub struct Sampling<'a, N: Denoiser> {
     index: usize,
 }
 
-impl<'a, N: Denoiser> Sampling<'a, N> {
+impl<'a, N: Network> Sampling<'a, N> {
     /// Starts from noise `z0` `[B, C, H, W]` (already scaled by `noise_scale`) with class
     /// `labels` `[B]` (the null class K gives unconditional samples).
     pub fn new(
@@ -148,7 +148,7 @@ impl<'a, N: Denoiser> Sampling<'a, N> {
 
 /// Runs a whole [`Sampling`]; `on_step(step)` returns `false` to cancel
 /// ([`JitError::Cancelled`]).
-pub fn sample<N: Denoiser>(
+pub fn sample<N: Network>(
     net: &N,
     diffusion: &DiffusionConfig,
     sampler: &SamplerConfig,
@@ -163,9 +163,4 @@ pub fn sample<N: Denoiser>(
         }
     }
     Ok(run.finish())
-}
-
-/// Float image in [-1, 1] → 8-bit values: `round(clip((x + 1)/2 · 255))`, as the reference.
-pub fn to_u8(x: &[f32]) -> Vec<u8> {
-    x.iter().map(|v| (((v + 1.0) / 2.0) * 255.0).clamp(0.0, 255.0).round() as u8).collect()
 }

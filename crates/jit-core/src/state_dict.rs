@@ -11,16 +11,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::JitError;
+use crate::host::HostTensor;
 use crate::model::Jit;
-
-/// A host tensor in PyTorch layout (f32, row-major).
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
-    /// PyTorch shape.
-    pub shape: Vec<usize>,
-    /// Values, row-major.
-    pub data: Vec<f32>,
-}
 
 /// The reference's key for a burn module path (field names joined with `.`).
 pub fn torch_key(path: &[String]) -> String {
@@ -112,9 +104,7 @@ impl ModuleVisitor for Export {
         let layout = &self.by_id[&param.id];
         let value = param.val().without_autodiff();
         let value = if layout.transposed { value.transpose() } else { value };
-        match value.try_into_data().map_err(|e| JitError::Backend(format!("{e:?}"))).and_then(|d| {
-            d.convert::<f32>().try_into_vec::<f32>().map_err(|e| JitError::Backend(format!("{e:?}")))
-        }) {
+        match value.try_into_data().map_err(|e| JitError::Backend(format!("{e:?}"))).and_then(crate::host::data_to_f32) {
             Ok(data) => {
                 self.out.insert(layout.key.clone(), HostTensor { shape: layout.torch.clone(), data });
             }

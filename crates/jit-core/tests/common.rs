@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
-use jit_core::state_dict::HostTensor;
+use jit_core::host::HostTensor;
 
 /// One golden vector set: `NAME.json` + `NAME.safetensors`.
 pub struct GoldenSet {

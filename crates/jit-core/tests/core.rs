@@ -7,11 +7,12 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
-use jit_core::objective::labels_tensor;
+use jit_core::host::labels as labels_tensor;
 use jit_core::rng::PortableRng;
 use jit_core::sampler::sample;
 use jit_core::state_dict;
-use jit_core::train::{OptimConfig, Trainer};
+use jit_core::optim::OptimConfig;
+use jit_core::TrainState;
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, Method, SamplerConfig, Target};
 
 fn tiny(in_context: bool) -> JitConfig {
@@ -42,7 +43,7 @@ fn randomized(config: &JitConfig, device: &Device, seed: u64) -> Jit {
     for (k, s) in shapes {
         let n = s.iter().product();
         let data = rng.normals(n).into_iter().map(|v| v * 0.3).collect();
-        values.insert(k, state_dict::HostTensor { shape: s, data });
+        values.insert(k, jit_core::host::HostTensor { shape: s, data });
     }
     state_dict::load(net, |k| values.get(k).cloned()).unwrap()
 }
@@ -77,7 +78,7 @@ fn training_lowers_the_loss_and_emas_follow_their_formula() {
     let model = Jit::new(&config, &device).unwrap();
     let optim = OptimConfig { lr: Some(2e-3), ema_decays: (0.9, 0.5), ..OptimConfig::default() };
     let diffusion = DiffusionConfig { label_drop_prob: 0.0, ..DiffusionConfig::default() };
-    let mut trainer = Trainer::new(model, diffusion.clone(), optim, 3);
+    let mut trainer = TrainState::new(model, optim, 3);
     let (x, labels) = batch(&config, 12, &device);
 
     // Fixed-draw loss before and after training, so noise does not decide the comparison.
@@ -98,7 +99,7 @@ fn training_lowers_the_loss_and_emas_follow_their_formula() {
     let ema1_0 = first_param(&trainer.ema1.model);
     assert_eq!(theta0, ema1_0, "EMA starts at the weights");
 
-    trainer.step(x.clone(), labels_tensor(&labels, &device));
+    trainer.train_step(&diffusion, x.clone(), labels_tensor(&labels, &device));
     let theta1 = first_param(&trainer.model);
     let ema1 = first_param(&trainer.ema1.model);
     let ema2 = first_param(&trainer.ema2.model);
@@ -109,7 +110,7 @@ fn training_lowers_the_loss_and_emas_follow_their_formula() {
         assert!((ema1[i] - e1).abs() < 1e-6 && (ema2[i] - e2).abs() < 1e-6, "EMA formula at {i}");
     }
     for _ in 0..60 {
-        trainer.step(x.clone(), labels_tensor(&labels, &device));
+        trainer.train_step(&diffusion, x.clone(), labels_tensor(&labels, &device));
     }
     let after = eval(&trainer.model.valid());
     println!("loss {before:.4} -> {after:.4}");

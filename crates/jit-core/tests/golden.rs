@@ -15,7 +15,8 @@ use jit_core::model::embed::sincos_pos_embed;
 use jit_core::model::rope::rope_tables;
 use jit_core::objective::{StepNoise, loss};
 use jit_core::sampler::sample;
-use jit_core::state_dict::{self, HostTensor};
+use jit_core::host::HostTensor;
+use jit_core::state_dict;
 use jit_core::{DiffusionConfig, JitConfig, Method, SamplerConfig};
 
 const FWD_TOL: f64 = 1e-4;

@@ -3,8 +3,10 @@
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::wgpu::{WgpuBackend, wgpu};
-use burn::tensor::{Device, DeviceConfig, FloatDType};
+use burn::tensor::{Device, FloatDType};
 use clap::{Args, ValueEnum};
+use jit_core::MemoryLimit;
+use jit_core::config::DEFAULT_MEMORY_LIMIT;
 
 /// Where to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -23,11 +25,15 @@ pub enum BackendKind {
     Cpu,
 }
 
-/// Floating-point precision of the computation.
+/// Precision of the linear layers' matrix products; weights, optimizer state, EMAs, norms,
+/// softmax and the loss stay f32 (the reference's bf16 autocast).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Precision {
+    /// Everything in f32.
     F32,
+    /// Linear layers in f16 (tensor cores on Vulkan/Metal GPUs that have them).
     F16,
+    /// Linear layers in bf16 (the official training setting).
     Bf16,
 }
 
@@ -37,9 +43,43 @@ pub struct BackendArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
-    /// Float precision (f16/bf16 on GPUs that support them).
+    /// Precision of the linear layers (mixed precision: f32 weights and accumulation).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    #[command(flatten)]
+    pub limit: LimitArgs,
+}
+
+/// `--max-memory`, for every subcommand that builds a model.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Memory a model may need, in GiB: models and batches estimated to need more are refused
+    /// before anything is allocated.
+    #[arg(long, value_name = "GIB", default_value_t = DEFAULT_MEMORY_LIMIT.0 as f64 / GIB)]
+    pub max_memory: f64,
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+impl LimitArgs {
+    /// The limit in bytes.
+    pub fn get(&self) -> MemoryLimit {
+        MemoryLimit((self.max_memory.max(0.0) * GIB).min(u64::MAX as f64) as u64)
+    }
+}
+
+/// The shader compiler cubecl uses on an adapter: SPIR-V on Vulkan and MSL on Metal when this
+/// build has them (the `spirv` / `metal` features), WGSL through naga otherwise.
+pub fn compiler(info: &wgpu::AdapterInfo) -> &'static str {
+    match info.backend {
+        wgpu::Backend::Vulkan if cfg!(feature = "spirv") => "spirv",
+        wgpu::Backend::Metal if cfg!(feature = "metal") => "msl",
+        _ => "wgsl",
+    }
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("wgpu on {} ({:?}, {:?}, {} compiler)", info.name, info.backend, info.device_type, compiler(info))
 }
 
 fn init_wgpu(api: WgpuBackend) -> Result<(Device, wgpu::AdapterInfo)> {
@@ -48,8 +88,18 @@ fn init_wgpu(api: WgpuBackend) -> Result<(Device, wgpu::AdapterInfo)> {
 }
 
 impl BackendArgs {
+    /// The `--max-memory` limit.
+    pub fn memory_limit(&self) -> MemoryLimit {
+        self.limit.get()
+    }
+
     /// Initialises the chosen device and says on stderr which one it is.
     pub fn device(&self) -> Result<Device> {
+        self.device_named().map(|(device, _)| device)
+    }
+
+    /// [`Self::device`] and its description (adapter, graphics API, shader compiler).
+    pub fn device_named(&self) -> Result<(Device, String)> {
         let api = match self.backend {
             BackendKind::Cpu => None,
             BackendKind::Auto | BackendKind::Wgpu => Some(WgpuBackend::Auto),
@@ -57,51 +107,51 @@ impl BackendArgs {
             BackendKind::Metal => Some(WgpuBackend::Metal),
             BackendKind::Dx12 => Some(WgpuBackend::Dx12),
         };
-        let device = match (self.backend, api) {
-            (_, None) => {
-                eprintln!("backend: cpu (burn Flex, {} threads)", std::thread::available_parallelism().map_or(1, |n| n.get()));
-                Device::flex()
-            }
+        let cpu = |why: String| {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (Device::flex(), format!("cpu (burn Flex, {threads} threads{why})"))
+        };
+        let (device, name) = match (self.backend, api) {
+            (_, None) => cpu(String::new()),
             (BackendKind::Auto, Some(api)) => match init_wgpu(api) {
-                Ok((device, info)) if info.device_type != wgpu::DeviceType::Cpu => {
-                    eprintln!("backend: wgpu on {} ({:?}, {:?})", info.name, info.backend, info.device_type);
-                    device
-                }
-                Ok((_, info)) => {
-                    eprintln!("backend: cpu (burn Flex; the only wgpu adapter is the software '{}')", info.name);
-                    Device::flex()
-                }
-                Err(e) => {
-                    eprintln!("backend: cpu (burn Flex; no GPU adapter: {e})");
-                    Device::flex()
-                }
+                Ok((device, info)) if info.device_type != wgpu::DeviceType::Cpu => (device, describe(&info)),
+                Ok((_, info)) => cpu(format!("; the only GPU adapter is the software '{}'", info.name)),
+                Err(e) => cpu(format!("; no GPU adapter: {e}")),
             },
             (kind, Some(api)) => {
                 let (device, info) = init_wgpu(api).map_err(|e| {
                     anyhow!("no {kind:?} adapter available ({e}); use --backend auto or --backend cpu")
                 })?;
-                eprintln!("backend: wgpu on {} ({:?}, {:?})", info.name, info.backend, info.device_type);
-                device
+                if cfg!(feature = "spirv") && info.device_type == wgpu::DeviceType::Cpu && info.backend == wgpu::Backend::Vulkan {
+                    bail!(
+                        "'{}' is a software Vulkan driver, on which this build's SPIR-V compiler crashes; use --backend cpu (faster there) or a build without the `spirv` feature",
+                        info.name
+                    );
+                }
+                (device, describe(&info))
             }
         };
+        eprintln!("backend: {name}");
         if device == Device::flex() {
             // burn creates some state (e.g. restored optimizer moments) on `Device::default()`,
-            // which is wgpu when compiled in; keep it on the CPU backend we chose.
+            // which is a GPU backend when compiled in; keep it on the CPU backend we chose.
             // SAFETY: set once during start-up, before the data loader thread starts.
             unsafe { std::env::set_var("BURN_DEVICE", "flex") };
         }
-        let mut device = device;
+        Ok((device, name))
+    }
+
+    /// The linear layers' float type for `--precision` on `device` (`None`: f32); an error
+    /// when the device cannot compute in it.
+    pub fn matmul_dtype(&self, device: &Device) -> Result<Option<FloatDType>> {
         let dtype = match self.precision {
-            Precision::F32 => return Ok(device),
+            Precision::F32 => return Ok(None),
             Precision::F16 => FloatDType::F16,
             Precision::Bf16 => FloatDType::BF16,
         };
         if !device.supports_dtype(dtype) {
             bail!("this device does not support {:?} arithmetic; use --precision f32", self.precision);
         }
-        device
-            .configure(DeviceConfig::default().float_dtype(dtype))
-            .map_err(|e| anyhow!("cannot switch the device to {:?}: {e:?}", self.precision))?;
-        Ok(device)
+        Ok(Some(dtype))
     }
 }

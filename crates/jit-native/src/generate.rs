@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use jit_core::objective::labels_tensor;
+use jit_core::host::{labels as labels_tensor, read_f32};
 use jit_core::sampler::{Sampling, Step, initial_noise};
 use jit_core::{DiffusionConfig, Jit, SamplerConfig};
 
@@ -31,6 +31,9 @@ pub fn generate(
 ) -> Result<Vec<f32>> {
     use burn::module::Module;
     let device = model.devices()[0].clone();
+    if opts.labels.is_empty() {
+        anyhow::bail!("nothing to generate: give at least one label");
+    }
     for &l in &opts.labels {
         if l < 0 || l as usize > model.config.num_classes {
             anyhow::bail!("class {l} does not exist (the model has classes 0..{})", model.config.num_classes - 1);
@@ -42,7 +45,7 @@ pub fn generate(
         on_step(&step);
     }
     let out = run.finish();
-    Ok(out.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?)
+    Ok(read_f32(out)?)
 }
 
 /// Generates and writes a grid PNG (one row per 8 images).

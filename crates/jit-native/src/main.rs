@@ -1,25 +1,29 @@
 //! `jit-native`: train, sample, import, export and inspect JiT models on any GPU that wgpu
 //! reaches (Vulkan, Metal, DX12) or on the CPU.
+//!
+//! Where things are: [`commands`] has one thin file per subcommand (flags → `jit_core`);
+//! [`training`] the run's settings (flags, TOML, `settings.json`, defaults) and its run folder;
+//! [`data`] the datasets and the batch loader; [`science`] the toy experiment, the eval
+//! classifier and the Fréchet distance; [`backend`] the device choice; [`model_file`],
+//! [`generate`], [`images`] and [`fsutil`] loading models, sampling to the host, PNGs and
+//! atomic writes. The network, objective, sampler and training state live in `jit_core`.
 
 mod backend;
-mod bench;
-mod ckpt;
+mod commands;
 mod data;
-mod eval;
-mod export;
 mod fsutil;
 mod generate;
 mod images;
-mod import;
-mod info;
+mod model_file;
 mod pickle;
-mod sample;
-mod toy;
-mod train;
+mod science;
+mod training;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use commands::{bench, eval, export, import, info, sample, toy, train};
 
 #[derive(Parser)]
 #[command(name = "jit-native", version, about = "JiT (Just image Transformers) diffusion on any GPU or the CPU")]
@@ -49,9 +53,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
-        Command::Train(a) => train::run(*a),
+        Command::Train(a) => train::run(*a, matches.subcommand_matches("train").expect("train was parsed")),
         Command::Sample(a) => sample::run(a),
         Command::Import(a) => import::run(a),
         Command::Export(a) => export::run(a),

@@ -329,3 +329,27 @@ fn eval_separates_real_from_noise_and_scores_a_checkpoint() {
     fails(&["eval", ckpt.to_str().unwrap(), "--backend", "cpu", "--data", "fashion-mnist", "--image-size", "28",
         "--classifier", clf.to_str().unwrap()], "but the dataset has");
 }
+
+/// A run written by the runner before training moved into jit-core (the same file format):
+/// its checkpoint samples, and the run resumes with its old `settings.json`.
+#[test]
+fn runs_written_by_the_previous_version_still_sample_and_resume() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/run-v0");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), run.join(entry.file_name())).unwrap();
+    }
+    let old_settings = std::fs::read_to_string(run.join("settings.json")).unwrap();
+    assert!(old_settings.contains("null"), "the fixture has the old settings format");
+    let ckpt = run.join("ckpt-00000002.safetensors");
+    let out = tmp.path().join("samples");
+    ok(&["sample", ckpt.to_str().unwrap(), "--backend", "cpu", "--steps", "2", "--out", out.to_str().unwrap()]);
+    assert!(out.join("grid.png").is_file());
+    ok(&["train", "--backend", "cpu", "--resume", run.to_str().unwrap(), "--steps", "3"]);
+    let steps: Vec<u64> = losses(&run).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(steps, vec![1, 2, 3]);
+    assert!(run.join("ckpt-00000003.safetensors").is_file());
+}

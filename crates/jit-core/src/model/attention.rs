@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor, activation::softmax};
 
 use super::norm::RmsNorm;
 use super::rope::Rope;
-use super::{Init, linear};
+use super::{Init, MatmulDtype, linear};
 
 /// The reference's `Attention`: `qkv` → per-head `q_norm`/`k_norm` → RoPE → softmax(q·kᵀ/√hd)·v
 /// → `proj`.
@@ -43,11 +43,12 @@ impl Attention {
         }
     }
 
-    /// `x` `[B, T, D]` with RoPE tables for T tokens → `[B, T, D]`.
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope) -> Tensor<3> {
+    /// `x` `[B, T, D]` with RoPE tables for T tokens → `[B, T, D]` (`qkv` and `proj` in `mm`'s
+    /// type; scores, softmax and the weighted sum in f32, as the reference).
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
-        let qkv = self.qkv.forward(x).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv = mm.linear(&self.qkv, x).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0));
         let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
         let q = rope.forward(self.q_norm.forward(q));
@@ -55,6 +56,6 @@ impl Attention {
         let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
         let attn = self.attn_drop.forward(softmax(scores, 3));
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
-        self.proj_drop.forward(self.proj.forward(out))
+        self.proj_drop.forward(mm.linear(&self.proj, out))
     }
 }

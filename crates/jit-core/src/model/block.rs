@@ -11,7 +11,7 @@ use super::attention::Attention;
 use super::mlp::SwiGlu;
 use super::norm::RmsNorm;
 use super::rope::Rope;
-use super::{Init, linear};
+use super::{Init, MatmulDtype, linear};
 
 /// `modulate(x) = x·(1 + scale) + shift`, with `shift`, `scale` `[B, 1, D]`.
 pub fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
@@ -52,13 +52,13 @@ impl JitBlock {
     }
 
     /// `x` `[B, T, D]`, `c_silu` = SiLU(c) `[B, D]` → `[B, T, D]`.
-    pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>, rope: &Rope) -> Tensor<3> {
-        let m = split_modulation(self.adaLN_modulation.forward(c_silu), 6);
+    pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
+        let m = split_modulation(mm.linear(&self.adaLN_modulation, c_silu), 6);
         let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
             <[Tensor<3>; 6]>::try_from(m).expect("six chunks");
         let h = modulate(self.norm1.forward(x.clone()), shift_msa, scale_msa);
-        let x = x.add(gate_msa.mul(self.attn.forward(h, rope)));
+        let x = x.add(gate_msa.mul(self.attn.forward(h, rope, mm)));
         let h = modulate(self.norm2.forward(x.clone()), shift_mlp, scale_mlp);
-        x.clone().add(gate_mlp.mul(self.mlp.forward(h)))
+        x.clone().add(gate_mlp.mul(self.mlp.forward(h, mm)))
     }
 }

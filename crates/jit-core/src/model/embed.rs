@@ -5,7 +5,7 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
 
-use super::{Init, linear};
+use super::{Init, linear, MatmulDtype};
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_EMBED_SIZE: usize = 256;
@@ -37,10 +37,10 @@ impl TimestepEmbedder {
     }
 
     /// `t` `[B]` in [0, 1] → `[B, D]`.
-    pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
+    pub fn forward(&self, t: Tensor<1>, mm: MatmulDtype) -> Tensor<2> {
         let args = t.unsqueeze_dim::<2>(1).mul(self.freqs.clone());
         let features = Tensor::cat(vec![args.clone().cos(), args.sin()], 1);
-        self.mlp2.forward(silu(self.mlp0.forward(features)))
+        mm.linear(&self.mlp2, silu(mm.linear(&self.mlp0, features)))
     }
 }
 
@@ -87,9 +87,9 @@ impl BottleneckPatchEmbed {
     }
 
     /// `x` `[B, C, H, W]` → tokens `[B, (H/p)·(W/p), D]` in row-major order.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<4>, mm: MatmulDtype) -> Tensor<3> {
         let tokens = patchify(x, self.patch_size);
-        self.proj2.forward(self.proj1.forward(tokens))
+        mm.linear(&self.proj2, mm.linear(&self.proj1, tokens))
     }
 }
 

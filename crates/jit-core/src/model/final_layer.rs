@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::block::{modulate, split_modulation};
 use super::norm::RmsNorm;
-use super::{Init, linear};
+use super::{Init, linear, MatmulDtype};
 
 /// `FinalLayer`: `linear(modulate(norm_final(x), shift, scale))`.
 #[allow(non_snake_case)]
@@ -33,10 +33,10 @@ impl FinalLayer {
     }
 
     /// `x` `[B, N, D]`, `c_silu` `[B, D]` → `[B, N, p·p·C]`.
-    pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>) -> Tensor<3> {
-        let mut m = split_modulation(self.adaLN_modulation.forward(c_silu), 2);
+    pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>, mm: MatmulDtype) -> Tensor<3> {
+        let mut m = split_modulation(mm.linear(&self.adaLN_modulation, c_silu), 2);
         let scale = m.pop().expect("two chunks");
         let shift = m.pop().expect("two chunks");
-        self.linear.forward(modulate(self.norm_final.forward(x), shift, scale))
+        mm.linear(&self.linear, modulate(self.norm_final.forward(x), shift, scale))
     }
 }

@@ -1,12 +1,13 @@
 //! The whole network: embeddings → blocks (with in-context class tokens) → head → image.
 
 use burn::module::{Initializer, Module, Param};
-use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData, activation::silu};
 
 use super::block::JitBlock;
 use super::embed::{BottleneckPatchEmbed, LabelEmbedder, TimestepEmbedder, sincos_pos_embed, unpatchify};
 use super::final_layer::FinalLayer;
 use super::rope::Rope;
+use super::MatmulDtype;
 use crate::config::JitConfig;
 use crate::error::JitError;
 
@@ -38,6 +39,9 @@ pub struct Jit {
     /// The configuration this network was built from.
     #[module(skip)]
     pub config: JitConfig,
+    /// Float type of the linear layers' products (f32 unless set; see [`MatmulDtype`]).
+    #[module(skip)]
+    pub matmul: MatmulDtype,
 }
 
 impl Jit {
@@ -70,7 +74,14 @@ impl Jit {
             feat_rope_incontext: (config.in_context_len > 0)
                 .then(|| Rope::new(config.head_dim(), grid, config.in_context_len, device)),
             config: config.clone(),
+            matmul: MatmulDtype::default(),
         })
+    }
+
+    /// The same network computing its linear layers in `dtype` (`None`: f32), weights kept f32.
+    pub fn with_matmul_dtype(mut self, dtype: Option<FloatDType>) -> Self {
+        self.matmul = MatmulDtype(dtype);
+        self
     }
 
     /// Checks that `x` is `[B, C, H, W]` for this config and `t`, `y` have B entries.
@@ -119,14 +130,15 @@ impl Jit {
             }
         };
         let cfg = &self.config;
-        let t_emb = self.t_embedder.forward(t);
+        let mm = self.matmul;
+        let t_emb = self.t_embedder.forward(t, mm);
         let y_emb = self.y_embedder.forward(y);
         record("t_emb".into(), &t_emb.clone().unsqueeze_dim(1));
         record("y_emb".into(), &y_emb.clone().unsqueeze_dim(1));
         let c_silu = silu(t_emb.add(y_emb.clone()));
 
         // The reference records `patch_embed` with the position table already added.
-        let mut h = self.x_embedder.forward(x).add(self.pos_embed.val());
+        let mut h = self.x_embedder.forward(x, mm).add(self.pos_embed.val());
         record("patch_embed".into(), &h);
 
         let mut rope = &self.feat_rope;
@@ -143,14 +155,14 @@ impl Jit {
                 h = Tensor::cat(vec![tokens, h], 1);
                 rope = rope_ic;
             }
-            h = block.forward(h, c_silu.clone(), rope);
+            h = block.forward(h, c_silu.clone(), rope, mm);
             record(format!("block{i}"), &h);
         }
         if self.in_context_posemb.is_some() {
             let [_, tokens, _] = h.dims();
             h = h.narrow(1, cfg.in_context_len, tokens - cfg.in_context_len);
         }
-        let out = self.final_layer.forward(h, c_silu);
+        let out = self.final_layer.forward(h, c_silu, mm);
         unpatchify(out, cfg.patch_size, cfg.in_channels)
     }
 }

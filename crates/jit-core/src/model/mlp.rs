@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Tensor, activation::silu};
 
-use super::{Init, linear};
+use super::{Init, MatmulDtype, linear};
 
 /// The reference's `SwiGLUFFN`; hidden width `int(int(D·mlp_ratio)·2/3)`.
 #[derive(Module, Debug)]
@@ -28,10 +28,10 @@ impl SwiGlu {
     }
 
     /// `x` `[B, N, D]` → `[B, N, D]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let mut halves = self.w12.forward(x).chunk(2, 2);
+    pub fn forward(&self, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
+        let mut halves = mm.linear(&self.w12, x).chunk(2, 2);
         let x2 = halves.pop().expect("two halves");
         let x1 = halves.pop().expect("two halves");
-        self.drop.forward(self.w3.forward(silu(x1).mul(x2)))
+        self.drop.forward(mm.linear(&self.w3, silu(x1).mul(x2)))
     }
 }

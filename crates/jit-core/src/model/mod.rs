@@ -16,7 +16,29 @@ pub use jit::{Activations, Jit};
 
 use burn::module::Initializer;
 use burn::nn::Linear;
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType, Tensor};
+
+/// Float type of the linear layers' matrix products. The reference trains and samples under
+/// bf16 autocast: linear layers take bf16 inputs and weights and accumulate in f32, while
+/// norms, RoPE, attention, softmax, residual sums and the loss stay f32 (so do the weights,
+/// their gradients, AdamW's moments and the EMAs). `None` computes everything in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MatmulDtype(pub Option<FloatDType>);
+
+impl MatmulDtype {
+    /// `layer(x)`, with the product in the chosen type and the result back in f32.
+    pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        match self.0 {
+            None => layer.forward(x),
+            Some(dtype) => burn::tensor::module::linear(
+                x.cast(dtype),
+                layer.weight.val().cast(dtype),
+                layer.bias.as_ref().map(|b| b.val().cast(dtype)),
+            )
+            .cast(FloatDType::F32),
+        }
+    }
+}
 
 /// A linear layer initialised as the reference does: xavier-uniform weight (or zeros for the
 /// adaLN and output layers, or N(0, std)), zero bias. burn stores the weight as `[d_in, d_out]`.

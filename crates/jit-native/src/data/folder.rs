@@ -1,7 +1,9 @@
 //! An image folder with one subfolder per class (like torchvision's `ImageFolder`): images are
 //! centre-cropped to a square, resized to the model size and randomly flipped horizontally.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use image::imageops::FilterType;
@@ -18,6 +20,8 @@ pub struct ImageFolder {
     flip: bool,
     items: Vec<(PathBuf, usize)>,
     names: Vec<String>,
+    /// Indices of images that failed to decode (each is warned about once and then skipped).
+    bad: Mutex<HashSet<usize>>,
 }
 
 impl ImageFolder {
@@ -27,7 +31,7 @@ impl ImageFolder {
             bail!("image folder {} does not exist", dir.display());
         }
         if channels != 1 && channels != 3 {
-            bail!("image folders load 1- or 3-channel images (got {channels})");
+            bail!("image folders load 1-channel (grey) or 3-channel (RGB) images, not {channels}; use --channels 1 or 3");
         }
         let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot list {}", dir.display()))?
@@ -60,7 +64,7 @@ impl ImageFolder {
                 dir.display()
             );
         }
-        Ok(Self { size, channels, flip, items, names })
+        Ok(Self { size, channels, flip, items, names, bad: Mutex::new(HashSet::new()) })
     }
 }
 
@@ -77,9 +81,32 @@ impl Dataset for ImageFolder {
     fn class_names(&self) -> &[String] {
         &self.names
     }
+    /// Image `index`; an image that cannot be decoded is skipped with a warning (once per
+    /// file) and the next readable one is used instead, so one bad file does not stop a run.
     fn get(&self, index: usize, rng: &mut PortableRng) -> Result<Sample> {
+        let n = self.items.len();
+        for k in 0..n {
+            let i = (index + k) % n;
+            if self.bad.lock().map_or(false, |bad| bad.contains(&i)) {
+                continue;
+            }
+            match self.decode(i, rng) {
+                Ok(sample) => return Ok(sample),
+                Err(e) => {
+                    let mut bad = self.bad.lock().map_err(|_| anyhow::anyhow!("image loader poisoned"))?;
+                    bad.insert(i);
+                    eprintln!("warning: skipping {e:#} ({} of {n} images unreadable so far)", bad.len());
+                }
+            }
+        }
+        bail!("none of the {n} images in the folder could be decoded")
+    }
+}
+
+impl ImageFolder {
+    fn decode(&self, index: usize, rng: &mut PortableRng) -> Result<Sample> {
         let (path, label) = &self.items[index];
-        let img = image::open(path).with_context(|| format!("cannot decode image {}", path.display()))?;
+        let img = image::open(path).with_context(|| format!("unreadable image {}", path.display()))?;
         let (w, h) = (img.width(), img.height());
         let side = w.min(h);
         let img = img

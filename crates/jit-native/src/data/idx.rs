@@ -16,9 +16,16 @@ pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 const FASHION_NAMES: [&str; 10] =
     ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
-/// An IDX image/label pair loaded in memory, converted to `[-1, 1]` at `size` pixels.
+/// Largest IDX file read (inflated), so a corrupt or hostile file cannot exhaust memory.
+const MAX_IDX_BYTES: u64 = 1 << 30;
+/// Largest image side in an IDX file.
+const MAX_IDX_SIDE: usize = 4096;
+
+/// An IDX image/label pair loaded in memory, converted to `[-1, 1]` at `size` pixels with
+/// `channels` channels (1, or 3 with the grey value repeated).
 pub struct IdxDataset {
     size: usize,
+    channels: usize,
     images: Vec<Vec<f32>>,
     labels: Vec<usize>,
     names: Vec<String>,
@@ -35,16 +42,18 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
 }
 
 fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| format!("{} is not a valid gzip file", path.display()))?;
-        Ok(out)
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    let read = if path.extension().is_some_and(|e| e == "gz") {
+        flate2::read::GzDecoder::new(file).take(MAX_IDX_BYTES + 1).read_to_end(&mut out)
     } else {
-        Ok(raw)
+        file.take(MAX_IDX_BYTES + 1).read_to_end(&mut out)
+    };
+    read.with_context(|| format!("{} is not a readable (gzip) IDX file", path.display()))?;
+    if out.len() as u64 > MAX_IDX_BYTES {
+        bail!("{} holds more than {} MiB of data; not an IDX file this loader accepts", path.display(), MAX_IDX_BYTES >> 20);
     }
+    Ok(out)
 }
 
 /// Parses an IDX buffer with unsigned-byte data: returns (dims, data).
@@ -59,7 +68,10 @@ pub fn parse_idx<'a>(bytes: &'a [u8], expect_dims: usize, what: &Path) -> Result
     let dims: Vec<usize> = (0..expect_dims)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
         .collect();
-    let n: usize = dims.iter().product();
+    let n = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let Some(n) = n.filter(|&n| n <= bytes.len() - header) else {
+        bail!("{} is truncated or corrupt: dimensions {dims:?} need more values than the file holds", what.display());
+    };
     if bytes.len() < header + n {
         bail!("{} is truncated: header promises {n} values, file has {}", what.display(), bytes.len() - header);
     }
@@ -67,8 +79,11 @@ pub fn parse_idx<'a>(bytes: &'a [u8], expect_dims: usize, what: &Path) -> Result
 }
 
 impl IdxDataset {
-    /// Loads split `train` or `t10k`/`test` from `dir` at `size` pixels.
-    pub fn open(dir: &Path, split: &str, size: usize) -> Result<Self> {
+    /// Loads split `train` or `t10k`/`test` from `dir` at `size` pixels with `channels` (1 or 3).
+    pub fn open(dir: &Path, split: &str, size: usize, channels: usize) -> Result<Self> {
+        if channels != 1 && channels != 3 {
+            bail!("IDX images are grey: load them with 1 channel or 3 (grey repeated), not {channels}");
+        }
         if !dir.is_dir() {
             let hint = if dir == Path::new(FASHION_MNIST_DIR) { " (install it: apt-get install dataset-fashion-mnist)" } else { "" };
             bail!("dataset directory {} does not exist{hint}", dir.display());
@@ -87,6 +102,9 @@ impl IdxDataset {
         if n == 0 {
             bail!("{} holds no images", img_path.display());
         }
+        if h == 0 || w == 0 || h > MAX_IDX_SIDE || w > MAX_IDX_SIDE {
+            bail!("{} has images of {h}×{w} pixels; sides must be 1..={MAX_IDX_SIDE}", img_path.display());
+        }
         let images = pixels.chunks_exact(h * w).map(|img| place(img, h, w, size)).collect();
         let labels: Vec<usize> = labels.iter().map(|l| *l as usize).collect();
         let classes = labels.iter().max().unwrap() + 1;
@@ -94,7 +112,7 @@ impl IdxDataset {
         let names = (0..classes)
             .map(|c| if fashion && classes == 10 { FASHION_NAMES[c].to_string() } else { c.to_string() })
             .collect();
-        Ok(Self { size, images, labels, names })
+        Ok(Self { size, channels, images, labels, names })
     }
 }
 
@@ -124,7 +142,7 @@ impl Dataset for IdxDataset {
         self.images.len()
     }
     fn channels(&self) -> usize {
-        1
+        self.channels
     }
     fn size(&self) -> usize {
         self.size
@@ -133,6 +151,7 @@ impl Dataset for IdxDataset {
         &self.names
     }
     fn get(&self, index: usize, _rng: &mut PortableRng) -> Result<Sample> {
-        Ok(Sample { pixels: self.images[index].clone(), label: self.labels[index] })
+        let grey = &self.images[index];
+        Ok(Sample { pixels: grey.repeat(self.channels), label: self.labels[index] })
     }
 }

@@ -31,9 +31,10 @@ pub trait Dataset: Send + Sync {
     fn get(&self, index: usize, rng: &mut PortableRng) -> Result<Sample>;
 }
 
-/// Which dataset to train on.
+/// Which dataset to train on; written as `shapes`, `idx:DIR` or `folder:DIR` on the command
+/// line, in config files and in `settings.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum DataSource {
     /// Procedural coloured shapes (no download).
     Shapes,
@@ -62,12 +63,35 @@ impl std::str::FromStr for DataSource {
     }
 }
 
+impl std::fmt::Display for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Shapes => write!(f, "shapes"),
+            Self::Idx { dir } => write!(f, "idx:{}", dir.display()),
+            Self::Folder { dir } => write!(f, "folder:{}", dir.display()),
+        }
+    }
+}
+
+impl TryFrom<String> for DataSource {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DataSource> for String {
+    fn from(d: DataSource) -> String {
+        d.to_string()
+    }
+}
+
 impl DataSource {
     /// Opens the dataset at `size` pixels with `channels` channels (0: the dataset's own).
     pub fn open(&self, size: usize, channels: usize, flip: bool) -> Result<Box<dyn Dataset>> {
         Ok(match self {
             Self::Shapes => Box::new(shapes::Shapes::new(size, if channels == 0 { 3 } else { channels })?),
-            Self::Idx { dir } => Box::new(idx::IdxDataset::open(dir, "train", size)?),
+            Self::Idx { dir } => Box::new(idx::IdxDataset::open(dir, "train", size, if channels == 0 { 1 } else { channels })?),
             Self::Folder { dir } => {
                 Box::new(folder::ImageFolder::open(dir, size, if channels == 0 { 3 } else { channels }, flip)?)
             }

@@ -6,9 +6,10 @@ use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
 use clap::Args;
-use jit_core::checkpoint::{self, StoreDtype};
+use jit_core::checkpoint::{self, StoreDtype, WeightCopy};
 
-use crate::ckpt::{self, Weights};
+use crate::backend::LimitArgs;
+use crate::model_file;
 use crate::fsutil::write_atomic;
 
 /// `export` flags.
@@ -20,11 +21,13 @@ pub struct ExportArgs {
     #[arg(long, short)]
     pub out: PathBuf,
     /// Storage precision: f16 (half the size; the browser converts to f32 on load), bf16 or f32.
-    #[arg(long, default_value = "f16")]
-    pub dtype: String,
+    #[arg(long, value_enum, default_value_t = StoreDtype::F16)]
+    pub dtype: StoreDtype,
     /// Which weights of a training checkpoint.
-    #[arg(long, value_enum, default_value_t = Weights::Ema1)]
-    pub weights: Weights,
+    #[arg(long, value_enum, default_value_t = WeightCopy::Ema1)]
+    pub weights: WeightCopy,
+    #[command(flatten)]
+    pub limit: LimitArgs,
     /// Class names, comma-separated (default: those in the checkpoint).
     #[arg(long, value_delimiter = ',')]
     pub class_names: Option<Vec<String>>,
@@ -32,8 +35,8 @@ pub struct ExportArgs {
 
 /// Runs `export`.
 pub fn run(a: ExportArgs) -> Result<()> {
-    let dtype: StoreDtype = a.dtype.parse()?;
-    let (model, mut meta) = ckpt::load(&a.checkpoint, a.weights, &Device::flex())?;
+    let dtype = a.dtype;
+    let (model, mut meta) = model_file::load(&a.checkpoint, a.weights, &Device::flex(), a.limit.get())?;
     if let Some(names) = a.class_names {
         if names.len() != meta.network.num_classes {
             bail!("--class-names has {} names but the model has {} classes", names.len(), meta.network.num_classes);

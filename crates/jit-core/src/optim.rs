@@ -1,19 +1,15 @@
-//! Optimisation: AdamW as the reference sets it up (β 0.9/0.95, no weight decay on 1-D
-//! parameters and biases), `lr = blr·batch/256` with linear warm-up then constant or cosine, and
-//! a [`Trainer`] that runs one step: loss, backward, AdamW, both EMAs.
+//! Optimiser settings: AdamW as the reference sets it up (β 0.9/0.95, no weight decay on 1-D
+//! parameters and biases), `lr = blr·batch/256` with linear warm-up then constant or cosine,
+//! and the decays of the two EMAs.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor};
+use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
-
-use crate::config::DiffusionConfig;
-use crate::ema::Ema;
-use crate::model::Jit;
-use crate::objective::{draw_noise, loss};
 
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     /// Keep the peak rate (the reference's default).
@@ -92,7 +88,7 @@ impl OptimConfig {
     }
 
     /// AdamW for `model`: decay on matrices only, none on 1-D parameters (biases, norms).
-    pub fn optimizer(&self, model: &Jit) -> ModuleOptimizer {
+    pub fn optimizer<M: Module>(&self, model: &M) -> ModuleOptimizer {
         let adamw = |wd: f64| {
             AdamWConfig::new()
                 .with_beta_1(self.beta1 as f32)
@@ -117,61 +113,5 @@ impl ModuleVisitor for VectorParams {
         if D == 1 {
             self.0.push(param.id);
         }
-    }
-}
-
-/// The model, its optimizer and both EMAs; one [`Trainer::step`] per batch.
-pub struct Trainer {
-    /// The trained network (on an autodiff device).
-    pub model: Jit,
-    /// AdamW state.
-    pub optim: ModuleOptimizer,
-    /// EMA with the first decay (used for sampling).
-    pub ema1: Ema,
-    /// EMA with the second decay.
-    pub ema2: Ema,
-    /// Objective settings.
-    pub diffusion: DiffusionConfig,
-    /// Optimiser settings.
-    pub optim_config: OptimConfig,
-    /// Optimizer steps taken.
-    pub step: u64,
-    /// Base seed; step s draws its noise after `device.seed(seed + s)`.
-    pub seed: u64,
-}
-
-impl Trainer {
-    /// Wraps `model` (moved to the autodiff version of its device).
-    pub fn new(model: Jit, diffusion: DiffusionConfig, optim_config: OptimConfig, seed: u64) -> Self {
-        let device = model.devices()[0].clone();
-        let model = model.to_device(&device.clone().autodiff()).train();
-        let optim = optim_config.optimizer(&model);
-        let ema1 = Ema::new(&model, optim_config.ema_decays.0);
-        let ema2 = Ema::new(&model, optim_config.ema_decays.1);
-        Self { model, optim, ema1, ema2, diffusion, optim_config, step: 0, seed }
-    }
-
-    /// The device training runs on (autodiff).
-    pub fn device(&self) -> Device {
-        self.model.devices()[0].clone()
-    }
-
-    /// One optimizer step on clean images `x` `[B, C, H, W]` in [-1, 1] with labels `[B]`;
-    /// returns the loss (one element, not yet read back).
-    pub fn step(&mut self, x: Tensor<4>, labels: Tensor<1, Int>) -> Tensor<1> {
-        let device = self.device();
-        let [batch, ..] = x.dims();
-        let x = x.to_device(&device);
-        let labels = labels.to_device(&device);
-        device.seed(self.seed.wrapping_add(self.step));
-        let draw = draw_noise(&self.diffusion, self.model.config.num_classes, &x, labels, &device);
-        let loss = loss(&self.model, &self.diffusion, x, draw);
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        let lr = self.optim_config.lr_at(self.step, batch);
-        self.model = self.optim.step(lr, self.model.clone(), grads);
-        self.ema1.update(&self.model);
-        self.ema2.update(&self.model);
-        self.step += 1;
-        loss.without_autodiff()
     }
 }

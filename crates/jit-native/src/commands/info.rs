@@ -4,25 +4,29 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use jit_core::checkpoint;
+use jit_core::checkpoint::{self, BLOB_PREFIX};
 
-use crate::ckpt;
+use crate::backend::LimitArgs;
+use crate::model_file;
 
 /// `info` flags.
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     /// Checkpoint file.
     pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub limit: LimitArgs,
 }
 
 /// Runs `info`.
 pub fn run(a: InfoArgs) -> Result<()> {
-    let bytes = ckpt::read(&a.checkpoint)?;
+    let bytes = model_file::read(&a.checkpoint)?;
     let ctx = || format!("{} is not a JiT checkpoint", a.checkpoint.display());
     let meta = checkpoint::read_meta(&bytes).with_context(ctx)?;
+    a.limit.get().check(&meta.network, 1).with_context(ctx)?;
     let tensors = checkpoint::parse(&bytes).with_context(ctx)?;
     let first = meta.copies.first().cloned().unwrap_or_default();
-    let own = |n: &str| if first.is_empty() { !n.starts_with("__") } else { n.starts_with(&format!("{first}.")) };
+    let own = |n: &str| if first.is_empty() { !n.starts_with(BLOB_PREFIX) } else { n.starts_with(&format!("{first}.")) };
     let mut params = 0usize;
     let mut dtypes = std::collections::BTreeSet::new();
     for (name, view) in tensors.tensors() {
@@ -35,6 +39,11 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("file        {} ({:.2} MiB)", a.checkpoint.display(), bytes.len() as f64 / 1048576.0);
     println!("step        {}", meta.step);
     println!("parameters  {params} ({:.2} M)", params as f64 / 1e6);
+    println!(
+        "memory      about {:.2} GiB to sample one image, {:.2} GiB to train on a batch of 32",
+        meta.network.forward_bytes(1) as f64 / 1073741824.0,
+        meta.network.train_bytes(32) as f64 / 1073741824.0
+    );
     println!(
         "network     {}×{}×{} px, patch {}, D {}, depth {}, heads {}, bottleneck {}, in-context {} from block {}",
         c.in_channels, c.input_size, c.input_size, c.patch_size, c.hidden_size, c.depth, c.num_heads,

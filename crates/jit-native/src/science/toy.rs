@@ -1,26 +1,20 @@
-//! `jit-native toy`: the paper's manifold experiment. A 2-D spiral is embedded in D dimensions
-//! by a random column-orthonormal `D×2` matrix P; a small MLP denoiser is trained with the same
-//! objective code as JiT (x-, ε- or v-prediction, v-loss) and sampled with the same Heun solver.
-//! Samples are projected back with Pᵀ and compared with held-out data (sliced Wasserstein-1 in
-//! 2-D); `‖(I − PPᵀ)x‖` measures how far samples stray off the data's plane.
+//! The paper's manifold experiment (its Fig. 2): a 2-D spiral embedded in D dimensions by a
+//! random column-orthonormal `D×2` matrix P; a small MLP denoiser trained with the same
+//! objective, training state and Heun sampler as JiT. Samples are projected back with Pᵀ and
+//! compared with held-out data (sliced Wasserstein-1 in 2-D); `‖(I − PPᵀ)x‖` measures how far
+//! samples stray off the data's plane.
 
-use std::path::PathBuf;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
-use clap::Args;
-use image::{Rgb, RgbImage};
+use jit_core::host::read_f32;
 use jit_core::objective::{draw_noise, loss};
+use jit_core::optim::OptimConfig;
 use jit_core::rng::PortableRng;
 use jit_core::sampler::sample;
-use jit_core::{Denoiser, DiffusionConfig, JitError, Method, SamplerConfig, Target};
+use jit_core::{DiffusionConfig, Method, Network, SamplerConfig, Target, TrainState};
 use serde::Serialize;
-
-use crate::fsutil::write_atomic;
-use crate::images::save_png;
 
 /// Time features fed to the MLP: t and sin/cos(2πkt), k = 1..8.
 const T_FREQS: usize = 8;
@@ -44,8 +38,8 @@ impl ToyMlp {
     }
 }
 
-impl Denoiser for ToyMlp {
-    fn denoise(&self, z: Tensor<4>, t: Tensor<1>, _y: Tensor<1, Int>) -> Tensor<4> {
+impl Network for ToyMlp {
+    fn predict(&self, z: Tensor<4>, t: Tensor<1>, _y: Tensor<1, Int>) -> Tensor<4> {
         let [b, d, ..] = z.dims();
         let t = t.unsqueeze_dim::<2>(1);
         let args = t.clone().mul(self.freqs.clone());
@@ -62,47 +56,27 @@ impl Denoiser for ToyMlp {
     fn null_class(&self) -> usize {
         1
     }
-    fn check_inputs(&self, _z: &Tensor<4>, _t: &Tensor<1>, _y: &Tensor<1, Int>) -> Result<(), JitError> {
-        Ok(())
-    }
 }
 
-/// `toy` flags.
-#[derive(Args, Debug)]
-pub struct ToyArgs {
-    /// Ambient dimensions D.
-    #[arg(long, value_delimiter = ',', default_value = "2,8,16,512")]
-    pub dims: Vec<usize>,
-    /// Prediction targets (all trained with the v-loss).
-    #[arg(long, value_delimiter = ',', default_value = "x,eps,v")]
-    pub targets: Vec<String>,
-    /// Training steps per model.
-    #[arg(long, default_value_t = 3000)]
+/// One cell's training and sampling settings.
+#[derive(Debug, Clone)]
+pub struct CellConfig {
+    /// Training steps.
     pub steps: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
     /// MLP width.
-    #[arg(long, default_value_t = 256)]
     pub hidden: usize,
     /// MLP depth (linear layers).
-    #[arg(long, default_value_t = 5)]
     pub layers: usize,
-    /// Learning rate (AdamW, β 0.9/0.95).
-    #[arg(long, default_value_t = 1e-3)]
+    /// Constant learning rate (AdamW, β 0.9/0.95).
     pub lr: f64,
-    /// Generated points per model (and held-out real points).
-    #[arg(long, default_value_t = 1000)]
+    /// Generated points (and held-out real points).
     pub samples: usize,
     /// Heun steps.
-    #[arg(long, default_value_t = 50)]
     pub sample_steps: usize,
     /// Seed.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output folder (toy.png, toy.json, toy.md).
-    #[arg(long, default_value = "toy")]
-    pub out: PathBuf,
 }
 
 /// One cell of the experiment.
@@ -119,7 +93,7 @@ pub struct ToyResult {
 }
 
 /// Spiral points in 2-D, radius up to 2.
-fn spiral(n: usize, rng: &mut PortableRng) -> Vec<[f32; 2]> {
+pub fn spiral(n: usize, rng: &mut PortableRng) -> Vec<[f32; 2]> {
     (0..n)
         .map(|_| {
             let theta = std::f64::consts::PI * (0.5 + 3.5 * rng.uniform().sqrt());
@@ -184,14 +158,15 @@ pub fn sliced_w1(a: &[[f32; 2]], b: &[[f32; 2]], directions: usize) -> f64 {
 }
 
 /// Trains and samples one (target, D) cell.
-pub fn run_cell(a: &ToyArgs, target: Target, dim: usize) -> Result<(ToyResult, Vec<[f32; 2]>)> {
+pub fn run_cell(a: &CellConfig, target: Target, dim: usize) -> Result<(ToyResult, Vec<[f32; 2]>)> {
     let t0 = std::time::Instant::now();
     let mut rng = PortableRng::new(a.seed.wrapping_mul(1_000_003).wrapping_add(dim as u64));
     let p = projection(dim, &mut rng);
     let device = Device::flex().autodiff();
     device.seed(a.seed);
-    let mut model = ToyMlp::new(dim, a.hidden, a.layers, &device);
-    let mut optim = AdamWConfig::new().with_beta_2(0.95).with_weight_decay(0.0).with_epsilon(1e-8).init();
+    let model = ToyMlp::new(dim, a.hidden, a.layers, &device);
+    let optim = OptimConfig { lr: Some(a.lr), ..OptimConfig::default() };
+    let mut state = TrainState::new(model, optim, a.seed);
     let diffusion = DiffusionConfig { label_drop_prob: 0.0, prediction: target, loss: Target::V, ..DiffusionConfig::default() };
     let labels: Tensor<1, Int> = Tensor::zeros([a.batch_size], &device);
     let mut final_loss = f32::NAN;
@@ -199,20 +174,19 @@ pub fn run_cell(a: &ToyArgs, target: Target, dim: usize) -> Result<(ToyResult, V
         let x = embed(&spiral(a.batch_size, &mut rng), &p);
         let x = Tensor::<4>::from_data(TensorData::new(x, [a.batch_size, dim, 1, 1]), &device);
         let draw = draw_noise(&diffusion, 1, &x, labels.clone(), &device);
-        let l = loss(&model, &diffusion, x, draw);
+        let l = loss(&state.model, &diffusion, x, draw);
         if step + 1 == a.steps || step % 100 == 0 {
             final_loss = l.clone().into_scalar();
         }
-        let grads = GradientsParams::from_grads(l.backward(), &model);
-        model = optim.step(a.lr, model, grads);
+        state.apply(l, a.batch_size);
     }
-    let model = model.valid();
+    let model = state.model.valid();
     let cpu = Device::flex();
     let sampler = SamplerConfig { method: Method::Heun, steps: a.sample_steps, cfg: 1.0, interval: (0.0, 1.0) };
     let z0 = PortableRng::new(a.seed ^ 0xABCD).noise([a.samples, dim, 1, 1], 1.0, &cpu);
     let y = Tensor::<1, Int>::zeros([a.samples], &cpu);
     let out = sample(&model, &diffusion, &sampler, z0, y, |_| true)?;
-    let x: Vec<f32> = out.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let x = read_f32(out)?;
     let (pts, off) = unembed(&x, &p);
     let held_out = spiral(a.samples, &mut PortableRng::new(a.seed ^ 0x5151));
     let result = ToyResult {
@@ -226,67 +200,29 @@ pub fn run_cell(a: &ToyArgs, target: Target, dim: usize) -> Result<(ToyResult, V
     Ok((result, pts))
 }
 
-fn draw_panel(img: &mut RgbImage, x0: u32, y0: u32, size: u32, real: &[[f32; 2]], fake: &[[f32; 2]], color: Rgb<u8>) {
-    for x in x0..x0 + size {
-        for y in [y0, y0 + size - 1] {
-            img.put_pixel(x, y, Rgb([180, 180, 180]));
-        }
-    }
-    for y in y0..y0 + size {
-        for x in [x0, x0 + size - 1] {
-            img.put_pixel(x, y, Rgb([180, 180, 180]));
-        }
-    }
-    let span = 2.6f32;
-    let mut dot = |p: &[f32; 2], c: Rgb<u8>, r: i64| {
-        let px = ((p[0] / span + 1.0) * 0.5 * size as f32) as i64;
-        let py = ((1.0 - (p[1] / span + 1.0) * 0.5) * size as f32) as i64;
-        for dx in 0..r {
-            for dy in 0..r {
-                let (x, y) = (px + dx, py + dy);
-                if x > 0 && y > 0 && x < size as i64 - 1 && y < size as i64 - 1 {
-                    img.put_pixel(x0 + x as u32, y0 + y as u32, c);
-                }
-            }
-        }
-    };
-    for p in real {
-        dot(p, Rgb([200, 200, 200]), 2);
-    }
-    for p in fake {
-        dot(p, color, 2);
-    }
-}
 
-/// Runs `toy`.
-pub fn run(a: ToyArgs) -> Result<()> {
-    let targets: Vec<Target> = a.targets.iter().map(|t| t.parse::<Target>()).collect::<Result<_, _>>()?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let size = 200u32;
-    let mut img = RgbImage::from_pixel(size * a.dims.len() as u32, size * targets.len() as u32, Rgb([255, 255, 255]));
-    let real = spiral(a.samples, &mut PortableRng::new(a.seed ^ 0x5151));
-    let colors = [Rgb([30, 90, 220]), Rgb([220, 50, 50]), Rgb([30, 160, 60])];
-    let mut results = Vec::new();
-    for (row, target) in targets.iter().enumerate() {
-        for (col, &dim) in a.dims.iter().enumerate() {
-            let (r, pts) = run_cell(&a, *target, dim)?;
-            eprintln!(
-                "{:>3}-pred D={:<4} loss {:.4}  SW1 {:.3}  off-manifold {:.3}  ({:.0}s)",
-                r.target, dim, r.final_loss, r.sliced_w1, r.off_manifold, r.seconds
-            );
-            draw_panel(&mut img, col as u32 * size, row as u32 * size, size, &real, &pts, colors[row % 3]);
-            results.push(r);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliced_w1_is_zero_for_equal_sets_and_measures_a_shift() {
+        let a = spiral(500, &mut PortableRng::new(1));
+        assert!(sliced_w1(&a, &a, 16) < 1e-12);
+        let shifted: Vec<[f32; 2]> = a.iter().map(|p| [p[0] + 1.0, p[1]]).collect();
+        // a shift by (1, 0) projects to |cos θ| on direction θ: mean over θ ∈ [0, π) is 2/π
+        let w = sliced_w1(&a, &shifted, 256);
+        assert!((w - 2.0 / std::f64::consts::PI).abs() < 0.01, "{w}");
+    }
+
+    #[test]
+    fn embedding_is_orthonormal_and_unembed_inverts_it() {
+        let p = projection(16, &mut PortableRng::new(2));
+        let pts = spiral(50, &mut PortableRng::new(3));
+        let (back, off) = unembed(&embed(&pts, &p), &p);
+        assert!(off < 1e-5, "{off}");
+        for (a, b) in pts.iter().zip(&back) {
+            assert!((a[0] - b[0]).abs() < 1e-4 && (a[1] - b[1]).abs() < 1e-4);
         }
     }
-    save_png(&a.out.join("toy.png"), &img)?;
-    write_atomic(&a.out.join("toy.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
-    let mut md = String::from("| prediction | D | SW1 (2-D, ↓) | ‖(I−PPᵀ)x‖ (↓) | final v-loss |\n|---|---|---|---|---|\n");
-    for r in &results {
-        md += &format!("| {} | {} | {:.3} | {:.3} | {:.4} |\n", r.target, r.dim, r.sliced_w1, r.off_manifold, r.final_loss);
-    }
-    let floor = sliced_w1(&real, &spiral(a.samples, &mut PortableRng::new(a.seed ^ 0x7777)), 64);
-    md += &format!("\nReal vs. real (held-out) SW1: {floor:.3}.\n");
-    write_atomic(&a.out.join("toy.md"), md.as_bytes())?;
-    print!("{md}");
-    Ok(())
 }

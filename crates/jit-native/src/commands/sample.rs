@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use jit_core::checkpoint::WeightCopy;
+use jit_core::host::read_f32;
 use jit_core::{Method, SamplerConfig};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::backend::BackendArgs;
-use crate::ckpt::{self, Weights};
+use crate::model_file;
 use crate::fsutil::write_atomic;
 use crate::generate::{GenerateOptions, generate};
 use crate::images::{HostImages, save_png};
@@ -32,8 +34,8 @@ pub struct SampleArgs {
     #[arg(long)]
     pub steps: Option<usize>,
     /// Solver.
-    #[arg(long, value_parser = ["euler", "heun"])]
-    pub sampler: Option<String>,
+    #[arg(long, value_enum)]
+    pub sampler: Option<Method>,
     /// Guidance scale (1: none).
     #[arg(long)]
     pub cfg: Option<f64>,
@@ -44,8 +46,8 @@ pub struct SampleArgs {
     #[arg(long)]
     pub interval_high: Option<f64>,
     /// Which weights of a training checkpoint.
-    #[arg(long, value_enum, default_value_t = Weights::Ema1)]
-    pub weights: Weights,
+    #[arg(long, value_enum, default_value_t = WeightCopy::Ema1)]
+    pub weights: WeightCopy,
     /// Output folder for `sample-NNN.png` and `grid.png`.
     #[arg(long, default_value = "samples")]
     pub out: PathBuf,
@@ -91,14 +93,13 @@ fn parse_classes(spec: &[String], names: &[String], k: usize) -> Result<Vec<i64>
 /// Runs `sample`.
 pub fn run(a: SampleArgs) -> Result<()> {
     let device = a.backend.device()?;
-    let (model, meta) = ckpt::load(&a.checkpoint, a.weights, &device)?;
+    let limit = a.backend.memory_limit();
+    let (model, meta) = model_file::load(&a.checkpoint, a.weights, &device, limit)?;
+    let model = model.with_matmul_dtype(a.backend.matmul_dtype(&device)?);
     let c = &meta.network;
     let defaults = &meta.sampler;
     let sampler = SamplerConfig {
-        method: match a.sampler.as_deref() {
-            Some(s) => s.parse::<Method>()?,
-            None => defaults.method,
-        },
+        method: a.sampler.unwrap_or(defaults.method),
         steps: a.steps.unwrap_or(defaults.steps),
         cfg: a.cfg.unwrap_or(defaults.cfg),
         interval: (a.interval_low.unwrap_or(defaults.interval.0), a.interval_high.unwrap_or(defaults.interval.1)),
@@ -108,18 +109,20 @@ pub fn run(a: SampleArgs) -> Result<()> {
         bail!("--count must be at least 1");
     }
     let per_class = parse_classes(&a.classes, &meta.class_names, c.num_classes)?;
+    let n = per_class.len().checked_mul(a.count).filter(|&n| n <= 1 << 20).context("--count is too large")?;
+    // Both halves of a guided step run in one batch.
+    limit.check(c, 2 * n)?;
     let labels: Vec<i64> = per_class.iter().flat_map(|l| std::iter::repeat_n(*l, a.count)).collect();
     let opts = GenerateOptions { seed: a.seed, sampler: sampler.clone(), labels: labels.clone() };
     let mut previews: Vec<Vec<f32>> = Vec::new();
     let t0 = std::time::Instant::now();
     let data = generate(&model, &meta.diffusion, &opts, |step| {
         if a.previews {
-            previews.push(step.x_hat.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default());
+            previews.push(read_f32(step.x_hat.clone()).unwrap_or_default());
         }
     })?;
     let secs = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
-    let n = labels.len();
     let imgs = HostImages { data: &data, count: n, channels: c.in_channels, size: c.input_size };
     save_png(&a.out.join("grid.png"), &imgs.grid(8, a.scale))?;
     if !a.grid_only {

@@ -13,7 +13,8 @@ use burn::store::pytorch_reader::{DType, PytorchReader};
 use burn::tensor::Device;
 use clap::Args;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
-use jit_core::state_dict::{self, HostTensor};
+use jit_core::host::HostTensor;
+use jit_core::state_dict;
 use jit_core::{DiffusionConfig, Jit, JitConfig, Method, SamplerConfig};
 
 use crate::fsutil::write_atomic;

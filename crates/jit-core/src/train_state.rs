@@ -1,0 +1,151 @@
+//! The whole state of a training run — the network, AdamW, both EMAs, the step and the seed —
+//! and the one training loop body every front end uses: [`TrainState::apply`] for any loss
+//! (the toy MLP, the eval classifier) and [`TrainState::train_step`] for the diffusion
+//! objective. A JiT training state saves to and restores from one checkpoint file
+//! ([`TrainState::to_checkpoint`], [`TrainState::from_checkpoint`]), so a run resumes exactly.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::{Bytes, Device, Int, Tensor};
+
+use crate::checkpoint::{self, CheckpointMeta, StoreDtype, WeightCopy};
+use crate::config::{DiffusionConfig, MemoryLimit};
+use crate::ema::Ema;
+use crate::error::JitError;
+use crate::model::Jit;
+use crate::network::Network;
+use crate::objective::{draw_noise, loss};
+use crate::optim::OptimConfig;
+use crate::state_dict;
+
+/// Blob holding the AdamW state in a training checkpoint.
+const OPTIMIZER_BLOB: &str = "optimizer";
+/// Blob holding the parameter ids (AdamW state is keyed by them) in a training checkpoint.
+const PARAM_IDS_BLOB: &str = "param_ids";
+
+/// A network in training with its optimizer and two EMAs.
+pub struct TrainState<M> {
+    /// The trained network (on an autodiff device).
+    pub model: M,
+    /// AdamW state.
+    pub optim: ModuleOptimizer,
+    /// EMA with the first decay (used for sampling).
+    pub ema1: Ema<M>,
+    /// EMA with the second decay.
+    pub ema2: Ema<M>,
+    /// Optimiser settings (learning-rate schedule, EMA decays).
+    pub optim_config: OptimConfig,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+    /// Base seed; diffusion step s draws its noise after `device.seed(seed + s)`.
+    pub seed: u64,
+}
+
+impl<M: Module> TrainState<M> {
+    /// Starts training `model` (moved to the autodiff version of its device) at step 0.
+    pub fn new(model: M, optim_config: OptimConfig, seed: u64) -> Self {
+        let device = model.devices()[0].clone();
+        let model = model.to_device(&device.autodiff()).train();
+        let optim = optim_config.optimizer(&model);
+        let ema1 = Ema::new(&model, optim_config.ema_decays.0);
+        let ema2 = Ema::new(&model, optim_config.ema_decays.1);
+        Self { model, optim, ema1, ema2, optim_config, step: 0, seed }
+    }
+
+    /// The device training runs on (autodiff).
+    pub fn device(&self) -> Device {
+        self.model.devices()[0].clone()
+    }
+
+    /// The learning rate of the next step for `batch` images per step.
+    pub fn lr(&self, batch: usize) -> f64 {
+        self.optim_config.lr_at(self.step, batch)
+    }
+
+    /// One optimizer step on `loss` (computed from `self.model` on a batch of `batch`):
+    /// backward, AdamW at the scheduled rate, both EMAs, step + 1.
+    pub fn apply(&mut self, loss: Tensor<1>, batch: usize) {
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let lr = self.lr(batch);
+        self.model = self.optim.step(lr, self.model.clone(), grads);
+        self.ema1.update(&self.model);
+        self.ema2.update(&self.model);
+        self.step += 1;
+    }
+}
+
+impl<M: Module + Network> TrainState<M> {
+    /// One diffusion training step on clean images `x` `[B, C, H, W]` in [-1, 1] with labels
+    /// `[B]`: seeded draws of t, ε and label dropout, the loss of `diffusion`, then [`Self::apply`].
+    /// Returns the loss (one element, not yet read back).
+    pub fn train_step(&mut self, diffusion: &DiffusionConfig, x: Tensor<4>, labels: Tensor<1, Int>) -> Tensor<1> {
+        let device = self.device();
+        let [batch, ..] = x.dims();
+        let x = x.to_device(&device);
+        let labels = labels.to_device(&device);
+        device.seed(self.seed.wrapping_add(self.step));
+        let draw = draw_noise(diffusion, self.model.null_class(), &x, labels, &device);
+        let loss = loss(&self.model, diffusion, x, draw);
+        self.apply(loss.clone(), batch);
+        loss.without_autodiff()
+    }
+}
+
+impl TrainState<Jit> {
+    /// The whole state as one checkpoint file (f32 weights of `net`, `ema1`, `ema2`, the AdamW
+    /// state and parameter ids); `meta.step` is set to the current step. Fails with
+    /// [`JitError::NonFinite`] when any weight copy holds NaN or ∞, so such weights never
+    /// replace a good checkpoint.
+    pub fn to_checkpoint(&self, meta: &CheckpointMeta) -> Result<Vec<u8>, JitError> {
+        let mut meta = meta.clone();
+        meta.step = self.step;
+        let optim = self.optim.into_bytes().map_err(|e| JitError::Backend(format!("cannot serialise the optimizer: {e:?}")))?;
+        let ids = serde_json::to_vec(&state_dict::param_ids(&self.model)).map_err(|e| JitError::Backend(e.to_string()))?;
+        checkpoint::save_with_blobs(
+            &meta,
+            &[
+                (WeightCopy::Net.prefix(), &self.model),
+                (WeightCopy::Ema1.prefix(), &self.ema1.model),
+                (WeightCopy::Ema2.prefix(), &self.ema2.model),
+            ],
+            StoreDtype::F32,
+            &[(OPTIMIZER_BLOB, &optim[..]), (PARAM_IDS_BLOB, &ids[..])],
+        )
+    }
+
+    /// Restores a state saved by [`Self::to_checkpoint`] on `device`, with `seed` and `optim_config` (which
+    /// may differ from the saved run's: a new learning rate or schedule applies from here on).
+    /// Every weight copy is checked (shapes, finiteness) and the memory `limit` before anything
+    /// is built.
+    pub fn from_checkpoint(
+        bytes: &[u8],
+        optim_config: OptimConfig,
+        seed: u64,
+        device: &Device,
+        limit: MemoryLimit,
+    ) -> Result<(Self, CheckpointMeta), JitError> {
+        let load = |copy: WeightCopy| checkpoint::load_limited(bytes, copy.prefix(), device, limit);
+        let (net, meta) = load(WeightCopy::Net)?;
+        let (ema1, _) = load(WeightCopy::Ema1)?;
+        let (ema2, _) = load(WeightCopy::Ema2)?;
+        let missing = |what: &str| JitError::BadMetadata(format!("no {what} in this file (is it an exported model, not a training checkpoint?)"));
+        let optim = checkpoint::blob(bytes, OPTIMIZER_BLOB)?.ok_or_else(|| missing("optimizer state"))?;
+        let ids = checkpoint::blob(bytes, PARAM_IDS_BLOB)?.ok_or_else(|| missing("parameter ids"))?;
+        let ids: BTreeMap<String, u64> =
+            serde_json::from_slice(&ids).map_err(|e| JitError::BadMetadata(format!("corrupt parameter ids: {e}")))?;
+        // AdamW state is keyed by parameter id: give the loaded weights their saved ids.
+        let net = state_dict::set_param_ids(net, &ids);
+        let mut state = Self::new(net, optim_config, seed);
+        state.ema1.model = ema1;
+        state.ema2.model = ema2;
+        state.optim = state
+            .optim
+            .clone()
+            .from_bytes(Bytes::from_bytes_vec(optim))
+            .map_err(|e| JitError::BadMetadata(format!("corrupt optimizer state: {e:?}")))?;
+        state.step = meta.step;
+        Ok((state, meta))
+    }
+}

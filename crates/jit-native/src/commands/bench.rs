@@ -1,0 +1,176 @@
+//! `jit-native bench`: training and sampling throughput of model presets on a backend, with
+//! the first step timed apart (kernel compilation and autotuning), achieved TFLOP/s and, for
+//! GPUs whose peak is known, the fraction of it.
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use clap::Args;
+use jit_core::host::{labels as labels_tensor, read_f32};
+use jit_core::optim::OptimConfig;
+use jit_core::rng::PortableRng;
+use jit_core::sampler::{Sampling, initial_noise};
+use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, Network, SamplerConfig, TrainState};
+
+use crate::backend::{BackendArgs, Precision};
+
+/// `bench` flags.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model presets to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "JiT-T/4,JiT-S/4")]
+    pub model: Vec<String>,
+    /// Image size.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: usize,
+    /// Channels.
+    #[arg(long, default_value_t = 3)]
+    pub channels: usize,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    pub num_classes: usize,
+    /// Training batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Timed training steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    pub train_steps: usize,
+    /// Images sampled at once.
+    #[arg(long, default_value_t = 16)]
+    pub sample_count: usize,
+    /// Sampler steps (Heun, CFG 2.9 on (0.1, 1)).
+    #[arg(long, default_value_t = 50)]
+    pub sample_steps: usize,
+    /// Skip sampling (training only).
+    #[arg(long)]
+    pub no_sample: bool,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// A network that counts the images it evaluates (for the FLOP count of sampling).
+struct Counting<'a> {
+    net: &'a Jit,
+    images: Cell<usize>,
+}
+
+impl Network for Counting<'_> {
+    fn predict(&self, z: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
+        self.images.set(self.images.get() + z.dims()[0]);
+        self.net.forward(z, t, y)
+    }
+    fn null_class(&self) -> usize {
+        self.net.null_class()
+    }
+    fn check_inputs(&self, z: &Tensor<4>, t: &Tensor<1>, y: &Tensor<1, Int>) -> Result<(), JitError> {
+        self.net.check_inputs(z, t, y)
+    }
+}
+
+/// Dense peak TFLOP/s (f32 without tensor cores, f16/bf16 with) of GPUs we know, by a
+/// substring of the adapter name.
+const PEAKS: &[(&str, f64, f64)] = &[
+    ("H200", 67.0, 989.0),
+    ("H100", 67.0, 989.0),
+    ("A100", 19.5, 312.0),
+    ("L40S", 91.6, 362.0),
+    ("RTX 4090", 82.6, 165.0),
+    ("RTX 3090", 35.6, 71.0),
+];
+
+fn peak(adapter: &str, precision: Precision) -> Option<f64> {
+    let (_, f32_peak, half_peak) = PEAKS.iter().find(|(name, ..)| adapter.contains(name))?;
+    Some(if precision == Precision::F32 { *f32_peak } else { *half_peak })
+}
+
+fn rate(flops: f64, secs: f64, peak: Option<f64>) -> String {
+    let tflops = flops / secs.max(1e-12) / 1e12;
+    match peak {
+        Some(p) => format!("{tflops:.2} ({:.1}%)", 100.0 * tflops / p),
+        None => format!("{tflops:.3}"),
+    }
+}
+
+/// Runs `bench` and prints a Markdown table.
+pub fn run(a: BenchArgs) -> Result<()> {
+    let (device, adapter) = a.backend.device_named()?;
+    let mm = a.backend.matmul_dtype(&device)?;
+    let peak = peak(&adapter, a.backend.precision);
+    println!("device: {adapter} | precision {:?} | peak {}", a.backend.precision, peak.map_or("unknown".into(), |p| format!("{p} TFLOP/s")));
+    println!(
+        "| model | params | image | batch | first step (s) | train step (s) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s |",
+        a.sample_steps
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for name in &a.model {
+        let config = JitConfig::preset(name, a.image_size, a.channels, a.num_classes)?;
+        a.backend.memory_limit().check_training(&config, a.batch_size)?;
+        let model = Jit::new(&config, &device)?.with_matmul_dtype(mm);
+        let params = model.num_params();
+        let diffusion = DiffusionConfig::default();
+        let mut state = TrainState::new(model, OptimConfig::default(), 0);
+        let mut rng = PortableRng::new(1);
+        let shape = [a.batch_size, a.channels, a.image_size, a.image_size];
+        let labels: Vec<i64> = (0..a.batch_size).map(|i| (i % a.num_classes) as i64).collect();
+        let mut step = || -> f32 {
+            let x = rng.noise(shape, 0.5, &state.device()).clamp(-1.0, 1.0);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [a.batch_size]), &state.device());
+            state.train_step(&diffusion, x, y).into_scalar()
+        };
+        let t0 = Instant::now();
+        step();
+        let first = t0.elapsed().as_secs_f64();
+        step();
+        let t0 = Instant::now();
+        for _ in 0..a.train_steps {
+            step();
+        }
+        let per_step = t0.elapsed().as_secs_f64() / a.train_steps.max(1) as f64;
+        let train_flops = 3.0 * config.forward_flops(a.batch_size);
+        let (first_sample, sample_ips, sample_rate) = if a.no_sample {
+            ("—".into(), "—".into(), "—".into())
+        } else {
+            let ema = state.ema1.model.clone();
+            let (first, secs, images) = time_sampling(&ema, &diffusion, &a, &device)?;
+            let flops = config.forward_flops(images);
+            (format!("{first:.3}"), format!("{:.2}", a.sample_count as f64 / secs), rate(flops, secs, peak))
+        };
+        println!(
+            "| {name} | {:.2}M | {}×{}×{} | {} | {first:.2} | {per_step:.4} | {:.1} | {} | {first_sample} | {sample_ips} | {sample_rate} |",
+            params as f64 / 1e6,
+            a.channels,
+            a.image_size,
+            a.image_size,
+            a.batch_size,
+            a.batch_size as f64 / per_step,
+            rate(train_flops, per_step, peak),
+        );
+    }
+    Ok(())
+}
+
+/// Times the first sampler step apart, then a whole run; returns (first step s, whole run s,
+/// images the network evaluated in the whole run).
+fn time_sampling(ema: &Jit, diffusion: &DiffusionConfig, a: &BenchArgs, device: &Device) -> Result<(f64, f64, usize)> {
+    let sampler = SamplerConfig { steps: a.sample_steps, ..SamplerConfig::default() };
+    let labels: Vec<i64> = (0..a.sample_count).map(|i| (i % a.num_classes) as i64).collect();
+    let net = Counting { net: ema, images: Cell::new(0) };
+    let run = |steps: Option<usize>| -> Result<f64> {
+        let z0 = initial_noise(&ema.config, diffusion, labels.len(), 0, device);
+        let t0 = Instant::now();
+        let mut sampling = Sampling::new(&net, diffusion, &sampler, z0, labels_tensor(&labels, device))?;
+        let mut done = 0;
+        while steps.is_none_or(|n| done < n) && sampling.step().is_some() {
+            done += 1;
+        }
+        read_f32(sampling.finish())?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    let first = run(Some(1))?;
+    net.images.set(0);
+    let whole = run(None)?;
+    Ok((first, whole, net.images.get()))
+}

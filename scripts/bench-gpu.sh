@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# GPU benchmark table: jit-native (WGSL build and the `gpu` build: SPIR-V + fusion + autotune
+# cache) against the official PyTorch code on the same card.
+#
+# Build here (a machine with Rust), run there (a machine with the GPU, PyTorch and no Rust):
+#   bash scripts/bench-gpu.sh build          # → .gpu/jit-native-{wgsl,gpu}.xz (stripped)
+#   bash scripts/bench-gpu.sh run [OUT_DIR]  # on the GPU machine; prints one Markdown table
+# `run` expects .gpu/ref/ to hold the official model_jit.py, denoiser.py, util/model_util.py
+# (LTH14/JiT at commit cbc743a) and .gpu/bench_ref_gpu.py (shared/bench/), and .gl/*.deb with the
+# Vulkan loader when the machine lacks one. Each command has a time limit so that the whole
+# table fits in about nine minutes on an H100/H200.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+build() {
+  set -e
+  source scripts/env.sh
+  mkdir -p .gpu
+  cargo build --release --locked -p jit-native
+  strip -o .gpu/jit-native-wgsl "$CARGO_TARGET_DIR/release/jit-native"
+  # Dependencies built with other features sit beside the default ones (cargo hashes features
+  # into their names), so switching back and forth rebuilds only what differs.
+  cargo build --release --locked -p jit-native --features gpu
+  strip -o .gpu/jit-native-gpu "$CARGO_TARGET_DIR/release/jit-native"
+  cargo build --release --locked -p jit-native
+  xz -f -T2 -6 .gpu/jit-native-wgsl .gpu/jit-native-gpu
+  ls -la .gpu
+}
+
+run() {
+  local out="${1:-/tmp/bench-gpu}"
+  mkdir -p "$out"
+  if ! ldconfig -p | grep -q libvulkan.so.1 && ls .gl/*.deb >/dev/null 2>&1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+  fi
+  if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  fi
+  for b in wgsl gpu; do
+    [ -x "/tmp/jit-$b" ] || xz -dc ".gpu/jit-native-$b.xz" > "/tmp/jit-$b"
+    chmod +x "/tmp/jit-$b"
+  done
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  # cubecl keeps its autotune cache under ./target/environment when a Cargo.toml is above.
+  local b16=(--model JiT-B/16 --image-size 256 --num-classes 1000 --batch-size 64 --sample-count 16 --train-steps 5)
+  local s4=(--model JiT-S/4 --image-size 32 --num-classes 10 --batch-size 128 --sample-count 64 --train-steps 10)
+  bench() { # name timeout binary args...
+    local name=$1 limit=$2 bin=$3; shift 3
+    echo "### $name"
+    timeout "$limit" "/tmp/jit-$bin" bench --backend vulkan "$@" 2>&1 | grep -v '^\s*$' | tee -a "$out/$name.log"
+  }
+  bench "S4-wgsl-f32" 60 wgsl "${s4[@]}"
+  bench "S4-spirv-f32" 60 gpu "${s4[@]}"
+  bench "S4-spirv-f16" 60 gpu "${s4[@]}" --precision f16
+  bench "B16-wgsl-f32" 120 wgsl "${b16[@]}" --no-sample
+  bench "B16-spirv-f32" 150 gpu "${b16[@]}"
+  bench "B16-spirv-f16" 150 gpu "${b16[@]}" --precision f16
+  bench "B16-spirv-f16-second-run" 120 gpu "${b16[@]}" --precision f16 --no-sample
+  if [ -f .gpu/bench_ref_gpu.py ] && [ -d .gpu/ref ]; then
+    for mode in bf16 f32; do
+      echo "### PyTorch $mode"
+      PYTHONUNBUFFERED=1 timeout 120 python3 .gpu/bench_ref_gpu.py .gpu/ref "$mode" 2>&1 | tee -a "$out/pytorch-$mode.log"
+    done
+  fi
+}
+
+case "${1:-}" in
+  build) build ;;
+  run) shift; run "$@" ;;
+  *) echo "usage: bash scripts/bench-gpu.sh build | run [OUT_DIR]" >&2; exit 2 ;;
+esac
