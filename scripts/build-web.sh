@@ -5,7 +5,7 @@
 #            worker.js + client.js (JitWorker: the module in a Web Worker) + client.d.ts
 # dist/      the demo page, models.json and the model files it lists that exist in web/
 # MODEL (default: web/model.safetensors) becomes dist/model.safetensors.
-# JIT_WASM_OPT=0 skips wasm-opt (JIT_WASM_OPT=s: -Os; default -Oz). Needs wasm-bindgen-cli (installed here, the version in
+# JIT_WASM_OPT=z (or s) runs wasm-opt -Oz (-Os); off by default, since it made the gzipped module larger. Needs wasm-bindgen-cli (installed here, the version in
 # Cargo.lock) and npm (for binaryen's wasm-opt, scripts/web-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,12 +32,12 @@ size() { printf '%s bytes (%s gzipped)' "$(stat -c %s "$1")" "$(gzip -9 -c "$1" 
 echo "wasm-bindgen: $(size $wasm)"
 
 # wasm-opt from npm's binaryen (a current one: Debian's binaryen 108 produces a module that fails
-# at start-up), at level JIT_WASM_OPT (default z; 0 skips it). Its output is kept only if it
+# at start-up), at level JIT_WASM_OPT (z or s; 0, the default, skips it). Its output is kept only if it
 # passes a smoke test in Node — it starts, loads the default model and samples the same floats as
 # wasm-bindgen's module — and is smaller gzipped, which is what visitors download. (Measured on
 # this build: -Oz 12.4 → 9.6 MB raw but 2.30 → 2.44 MB gzipped, -Os 10.5 MB / 2.45 MB, so
-# wasm-bindgen's module is kept; wasm-opt takes ~4 minutes on 2 cores.)
-level="${JIT_WASM_OPT:-z}"
+# wasm-bindgen's module is kept; wasm-opt takes ~4 minutes on 2 cores, so it is opt-in.)
+level="${JIT_WASM_OPT:-0}"
 if [ "$level" != 0 ]; then
   (cd scripts/web-tools && npm ci --no-audit --no-fund --silent)
   opt=$(mktemp -d)

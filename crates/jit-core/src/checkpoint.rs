@@ -36,7 +36,8 @@ pub enum WeightCopy {
     Ema1,
     /// The second EMA.
     Ema2,
-    /// The raw trained weights.
+    /// The raw trained weights (the reference's `model`).
+    #[cfg_attr(feature = "clap", value(alias = "raw"))]
     Net,
 }
 

@@ -4,7 +4,8 @@
 //! Where things are: [`commands`] has one thin file per subcommand (flags → `jit_core`);
 //! [`training`] the run's settings (flags, TOML, `settings.json`, defaults) and its run folder;
 //! [`data`] the datasets and the batch loader; [`science`] the toy experiment, the eval
-//! classifier and the Fréchet distance; [`backend`] the device choice; [`model_file`],
+//! classifier and the Fréchet distance; [`pth`] reading official PyTorch checkpoints safely;
+//! [`backend`] the device choice; [`model_file`],
 //! [`generate`], [`images`] and [`fsutil`] loading models, sampling to the host, PNGs and
 //! atomic writes. The network, objective, sampler and training state live in `jit_core`.
 
@@ -15,7 +16,7 @@ mod fsutil;
 mod generate;
 mod images;
 mod model_file;
-mod pickle;
+mod pth;
 mod science;
 mod training;
 

@@ -12,13 +12,10 @@
 //! `JIT_FUZZ_TIMEOUT_S` (default 600), `JIT_GOLDEN_DIR`.
 
 #[allow(dead_code)]
-#[path = "../src/fsutil.rs"]
-mod fsutil;
+#[path = "../src/pth/convert.rs"]
+mod convert;
 #[allow(dead_code)]
-#[path = "../src/import.rs"]
-mod import;
-#[allow(dead_code)]
-#[path = "../src/pickle.rs"]
+#[path = "../src/pth/pickle.rs"]
 mod pickle;
 
 use std::io::{Cursor, Read, Write};
@@ -26,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use import::{ImportOptions, import};
+use convert::{ImportOptions, import};
 use zip::CompressionMethod;
 use zip::write::SimpleFileOptions;
 
@@ -66,7 +63,12 @@ fn unpickle(bytes: &[u8]) -> anyhow::Result<pickle::Py> {
 }
 
 fn options(weights: &str, in_context_start: Option<usize>) -> ImportOptions {
-    ImportOptions { weights: weights.into(), in_context_start, ..ImportOptions::default() }
+    let weights = match weights {
+        "ema2" => jit_core::checkpoint::WeightCopy::Ema2,
+        "raw" | "net" => jit_core::checkpoint::WeightCopy::Net,
+        _ => jit_core::checkpoint::WeightCopy::Ema1,
+    };
+    ImportOptions { weights, model: None, in_context_start, noise_scale: None }
 }
 
 // ---------------------------------------------------------------------------------------------

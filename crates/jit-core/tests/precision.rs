@@ -1,0 +1,111 @@
+//! Mixed precision (`Jit::with_matmul_dtype`): linear layers in f16/bf16 with f32 weights give
+//! the f32 network's outputs, loss and training step within the formats' precision, on the
+//! CPU backend (which has both types).
+
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
+use jit_core::objective::{StepNoise, loss};
+use jit_core::optim::OptimConfig;
+use jit_core::rng::PortableRng;
+use jit_core::{DiffusionConfig, Jit, JitConfig, TrainState};
+
+fn config() -> JitConfig {
+    JitConfig {
+        input_size: 16,
+        patch_size: 4,
+        in_channels: 3,
+        hidden_size: 64,
+        depth: 3,
+        num_heads: 4,
+        mlp_ratio: 4.0,
+        num_classes: 5,
+        bottleneck_dim: 16,
+        in_context_len: 4,
+        in_context_start: 1,
+        attn_drop: 0.0,
+        proj_drop: 0.0,
+    }
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    jit_core::host::read_f32(t).unwrap()
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// A network with non-zero output layers (the reference zero-initialises them, which would make
+/// every output 0 in any precision).
+fn trained_like(device: &Device) -> Jit {
+    device.seed(3);
+    let mut net = Jit::new(&config(), device).unwrap();
+    let mut rng = PortableRng::new(9);
+    let mut fill = |l: &mut burn::nn::Linear| {
+        let [i, o] = l.weight.val().dims();
+        let w = rng.noise([1, 1, i, o], 0.05, device).reshape([i, o]);
+        l.weight = burn::module::Param::from_tensor(w);
+    };
+    fill(&mut net.final_layer.linear);
+    fill(&mut net.final_layer.adaLN_modulation);
+    for b in &mut net.blocks {
+        fill(&mut b.adaLN_modulation);
+    }
+    net
+}
+
+#[test]
+fn half_precision_linears_match_f32_within_their_precision() {
+    let device = Device::flex();
+    let net = trained_like(&device);
+    let b = 4;
+    let x = PortableRng::new(1).noise([b, 3, 16, 16], 1.0, &device);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![0.1f32, 0.4, 0.7, 0.95], [b]), &device);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 4, 5], [b]), &device);
+    let reference = to_vec(net.forward(x.clone(), t.clone(), y.clone()));
+    for (dtype, tolerance) in [(FloatDType::BF16, 3e-2), (FloatDType::F16, 4e-3)] {
+        if !device.supports_dtype(dtype) {
+            eprintln!("SKIP {dtype:?}: not supported on this backend");
+            continue;
+        }
+        let mixed = net.clone().with_matmul_dtype(Some(dtype));
+        let out = to_vec(mixed.forward(x.clone(), t.clone(), y.clone()));
+        let err = rel_l2(&out, &reference);
+        eprintln!("{dtype:?} linears: output rel L2 {err:.2e}");
+        assert!(err < tolerance, "{dtype:?}: {err}");
+        assert!(err > 0.0, "{dtype:?} must actually compute in lower precision");
+        // The objective and its gradients run too, in f32 around the half-precision products.
+        let draw = StepNoise { t: t.clone(), noise: x.clone().mul_scalar(0.5), labels: y.clone() };
+        let l_mixed: f32 = loss(&mixed, &DiffusionConfig::default(), x.clone().tanh(), draw).into_scalar();
+        let draw = StepNoise { t: t.clone(), noise: x.clone().mul_scalar(0.5), labels: y.clone() };
+        let l_f32: f32 = loss(&net, &DiffusionConfig::default(), x.clone().tanh(), draw).into_scalar();
+        assert!(((l_mixed - l_f32) / l_f32).abs() < tolerance as f32, "loss {l_mixed} vs {l_f32}");
+    }
+}
+
+#[test]
+fn a_mixed_precision_training_step_keeps_f32_weights_and_follows_the_f32_step() {
+    let device = Device::flex();
+    if !device.supports_dtype(FloatDType::BF16) {
+        eprintln!("SKIP: no bf16 on this backend");
+        return;
+    }
+    let x = PortableRng::new(2).noise([4, 3, 16, 16], 0.5, &device).clamp(-1.0, 1.0);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), &device);
+    let step = |dtype| {
+        let net = trained_like(&device).with_matmul_dtype(dtype);
+        let mut state = TrainState::new(net, OptimConfig { lr: Some(1e-3), ..OptimConfig::default() }, 5);
+        let l: f32 = state.train_step(&DiffusionConfig::default(), x.clone(), y.clone()).into_scalar();
+        let w = state.model.blocks[0].attn.qkv.weight.val();
+        assert_eq!(w.dtype(), burn::tensor::DType::F32, "master weights stay f32");
+        (l, to_vec(w), to_vec(state.ema1.model.blocks[0].attn.qkv.weight.val()))
+    };
+    let (l32, w32, e32) = step(None);
+    let (l16, w16, e16) = step(Some(FloatDType::BF16));
+    assert!(l16.is_finite() && ((l16 - l32) / l32).abs() < 3e-2, "loss {l16} vs {l32}");
+    // One AdamW step moves each weight by about lr; the two runs move them alike.
+    let moved: f64 = w32.iter().zip(&w16).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / w32.len() as f64;
+    assert!(moved < 5e-4, "mean weight difference after one step {moved}");
+    assert!(rel_l2(&e16, &e32) < 1e-3);
+}
