@@ -42,27 +42,36 @@ run() {
     chmod +x "/tmp/jit-$b"
   done
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  # cubecl keeps its autotune cache under ./target/environment when a Cargo.toml is above.
+  # cubecl keeps its autotune cache under ./target/environment (a Cargo.toml is above).
   local b16=(--model JiT-B/16 --image-size 256 --num-classes 1000 --batch-size 64 --sample-count 16 --train-steps 5)
   local s4=(--model JiT-S/4 --image-size 32 --num-classes 10 --batch-size 128 --sample-count 64 --train-steps 10)
-  bench() { # name timeout binary args...
-    local name=$1 limit=$2 bin=$3; shift 3
+  local deadline=$((SECONDS + ${JIT_BENCH_BUDGET_S:-520}))
+  # limit NAME CAP: the command's time limit, at most what is left of the budget.
+  limit() { local left=$((deadline - SECONDS)); echo $(( left < $1 ? left : $1 )); }
+  bench() { # name cap binary args...
+    local name=$1 cap=$2 bin=$3; shift 3
+    local t; t=$(limit "$cap")
+    if [ "$t" -le 5 ]; then echo "### $name: skipped (time budget spent)"; return; fi
     echo "### $name"
-    timeout "$limit" "/tmp/jit-$bin" bench --backend vulkan "$@" 2>&1 | grep -v '^\s*$' | tee -a "$out/$name.log"
+    timeout "$t" "/tmp/jit-$bin" bench --backend vulkan "$@" 2>&1 | grep -v '^\s*$' | tee -a "$out/$name.log"
   }
-  bench "S4-wgsl-f32" 60 wgsl "${s4[@]}"
-  bench "S4-spirv-f32" 60 gpu "${s4[@]}"
-  bench "S4-spirv-f16" 60 gpu "${s4[@]}" --precision f16
-  bench "B16-wgsl-f32" 120 wgsl "${b16[@]}" --no-sample
-  bench "B16-spirv-f32" 150 gpu "${b16[@]}"
+  pytorch() { # mode cap
+    local t; t=$(limit "$2")
+    if [ "$t" -le 5 ] || [ ! -f .gpu/bench_ref_gpu.py ]; then echo "### PyTorch $1: skipped"; return; fi
+    echo "### PyTorch $1"
+    PYTHONUNBUFFERED=1 timeout "$t" python3 .gpu/bench_ref_gpu.py .gpu/ref "$1" 2>&1 | grep -v Warning | tee -a "$out/pytorch-$1.log"
+  }
+  # Most important first, so that a slow start still leaves the headline numbers.
   bench "B16-spirv-f16" 150 gpu "${b16[@]}" --precision f16
-  bench "B16-spirv-f16-second-run" 120 gpu "${b16[@]}" --precision f16 --no-sample
-  if [ -f .gpu/bench_ref_gpu.py ] && [ -d .gpu/ref ]; then
-    for mode in bf16 f32; do
-      echo "### PyTorch $mode"
-      PYTHONUNBUFFERED=1 timeout 120 python3 .gpu/bench_ref_gpu.py .gpu/ref "$mode" 2>&1 | tee -a "$out/pytorch-$mode.log"
-    done
-  fi
+  pytorch bf16 90
+  bench "B16-spirv-f32" 120 gpu "${b16[@]}"
+  bench "B16-wgsl-f32" 90 wgsl "${b16[@]}" --no-sample
+  pytorch f32 90
+  bench "S4-spirv-f16" 45 gpu "${s4[@]}" --precision f16
+  bench "S4-spirv-f32" 45 gpu "${s4[@]}"
+  bench "S4-wgsl-f32" 45 wgsl "${s4[@]}"
+  bench "B16-spirv-f16-second-run" 60 gpu "${b16[@]}" --precision f16 --no-sample
+  echo "total ${SECONDS} s"
 }
 
 case "${1:-}" in

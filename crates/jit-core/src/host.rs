@@ -75,3 +75,50 @@ pub fn labels(labels: &[i64], device: &Device) -> Tensor<1, Int> {
 pub fn quantize_u8(x: &[f32]) -> Vec<u8> {
     x.iter().map(|v| (((v + 1.0) / 2.0) * 255.0).clamp(0.0, 255.0).round() as u8).collect()
 }
+
+/// Float images `[B, C, H, W]` in [-1, 1] → 8-bit RGB, `B·H·W·3` bytes: 1 channel is grey, 2
+/// are grey + alpha, 3 are RGB, 4 are RGBA; alpha is composited over white.
+pub fn to_rgb8(x: &[f32], channels: usize, size: usize) -> Vec<u8> {
+    let c = channels.max(1);
+    let plane = size * size;
+    let count = x.len() / (c * plane).max(1);
+    let px = quantize_u8(&x[..count * c * plane]);
+    let mut out = Vec::with_capacity(count * plane * 3);
+    for b in 0..count {
+        let at = |ch: usize, i: usize| px[(b * c + ch) * plane + i] as u32;
+        for i in 0..plane {
+            let (rgb, alpha) = match c {
+                1 => ([at(0, i); 3], None),
+                2 => ([at(0, i); 3], Some(at(1, i))),
+                3 => ([at(0, i), at(1, i), at(2, i)], None),
+                _ => ([at(0, i), at(1, i), at(2, i)], Some(at(3, i))),
+            };
+            out.extend(rgb.map(|v| match alpha {
+                None => v as u8,
+                Some(a) => ((v * a + 255 * (255 - a)) / 255) as u8,
+            }));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_channel_count_becomes_rgb() {
+        // one 1×1 image per channel count: value 1.0 (255) in every channel, alpha 0 where present
+        for (c, want) in [(1, [255, 255, 255]), (2, [255, 255, 255]), (3, [255, 255, 255]), (4, [255, 255, 255])] {
+            let mut x = vec![1.0f32; c];
+            if c == 2 || c == 4 {
+                x[c - 1] = -1.0; // transparent → white
+            }
+            assert_eq!(to_rgb8(&x, c, 1), want);
+        }
+        // opaque black RGBA stays black; grey+alpha half transparent blends towards white
+        assert_eq!(to_rgb8(&[-1.0, -1.0, -1.0, 1.0], 4, 1), [0, 0, 0]);
+        assert_eq!(to_rgb8(&[-1.0, 0.0], 2, 1), [127, 127, 127]);
+        assert_eq!(quantize_u8(&[-2.0, -1.0, 0.0, 1.0, 3.0]), [0, 0, 128, 255, 255]);
+    }
+}

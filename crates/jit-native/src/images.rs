@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use image::{ImageBuffer, Rgb, imageops::FilterType};
-use jit_core::host::quantize_u8;
+use jit_core::host::to_rgb8;
 
 /// A batch of float images `[B, C, H, W]` in [-1, 1] held on the host.
 pub struct HostImages<'a> {
@@ -15,24 +15,11 @@ pub struct HostImages<'a> {
 }
 
 impl HostImages<'_> {
-    /// Image `i` as 8-bit RGB: 1 channel is gray, 2 are gray + alpha, 3 are RGB, 4 are RGBA;
-    /// alpha is composited over white.
+    /// Image `i` as 8-bit RGB (see [`to_rgb8`] for 1, 2 and 4 channels).
     pub fn rgb(&self, i: usize) -> ImageBuffer<Rgb<u8>, Vec<u8>> {
         let (c, s) = (self.channels.max(1), self.size);
-        let px = quantize_u8(&self.data[i * c * s * s..(i + 1) * c * s * s]);
-        ImageBuffer::from_fn(s as u32, s as u32, |x, y| {
-            let at = |ch: usize| px[ch * s * s + y as usize * s + x as usize];
-            let (color, alpha) = match c {
-                1 => ([at(0); 3], None),
-                2 => ([at(0); 3], Some(at(1))),
-                3 => ([at(0), at(1), at(2)], None),
-                _ => ([at(0), at(1), at(2)], Some(at(3))),
-            };
-            match alpha {
-                None => Rgb(color),
-                Some(a) => Rgb(color.map(|v| ((v as u32 * a as u32 + 255 * (255 - a as u32)) / 255) as u8)),
-            }
-        })
+        let rgb = to_rgb8(&self.data[i * c * s * s..(i + 1) * c * s * s], c, s);
+        ImageBuffer::from_raw(s as u32, s as u32, rgb).expect("H·W·3 bytes")
     }
 
     /// A grid of all images, `cols` wide, 2-pixel gaps, each upscaled ×`scale` (nearest).

@@ -24,7 +24,7 @@ use std::rc::Rc;
 use burn::module::Module;
 use burn::tensor::Device;
 use jit_core::checkpoint::{self, CheckpointMeta};
-use jit_core::host::{labels as labels_tensor, quantize_u8 as to_u8};
+use jit_core::host::{self, to_rgb8};
 use jit_core::sampler::{Sampling, initial_noise};
 use jit_core::{Jit, Method, SamplerConfig};
 use js_sys::{Array, Function, Float32Array, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
@@ -267,6 +267,8 @@ impl JitGenerator {
                 return Err(err("count must be between 1 and 256"));
             }
             let count = count as usize;
+            // Both halves of a guided step run in one batch.
+            jit_core::MemoryLimit::default().check(c, 2 * count).map_err(err)?;
             let label = match get_f64(&options, "classLabel")? {
                 None => c.num_classes as i64,
                 Some(l) if l >= 0.0 && (l as usize) < c.num_classes && l.fract() == 0.0 => l as i64,
@@ -279,7 +281,7 @@ impl JitGenerator {
             let device = inner.model.devices()[0].clone();
             let started = js_sys::Date::now();
             let z0 = initial_noise(c, &m.diffusion, count, seed as u64, &device);
-            let labels = labels_tensor(&vec![label; count], &device);
+            let labels = host::labels(&vec![label; count], &device);
             let mut run = Sampling::new(&inner.model, &m.diffusion, &sampler, z0, labels).map_err(err)?;
             // The flag is checked before every step and again after its preview is read back
             // (the read waits for the GPU), so a cancel lands within the step in flight.
@@ -291,7 +293,7 @@ impl JitGenerator {
                 if let Some(cb) = &on_step {
                     let data = step.x_hat.into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
                     let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
-                    let rgba = rgba(&floats, count, c.in_channels, c.input_size);
+                    let rgba = rgba(&floats, c.in_channels, c.input_size);
                     if inner.cancelled.get() {
                         return Err(err("cancelled"));
                     }
@@ -303,7 +305,7 @@ impl JitGenerator {
             let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
             let o = Object::new();
             let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v);
-            set("rgba", rgba(&floats, count, c.in_channels, c.input_size).into())?;
+            set("rgba", rgba(&floats, c.in_channels, c.input_size).into())?;
             set("floats", Float32Array::from(&floats[..]).into())?;
             set("width", (c.input_size as u32).into())?;
             set("height", (c.input_size as u32).into())?;
@@ -325,19 +327,11 @@ fn serde_json_string<T: serde::Serialize>(v: &T) -> Result<String, JsValue> {
     serde_json::to_string(v).map_err(err)
 }
 
-/// `[B, C, H, W]` floats in [-1, 1] → B RGBA images stacked, `B·H·W·4` bytes.
-fn rgba(floats: &[f32], count: usize, channels: usize, size: usize) -> Uint8ClampedArray {
-    let px = to_u8(floats);
-    let plane = size * size;
-    let mut out = vec![255u8; count * plane * 4];
-    for b in 0..count {
-        for i in 0..plane {
-            for ch in 0..3 {
-                let src = if channels == 1 { 0 } else { ch };
-                out[(b * plane + i) * 4 + ch] = px[(b * channels + src) * plane + i];
-            }
-        }
-    }
+/// `[B, C, H, W]` floats in [-1, 1] → B RGBA images stacked, `B·H·W·4` bytes (opaque; 2- and
+/// 4-channel images have their alpha composited over white, as natively).
+fn rgba(floats: &[f32], channels: usize, size: usize) -> Uint8ClampedArray {
+    let rgb = to_rgb8(floats, channels, size);
+    let out: Vec<u8> = rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
     Uint8ClampedArray::from(&out[..])
 }
 
