@@ -211,7 +211,7 @@ fn tiny_jit() -> Vec<(&'static str, Vec<usize>)> {
 }
 
 /// Writes `bytes` to a new file in `dir` and imports it.
-fn import_bytes(dir: &Path, name: &str, bytes: &[u8], o: &ImportOptions) -> anyhow::Result<import::Imported> {
+fn import_bytes(dir: &Path, name: &str, bytes: &[u8], o: &ImportOptions) -> anyhow::Result<convert::Imported> {
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
     import(&path, o)
@@ -440,14 +440,14 @@ fn bad_shapes_are_errors_naming_the_tensor() {
 fn infer_config_checks_every_shape_it_reads() {
     let base: std::collections::HashMap<String, Vec<usize>> =
         tiny_jit().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    assert!(import::infer_config(&base, Some(0)).is_ok());
+    assert!(convert::infer_config(&base, Some(0)).is_ok());
     for key in ["x_embedder.proj1.weight", "x_embedder.proj2.weight", "pos_embed", "y_embedder.embedding_table.weight",
         "blocks.0.attn.q_norm.weight", "blocks.0.mlp.w12.weight", "in_context_posemb"]
     {
         for shape in [vec![], vec![0], vec![1], vec![0, 0, 0], vec![1, 1, 1, 1, 1], vec![usize::MAX, 2], vec![3, 0, 16]] {
             let mut shapes = base.clone();
             shapes.insert(key.to_string(), shape.clone());
-            let r = std::panic::catch_unwind(|| import::infer_config(&shapes, Some(0)));
+            let r = std::panic::catch_unwind(|| convert::infer_config(&shapes, Some(0)));
             match r {
                 Ok(Ok(c)) => panic!("{key} {shape:?}: accepted as {c:?}"),
                 Ok(Err(e)) => assert!(!e.to_string().contains('\n')),
