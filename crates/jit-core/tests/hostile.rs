@@ -10,6 +10,7 @@ use burn::tensor::Device;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
 use jit_core::config::{BOUNDS, DEFAULT_MEMORY_LIMIT};
 use jit_core::optim::OptimConfig;
+use jit_core::rng::PortableRng;
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, MemoryLimit, SamplerConfig, TrainState};
 
 fn tiny() -> JitConfig {
@@ -177,19 +178,12 @@ fn unchecked_save(meta: &CheckpointMeta, net: &Jit) -> Vec<u8> {
     safetensors::serialize(views, Some(info)).unwrap()
 }
 
-/// SplitMix64, for reproducible mutations.
-struct Rng(u64);
+/// Reproducible mutation choices.
+struct Rng(PortableRng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.0.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -249,7 +243,7 @@ fn peak_rss_kib() -> Option<u64> {
 fn fuzzed_checkpoints_load_or_fail_cleanly() {
     let good = tiny_file();
     let device = Device::flex();
-    let mut rng = Rng(2026);
+    let mut rng = Rng(PortableRng::new(2026));
     let (mut ok, mut typed) = (0, 0);
     let iterations = 10_000;
     for i in 0..iterations {

@@ -92,14 +92,22 @@ fn a_mixed_precision_training_step_keeps_f32_weights_and_follows_the_f32_step() 
         return;
     }
     let x = PortableRng::new(2).noise([4, 3, 16, 16], 0.5, &device).clamp(-1.0, 1.0);
+    let eps = PortableRng::new(4).noise([4, 3, 16, 16], 1.0, &device);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![0.2f32, 0.5, 0.8, 0.9], [4]), &device);
     let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), &device);
+    // Same initial weights and the same draws for both runs (explicit, not from the device RNG,
+    // which other tests running in parallel also seed).
+    let net0 = trained_like(&device);
     let step = |dtype| {
-        let net = trained_like(&device).with_matmul_dtype(dtype);
-        let mut state = TrainState::new(net, OptimConfig { lr: Some(1e-3), ..OptimConfig::default() }, 5);
-        let l: f32 = state.train_step(&DiffusionConfig::default(), x.clone(), y.clone()).into_scalar();
+        let mut state = TrainState::new(net0.clone().with_matmul_dtype(dtype), OptimConfig { lr: Some(1e-3), ..OptimConfig::default() }, 5);
+        let ad = state.device();
+        let draw = StepNoise { t: t.clone().to_device(&ad), noise: eps.clone().to_device(&ad), labels: y.clone().to_device(&ad) };
+        let l = loss(&state.model, &DiffusionConfig::default(), x.clone().to_device(&ad), draw);
+        let value: f32 = l.clone().without_autodiff().into_scalar();
+        state.apply(l, 4);
         let w = state.model.blocks[0].attn.qkv.weight.val();
         assert_eq!(w.dtype(), burn::tensor::DType::F32, "master weights stay f32");
-        (l, to_vec(w), to_vec(state.ema1.model.blocks[0].attn.qkv.weight.val()))
+        (value, to_vec(w.without_autodiff()), to_vec(state.ema1.model.blocks[0].attn.qkv.weight.val()))
     };
     let (l32, w32, e32) = step(None);
     let (l16, w16, e16) = step(Some(FloatDType::BF16));

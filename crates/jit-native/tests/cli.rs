@@ -2,39 +2,12 @@
 //! export → info, golden imports of official checkpoints, and one-line errors on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use jit_core::checkpoint::{self, decode, parse};
 
-fn jit(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_jit-native"))
-        .args(args)
-        .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
-        .output()
-        .expect("run jit-native");
-    if !out.status.success() {
-        eprintln!("jit-native {args:?} stderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    out
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = jit(args);
-    assert!(out.status.success(), "jit-native {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Runs a command that must fail with a one-line `error:` message containing `needle`.
-fn fails(args: &[&str], needle: &str) {
-    let out = jit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "jit-native {args:?} should fail");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected, got:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic instead of an error:\n{stderr}");
-    assert!(errors[0].contains(needle), "error should mention '{needle}':\n{stderr}");
-}
+mod common;
+use common::{fails, losses, ok, stdout};
 
 const TINY: &[&str] = &[
     "train", "--backend", "cpu", "--model", "JiT-T/4", "--image-size", "16", "--depth", "2", "--hidden-size", "32",
@@ -42,17 +15,6 @@ const TINY: &[&str] = &[
     "--checkpoint-every", "3", "--sample-every", "0", "--sample-steps", "2", "--grid-images", "4", "--keep", "5",
     "--lr", "1e-3",
 ];
-
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
-}
 
 #[test]
 fn train_resume_sample_export_info() {
@@ -98,9 +60,9 @@ fn train_resume_sample_export_info() {
 
     // Export (f16) → info; the exported file samples like the EMA weights it came from.
     let exported = tmp.path().join("model.safetensors");
-    let said = ok(&["export", ckpt.to_str().unwrap(), "--out", exported.to_str().unwrap()]);
+    let said = stdout(&ok(&["export", ckpt.to_str().unwrap(), "--out", exported.to_str().unwrap()]));
     assert!(said.contains("MiB"), "{said}");
-    let info = ok(&["info", exported.to_str().unwrap()]);
+    let info = stdout(&ok(&["info", exported.to_str().unwrap()]));
     assert!(info.contains("step        6"), "{info}");
     assert!(info.contains("circle"), "{info}");
     let again = tmp.path().join("again.safetensors");

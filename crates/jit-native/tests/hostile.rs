@@ -3,42 +3,16 @@
 //! moments. Every failure must be one `error:` line, never a panic, and nothing saved is lost.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use burn::tensor::Device;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
+use jit_core::rng::PortableRng;
 use jit_core::{DiffusionConfig, Jit, JitConfig, SamplerConfig};
 
-fn jit(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_jit-native"))
-        .args(args)
-        .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
-        .output()
-        .expect("run jit-native");
-    if !out.status.success() {
-        eprintln!("jit-native {args:?} stderr:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    out
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = jit(args);
-    assert!(out.status.success(), "jit-native {args:?} failed");
-    out
-}
-
-/// A command that must fail with one `error:` line containing `needle`, and no panic.
-fn fails(args: &[&str], needle: &str) {
-    let out = jit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "jit-native {args:?} should fail");
-    assert_eq!(out.status.code(), Some(1), "exit code 1 (not a crash):\n{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected, got:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic instead of an error:\n{stderr}");
-    assert!(errors[0].contains(needle), "error should mention '{needle}':\n{stderr}");
-}
+mod common;
+use common::{fails, losses, ok, stderr};
 
 const TINY: &[&str] = &[
     "train", "--backend", "cpu", "--model", "JiT-T/4", "--image-size", "16", "--depth", "2", "--hidden-size", "32",
@@ -55,17 +29,6 @@ fn train(out: &Path, extra: &[&str]) -> Vec<String> {
 
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
 }
 
 fn small(channels: usize) -> JitConfig {
@@ -176,7 +139,7 @@ fn run_folders_protect_themselves() {
     // Resume: schedule flags apply and are recorded; the run's definition is fixed.
     fails(&["train", "--backend", "cpu", "--resume", r, "--hidden-size", "64"], "--hidden-size cannot change");
     let out = ok(&["train", "--backend", "cpu", "--resume", r, "--steps", "6", "--lr", "5e-4", "--keep", "2"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lr 5.00e-4"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stderr(&out).contains("lr 5.00e-4"), "{}", stderr(&out));
     let settings: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("settings.json")).unwrap()).unwrap();
     assert_eq!((settings["lr"].as_f64(), settings["steps"].as_u64(), settings["keep"].as_u64()), (Some(5e-4), Some(6), Some(2)));
     let lrs: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines()
@@ -194,22 +157,22 @@ fn run_folders_protect_themselves() {
     let full = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &full[..full.len() - 1000]).unwrap();
     let out = ok(&["train", "--backend", "cpu", "--resume", r, "--steps", "7"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let log = stderr(&out);
     assert!(!stale.exists(), "stale temp file removed");
-    assert!(stderr.contains("is unusable") && stderr.contains("resuming from") && stderr.contains("(step 4)"), "{stderr}");
+    assert!(log.contains("is unusable") && log.contains("resuming from") && log.contains("(step 4)"), "{log}");
     assert!(run.join("ckpt-00000006.safetensors.unusable").is_file(), "the damaged file is kept aside");
     assert!(run.join("ckpt-00000007.safetensors").is_file());
 
     // Checkpoints are ordered by the step in their metadata, not by file name.
     std::fs::copy(run.join("ckpt-00000006.safetensors"), run.join("ckpt-99999999.safetensors")).unwrap();
     let out = ok(&["train", "--backend", "cpu", "--resume", r, "--steps", "8"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("(step 7)"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stderr(&out).contains("(step 7)"), "{}", stderr(&out));
 }
 
 #[test]
 fn odd_datasets_work_or_fail_with_a_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let tiny = ["--steps", "1", "--batch-size", "2"];
+    let tiny = ["--steps", "1"];
     // IDX files: 3 channels (grey repeated) train; zero or wrapping dimensions are refused.
     let idx = tmp.path().join("idx");
     std::fs::create_dir_all(&idx).unwrap();
@@ -253,21 +216,12 @@ fn odd_datasets_work_or_fail_with_a_message() {
     }
     std::fs::write(data.join("a/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let run = tmp.path().join("folder-run");
-    let mut args = train(&run, &["--steps", "3", "--batch-size", "5"]);
+    let mut args = train(&run, &["--steps", "3"]);
     args.extend(["--data".into(), format!("folder:{}", data.display())]);
     let out = ok(&refs(&args));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("warning: skipping") && stderr.contains("broken.png"), "{stderr}");
+    let log = stderr(&out);
+    assert!(log.contains("warning: skipping") && log.contains("broken.png"), "{log}");
     assert!(run.join("ckpt-00000003.safetensors").is_file());
-}
-
-/// SplitMix64 for reproducible kill times.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[test]
@@ -285,7 +239,7 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_losses() {
     let run = tmp.path().join("killed");
     let first = train(&run, &steps);
     let resume: Vec<String> = ["train", "--backend", "cpu", "--resume", run.to_str().unwrap()].map(String::from).to_vec();
-    let mut rng = 9u64;
+    let mut rng = PortableRng::new(9);
     let mut kills = 0;
     let mut finished = false;
     for attempt in 0..12 {
@@ -296,7 +250,7 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_losses() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let wait = Duration::from_millis(whole * (15 + splitmix(&mut rng) % 25) / 100);
+        let wait = Duration::from_millis(whole * (15 + rng.next_u64() % 25) / 100);
         std::thread::sleep(wait);
         if child.try_wait().unwrap().is_none() && kills < 6 {
             child.kill().unwrap(); // SIGKILL

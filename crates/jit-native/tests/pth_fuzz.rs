@@ -428,12 +428,15 @@ fn bad_shapes_are_errors_naming_the_tensor() {
     let mut tensors = tiny_jit();
     tensors.push(("blocks.1.norm1.weight", vec![16]));
     refused("half_block.pth", &checkpoint(&tensors), &options("ema1", Some(0)), "net.blocks.1.");
-    // A huge network declared by small tensors: refused before it is built.
-    let mut tensors = tiny_jit();
-    for i in 1..5000 {
-        tensors.push((Box::leak(format!("blocks.{i}.norm1.weight").into_boxed_str()), vec![16]));
+    // A huge network declared by small tensors: refused before it is built, by the size bounds
+    // past 256 blocks and by the missing tensors below them.
+    for (depth, needle) in [(5000, "depth = 5000 is over the limit"), (200, "lacks tensor 'net.blocks.1.")] {
+        let mut tensors = tiny_jit();
+        for i in 1..depth {
+            tensors.push((Box::leak(format!("blocks.{i}.norm1.weight").into_boxed_str()), vec![16]));
+        }
+        refused(&format!("deep{depth}.pth"), &checkpoint(&tensors), &options("ema1", Some(0)), needle);
     }
-    refused("deep.pth", &checkpoint(&tensors), &options("ema1", Some(0)), "lacks tensor 'net.blocks.1.");
 }
 
 #[test]
@@ -490,16 +493,12 @@ fn cli_reports_hostile_files_in_one_line() {
 // The fuzzer
 // ---------------------------------------------------------------------------------------------
 
-/// SplitMix64: a tiny, good-enough deterministic PRNG.
-struct Rng(u64);
+/// Deterministic choices from the engine's own portable generator (SplitMix64).
+struct Rng(jit_core::rng::PortableRng);
 
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     fn below(&mut self, n: usize) -> usize {
         if n == 0 { 0 } else { (self.next() % n as u64) as usize }
@@ -643,7 +642,7 @@ fn load_golden(path: &Path) -> Golden {
 
 /// The `i`-th fuzz case: a mutated file and import options.
 fn fuzz_case(seed: u64, i: u64, goldens: &[Golden]) -> (Vec<u8>, ImportOptions, &'static str) {
-    let mut rng = Rng(seed ^ i.wrapping_mul(0xd134_2543_de82_ef95));
+    let mut rng = Rng(jit_core::rng::PortableRng::new(seed ^ i.wrapping_mul(0xd134_2543_de82_ef95)));
     let g = &goldens[rng.below(goldens.len())];
     let weights = ["ema1", "ema1", "ema2", "raw"][rng.below(4)];
     let ic = if rng.chance(85) { g.ic_start } else { None };

@@ -1,0 +1,61 @@
+//! Helpers shared by the runner's end-to-end tests: run the binary, expect success or a
+//! one-line error, read a run's losses.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Runs `jit-native` with `args` (stderr is echoed when it fails).
+pub fn jit(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_jit-native"))
+        .args(args)
+        .env("CUBECL_AUTOTUNE_LEVEL", "minimal")
+        .output()
+        .expect("run jit-native");
+    if !out.status.success() {
+        eprintln!("jit-native {args:?} stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    out
+}
+
+/// Runs a command that must succeed; returns its output.
+pub fn ok(args: &[&str]) -> Output {
+    let out = jit(args);
+    assert!(out.status.success(), "jit-native {args:?} failed");
+    out
+}
+
+/// Standard output as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a command that must fail with exit code 1 and one `error:` line containing `needle`,
+/// and no panic.
+pub fn fails(args: &[&str], needle: &str) {
+    let out = jit(args);
+    let stderr = stderr(&out);
+    assert!(!out.status.success(), "jit-native {args:?} should fail");
+    assert!(matches!(out.status.code(), Some(1 | 2)), "exit code 1, or 2 for a usage error (not a crash):\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected, got:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "panic instead of an error:\n{stderr}");
+    assert!(errors[0].contains(needle), "error should mention '{needle}':\n{stderr}");
+}
+
+/// `(step, loss)` of every line of a run's `metrics.jsonl` (none when it does not exist).
+pub fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
