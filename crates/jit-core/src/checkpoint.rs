@@ -181,6 +181,8 @@ pub fn read_meta(bytes: &[u8]) -> Result<CheckpointMeta, JitError> {
         return Err(JitError::BadMetadata(format!("format '{}' is not '{FORMAT}'", meta.format)));
     }
     meta.network.validate()?;
+    meta.diffusion.validate()?;
+    meta.sampler.validate()?;
     Ok(meta)
 }
 

@@ -354,6 +354,29 @@ fn default_loss_space() -> Target {
     Target::V
 }
 
+impl DiffusionConfig {
+    /// Checks that every number is finite and in its range (a zero `t_eps` or noise scale would
+    /// divide by zero and silently give NaN images).
+    pub fn validate(&self) -> Result<(), JitError> {
+        let bad = |why: String| Err(JitError::InvalidConfig(why));
+        for (name, v) in [("p_mean", self.p_mean), ("p_std", self.p_std), ("noise_scale", self.noise_scale), ("t_eps", self.t_eps)] {
+            if !v.is_finite() {
+                return bad(format!("{name} {v} must be a finite number"));
+            }
+        }
+        if self.p_std < 0.0 || self.noise_scale <= 0.0 || !(self.t_eps > 0.0 && self.t_eps <= 1.0) {
+            return bad(format!(
+                "p_std {} must be ≥ 0, noise_scale {} > 0 and t_eps {} in (0, 1]",
+                self.p_std, self.noise_scale, self.t_eps
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.label_drop_prob) {
+            return bad(format!("label_drop_prob {} must be in [0, 1]", self.label_drop_prob));
+        }
+        Ok(())
+    }
+}
+
 impl Default for DiffusionConfig {
     fn default() -> Self {
         Self {
@@ -411,10 +434,14 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
-    /// Checks steps ≥ 1, cfg finite and a sane interval.
+    /// Most sampler steps accepted (the reference uses 50): bounds the time and the time grid a
+    /// file or a flag can ask for.
+    pub const MAX_STEPS: usize = 10_000;
+
+    /// Checks 1 ≤ steps ≤ [`Self::MAX_STEPS`], cfg finite and a sane interval.
     pub fn validate(&self) -> Result<(), JitError> {
-        if self.steps == 0 {
-            return Err(JitError::InvalidConfig("steps must be at least 1".into()));
+        if self.steps == 0 || self.steps > Self::MAX_STEPS {
+            return Err(JitError::InvalidConfig(format!("steps {} must be between 1 and {}", self.steps, Self::MAX_STEPS)));
         }
         if !self.cfg.is_finite() {
             return Err(JitError::InvalidConfig("cfg must be a finite number".into()));

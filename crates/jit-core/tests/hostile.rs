@@ -125,6 +125,25 @@ fn the_memory_gate_applies_before_loading_and_can_be_raised() {
 }
 
 #[test]
+fn absurd_sampler_and_diffusion_settings_in_a_file_are_refused() {
+    let file = tiny_file();
+    let cases: &[(&str, &str, &str)] = &[
+        ("sampler", "steps", "4611686018427387904"),
+        ("sampler", "steps", "0"),
+        ("sampler", "cfg", "1e400"),
+        ("diffusion", "t_eps", "0.0"),
+        ("diffusion", "noise_scale", "-1.0"),
+        ("diffusion", "label_drop_prob", "2.0"),
+    ];
+    for (section, field, value) in cases {
+        let bad = with_meta(&file, |m| m[*section][*field] = serde_json::from_str(value).unwrap_or(serde_json::Value::Null));
+        let err = checkpoint::read_meta(&bad).unwrap_err().to_string();
+        assert!(err.contains(field) || err.contains("metadata"), "{section}.{field} = {value}: {err}");
+        assert!(checkpoint::load(&bad, "", &Device::flex()).is_err());
+    }
+}
+
+#[test]
 fn non_finite_weights_are_refused_on_save_and_on_load() {
     let device = Device::flex();
     let mut state = TrainState::new(Jit::new(&tiny(), &device).unwrap(), OptimConfig::default(), 0);

@@ -277,20 +277,7 @@ fn import_inner(path: &Path, o: &ImportOptions) -> Result<Imported> {
         label_drop_prob: arg_f("label_drop_prob").unwrap_or(d.label_drop_prob),
         ..d
     };
-    for (name, v) in [
-        ("P_mean", diffusion.p_mean),
-        ("P_std", diffusion.p_std),
-        ("noise_scale", diffusion.noise_scale),
-        ("t_eps", diffusion.t_eps),
-        ("label_drop_prob", diffusion.label_drop_prob),
-    ] {
-        if !v.is_finite() {
-            bail!("args.{name} is {v}, expected a finite number");
-        }
-    }
-    if diffusion.noise_scale <= 0.0 {
-        bail!("the noise scale is {}, expected a positive number", diffusion.noise_scale);
-    }
+    diffusion.validate().context("the diffusion settings in args")?;
     let method = args
         .and_then(|a| a.get("sampling_method"))
         .and_then(Py::as_str)

@@ -265,6 +265,7 @@ pub fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn Dataset>)> {
         prediction: s.prediction,
         loss: s.loss,
     };
+    diffusion.validate()?;
     if s.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
