@@ -53,9 +53,9 @@ pub struct TrainArgs {
 /// Runs `train`; `matches` are the subcommand's, to tell flags given from defaults.
 pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let given = settings::given_on_command_line(matches);
-    let settings = match &args.resume {
+    let resumed = args.resume.as_deref().map(RunDir::open).transpose()?;
+    let settings = match &resumed {
         Some(dir) => {
-            let dir = RunDir::open(dir)?;
             let text = std::fs::read_to_string(dir.join(SETTINGS)).context("cannot read settings.json")?;
             let saved = settings::from_settings_json(&text).with_context(|| format!("in {}", dir.path.display()))?;
             settings::for_resume(&saved, &args.settings, &given)?
@@ -78,17 +78,18 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     }
     let limit = args.backend.memory_limit();
     limit.check_training(&r.network, r.batch_size)?;
-    let dir = match &args.resume {
-        Some(path) => RunDir::open(path)?,
+    let is_resume = resumed.is_some();
+    let dir = match resumed {
+        Some(dir) => dir,
         None => RunDir::create(&args.out.clone().unwrap_or_else(default_run_dir))?,
     };
     let device = args.backend.device()?;
-    let mut state = match &args.resume {
-        None => {
+    let mut state = match is_resume {
+        false => {
             device.seed(r.seed);
             TrainState::new(Jit::new(&r.network, &device)?, r.optim.clone(), r.seed)
         }
-        Some(_) => resume_newest_intact(&dir, &r, &device, limit)?,
+        true => resume_newest_intact(&dir, &r, &device, limit)?,
     };
     let mm = args.backend.matmul_dtype(&device)?;
     state.model = state.model.with_matmul_dtype(mm);
