@@ -210,7 +210,9 @@ async function main() {
   if (wanted && !state.models.some((m) => m.file === wanted)) state.models.unshift({ file: wanted, title: wanted });
   const picker = $("model-select");
   state.models.forEach((m, i) => picker.add(new Option(m.title ?? m.file, String(i))));
-  picker.value = String(Math.max(0, state.models.findIndex((m) => m.file === (wanted ?? state.models[0]?.file))));
+  // Without WebGPU the first model marked "cpu" (small enough for the CPU fallback) comes first.
+  const first = (!navigator.gpu && state.models.find((m) => m.cpu)) || state.models[0];
+  picker.value = String(Math.max(0, state.models.findIndex((m) => m.file === (wanted ?? first?.file))));
   const pick = (i) => {
     const m = state.models[i];
     return useModel(() => cachedBytes(m.file), m.title ?? m.file, m);

@@ -81,7 +81,9 @@ before(async () => {
     if (url.pathname === "/shapes.safetensors") {
       res.writeHead(200, { "content-type": "application/octet-stream" }); fs.createReadStream(SHAPES).pipe(res); return;
     }
-    const file = path.join(DIST, decodeURIComponent(url.pathname === "/" ? "/index.html" : url.pathname));
+    // /demo/… is dist/ as built, with its own models.json and demo models.
+    const rel = url.pathname.startsWith("/demo/") ? url.pathname.slice("/demo".length) : url.pathname;
+    const file = path.join(DIST, decodeURIComponent(rel === "/" ? "/index.html" : rel));
     if (!file.startsWith(path.resolve(DIST)) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
       res.writeHead(404); res.end("not found"); return;
     }
@@ -170,6 +172,47 @@ test("models.json lists models the build copied", () => {
     assert.equal(typeof m.file, "string"); assert.equal(typeof m.title, "string");
     assert.ok(fs.existsSync(path.join(DIST, m.file)), `${m.file} is in dist/`);
   }
+});
+
+// The demo's own models (web/models.json): each loads from the picker and samples an image
+// with its dataset's background — black around Fashion-MNIST's clothes, white around emoji.
+test("the demo's trained models load from the picker and draw their datasets", { timeout: TIMEOUT }, async () => {
+  const { models } = JSON.parse(fs.readFileSync(path.join(DIST, "models.json"), "utf8"));
+  const expect = [
+    { title: "Fashion-MNIST", size: 32, channels: 1, classes: 10, first: "T-shirt/top", background: -1 },
+    { title: "Emoji", size: 64, channels: 3, classes: 8, first: "animals", background: 1 },
+  ];
+  await withPage(true, async (page) => {
+    await page.goto(`${base}/demo/?class=0&count=2&seed=3&steps=8&sampler=heun&cfg=2.9&low=0.1&high=1`);
+    await page.waitForFunction(() => window.__jit.ready || window.__jit.error, null, { timeout: TIMEOUT });
+    assert.equal(await page.evaluate(() => window.__jit.error), null);
+    assert.deepEqual(await page.locator("#model-select option").allInnerTexts(), models.map((m) => m.title));
+    for (const want of expect) {
+      await page.selectOption("#model-select", { label: want.title });
+      await page.waitForFunction((t) => window.__jit.model === t && window.__jit.ready, want.title, { timeout: TIMEOUT });
+      const info = await page.evaluate(() => window.__jit.info);
+      assert.equal(info.imageSize, want.size); assert.equal(info.channels, want.channels);
+      assert.equal(info.classNames.length, want.classes); assert.equal(info.classNames[0], want.first);
+      await page.selectOption("#class", "0");
+      await page.click("#go");
+      await page.waitForFunction(() => window.__jit.result || window.__jit.error, null, { timeout: TIMEOUT });
+      assert.equal(await page.evaluate(() => window.__jit.error), null, `${want.title} generates`);
+      const r = await page.evaluate(() => window.__jit.result);
+      const s = want.size, plane = s * s;
+      // The 2-pixel frame of every image and channel.
+      const frame = [];
+      for (let i = 0; i < r.count * want.channels; i++) {
+        for (let y = 0; y < s; y++) for (let x = 0; x < s; x++) {
+          if (x < 2 || y < 2 || x >= s - 2 || y >= s - 2) frame.push(r.floats[i * plane + y * s + x]);
+        }
+      }
+      const mean = frame.reduce((a, b) => a + b, 0) / frame.length;
+      console.log(`${want.title}: ${r.count} images in ${r.seconds.toFixed(1)} s on ${r.backend}, frame mean ${mean.toFixed(3)}`);
+      assert.ok(r.floats.every(Number.isFinite));
+      assert.ok(Math.abs(mean - want.background) < 0.25, `${want.title}: the frame is the dataset's background (${mean})`);
+      await page.screenshot({ path: path.join(ARTIFACTS, `browser-demo-${want.title.toLowerCase()}.png`), fullPage: true });
+    }
+  });
 });
 
 async function openPage(page, query = QUERY) {

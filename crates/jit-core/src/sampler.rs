@@ -84,6 +84,17 @@ pub struct Sampling<'a, N: Network> {
     z: Tensor<4>,
     grid: Vec<f32>,
     index: usize,
+    /// Heun's first half of step `index` when its second evaluation is still to come:
+    /// the velocity at `t`, the Euler point at `t_next` and x̂ at `t`.
+    half: Option<(Tensor<4>, Tensor<4>, Tensor<4>)>,
+}
+
+/// What one network evaluation ([`Sampling::advance`]) did.
+pub enum Progress {
+    /// Heun's first evaluation of a step; the step finishes with the next call.
+    Half,
+    /// A finished step.
+    Step(Step),
 }
 
 impl<'a, N: Network> Sampling<'a, N> {
@@ -108,6 +119,7 @@ impl<'a, N: Network> Sampling<'a, N> {
             z: z0,
             grid: timesteps(sampler.steps),
             index: 0,
+            half: None,
         })
     }
 
@@ -116,8 +128,20 @@ impl<'a, N: Network> Sampling<'a, N> {
         self.sampler.steps
     }
 
-    /// Advances one ODE step; `None` when done.
+    /// Advances one ODE step (one or two network evaluations); `None` when done.
     pub fn step(&mut self) -> Option<Step> {
+        loop {
+            match self.advance()? {
+                Progress::Half => continue,
+                Progress::Step(step) => return Some(step),
+            }
+        }
+    }
+
+    /// Runs one network evaluation (one guided forward pass, both CFG halves in one batch);
+    /// `None` when done. A Heun step takes two calls, the last step and Euler steps one, so a
+    /// caller that checks for cancellation between calls stops within one evaluation.
+    pub fn advance(&mut self) -> Option<Progress> {
         let steps = self.sampler.steps;
         if self.index >= steps {
             return None;
@@ -125,19 +149,34 @@ impl<'a, N: Network> Sampling<'a, N> {
         let (t, t_next) = (self.grid[self.index], self.grid[self.index + 1]);
         let dt = (t_next - t) as f64;
         let (net, d, s) = (self.net, &self.diffusion, &self.sampler);
-        let (v, x_hat) = guided_velocity(net, d, s, self.z.clone(), t, self.labels.clone());
-        let last = self.index + 1 == steps;
-        let v = if s.method == Method::Heun && !last {
-            let z_euler = self.z.clone().add(v.clone().mul_scalar(dt));
-            let (v_next, _) = guided_velocity(net, d, s, z_euler, t_next, self.labels.clone());
-            v.add(v_next).mul_scalar(0.5)
-        } else {
-            v
+        let (v, x_hat) = match self.half.take() {
+            Some((v, z_euler, x_hat)) => {
+                let (v_next, _) = guided_velocity(net, d, s, z_euler, t_next, self.labels.clone());
+                (v.add(v_next).mul_scalar(0.5), x_hat)
+            }
+            None => {
+                let (v, x_hat) = guided_velocity(net, d, s, self.z.clone(), t, self.labels.clone());
+                if s.method == Method::Heun && self.index + 1 < steps {
+                    let z_euler = self.z.clone().add(v.clone().mul_scalar(dt));
+                    self.half = Some((v, z_euler, x_hat));
+                    return Some(Progress::Half);
+                }
+                (v, x_hat)
+            }
         };
         self.z = self.z.clone().add(v.mul_scalar(dt));
         let step = Step { index: self.index, total: steps, x_hat };
         self.index += 1;
-        Some(step)
+        Some(Progress::Step(step))
+    }
+
+    /// Waits until the device has run the work queued so far, by reading back one number of
+    /// the state: a browser caller yields here and checks for cancellation between
+    /// evaluations, instead of queueing them all at once.
+    pub async fn wait(&self) -> Result<(), JitError> {
+        let probe = self.half.as_ref().map_or(&self.z, |(_, z_euler, _)| z_euler);
+        let one = probe.clone().slice([0..1, 0..1, 0..1, 0..1]);
+        one.into_data_async().await.map(|_| ()).map_err(|e| JitError::Backend(format!("{e:?}")))
     }
 
     /// The current state (the image once all steps ran), `[B, C, H, W]` in about [-1, 1].

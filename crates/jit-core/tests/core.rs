@@ -9,7 +9,7 @@ use common::*;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
 use jit_core::host::labels as labels_tensor;
 use jit_core::rng::PortableRng;
-use jit_core::sampler::sample;
+use jit_core::sampler::{Progress, Sampling, sample};
 use jit_core::state_dict;
 use jit_core::optim::OptimConfig;
 use jit_core::TrainState;
@@ -245,6 +245,33 @@ fn sampler_callback_sees_every_step_and_can_cancel() {
     let err = sample(&net, &DiffusionConfig::default(), &s, z0, labels_tensor(&[0, 1], &device), |step| step.index < 2)
         .unwrap_err();
     assert!(matches!(err, JitError::Cancelled));
+}
+
+#[test]
+fn advance_runs_one_network_evaluation_per_call_and_ends_where_step_does() {
+    // Heun takes two evaluations per step except the last (Euler) one: 2·steps − 1 calls, of
+    // which `steps` finish a step; the result equals the step-wise run bit for bit.
+    let device = Device::flex();
+    let config = tiny(true);
+    let net = randomized(&config, &device, 3);
+    let z0 = PortableRng::new(7).noise([2, 1, 8, 8], 1.0, &device);
+    let d = DiffusionConfig::default();
+    for (method, evals) in [(Method::Heun, 9), (Method::Euler, 5)] {
+        let s = SamplerConfig { method, steps: 5, cfg: 2.0, interval: (0.1, 1.0) };
+        let y = labels_tensor(&[0, 1], &device);
+        let mut run = Sampling::new(&net, &d, &s, z0.clone(), y.clone()).unwrap();
+        let (mut calls, mut finished) = (0, Vec::new());
+        while let Some(p) = run.advance() {
+            calls += 1;
+            if let Progress::Step(step) = p {
+                finished.push(step.index);
+            }
+        }
+        assert_eq!(calls, evals, "{method:?}");
+        assert_eq!(finished, (0..5).collect::<Vec<_>>());
+        let whole = sample(&net, &d, &s, z0.clone(), y, |_| true).unwrap();
+        assert_eq!(run.finish().into_data(), whole.into_data(), "{method:?}");
+    }
 }
 
 #[test]

@@ -276,3 +276,45 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_losses() {
         .filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
     assert!(leftovers.is_empty(), "temp files swept: {leftovers:?}");
 }
+
+#[test]
+fn sigterm_saves_the_step_in_flight_and_the_run_resumes_from_it() {
+    // As `timeout` does: SIGTERM to the process, then again to its group at once. That is one
+    // request: the step in flight finishes, is saved although no checkpoint was due, and the
+    // resumed run logs the same losses as an uninterrupted one.
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("stopped");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jit-native"))
+        .args(refs(&train(&run, &["--steps", "100000", "--checkpoint-every", "100000"])))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while losses(&run).len() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(120), "training did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..2 {
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stopped cleanly:\n{err}");
+    let saved = losses(&run).last().unwrap().0;
+    assert!(err.contains(&format!("interrupted: saved step {saved}; continue with")), "{err}");
+    let ckpt = run.join(format!("ckpt-{saved:08}.safetensors"));
+    assert!(ckpt.exists(), "{} written", ckpt.display());
+
+    let total = (saved + 3).to_string();
+    ok(&["train", "--backend", "cpu", "--resume", run.to_str().unwrap(), "--steps", &total]);
+    let reference = tmp.path().join("reference");
+    ok(&refs(&train(&reference, &["--steps", &total, "--checkpoint-every", "100000"])));
+    let want: std::collections::HashMap<u64, f64> = losses(&reference).into_iter().collect();
+    let got = losses(&run);
+    assert_eq!(got.last().unwrap().0, saved + 3);
+    for (step, loss) in got {
+        assert!((loss - want[&step]).abs() <= 1e-6 * want[&step].abs().max(1.0), "step {step}: {loss} vs {}", want[&step]);
+    }
+}

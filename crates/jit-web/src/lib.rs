@@ -25,7 +25,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use jit_core::checkpoint::{self, CheckpointMeta};
 use jit_core::host::{self, to_rgb8};
-use jit_core::sampler::{Sampling, initial_noise};
+use jit_core::sampler::{Progress, Sampling, initial_noise};
 use jit_core::{Jit, Method, SamplerConfig};
 use js_sys::{Array, Function, Float32Array, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
@@ -283,21 +283,29 @@ impl JitGenerator {
             let z0 = initial_noise(c, &m.diffusion, count, seed as u64, &device);
             let labels = host::labels(&vec![label; count], &device);
             let mut run = Sampling::new(&inner.model, &m.diffusion, &sampler, z0, labels).map_err(err)?;
-            // The flag is checked before every step and again after its preview is read back
-            // (the read waits for the GPU), so a cancel lands within the step in flight.
+            // The flag is checked before every network evaluation (two per Heun step), after
+            // the GPU has finished the previous one, and again after a preview is read back, so
+            // a cancel lands within the evaluation in flight.
             loop {
                 if inner.cancelled.get() {
                     return Err(err("cancelled"));
                 }
-                let Some(step) = run.step() else { break };
-                if let Some(cb) = &on_step {
-                    let data = step.x_hat.into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
-                    let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
-                    let rgba = rgba(&floats, c.in_channels, c.input_size);
-                    if inner.cancelled.get() {
-                        return Err(err("cancelled"));
+                match run.advance() {
+                    None => break,
+                    Some(Progress::Half) => run.wait().await.map_err(|e| err(format!("{e:?}")))?,
+                    Some(Progress::Step(step)) => {
+                        if let Some(cb) = &on_step {
+                            let data = step.x_hat.into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
+                            let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
+                            let rgba = rgba(&floats, c.in_channels, c.input_size);
+                            if inner.cancelled.get() {
+                                return Err(err("cancelled"));
+                            }
+                            cb.call3(&JsValue::NULL, &((step.index + 1) as u32).into(), &(step.total as u32).into(), &rgba.into())?;
+                        } else {
+                            run.wait().await.map_err(|e| err(format!("{e:?}")))?;
+                        }
                     }
-                    cb.call3(&JsValue::NULL, &((step.index + 1) as u32).into(), &(step.total as u32).into(), &rgba.into())?;
                 }
                 yield_now().await;
             }

@@ -8,6 +8,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -125,6 +127,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
         .open(dir.join(METRICS))
         .context("cannot open metrics.jsonl")?;
     let stop_at = args.stop_after.map(|n| (state.step + n).min(r.steps)).unwrap_or(r.steps);
+    let interrupted = stop_on_signal();
     let mut last = Instant::now();
     while state.step < stop_at {
         let (x, y) = to_tensors(&loader.next()?, &r, &state.device());
@@ -147,11 +150,46 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
         if (r.sample_every > 0 && step % r.sample_every == 0) || step == r.steps {
             sample_grid(&state.ema1.model, &r, &dir.join(&format!("samples-{step:08}.png")))?;
         }
+        if interrupted.load(Ordering::SeqCst) {
+            if step % r.checkpoint_every != 0 && step != stop_at {
+                save(&dir, &state, &r)?;
+            }
+            bar.abandon();
+            metrics.sync_all().ok();
+            eprintln!(
+                "interrupted: saved step {step}; continue with `jit-native train --resume {}`",
+                dir.path.display()
+            );
+            return Ok(());
+        }
     }
     bar.finish();
     metrics.sync_all().ok();
     eprintln!("done: step {} in {}", state.step, dir.path.display());
     Ok(())
+}
+
+/// Ctrl-C (or SIGTERM) asks the loop to stop after the current step and save it; another one
+/// a second or more later exits at once (checkpoints are written atomically, so nothing saved
+/// is lost). Repeats within the second are one request: `timeout` and process managers signal
+/// the process and then its group.
+fn stop_on_signal() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let seen = flag.clone();
+    let first = std::sync::OnceLock::<Instant>::new();
+    let handler = ctrlc::set_handler(move || {
+        let at = *first.get_or_init(Instant::now);
+        if !seen.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
+        } else if at.elapsed().as_secs_f64() >= 1.0 {
+            eprintln!("\ninterrupted again: exiting without saving the current step");
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = handler {
+        eprintln!("warning: Ctrl-C will stop training without saving ({e})");
+    }
+    flag
 }
 
 fn default_run_dir() -> PathBuf {
