@@ -44,7 +44,7 @@ async function useModel(getSource, label, entry = null) {
   $("model-select").disabled = true;
   $("status").textContent = `Loading ${label}…`;
   try {
-    const info = await state.jit.load(await getSource(), { backend: params.get("backend") || "auto" });
+    const info = await state.jit.load(await getSource(), { backend: params.get("backend") || "auto", precision: params.get("precision") || "auto" });
     state.info = info;
     state.label = label;
     state.gpuWarm = false; // a new network means new kernels to compile
@@ -56,7 +56,7 @@ async function useModel(getSource, label, entry = null) {
     $("model-info").textContent =
       `${label}: ${(info.parameters / 1e6).toFixed(2)}M parameters, ${c.in_channels}×${c.input_size}×${c.input_size} px, ` +
       `patch ${c.patch_size}, depth ${c.depth}, ${info.numClasses} classes, trained ${info.step} steps`;
-    $("status").textContent = `Backend: ${info.backend === "webgpu" ? "WebGPU (your GPU)" : "CPU (WebAssembly)"}, in a Web Worker`;
+    $("status").textContent = `Backend: ${info.backend === "webgpu" ? "WebGPU (your GPU)" : "CPU (WebAssembly)"}, ${info.precision} products, in a Web Worker`;
     $("banner").hidden = !info.backendNote;
     $("banner").textContent = info.backendNote
       ? `WebGPU is not available in this browser, so images are computed on the CPU (slower). ${info.backendNote}`

@@ -128,14 +128,24 @@ test("WebGPU backend reproduces jit-native's images", { timeout: TIMEOUT }, asyn
     assert.equal(worker, true, "the page drives the module in a worker");
     assert.match(statusDuring, /compiling GPU kernels \(first run only\)/i, "first WebGPU run says it compiles kernels");
     assert.doesNotMatch(await page.locator("#status").innerText(), /compiling/i, "and stops saying so when done");
+    // precision "auto": f16 products where the adapter has shader-f16 (SwiftShader has not).
+    const hasF16 = await page.evaluate(async () => (await navigator.gpu.requestAdapter()).features.has("shader-f16"));
+    const { precision } = await page.evaluate(() => window.__jit.info);
+    assert.equal(precision, hasF16 ? "f16" : "f32", "f16 exactly where the adapter has shader-f16");
     const ref = readTensor(REF, "samples");
     const err = relL2(Float32Array.from(result.floats), ref);
-    console.log(`webgpu vs native: rel L2 ${err.toExponential(2)}, ${result.seconds.toFixed(2)} s`);
-    assert.ok(err <= 1e-3, `float images differ: rel L2 ${err}`);
+    console.log(`webgpu (${precision}) vs native f32: rel L2 ${err.toExponential(2)}, ${result.seconds.toFixed(2)} s`);
+    assert.ok(err <= (hasF16 ? 2e-2 : 1e-3), `float images differ: rel L2 ${err}`);
     const n = result.options.steps;
     assert.deepEqual(steps, Array.from({ length: n }, (_, i) => i + 1), "onStep fired once per step");
     assert.equal(await page.locator("#grid canvas").count(), result.count);
     await page.screenshot({ path: path.join(ARTIFACTS, "browser-webgpu.png"), fullPage: true });
+    if (!hasF16) {
+      // Asking for f16 explicitly there is a clear error.
+      await page.goto(`${base}/?${QUERY}&precision=f16`);
+      await page.waitForFunction(() => window.__jit.error, null, { timeout: TIMEOUT });
+      assert.match(await page.evaluate(() => window.__jit.error), /f16 needs WebGPU with the shader-f16 feature/);
+    }
   });
 });
 
@@ -257,8 +267,9 @@ test("dropping a checkpoint on the page loads it", { timeout: TIMEOUT }, async (
 });
 
 // Generation runs in a worker: a main-thread timer keeps ticking while steps that each take far
-// longer than its period run; Cancel stops within the step in flight.
-test("generation runs in a worker: the page stays responsive and Cancel stops within a step", { timeout: TIMEOUT }, async () => {
+// longer than its period run; Cancel stops within the network evaluation in flight (a Heun
+// step is two).
+test("generation runs in a worker: the page stays responsive and Cancel stops within one network evaluation", { timeout: TIMEOUT }, async () => {
   await withPage(false, async (page) => {
     // 8 images of the 32×32 shapes model with CFG: several hundred ms per Heun step on a 2-core CPU.
     await openPage(page, "model=shapes.safetensors&class=0&count=8&seed=1&steps=50&sampler=heun&cfg=2.9&low=0&high=1");
@@ -283,7 +294,8 @@ test("generation runs in a worker: the page stays responsive and Cancel stops wi
     assert.ok(cancel.stepMs > 100, `steps are long enough to tell (${cancel.stepMs} ms)`);
     assert.ok(maxGap < Math.min(200, cancel.stepMs), `the main thread kept ticking (max gap ${maxGap} ms)`);
     assert.ok(stepsDone < total, "generation stopped early");
-    assert.ok(cancel.latencyMs < cancel.stepMs * 1.5 + 250, `cancel took ${cancel.latencyMs} ms (a step: ${cancel.stepMs} ms)`);
+    const evalMs = cancel.stepMs / 2;
+    assert.ok(cancel.latencyMs < evalMs * 1.5 + 200, `cancel took ${cancel.latencyMs} ms (an evaluation: ~${evalMs} ms)`);
     assert.match(await page.locator("#error").innerText(), /^Cancelled after/);
     assert.equal(await page.locator("#go").isEnabled(), true, "ready for the next generation");
   });

@@ -1,6 +1,9 @@
 //! Mixed precision (`Jit::with_matmul_dtype`): linear layers in f16/bf16 with f32 weights give
 //! the f32 network's outputs, loss and training step within the formats' precision, on the
-//! CPU backend (which has both types).
+//! CPU backend (which has both types) and, for f16, on wgpu where the adapter has shader-f16
+//! (the browser module's f16 path).
+
+mod common;
 
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use jit_core::objective::{StepNoise, loss};
@@ -82,6 +85,25 @@ fn half_precision_linears_match_f32_within_their_precision() {
         let l_f32: f32 = loss(&net, &DiffusionConfig::default(), x.clone().tanh(), draw).into_scalar();
         assert!(((l_mixed - l_f32) / l_f32).abs() < tolerance as f32, "loss {l_mixed} vs {l_f32}");
     }
+}
+
+#[test]
+fn f16_linears_on_wgpu_match_f32_where_the_adapter_has_shader_f16() {
+    // The browser's `precision: "auto"` path: WGSL with f16 products on a WebGPU adapter.
+    let device = common::wgpu_device();
+    if !device.supports_dtype(FloatDType::F16) {
+        eprintln!("SKIP: this wgpu adapter has no shader-f16 (the browser falls back to f32 there)");
+        return;
+    }
+    let net = trained_like(&device);
+    let x = PortableRng::new(1).noise([2, 3, 16, 16], 1.0, &device);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![0.2f32, 0.9], [2]), &device);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 5], [2]), &device);
+    let reference = to_vec(net.clone().forward(x.clone(), t.clone(), y.clone()));
+    let half = to_vec(net.with_matmul_dtype(Some(FloatDType::F16)).forward(x, t, y));
+    let err = rel_l2(&half, &reference);
+    eprintln!("wgpu f16 linears: output rel L2 {err:.2e}");
+    assert!(err < 4e-3 && err > 0.0, "f16 on wgpu: rel L2 {err}");
 }
 
 #[test]

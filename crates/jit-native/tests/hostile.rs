@@ -284,8 +284,8 @@ fn sigterm_saves_the_step_in_flight_and_the_run_resumes_from_it() {
     // resumed run logs the same losses as an uninterrupted one.
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("stopped");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jit-native"))
-        .args(refs(&train(&run, &["--steps", "100000", "--checkpoint-every", "100000"])))
+    let child = Command::new(env!("CARGO_BIN_EXE_jit-native"))
+        .args(refs(&train(&run, &["--steps", "100000", "--checkpoint-every", "100000", "--warmup-steps", "2"])))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -310,7 +310,8 @@ fn sigterm_saves_the_step_in_flight_and_the_run_resumes_from_it() {
     let total = (saved + 3).to_string();
     ok(&["train", "--backend", "cpu", "--resume", run.to_str().unwrap(), "--steps", &total]);
     let reference = tmp.path().join("reference");
-    ok(&refs(&train(&reference, &["--steps", &total, "--checkpoint-every", "100000"])));
+    // (Warm-up fixed in steps: by default it is a fraction of the run's length.)
+    ok(&refs(&train(&reference, &["--steps", &total, "--checkpoint-every", "100000", "--warmup-steps", "2"])));
     let want: std::collections::HashMap<u64, f64> = losses(&reference).into_iter().collect();
     let got = losses(&run);
     assert_eq!(got.last().unwrap().0, saved + 3);

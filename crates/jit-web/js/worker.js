@@ -2,9 +2,10 @@
 // `JitWorker` in client.js speaks its protocol; it is documented there.
 //
 // Everything heavy happens here — loading weights, WebGPU (or CPU) compute, reading previews back
-// — so the page's main thread stays free. Between steps the Rust loop yields to the event loop, so
-// a "cancel" message is handled and the running `generate` stops at its next check (before every
-// step and after every preview read-back).
+// — so the page's main thread stays free. After every network evaluation (two per Heun step) the
+// Rust loop waits for the GPU and yields to the event loop, so a "cancel" message is handled and
+// the running `generate` stops at its next check (before every evaluation and after every preview
+// read-back).
 import init, { JitGenerator, version } from "./jit_web.js";
 
 let gen = null; // the loaded model

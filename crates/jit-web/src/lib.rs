@@ -22,7 +22,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 use jit_core::checkpoint::{self, CheckpointMeta};
 use jit_core::host::{self, to_rgb8};
 use jit_core::sampler::{Progress, Sampling, initial_noise};
@@ -35,8 +35,14 @@ use wasm_bindgen_futures::{JsFuture, future_to_promise};
 const TS_TYPES: &'static str = r#"
 /** Which backend to run on: WebGPU if available, else the CPU ("auto"), or one of them. */
 export type BackendChoice = "auto" | "webgpu" | "cpu";
+/**
+ * Precision of the linear layers' products: "f16" where the WebGPU adapter has `shader-f16`
+ * ("auto", the default, falls back to "f32" where it does not), or "f32". Weights, norms, the
+ * attention softmax and the sampler stay f32 either way.
+ */
+export type PrecisionChoice = "auto" | "f16" | "f32";
 /** Options of `JitGenerator.load`. */
-export interface LoadOptions { backend?: BackendChoice }
+export interface LoadOptions { backend?: BackendChoice; precision?: PrecisionChoice }
 /** The network of a checkpoint (as stored in its metadata). */
 export interface NetworkConfig {
   input_size: number; patch_size: number; in_channels: number; hidden_size: number; depth: number;
@@ -48,6 +54,8 @@ export interface SamplerDefaults { method: "heun" | "euler"; steps: number; cfg:
 /** What `JitGenerator.info()` returns. */
 export interface ModelInfo {
   backend: "webgpu" | "cpu";
+  /** Precision of the linear layers' products. */
+  precision: "f16" | "f32";
   /** Why WebGPU was not used with `backend: "auto"`, or null. */
   backendNote: string | null;
   classNames: string[];
@@ -159,6 +167,7 @@ struct Inner {
     model: Jit,
     meta: CheckpointMeta,
     backend: String,
+    precision: &'static str,
     note: Option<String>,
     params: usize,
     cancelled: Cell<bool>,
@@ -173,7 +182,8 @@ pub struct JitGenerator {
 #[wasm_bindgen]
 impl JitGenerator {
     /// Loads an exported checkpoint. `source`: a URL string, an `ArrayBuffer` or a `Uint8Array`.
-    /// `options.backend`: `"auto"` (WebGPU, else CPU), `"webgpu"` or `"cpu"`.
+    /// `options.backend`: `"auto"` (WebGPU, else CPU), `"webgpu"` or `"cpu"`;
+    /// `options.precision`: `"auto"` (f16 products where WebGPU has shader-f16), `"f16"`, `"f32"`.
     #[wasm_bindgen(unchecked_return_type = "Promise<JitGenerator>")]
     pub fn load(
         #[wasm_bindgen(unchecked_param_type = "string | ArrayBuffer | Uint8Array")] source: JsValue,
@@ -201,15 +211,25 @@ impl JitGenerator {
                 },
                 other => return Err(err(format!("unknown backend '{other}' (use auto, webgpu or cpu)"))),
             };
+            let has_f16 = backend == "webgpu" && device.supports_dtype(FloatDType::F16);
+            let precision = match get(&options, "precision").and_then(|v| v.as_string()).as_deref().unwrap_or("auto") {
+                "f32" => "f32",
+                "auto" if has_f16 => "f16",
+                "auto" => "f32",
+                "f16" if has_f16 => "f16",
+                "f16" => return Err(err(format!("f16 needs WebGPU with the shader-f16 feature, which {backend} here lacks; use precision \"auto\" or \"f32\""))),
+                other => return Err(err(format!("unknown precision '{other}' (use auto, f16 or f32)"))),
+            };
             let copy = meta.copies.first().cloned().unwrap_or_default();
             let (model, meta) = checkpoint::load(&bytes, &copy, &device).map_err(|e| err(format!("not a usable JiT checkpoint: {e}")))?;
+            let model = model.with_matmul_dtype((precision == "f16").then_some(FloatDType::F16));
             let params = model.num_params();
-            let inner = Inner { model, meta, backend: backend.into(), note, params, cancelled: Cell::new(false) };
+            let inner = Inner { model, meta, backend: backend.into(), precision, note, params, cancelled: Cell::new(false) };
             Ok(JitGenerator { inner: Rc::new(inner) }.into())
         })
     }
 
-    /// `{config, classNames, numClasses, parameters, backend, backendNote, step, sampler,
+    /// `{config, classNames, numClasses, parameters, backend, precision, backendNote, step, sampler,
     /// noiseScale, imageSize, channels}`.
     #[wasm_bindgen(unchecked_return_type = "ModelInfo")]
     pub fn info(&self) -> Result<JsValue, JsValue> {
@@ -227,6 +247,7 @@ impl JitGenerator {
         set("step", (i.meta.step as f64).into())?;
         set("noiseScale", i.meta.diffusion.noise_scale.into())?;
         set("backend", i.backend.clone().into())?;
+        set("precision", i.precision.into())?;
         set("backendNote", i.note.clone().map(JsValue::from).unwrap_or(JsValue::NULL))?;
         Ok(o.into())
     }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The browser's CPU fallback against the native CPU build, on this machine: sampling images/s
+# for the demo's models, native (all cores, and one thread) vs the wasm module in headless
+# Chromium with WebGPU disabled (one thread). Prints one Markdown table.
+#
+#   bash scripts/bench-cpu.sh [DIST]     # DIST: a site built by scripts/build-web.sh (dist)
+#
+# Each figure is the median of three runs (the browser's first run, which includes start-up
+# work, is not counted). Run it on an otherwise idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+dist=${1:-dist}
+bin="$CARGO_TARGET_DIR/release/jit-native"
+[ -x "$bin" ] || { echo "build the runner first: cargo build --release -p jit-native" >&2; exit 2; }
+[ -f "$dist/pkg/jit_web_bg.wasm" ] || { echo "build the site first: bash scripts/build-web.sh" >&2; exit 2; }
+(cd tests/browser && [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund --silent)
+
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+native() { # model count steps threads → images/s
+  for _ in 1 2 3; do
+    RAYON_NUM_THREADS=$4 "$bin" sample "$1" --backend cpu --class 0 --count "$2" --steps "$3" --seed 1 \
+      --out "$(mktemp -d)" 2>&1 | sed -n 's/.*(\([0-9.]*\) images\/s).*/\1/p'
+  done | median
+}
+browser() { # model count steps → images/s
+  local q="class=0&count=$2&seed=1&steps=$3&sampler=heun&cfg=2.9&low=0.1&high=1"
+  node tests/browser/bench-cpu.mjs "$dist" "$1" "$q" 4 | tail -n +2 |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const l of s.trim().split("\n")){const r=JSON.parse(l);console.log(r.count/r.seconds)}})' | median
+}
+
+echo "| sampling (Heun, CFG 2.9 on (0.1, 1)) | images × steps | native, $(nproc) threads | native, 1 thread | browser wasm, 1 thread | wasm slower than native by |"
+echo "|---|---|---|---|---|---|"
+for spec in "web/model.safetensors model.safetensors Shapes_JiT-T/4_32² 8 10" \
+            "web/models/fashion-mnist.safetensors models/fashion-mnist.safetensors Fashion-MNIST_JiT-S/4_32² 2 10"; do
+  read -r file served name count steps <<<"$spec"
+  name=${name//_/ }
+  [ -f "$dist/$served" ] || cp "$file" "$dist/$served"
+  n_all=$(native "$file" "$count" "$steps" "$(nproc)")
+  n_one=$(native "$file" "$count" "$steps" 1)
+  web=$(browser "$served" "$count" "$steps")
+  printf '| %s | %s × %s | %.3f img/s | %.3f img/s | %.3f img/s | %.2f× (%.2f× per thread) |\n' "$name" "$count" "$steps" \
+    "$n_all" "$n_one" "$web" "$(awk -v a="$n_all" -v b="$web" 'BEGIN {print a / b}')" "$(awk -v a="$n_one" -v b="$web" 'BEGIN {print a / b}')"
+done
