@@ -31,11 +31,13 @@ browser() { # model count steps → images/s
 
 echo "| sampling (Heun, CFG 2.9 on (0.1, 1)) | images × steps | native, $(nproc) threads | native, 1 thread | browser wasm, 1 thread | wasm slower than native by |"
 echo "|---|---|---|---|---|---|"
-for spec in "web/model.safetensors model.safetensors Shapes_JiT-T/4_32² 8 10" \
-            "web/models/fashion-mnist.safetensors models/fashion-mnist.safetensors Fashion-MNIST_JiT-S/4_32² 2 10"; do
-  read -r file served name count steps <<<"$spec"
+mkdir -p "$dist/bench"
+for spec in "web/model.safetensors Shapes_JiT-T/4_32² 8 50" \
+            "web/models/fashion-mnist.safetensors Fashion-MNIST_JiT-S/4_32² 2 20"; do
+  read -r file name count steps <<<"$spec"
   name=${name//_/ }
-  [ -f "$dist/$served" ] || cp "$file" "$dist/$served"
+  served="bench/$(basename "$file")"
+  cp "$file" "$dist/$served"
   n_all=$(native "$file" "$count" "$steps" "$(nproc)")
   n_one=$(native "$file" "$count" "$steps" 1)
   web=$(browser "$served" "$count" "$steps")

@@ -10,8 +10,9 @@ import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
-const [dist, model, query, rounds = "3"] = process.argv.slice(2);
-if (!dist || !model || !query) {
+const [distArg, model, query, rounds = "3"] = process.argv.slice(2);
+const dist = distArg && path.resolve(distArg);
+if (!distArg || !model || !query) {
   console.error("usage: node tests/browser/bench-cpu.mjs DIST MODEL_FILE QUERY [ROUNDS]");
   process.exit(2);
 }
