@@ -58,9 +58,12 @@ async function useModel(getSource, label, entry = null) {
       `patch ${c.patch_size}, depth ${c.depth}, ${info.numClasses} classes, trained ${info.step} steps`;
     $("status").textContent = `Backend: ${info.backend === "webgpu" ? "WebGPU (your GPU)" : "CPU (WebAssembly)"}, ${info.precision} products, in a Web Worker`;
     $("banner").hidden = !info.backendNote;
+    // The adapter's technical reason goes to the tooltip and the console, not the visitor.
     $("banner").textContent = info.backendNote
-      ? `WebGPU is not available in this browser, so images are computed on the CPU (slower). ${info.backendNote}`
+      ? "WebGPU is not available in this browser, so images are computed on the CPU (slower)."
       : "";
+    $("banner").title = info.backendNote ?? "";
+    if (info.backendNote) console.info(info.backendNote);
     const sel = $("class");
     sel.innerHTML = "";
     for (let k = 0; k < info.numClasses; k++) {

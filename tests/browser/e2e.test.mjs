@@ -192,7 +192,9 @@ test("the demo's trained models load from the picker and draw their datasets", {
     { title: "Fashion-MNIST", size: 32, channels: 1, classes: 10, first: "T-shirt/top", background: -1 },
     { title: "Emoji", size: 64, channels: 3, classes: 8, first: "animals", background: 1 },
   ];
-  await withPage(true, async (page) => {
+  // On the CPU fallback: SwiftShader's WebGPU takes minutes for these models (the WebGPU path
+  // is checked for parity above).
+  await withPage(false, async (page) => {
     await page.goto(`${base}/demo/?class=0&count=2&seed=3&steps=8&sampler=heun&cfg=2.9&low=0.1&high=1`);
     await page.waitForFunction(() => window.__jit.ready || window.__jit.error, null, { timeout: TIMEOUT });
     assert.equal(await page.evaluate(() => window.__jit.error), null);
