@@ -56,7 +56,7 @@ enum Command {
 /// glibc's malloc returns every block over 128 KiB to the kernel when it is freed, so each of
 /// the thousands of activation tensors of a step costs fresh page faults and zeroing (19 % of
 /// CPU time in `scripts/profile-cpu.sh`). Keeping freed memory in the heap for reuse made CPU
-/// sampling and training 15–20 % faster (docs/cpu.md). Environment settings (`MALLOC_*`) still
+/// sampling 10–30 % and S/4 training about 16 % faster (docs/cpu.md). Environment settings (`MALLOC_*`) still
 /// win, as glibc reads them first and these calls only run when they are absent.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {

@@ -316,9 +316,7 @@ impl JitGenerator {
                     Some(Progress::Half) => run.wait().await.map_err(|e| err(format!("{e:?}")))?,
                     Some(Progress::Step(step)) => {
                         if let Some(cb) = &on_step {
-                            let data = step.x_hat.into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
-                            let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
-                            let rgba = rgba(&floats, c.in_channels, c.input_size);
+                            let rgba = rgba(&read_floats(step.x_hat).await?, c.in_channels, c.input_size);
                             if inner.cancelled.get() {
                                 return Err(err("cancelled"));
                             }
@@ -330,8 +328,7 @@ impl JitGenerator {
                 }
                 yield_now().await;
             }
-            let data = run.finish().into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
-            let floats = data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))?;
+            let floats = read_floats(run.finish()).await?;
             let o = Object::new();
             let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v);
             set("rgba", rgba(&floats, c.in_channels, c.input_size).into())?;
@@ -350,6 +347,12 @@ impl JitGenerator {
     pub fn cancel(&self) {
         self.inner.cancelled.set(true);
     }
+}
+
+/// The tensor's values as f32, read back without blocking (WebGPU maps buffers asynchronously).
+async fn read_floats(t: burn::tensor::Tensor<4>) -> Result<Vec<f32>, JsValue> {
+    let data = t.into_data_async().await.map_err(|e| err(format!("{e:?}")))?;
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| err(format!("{e:?}")))
 }
 
 fn serde_json_string<T: serde::Serialize>(v: &T) -> Result<String, JsValue> {

@@ -144,16 +144,15 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
         bar.set_position(state.step);
         bar.set_message(format!("loss {loss:.4} | {ips:.1} img/s"));
         let step = state.step;
-        if step % r.checkpoint_every == 0 || step == r.steps || step == stop_at {
+        // Read once per step: a signal that lands later is seen after the next step.
+        let stop = interrupted.load(Ordering::SeqCst);
+        if stop || step % r.checkpoint_every == 0 || step == r.steps || step == stop_at {
             save(&dir, &state, &r)?;
         }
         if (r.sample_every > 0 && step % r.sample_every == 0) || step == r.steps {
             sample_grid(&state.ema1.model, &r, &dir.join(&format!("samples-{step:08}.png")))?;
         }
-        if interrupted.load(Ordering::SeqCst) {
-            if step % r.checkpoint_every != 0 && step != stop_at {
-                save(&dir, &state, &r)?;
-            }
+        if stop {
             bar.abandon();
             metrics.sync_all().ok();
             eprintln!(
