@@ -5,12 +5,14 @@
 //! loss and sampled with a Heun ODE solver and classifier-free guidance.
 //!
 //! Backend-agnostic: every function takes burn's run-time [`burn::tensor::Device`], so the same
-//! code runs on burn-wgpu (WGSL), the CPU backends and in wasm32. No filesystem, no threads.
+//! code runs on burn-wgpu (WGSL), the CPU backends and in wasm32. No filesystem and no threads of
+//! its own (with the `rayon` feature, the fused CPU kernels use rayon's pool, as Flex does).
 //!
 //! Where things are:
 //! - [`config`]: the network ([`JitConfig`], presets, size bounds, memory limit), the
 //!   objective ([`DiffusionConfig`]) and sampler defaults ([`SamplerConfig`]).
-//! - [`model`]: the network ([`Jit`]), one file per reference class; [`network`]: the
+//! - [`model`]: the network ([`Jit`]), one file per reference class; [`fused`]: its hot
+//!   element-wise chains as single CPU passes; [`network`]: the
 //!   [`Network`] trait the diffusion math drives (JiT, the toy MLP).
 //! - [`objective`]: the training loss (the reference's `Denoiser.forward`).
 //! - [`sampler`]: Euler/Heun with CFG (the reference's `Denoiser.generate`), step by step.
@@ -23,6 +25,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod ema;
 pub mod error;
+pub mod fused;
 pub mod host;
 pub mod model;
 pub mod network;

@@ -84,3 +84,18 @@ pub fn wgpu_device() -> Device {
     }
     Device::wgpu(DeviceKind::DefaultDevice)
 }
+
+/// A random but non-degenerate network (the reference zero-inits adaLN and the head, which
+/// would make every output zero): all weights drawn from N(0, 0.3).
+pub fn randomized(config: &jit_core::JitConfig, device: &Device, seed: u64) -> jit_core::Jit {
+    let net = jit_core::Jit::new(config, device).unwrap();
+    let mut rng = jit_core::rng::PortableRng::new(seed);
+    let shapes = jit_core::state_dict::expected_shapes(&net);
+    let mut values = std::collections::HashMap::new();
+    for (k, s) in shapes {
+        let n = s.iter().product();
+        let data = rng.normals(n).into_iter().map(|v| v * 0.3).collect();
+        values.insert(k, jit_core::host::HostTensor { shape: s, data });
+    }
+    jit_core::state_dict::load(net, |k| values.get(k).cloned()).unwrap()
+}

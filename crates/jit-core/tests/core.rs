@@ -33,21 +33,6 @@ fn tiny(in_context: bool) -> JitConfig {
     }
 }
 
-/// A random but non-degenerate network (the reference zero-inits adaLN and the head, which
-/// would make every output zero): all weights drawn from N(0, 0.3).
-fn randomized(config: &JitConfig, device: &Device, seed: u64) -> Jit {
-    let net = Jit::new(config, device).unwrap();
-    let mut rng = PortableRng::new(seed);
-    let shapes = state_dict::expected_shapes(&net);
-    let mut values = std::collections::HashMap::new();
-    for (k, s) in shapes {
-        let n = s.iter().product();
-        let data = rng.normals(n).into_iter().map(|v| v * 0.3).collect();
-        values.insert(k, jit_core::host::HostTensor { shape: s, data });
-    }
-    state_dict::load(net, |k| values.get(k).cloned()).unwrap()
-}
-
 fn batch(config: &JitConfig, n: usize, device: &Device) -> (Tensor<4>, Vec<i64>) {
     // Smooth class-dependent images in [-1, 1].
     let s = config.input_size;

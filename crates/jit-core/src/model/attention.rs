@@ -2,7 +2,9 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::{Device, Tensor, activation::softmax};
+use burn::tensor::{Device, Tensor};
+
+use crate::fused;
 
 use super::norm::RmsNorm;
 use super::rope::Rope;
@@ -48,13 +50,10 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
-        let qkv = mm.linear(&self.qkv, x).reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]);
-        let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0));
-        let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-        let q = rope.forward(self.q_norm.forward(q));
-        let k = rope.forward(self.k_norm.forward(k));
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
-        let attn = self.attn_drop.forward(softmax(scores, 3));
+        let qkv = mm.linear(&self.qkv, x);
+        let (q, k, v) = fused::qkv_heads(qkv, h, &self.q_norm, &self.k_norm, rope);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let attn = self.attn_drop.forward(fused::softmax(scores, 1.0 / (hd as f64).sqrt()));
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
         self.proj_drop.forward(mm.linear(&self.proj, out))
     }

@@ -7,6 +7,8 @@ use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::Device;
 
+use crate::fused;
+
 use super::attention::Attention;
 use super::mlp::SwiGlu;
 use super::norm::RmsNorm;
@@ -56,9 +58,9 @@ impl JitBlock {
         let m = split_modulation(mm.linear(&self.adaLN_modulation, c_silu), 6);
         let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
             <[Tensor<3>; 6]>::try_from(m).expect("six chunks");
-        let h = modulate(self.norm1.forward(x.clone()), shift_msa, scale_msa);
+        let h = fused::rms_norm_modulate(&self.norm1, x.clone(), shift_msa, scale_msa);
         let x = x.add(gate_msa.mul(self.attn.forward(h, rope, mm)));
-        let h = modulate(self.norm2.forward(x.clone()), shift_mlp, scale_mlp);
+        let h = fused::rms_norm_modulate(&self.norm2, x.clone(), shift_mlp, scale_mlp);
         x.clone().add(gate_mlp.mul(self.mlp.forward(h, mm)))
     }
 }

@@ -6,7 +6,9 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
-use super::block::{modulate, split_modulation};
+use crate::fused;
+
+use super::block::split_modulation;
 use super::norm::RmsNorm;
 use super::{Init, linear, MatmulDtype};
 
@@ -37,6 +39,6 @@ impl FinalLayer {
         let mut m = split_modulation(mm.linear(&self.adaLN_modulation, c_silu), 2);
         let scale = m.pop().expect("two chunks");
         let shift = m.pop().expect("two chunks");
-        mm.linear(&self.linear, modulate(self.norm_final.forward(x), shift, scale))
+        mm.linear(&self.linear, fused::rms_norm_modulate(&self.norm_final, x, shift, scale))
     }
 }

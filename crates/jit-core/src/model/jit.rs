@@ -1,7 +1,7 @@
 //! The whole network: embeddings → blocks (with in-context class tokens) → head → image.
 
 use burn::module::{Initializer, Module, Param};
-use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData, activation::silu};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use super::block::JitBlock;
 use super::embed::{BottleneckPatchEmbed, LabelEmbedder, TimestepEmbedder, sincos_pos_embed, unpatchify};
@@ -9,6 +9,7 @@ use super::final_layer::FinalLayer;
 use super::rope::Rope;
 use super::MatmulDtype;
 use crate::config::JitConfig;
+use crate::fused;
 use crate::error::JitError;
 
 /// Named intermediate tensors recorded by [`Jit::forward_traced`] (`t_emb`, `y_emb`,
@@ -135,7 +136,7 @@ impl Jit {
         let y_emb = self.y_embedder.forward(y);
         record("t_emb".into(), &t_emb.clone().unsqueeze_dim(1));
         record("y_emb".into(), &y_emb.clone().unsqueeze_dim(1));
-        let c_silu = silu(t_emb.add(y_emb.clone()));
+        let c_silu = fused::silu(t_emb.add(y_emb.clone()));
 
         // The reference records `patch_embed` with the position table already added.
         let mut h = self.x_embedder.forward(x, mm).add(self.pos_embed.val());

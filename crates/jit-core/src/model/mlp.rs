@@ -2,7 +2,9 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::{Device, Tensor, activation::silu};
+use burn::tensor::{Device, Tensor};
+
+use crate::fused;
 
 use super::{Init, MatmulDtype, linear};
 
@@ -29,9 +31,7 @@ impl SwiGlu {
 
     /// `x` `[B, N, D]` → `[B, N, D]`.
     pub fn forward(&self, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
-        let mut halves = mm.linear(&self.w12, x).chunk(2, 2);
-        let x2 = halves.pop().expect("two halves");
-        let x1 = halves.pop().expect("two halves");
-        self.drop.forward(mm.linear(&self.w3, silu(x1).mul(x2)))
+        let gated = fused::silu_gate(mm.linear(&self.w12, x));
+        self.drop.forward(mm.linear(&self.w3, gated))
     }
 }

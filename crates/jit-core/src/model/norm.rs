@@ -3,7 +3,10 @@
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{Device, Tensor};
 
-/// Root-mean-square normalisation with a learned per-channel gain (eps 1e-6).
+/// The reference's `eps` inside the square root.
+pub const RMS_EPS: f32 = 1e-6;
+
+/// Root-mean-square normalisation with a learned per-channel gain (eps [`RMS_EPS`]).
 #[derive(Module, Debug)]
 pub struct RmsNorm {
     /// Gain, shape `[dim]`.
@@ -18,7 +21,7 @@ impl RmsNorm {
 
     /// Normalises `x` `[.., dim]` over its last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(1e-6).sqrt();
+        let rms = x.clone().square().mean_dim(D - 1).add_scalar(RMS_EPS).sqrt();
         let weight = self.weight.val().unsqueeze::<D>();
         x.div(rms).mul(weight)
     }

@@ -1,0 +1,174 @@
+//! Fused operations: the network's hot element-wise chains, each one switch between two
+//! implementations of the same math.
+//!
+//! - The tensor-op path, written in the model files (`RmsNorm::forward`, `modulate`,
+//!   `Rope::forward`, …): it runs on GPUs, under autodiff (training), and in every build.
+//! - One pass over memory on burn's CPU backend (Flex), for f32 tensors that track no gradient
+//!   (sampling, evaluation, the browser's CPU fallback): the kernels in [`cpu`]. On these
+//!   shapes (≈70 tokens, width 64–384) the unfused chains spent more time moving memory and in
+//!   scalar `expf` than in the matrix products (docs/cpu.md).
+//!
+//! Each function takes the path its input's device and autodiff state select; the results agree
+//! to float rounding (tests/fused.rs compares them on every op).
+
+pub mod cpu;
+
+use burn::tensor::Tensor;
+
+use crate::model::block::modulate;
+use crate::model::norm::{RMS_EPS, RmsNorm};
+use crate::model::rope::Rope;
+
+/// Whether the operations here take the one-pass CPU kernels for `x` (an f32 tensor on Flex
+/// outside autodiff) rather than the tensor-op path.
+pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
+    #[cfg(feature = "flex")]
+    return flex::read(x).is_some();
+    #[cfg(not(feature = "flex"))]
+    return { let _ = x; false };
+}
+
+/// `softmax(scale·scores)` over the last dimension (the attention probabilities).
+pub fn softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    let scores = match flex::take(scores) {
+        Ok(mut s) => {
+            let row = s.dims[3];
+            cpu::softmax_rows(s.values_mut(), row, scale as f32);
+            return s.into_tensor();
+        }
+        Err(scores) => scores,
+    };
+    burn::tensor::activation::softmax(scores.mul_scalar(scale), 3)
+}
+
+/// `SiLU(x)`.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    let x = match flex::take(x) {
+        Ok(mut t) => {
+            cpu::silu_inplace(t.values_mut());
+            return t.into_tensor();
+        }
+        Err(x) => x,
+    };
+    burn::tensor::activation::silu(x)
+}
+
+/// SwiGLU's gate: `h` `[B, N, 2·hidden]` = `(x1, x2)` → `SiLU(x1)·x2` `[B, N, hidden]`.
+pub fn silu_gate(h: Tensor<3>) -> Tensor<3> {
+    let [b, n, two_hidden] = h.dims();
+    #[cfg(feature = "flex")]
+    if let Some(t) = flex::read(&h) {
+        return flex::wrap(cpu::silu_gate(t.values(), two_hidden / 2), [b, n, two_hidden / 2]);
+    }
+    let _ = (b, n, two_hidden);
+    let mut halves = h.chunk(2, 2);
+    let x2 = halves.pop().expect("two halves");
+    let x1 = halves.pop().expect("two halves");
+    burn::tensor::activation::silu(x1).mul(x2)
+}
+
+/// `modulate(norm(x), shift, scale)` for `x` `[B, T, D]` and `shift`, `scale` `[B, 1, D]`.
+pub fn rms_norm_modulate(norm: &RmsNorm, x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if let (Some(xs), Some(w), Some(sh), Some(sc)) =
+        (flex::read(&x), flex::read(&norm.weight.val()), flex::read(&shift), flex::read(&scale))
+    {
+        let out = cpu::rms_norm_modulate(xs.values(), xs.dims[1], w.values(), sh.values(), sc.values(), RMS_EPS);
+        return flex::wrap(out, x.dims());
+    }
+    modulate(norm.forward(x), shift, scale)
+}
+
+/// The attention's inputs from the `qkv` projection `[B, T, 3·D]`: split into `heads`, queries
+/// and keys through their RMSNorms and RoPE. Returns `(q, k, v)`, each `[B, heads, T, D/heads]`.
+pub fn qkv_heads(
+    qkv: Tensor<3>,
+    heads: usize,
+    q_norm: &RmsNorm,
+    k_norm: &RmsNorm,
+    rope: &Rope,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let [b, t, d3] = qkv.dims();
+    let hd = d3 / 3 / heads;
+    #[cfg(feature = "flex")]
+    if let (Some(x), Some(qw), Some(kw), Some(cos), Some(sin)) = (
+        flex::read(&qkv),
+        flex::read(&q_norm.weight.val()),
+        flex::read(&k_norm.weight.val()),
+        flex::read(&rope.cos),
+        flex::read(&rope.sin_signed),
+    ) {
+        let layout = cpu::QkvLayout { batch: b, tokens: t, heads, head_dim: hd };
+        let [q, k, v] = cpu::qkv_heads(x.values(), &layout, qw.values(), kw.values(), cos.values(), sin.values(), RMS_EPS);
+        let shape = [b, heads, t, hd];
+        return (flex::wrap(q, shape), flex::wrap(k, shape), flex::wrap(v, shape));
+    }
+    let qkv = qkv.reshape([b, t, 3, heads, hd]).permute([2, 0, 3, 1, 4]);
+    let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0));
+    let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    (rope.forward(q_norm.forward(q)), rope.forward(k_norm.forward(k)), v)
+}
+
+/// Access to Flex tensors behind burn's run-time dispatch.
+#[cfg(feature = "flex")]
+mod flex {
+    use burn::backend::flex::{Flex, FlexTensor};
+    use burn::backend::{BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind};
+    use burn::tensor::{DType, Tensor, TensorData};
+
+    /// A Flex f32 tensor's values, read without tracking.
+    pub struct Values {
+        tensor: FlexTensor,
+        /// The shape.
+        pub dims: Vec<usize>,
+    }
+
+    impl Values {
+        /// The values in row-major order.
+        pub fn values(&self) -> &[f32] {
+            self.tensor.as_slice::<f32>().expect("made contiguous by `take`")
+        }
+
+        /// The values, to change in place (copied first if another tensor shares them).
+        pub fn values_mut(&mut self) -> &mut [f32] {
+            let (start, end) = self.tensor.layout().contiguous_offsets().expect("made contiguous by `take`");
+            &mut self.tensor.storage_mut::<f32>()[start..end]
+        }
+
+        /// Back to a tensor of the same shape.
+        pub fn into_tensor<const D: usize>(self) -> Tensor<D> {
+            Tensor::from_primitive::<Flex>(self.tensor)
+        }
+    }
+
+    /// `t`'s values when it is an f32 tensor on Flex outside autodiff, else `None`.
+    pub fn read<const D: usize>(t: &Tensor<D>) -> Option<Values> {
+        take(t.clone()).ok()
+    }
+
+    /// [`read`], taking the tensor (so that its values can change in place), or giving it back.
+    pub fn take<const D: usize>(t: Tensor<D>) -> Result<Values, Tensor<D>> {
+        #[allow(unreachable_patterns)] // single-backend builds have only the Flex variant
+        match t.into_dispatch() {
+            DispatchTensor {
+                kind: DispatchTensorKind::Flex(BackendTensor::Float(tensor)),
+                autodiff: DispatchAutodiffContext::Disabled,
+            } if tensor.dtype() == DType::F32 => {
+                // Strided views (chunks, permutes) are copied once into row-major order.
+                let tensor = match tensor.as_slice::<f32>() {
+                    Some(_) => tensor,
+                    None => tensor.to_contiguous(),
+                };
+                Ok(Values { dims: tensor.layout().shape().to_vec(), tensor })
+            }
+            other => Err(Tensor::from_dispatch(other)),
+        }
+    }
+
+    /// A Flex tensor of `shape` holding `values`.
+    pub fn wrap<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
+    }
+}
