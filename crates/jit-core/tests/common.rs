@@ -99,3 +99,17 @@ pub fn randomized(config: &jit_core::JitConfig, device: &Device, seed: u64) -> j
     }
     jit_core::state_dict::load(net, |k| values.get(k).cloned()).unwrap()
 }
+
+/// Replaces every parameter by its gradient (zeros where it has none), so that the gradients
+/// come out of `state_dict::export` with the reference's keys and layouts.
+pub struct ToGrad<'a> {
+    pub grads: &'a burn::tensor::Gradients,
+}
+
+impl burn::module::ModuleMapper for ToGrad<'_> {
+    fn map_float<const D: usize>(&mut self, param: burn::module::Param<Tensor<D>>) -> burn::module::Param<Tensor<D>> {
+        let value = param.val();
+        let grad = value.grad(self.grads).unwrap_or_else(|| value.without_autodiff().zeros_like());
+        burn::module::Param::initialized(param.id, grad)
+    }
+}

@@ -7,8 +7,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Device, Tensor};
+use burn::module::Module;
+use burn::tensor::Device;
 use common::*;
 use jit_core::checkpoint::{decode, load_from, parse};
 use jit_core::model::embed::sincos_pos_embed;
@@ -170,20 +170,6 @@ fn g_samplers(set: &GoldenSet) -> Vec<(String, SamplerConfig)> {
             )
         })
         .collect()
-}
-
-/// Replaces every parameter by its gradient (zeros where it has none), so that the gradients
-/// come out of `state_dict::export` with the reference's keys and layouts.
-struct ToGrad<'a> {
-    grads: &'a burn::tensor::Gradients,
-}
-
-impl ModuleMapper for ToGrad<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let value = param.val();
-        let grad = value.grad(self.grads).unwrap_or_else(|| value.without_autodiff().zeros_like());
-        Param::initialized(param.id, grad)
-    }
 }
 
 #[test]

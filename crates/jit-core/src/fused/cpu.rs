@@ -120,6 +120,41 @@ fn for_rows(out: &mut [f32], row_len: usize, kernel: &(dyn Fn(usize, &mut [f32])
     kernel(0, out)
 }
 
+/// [`for_rows`] for kernels that also accumulate `acc_len` sums (weight gradients): each chunk
+/// of rows adds into its own zeroed accumulator, and the chunks' sums are added in row order,
+/// so the result does not depend on the thread count's timing.
+fn for_rows_sum(
+    out: &mut [f32],
+    row_len: usize,
+    acc_len: usize,
+    kernel: &(dyn Fn(usize, &mut [f32], &mut [f32]) + Sync),
+) -> Vec<f32> {
+    let mut total = vec![0.0; acc_len];
+    if row_len == 0 || out.is_empty() {
+        return total;
+    }
+    #[cfg(feature = "rayon")]
+    if out.len() >= PARALLEL_MIN {
+        use rayon::prelude::*;
+        let rows_per_task = (PARALLEL_MIN / 4).div_ceil(row_len).max(1);
+        let parts: Vec<Vec<f32>> = out
+            .par_chunks_mut(rows_per_task * row_len)
+            .enumerate()
+            .map(|(i, rows)| {
+                let mut acc = vec![0.0; acc_len];
+                kernel(i * rows_per_task, rows, &mut acc);
+                acc
+            })
+            .collect();
+        for part in parts {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+        }
+        return total;
+    }
+    kernel(0, out, &mut total);
+    total
+}
+
 /// In place, row by row: `softmax(scale·x)` over rows of `row_len` values (`scale > 0`).
 pub fn softmax_rows(x: &mut [f32], row_len: usize, scale: f32) {
     multiversion! {
@@ -133,6 +168,28 @@ pub fn softmax_rows(x: &mut [f32], row_len: usize, scale: f32) {
         }
     }
     for_rows(x, row_len, &|_, rows| rows_kernel(rows, row_len, scale));
+}
+
+/// Gradient of [`softmax_rows`]: from the probabilities `p` and the output gradient `g`,
+/// `scale·p·(g − Σ g·p)` per row.
+pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [f32], p: &[f32], g: &[f32], row_len: usize, scale: f32) {
+            let rows = out.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)).zip(g.chunks_exact(row_len));
+            for ((o, p), g) in rows {
+                let dot = sum_by_pairs(p, g);
+                for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+                    *o = scale * p * (g - dot);
+                }
+            }
+        }
+    }
+    let mut out = vec![0.0; p.len()];
+    for_rows(&mut out, row_len, &|first, rows| {
+        let at = first * row_len..first * row_len + rows.len();
+        kernel(rows, &p[at.clone()], &g[at], row_len, scale)
+    });
+    out
 }
 
 /// In place: `x ← SiLU(x)`.
@@ -159,6 +216,30 @@ pub fn silu_gate(h: &[f32], hidden: usize) -> Vec<f32> {
     }
     let mut out = vec![0.0; h.len() / 2];
     for_rows(&mut out, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden));
+    out
+}
+
+/// Gradient of [`silu_gate`] with respect to `h` (rows of `2·hidden`), from the output gradient
+/// `g` (rows of `hidden`): `(g·x2·SiLU'(x1), g·SiLU(x1))`, `SiLU'(a) = σ(a)·(1 + a·(1 − σ(a)))`.
+pub fn silu_gate_backward(h: &[f32], g: &[f32], hidden: usize) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [f32], h: &[f32], g: &[f32], hidden: usize) {
+            let rows = out.chunks_exact_mut(2 * hidden).zip(h.chunks_exact(2 * hidden)).zip(g.chunks_exact(hidden));
+            for ((o, x), g) in rows {
+                let (d1, d2) = o.split_at_mut(hidden);
+                let (x1, x2) = x.split_at(hidden);
+                for ((((d1, d2), &a), &b), &g) in d1.iter_mut().zip(d2).zip(x1).zip(x2).zip(g) {
+                    let sig = 1.0 / (1.0 + exp(-a));
+                    *d1 = g * b * sig * (1.0 + a * (1.0 - sig));
+                    *d2 = g * a * sig;
+                }
+            }
+        }
+    }
+    let mut out = vec![0.0; h.len()];
+    for_rows(&mut out, 2 * hidden, &|first, rows| {
+        kernel(rows, &h[first * 2 * hidden..], &g[first * hidden..], hidden)
+    });
     out
 }
 
@@ -189,6 +270,72 @@ pub fn rms_norm_modulate(x: &[f32], tokens: usize, weight: &[f32], shift: &[f32]
     let mut out = vec![0.0; x.len()];
     for_rows(&mut out, d, &|first, rows| kernel(rows, &x[first * d..], first, tokens, weight, shift, scale, eps));
     out
+}
+
+/// Gradients of [`rms_norm_modulate`] from the output gradient `g` `[B, T, D]`:
+/// `(dx [B, T, D], dweight [D], dshift [B, D], dscale [B, D])`.
+pub fn rms_norm_modulate_backward(
+    x: &[f32],
+    tokens: usize,
+    weight: &[f32],
+    scale: &[f32],
+    g: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    multiversion! {
+        /// `acc` = `[dweight (D) | dshift (B·D) | dscale (B·D)]`.
+        fn kernel(dx: &mut [f32], acc: &mut [f32], x: &[f32], g: &[f32], first: usize, tokens: usize, weight: &[f32], scale: &[f32], eps: f32) {
+            let d = weight.len();
+            let (dw, rest) = acc.split_at_mut(d);
+            let (dshift, dscale) = rest.split_at_mut(rest.len() / 2);
+            let mut dn = vec![0.0f32; d];
+            let rows = dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(g.chunks_exact(d));
+            for (r, ((dx, xs), g)) in rows.enumerate() {
+                let b = (first + r) / tokens;
+                let sc = &scale[b * d..][..d];
+                let (dsh, dsc) = (&mut dshift[b * d..][..d], &mut dscale[b * d..][..d]);
+                let inv = inv_rms(xs, eps);
+                // n = x·inv; out = n·w·(1 + sc) + sh.
+                for i in 0..d {
+                    let n = xs[i] * inv;
+                    dsh[i] += g[i];
+                    dsc[i] += g[i] * n * weight[i];
+                    dw[i] += g[i] * n * (1.0 + sc[i]);
+                    dn[i] = g[i] * weight[i] * (1.0 + sc[i]);
+                }
+                // dx = inv·(dn − n·mean(dn·n)).
+                let mean = sum_by_pairs(&dn, xs) * inv / d as f32;
+                for ((dx, &dn), &v) in dx.iter_mut().zip(&dn).zip(xs) {
+                    *dx = inv * (dn - v * inv * mean);
+                }
+            }
+        }
+    }
+    let d = weight.len();
+    let batch = scale.len() / d;
+    let mut dx = vec![0.0; x.len()];
+    let acc = for_rows_sum(&mut dx, d, d + 2 * batch * d, &|first, rows, acc| {
+        let at = first * d..first * d + rows.len();
+        kernel(rows, acc, &x[at.clone()], &g[at], first, tokens, weight, scale, eps)
+    });
+    let dw = acc[..d].to_vec();
+    let dshift = acc[d..d + batch * d].to_vec();
+    let dscale = acc[d + batch * d..].to_vec();
+    (dx, dw, dshift, dscale)
+}
+
+/// `Σ a·b` in [`LANES`] partial sums.
+#[inline(always)]
+fn sum_by_pairs(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (ac, bc) in ac.zip(bc) {
+        for i in 0..LANES {
+            acc[i] += ac[i] * bc[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Token layout of [`qkv_heads`]: `qkv` is `[B, T, 3, heads, head_dim]`, the RoPE tables
@@ -229,16 +376,86 @@ multiversion! {
                 o.copy_from_slice(src);
                 continue;
             };
-            let inv = inv_rms(src, eps);
             let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);
-            let pairs = o.chunks_exact_mut(2).zip(src.chunks_exact(2)).zip(weight.chunks_exact(2));
-            for (((o, x), w), (c, s)) in pairs.zip(cos.chunks_exact(2).zip(sin.chunks_exact(2))) {
-                let (x0, x1) = (x[0] * inv * w[0], x[1] * inv * w[1]);
-                o[0] = x0 * c[0] + x1 * s[0];
-                o[1] = x1 * c[1] + x0 * s[1];
+            norm_rope_row(o, src, weight, cos, sin, eps);
+        }
+    }
+}
+
+/// One row of RMSNorm (gain `weight`) then RoPE: `o = n·cos + swap_pairs(n)·sin_signed`,
+/// `n = x / rms(x) · weight`.
+#[inline(always)]
+fn norm_rope_row(o: &mut [f32], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+    let inv = inv_rms(x, eps);
+    let pairs = o.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(weight.chunks_exact(2));
+    for (((o, x), w), (c, s)) in pairs.zip(cos.chunks_exact(2).zip(sin.chunks_exact(2))) {
+        let (n0, n1) = (x[0] * inv * w[0], x[1] * inv * w[1]);
+        o[0] = n0 * c[0] + n1 * s[0];
+        o[1] = n1 * c[1] + n0 * s[1];
+    }
+}
+
+/// RMSNorm over `head_dim` then RoPE, for `x` `[B, heads, T, head_dim]` (`cos`, `sin_signed`
+/// `[T, head_dim]`, `weight` `[head_dim]`): the queries' or keys' path of [`qkv_heads`] on its
+/// own, for training.
+pub fn rms_norm_rope(x: &[f32], tokens: usize, weight: &[f32], cos: &[f32], sin_signed: &[f32], eps: f32) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [f32], x: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+            let hd = weight.len();
+            for (r, (o, xs)) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
+                let t = (first + r) % tokens;
+                norm_rope_row(o, xs, weight, &cos[t * hd..][..hd], &sin[t * hd..][..hd], eps);
             }
         }
     }
+    let hd = weight.len();
+    let mut out = vec![0.0; x.len()];
+    for_rows(&mut out, hd, &|first, rows| kernel(rows, &x[first * hd..], first, tokens, weight, cos, sin_signed, eps));
+    out
+}
+
+/// Gradients of [`rms_norm_rope`] from the output gradient `g`: `(dx, dweight)`.
+pub fn rms_norm_rope_backward(
+    x: &[f32],
+    tokens: usize,
+    weight: &[f32],
+    cos: &[f32],
+    sin_signed: &[f32],
+    g: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    multiversion! {
+        fn kernel(dx: &mut [f32], dw: &mut [f32], x: &[f32], g: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+            let hd = weight.len();
+            let mut dn = vec![0.0f32; hd];
+            let rows = dx.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).zip(g.chunks_exact(hd));
+            for (r, ((dx, xs), g)) in rows.enumerate() {
+                let t = (first + r) % tokens;
+                let (c, s) = (&cos[t * hd..][..hd], &sin[t * hd..][..hd]);
+                let inv = inv_rms(xs, eps);
+                for i in (0..hd).step_by(2) {
+                    // Through RoPE (its transpose), then the gain.
+                    let du0 = g[i] * c[i] + g[i + 1] * s[i + 1];
+                    let du1 = g[i] * s[i] + g[i + 1] * c[i + 1];
+                    dw[i] += du0 * xs[i] * inv;
+                    dw[i + 1] += du1 * xs[i + 1] * inv;
+                    dn[i] = du0 * weight[i];
+                    dn[i + 1] = du1 * weight[i + 1];
+                }
+                let mean = sum_by_pairs(&dn, xs) * inv / hd as f32;
+                for ((dx, &dn), &v) in dx.iter_mut().zip(&dn).zip(xs) {
+                    *dx = inv * (dn - v * inv * mean);
+                }
+            }
+        }
+    }
+    let hd = weight.len();
+    let mut dx = vec![0.0; x.len()];
+    let dw = for_rows_sum(&mut dx, hd, hd, &|first, rows, dw| {
+        let at = first * hd..first * hd + rows.len();
+        kernel(rows, dw, &x[at.clone()], &g[at], first, tokens, weight, cos, sin_signed, eps)
+    });
+    (dx, dw)
 }
 
 /// Splits the `qkv` projection into heads and applies the per-head RMSNorm (`q_weight`,

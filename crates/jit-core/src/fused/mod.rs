@@ -3,14 +3,17 @@
 //!
 //! - The tensor-op path, written in the model files (`RmsNorm::forward`, `modulate`,
 //!   `Rope::forward`, …): it runs on GPUs, under autodiff (training), and in every build.
-//! - One pass over memory on burn's CPU backend (Flex), for f32 tensors that track no gradient
-//!   (sampling, evaluation, the browser's CPU fallback): the kernels in [`cpu`]. On these
+//! - One pass over memory on burn's CPU backend (Flex), for f32 tensors: the kernels in [`cpu`],
+//!   straight on the values outside autodiff (sampling, evaluation, the browser's CPU fallback),
+//!   and as custom autodiff operations with gradient kernels in training. On these
 //!   shapes (≈70 tokens, width 64–384) the unfused chains spent more time moving memory and in
 //!   scalar `expf` than in the matrix products (docs/cpu.md).
 //!
 //! Each function takes the path its input's device and autodiff state select; the results agree
 //! to float rounding (tests/fused.rs compares them on every op).
 
+#[cfg(feature = "flex")]
+mod autodiff;
 pub mod cpu;
 
 use burn::tensor::Tensor;
@@ -19,11 +22,11 @@ use crate::model::block::modulate;
 use crate::model::norm::{RMS_EPS, RmsNorm};
 use crate::model::rope::Rope;
 
-/// Whether the operations here take the one-pass CPU kernels for `x` (an f32 tensor on Flex
-/// outside autodiff) rather than the tensor-op path.
+/// Whether the operations here take the CPU kernels for `x` (an f32 tensor on Flex, outside
+/// autodiff or in autodiff without gradient checkpointing) rather than the tensor-op path.
 pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
-    return flex::read(x).is_some();
+    return flex::read(x).is_some() || autodiff::accepts(x);
     #[cfg(not(feature = "flex"))]
     return { let _ = x; false };
 }
@@ -39,6 +42,10 @@ pub fn softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
         }
         Err(scores) => scores,
     };
+    #[cfg(feature = "flex")]
+    if let Some(p) = autodiff::softmax(&scores, scale as f32) {
+        return p;
+    }
     burn::tensor::activation::softmax(scores.mul_scalar(scale), 3)
 }
 
@@ -62,6 +69,10 @@ pub fn silu_gate(h: Tensor<3>) -> Tensor<3> {
     if let Some(t) = flex::read(&h) {
         return flex::wrap(cpu::silu_gate(t.values(), two_hidden / 2), [b, n, two_hidden / 2]);
     }
+    #[cfg(feature = "flex")]
+    if let Some(out) = autodiff::silu_gate(&h) {
+        return out;
+    }
     let _ = (b, n, two_hidden);
     let mut halves = h.chunk(2, 2);
     let x2 = halves.pop().expect("two halves");
@@ -77,6 +88,10 @@ pub fn rms_norm_modulate(norm: &RmsNorm, x: Tensor<3>, shift: Tensor<3>, scale: 
     {
         let out = cpu::rms_norm_modulate(xs.values(), xs.dims[1], w.values(), sh.values(), sc.values(), RMS_EPS);
         return flex::wrap(out, x.dims());
+    }
+    #[cfg(feature = "flex")]
+    if let Some(out) = autodiff::rms_norm_modulate(&x, &norm.weight.val(), &shift, &scale, RMS_EPS) {
+        return out;
     }
     modulate(norm.forward(x), shift, scale)
 }
@@ -108,7 +123,16 @@ pub fn qkv_heads(
     let qkv = qkv.reshape([b, t, 3, heads, hd]).permute([2, 0, 3, 1, 4]);
     let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0));
     let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-    (rope.forward(q_norm.forward(q)), rope.forward(k_norm.forward(k)), v)
+    (rms_norm_rope(q_norm, rope, q), rms_norm_rope(k_norm, rope, k), v)
+}
+
+/// `rope(norm(x))` for queries or keys `x` `[B, heads, T, head_dim]`.
+pub fn rms_norm_rope(norm: &RmsNorm, rope: &Rope, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(out) = autodiff::rms_norm_rope(&x, &norm.weight.val(), &rope.cos, &rope.sin_signed, RMS_EPS) {
+        return out;
+    }
+    rope.forward(norm.forward(x))
 }
 
 /// Access to Flex tensors behind burn's run-time dispatch.
@@ -117,6 +141,24 @@ mod flex {
     use burn::backend::flex::{Flex, FlexTensor};
     use burn::backend::{BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind};
     use burn::tensor::{DType, Tensor, TensorData};
+
+    /// `t` in row-major order (copied only where it is a strided view).
+    pub fn contiguous(t: FlexTensor) -> FlexTensor {
+        match t.as_slice::<f32>() {
+            Some(_) => t,
+            None => t.to_contiguous(),
+        }
+    }
+
+    /// The values of a tensor made [`contiguous`].
+    pub fn slice(t: &FlexTensor) -> &[f32] {
+        t.as_slice::<f32>().expect("made contiguous first")
+    }
+
+    /// A Flex tensor of `shape` holding `values`.
+    pub fn new(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
 
     /// A Flex f32 tensor's values, read without tracking.
     pub struct Values {
@@ -128,7 +170,7 @@ mod flex {
     impl Values {
         /// The values in row-major order.
         pub fn values(&self) -> &[f32] {
-            self.tensor.as_slice::<f32>().expect("made contiguous by `take`")
+            slice(&self.tensor)
         }
 
         /// The values, to change in place (copied first if another tensor shares them).
@@ -156,11 +198,7 @@ mod flex {
                 kind: DispatchTensorKind::Flex(BackendTensor::Float(tensor)),
                 autodiff: DispatchAutodiffContext::Disabled,
             } if tensor.dtype() == DType::F32 => {
-                // Strided views (chunks, permutes) are copied once into row-major order.
-                let tensor = match tensor.as_slice::<f32>() {
-                    Some(_) => tensor,
-                    None => tensor.to_contiguous(),
-                };
+                let tensor = contiguous(tensor);
                 Ok(Values { dims: tensor.layout().shape().to_vec(), tensor })
             }
             other => Err(Tensor::from_dispatch(other)),
@@ -169,6 +207,6 @@ mod flex {
 
     /// A Flex tensor of `shape` holding `values`.
     pub fn wrap<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-        Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(values, shape)))
+        Tensor::from_primitive::<Flex>(new(values, shape.to_vec()))
     }
 }

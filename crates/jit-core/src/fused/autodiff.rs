@@ -1,0 +1,201 @@
+//! The fused CPU operations under autodiff (training on Flex): each is one burn-autodiff
+//! operation whose forward pass runs a kernel of [`super::cpu`] and whose backward pass runs
+//! its gradient kernel, in place of the dozen tracked tensor ops (each with its own backward
+//! step and saved activations) that the tensor-op path records.
+//!
+//! Only for f32 tensors on Flex without gradient checkpointing; anything else returns `None`
+//! and takes the tensor ops.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::{DType, Tensor};
+
+use super::cpu;
+use super::flex::{contiguous, new, slice};
+
+type AdTensor = FloatTensor<Autodiff<Flex>>;
+
+/// `t` as a tracked Flex f32 tensor, or `None`.
+fn take<const D: usize>(t: &Tensor<D>) -> Option<AdTensor> {
+    let ad = t.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
+    (ad.primitive().dtype() == DType::F32).then_some(ad)
+}
+
+/// Whether `t` is a tensor these operations take.
+pub fn accepts<const D: usize>(t: &Tensor<D>) -> bool {
+    take(t).is_some()
+}
+
+/// The values of `t` in row-major order.
+fn values(t: &AdTensor) -> FlexTensor {
+    contiguous(t.primitive().clone())
+}
+
+fn wrap<const D: usize>(t: AdTensor) -> Tensor<D> {
+    Tensor::from_primitive::<Autodiff<Flex>>(t)
+}
+
+/// Registers `op` over `parents` with `state` for its backward pass, output `out`.
+fn record<Op, const N: usize>(op: Op, parents: [&AdTensor; N], state: Op::State, out: FlexTensor) -> AdTensor
+where
+    Op: Backward<Flex, N>,
+{
+    match op.prepare::<NoCheckpointing>(parents.map(|p| p.node())).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
+/// The output gradient of `ops` (contiguous), consumed from `grads`.
+fn output_grad<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> FlexTensor {
+    contiguous(grads.consume::<Flex>(&ops.node))
+}
+
+#[derive(Debug)]
+struct Softmax {
+    scale: f32,
+}
+
+impl Backward<Flex, 1> for Softmax {
+    /// The probabilities.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = output_grad(&ops, grads);
+        if let [Some(parent)] = &ops.parents {
+            let p = &ops.state;
+            let row = *p.layout().shape().last().expect("rank 4");
+            let d = cpu::softmax_rows_backward(slice(p), slice(&g), row, self.scale);
+            grads.register::<Flex>(parent.id, new(d, p.layout().shape().to_vec()));
+        }
+    }
+}
+
+/// [`super::softmax`].
+pub fn softmax(scores: &Tensor<4>, scale: f32) -> Option<Tensor<4>> {
+    let s = take(scores)?;
+    let x = values(&s);
+    let dims = x.layout().shape().to_vec();
+    let mut p = slice(&x).to_vec();
+    cpu::softmax_rows(&mut p, dims[3], scale);
+    let p = new(p, dims);
+    Some(wrap(record(Softmax { scale }, [&s], p.clone(), p)))
+}
+
+#[derive(Debug)]
+struct SiluGate;
+
+impl Backward<Flex, 1> for SiluGate {
+    /// The input `(x1, x2)`.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = output_grad(&ops, grads);
+        if let [Some(parent)] = &ops.parents {
+            let h = &ops.state;
+            let hidden = h.layout().shape().last().expect("rank 3") / 2;
+            let d = cpu::silu_gate_backward(slice(h), slice(&g), hidden);
+            grads.register::<Flex>(parent.id, new(d, h.layout().shape().to_vec()));
+        }
+    }
+}
+
+/// [`super::silu_gate`].
+pub fn silu_gate(h: &Tensor<3>) -> Option<Tensor<3>> {
+    let t = take(h)?;
+    let x = values(&t);
+    let [b, n, two_hidden] = h.dims();
+    let out = new(cpu::silu_gate(slice(&x), two_hidden / 2), vec![b, n, two_hidden / 2]);
+    Some(wrap(record(SiluGate, [&t], x, out)))
+}
+
+#[derive(Debug)]
+struct RmsNormModulate {
+    eps: f32,
+}
+
+impl Backward<Flex, 4> for RmsNormModulate {
+    /// `(x, weight, scale)`.
+    type State = (FlexTensor, FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = output_grad(&ops, grads);
+        let (x, weight, scale) = &ops.state;
+        let dims = x.layout().shape().to_vec();
+        let (dx, dw, dshift, dscale) =
+            cpu::rms_norm_modulate_backward(slice(x), dims[1], slice(weight), slice(scale), slice(&g), self.eps);
+        let modulation = vec![dims[0], 1, dims[2]];
+        let [px, pw, pshift, pscale] = &ops.parents;
+        for (parent, d, shape) in [
+            (px, dx, dims.clone()),
+            (pw, dw, vec![dims[2]]),
+            (pshift, dshift, modulation.clone()),
+            (pscale, dscale, modulation),
+        ] {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, new(d, shape));
+            }
+        }
+    }
+}
+
+/// [`super::rms_norm_modulate`], `weight` the norm's gain.
+pub fn rms_norm_modulate(
+    x: &Tensor<3>,
+    weight: &Tensor<1>,
+    shift: &Tensor<3>,
+    scale: &Tensor<3>,
+    eps: f32,
+) -> Option<Tensor<3>> {
+    let (tx, tw, tsh, tsc) = (take(x)?, take(weight)?, take(shift)?, take(scale)?);
+    let (vx, vw, vsh, vsc) = (values(&tx), values(&tw), values(&tsh), values(&tsc));
+    let out = cpu::rms_norm_modulate(slice(&vx), x.dims()[1], slice(&vw), slice(&vsh), slice(&vsc), eps);
+    let out = new(out, x.dims().to_vec());
+    Some(wrap(record(RmsNormModulate { eps }, [&tx, &tw, &tsh, &tsc], (vx, vw, vsc), out)))
+}
+
+#[derive(Debug)]
+struct RmsNormRope {
+    eps: f32,
+}
+
+impl Backward<Flex, 2> for RmsNormRope {
+    /// `(x, weight, cos, sin_signed)`.
+    type State = (FlexTensor, FlexTensor, FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = output_grad(&ops, grads);
+        let (x, weight, cos, sin) = &ops.state;
+        let dims = x.layout().shape().to_vec();
+        let (dx, dw) =
+            cpu::rms_norm_rope_backward(slice(x), dims[2], slice(weight), slice(cos), slice(sin), slice(&g), self.eps);
+        let [px, pw] = &ops.parents;
+        if let Some(parent) = px {
+            grads.register::<Flex>(parent.id, new(dx, dims.clone()));
+        }
+        if let Some(parent) = pw {
+            grads.register::<Flex>(parent.id, new(dw, vec![dims[3]]));
+        }
+    }
+}
+
+/// [`super::rms_norm_rope`] for `x` `[B, heads, T, head_dim]`.
+pub fn rms_norm_rope(
+    x: &Tensor<4>,
+    weight: &Tensor<1>,
+    cos: &Tensor<2>,
+    sin_signed: &Tensor<2>,
+    eps: f32,
+) -> Option<Tensor<4>> {
+    let (tx, tw) = (take(x)?, take(weight)?);
+    let (tcos, tsin) = (take(cos)?, take(sin_signed)?);
+    let (vx, vw, vcos, vsin) = (values(&tx), values(&tw), values(&tcos), values(&tsin));
+    let out = cpu::rms_norm_rope(slice(&vx), x.dims()[2], slice(&vw), slice(&vcos), slice(&vsin), eps);
+    let out = new(out, x.dims().to_vec());
+    Some(wrap(record(RmsNormRope { eps }, [&tx, &tw], (vx, vw, vcos, vsin), out)))
+}
