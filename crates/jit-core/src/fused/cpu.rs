@@ -1,8 +1,8 @@
 //! The CPU kernels of [`super`]: one pass over memory per operation, on contiguous f32 slices.
 //!
 //! Plain loops without branches (and without `mul_add`, a libm call where the target has no
-//! FMA, as in wasm32), so that LLVM vectorises them; on x86-64 each kernel is compiled a second
-//! time for AVX2 + FMA and picked at run time (`multiversion!`).
+//! FMA, as in wasm32), so that LLVM vectorises them; on x86-64 each kernel is also compiled
+//! for AVX-512 and for AVX2 + FMA, picked at run time (`multiversion!`).
 //! `exp` is a polynomial rather than libm's scalar `expf`, which alone took a fifth of the
 //! sampling time (docs/cpu.md). With the `rayon` feature, rows are split over rayon's pool, as
 //! burn's Flex backend does; without it everything runs on the calling thread (wasm).
@@ -76,8 +76,8 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
-/// Defines `fn $name(args)` compiled twice on x86-64: for AVX2 + FMA, picked at run time
-/// where the CPU has them, and for the baseline. (Elsewhere once: wasm32 is built with SIMD128
+/// Defines `fn $name(args)` compiled three times on x86-64: for AVX-512, for AVX2 + FMA and for
+/// the baseline, the widest the CPU has picked at run time. (Elsewhere once: wasm32 is built with SIMD128
 /// for the whole module, aarch64 always has NEON.)
 macro_rules! multiversion {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
@@ -87,11 +87,20 @@ macro_rules! multiversion {
             fn generic($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
                     generic($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
+                    // SAFETY: the CPU has the features `avx512` is compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if has!("avx2") && has!("fma") {
                     // SAFETY: the CPU has the features `avx2` is compiled for.
                     return unsafe { avx2($($arg),*) };
                 }
