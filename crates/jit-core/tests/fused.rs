@@ -6,6 +6,7 @@
 mod common;
 
 use burn::module::{Module, Param, ParamId};
+use burn::nn::DropoutConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use common::rel_l2;
 use jit_core::JitConfig;
@@ -85,6 +86,19 @@ fn the_kernels_are_taken_for_f32_flex_tensors_only() {
 fn softmax_matches_in_values_and_gradients() {
     // Rows of 72 (64 image + 8 in-context tokens), large logits.
     check("softmax", [random([2, 3, 72, 72], 6.0, 2)], |[s]| fused::softmax(s.clone(), 0.25));
+}
+
+#[test]
+fn attention_matches_in_values_and_gradients() {
+    // Head widths with a kernel (16, 32; 72 tokens is not a multiple of the score block) and
+    // without one (8, which takes the tensor ops everywhere).
+    for (heads, hd, tokens) in [(4, 16, 72), (3, 32, 13), (2, 8, 5)] {
+        let shape = [2, heads, tokens, hd];
+        let qkv = [random(shape, 1.5, 12), random(shape, 1.5, 13), random(shape, 1.0, 14)];
+        check(&format!("attention, head width {hd}"), qkv, |[q, k, v]| {
+            fused::attention(q.clone(), k.clone(), v.clone(), 0.25, &DropoutConfig::new(0.0).init())
+        });
+    }
 }
 
 #[test]

@@ -169,14 +169,126 @@ pub fn softmax_rows(x: &mut [f32], row_len: usize, scale: f32) {
     multiversion! {
         fn rows_kernel(rows: &mut [f32], row_len: usize, scale: f32) {
             for row in rows.chunks_exact_mut(row_len) {
-                let max = max_of(row);
-                row.iter_mut().for_each(|v| *v = exp((*v - max) * scale));
-                let inv = 1.0 / sum_by(row, |v| v);
-                row.iter_mut().for_each(|v| *v *= inv);
+                softmax_row(row, scale);
             }
         }
     }
     for_rows(x, row_len, &|_, rows| rows_kernel(rows, row_len, scale));
+}
+
+/// One row of [`softmax_rows`], in place.
+#[inline(always)]
+fn softmax_row(row: &mut [f32], scale: f32) {
+    let max = max_of(row);
+    row.iter_mut().for_each(|v| *v = exp((*v - max) * scale));
+    let inv = 1.0 / sum_by(row, |v| v);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Shapes of [`attention`]: `q`, `k`, `v` `[B, heads, T, head_dim]`.
+#[derive(Clone, Copy)]
+pub struct AttentionShape {
+    /// Batch size B.
+    pub batch: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Tokens T.
+    pub tokens: usize,
+    /// Channels per head.
+    pub head_dim: usize,
+}
+
+/// Head widths [`attention`] has kernels for (the presets' 16, 32 and 64).
+pub fn attention_supports(head_dim: usize) -> bool {
+    matches!(head_dim, 16 | 32 | 64)
+}
+
+/// Attention without gradients, one pass per query row: `softmax(scale·q·kᵀ)·v` for every head,
+/// written straight into token order `[B, T, heads·head_dim]` (the `proj` layer's input). The
+/// scores live in one row buffer, so neither the `[B, heads, T, T]` scores nor the transposes
+/// and copies around two batched matrix products are materialised. `head_dim` must be one of
+/// [`attention_supports`].
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) -> Vec<f32> {
+    multiversion! {
+        /// One batch element's `[T, heads·head_dim]` output rows.
+        fn kernel(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], heads: usize, tokens: usize, hd: usize, scale: f32) {
+            match hd {
+                16 => batch_attention::<16>(out, q, k, v, heads, tokens, scale),
+                32 => batch_attention::<32>(out, q, k, v, heads, tokens, scale),
+                64 => batch_attention::<64>(out, q, k, v, heads, tokens, scale),
+                _ => unreachable!("attention_supports"),
+            }
+        }
+    }
+    let AttentionShape { batch, heads, tokens, head_dim } = *shape;
+    let per_batch = heads * tokens * head_dim;
+    let mut out = vec![0.0; batch * per_batch];
+    // One "row" of `for_rows` is one batch element: `[T, heads·head_dim]` values.
+    for_rows(&mut out, per_batch, &|first, rows| {
+        for (r, o) in rows.chunks_exact_mut(per_batch).enumerate() {
+            let at = (first + r) * per_batch..(first + r + 1) * per_batch;
+            kernel(o, &q[at.clone()], &k[at.clone()], &v[at], heads, tokens, head_dim, scale);
+        }
+    });
+    out
+}
+
+/// Score columns computed at once (one register of accumulators).
+const BLOCK: usize = 16;
+
+/// [`attention`] for one batch element with head width `HD`: the accumulators of a block of
+/// scores and of one output row are fixed-size arrays, which stay in vector registers.
+#[inline(always)]
+fn batch_attention<const HD: usize>(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], heads: usize, tokens: usize, scale: f32) {
+    let d = heads * HD;
+    let padded = tokens.div_ceil(BLOCK) * BLOCK;
+    // kᵀ `[HD, padded]`, zero beyond the tokens: a block of scores is a sum of row pieces.
+    let mut k_t = vec![0.0f32; HD * padded];
+    let mut s = vec![0.0f32; padded];
+    for h in 0..heads {
+        let at = h * tokens * HD..(h + 1) * tokens * HD;
+        let (q, k, v) = (&q[at.clone()], &k[at.clone()], &v[at]);
+        for (j, kj) in k.chunks_exact(HD).enumerate() {
+            for (c, &x) in kj.iter().enumerate() {
+                k_t[c * padded + j] = x;
+            }
+        }
+        for (i, qi) in q.chunks_exact(HD).enumerate() {
+            let qi: &[f32; HD] = qi.try_into().expect("HD values");
+            for (jb, sb) in s.chunks_exact_mut(BLOCK).enumerate() {
+                let mut acc = [0.0f32; BLOCK];
+                for (c, &qc) in qi.iter().enumerate() {
+                    let kc: &[f32; BLOCK] = k_t[c * padded + jb * BLOCK..][..BLOCK].try_into().expect("a block");
+                    for jj in 0..BLOCK {
+                        acc[jj] += qc * kc[jj];
+                    }
+                }
+                sb.copy_from_slice(&acc);
+            }
+            let p = &mut s[..tokens];
+            softmax_row(p, scale);
+            // Four independent accumulators, so that the additions do not wait on each other.
+            let mut o = [[0.0f32; HD]; 4];
+            let (pc, vc) = (p.chunks_exact(4), v.chunks_exact(4 * HD));
+            for (&pj, vj) in pc.remainder().iter().zip(vc.remainder().chunks_exact(HD)) {
+                for c in 0..HD {
+                    o[0][c] += pj * vj[c];
+                }
+            }
+            for (p4, v4) in pc.zip(vc) {
+                for (u, (&pj, vj)) in p4.iter().zip(v4.chunks_exact(HD)).enumerate() {
+                    let vj: &[f32; HD] = vj.try_into().expect("HD values");
+                    for c in 0..HD {
+                        o[u][c] += pj * vj[c];
+                    }
+                }
+            }
+            let row = &mut out[i * d + h * HD..][..HD];
+            for c in 0..HD {
+                row[c] = (o[0][c] + o[1][c]) + (o[2][c] + o[3][c]);
+            }
+        }
+    }
 }
 
 /// Gradient of [`softmax_rows`]: from the probabilities `p` and the output gradient `g`,

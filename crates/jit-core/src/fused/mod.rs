@@ -16,6 +16,7 @@
 mod autodiff;
 pub mod cpu;
 
+use burn::nn::Dropout;
 use burn::tensor::Tensor;
 
 use crate::model::block::modulate;
@@ -47,6 +48,20 @@ pub fn softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
         return p;
     }
     burn::tensor::activation::softmax(scores.mul_scalar(scale), 3)
+}
+
+/// Multi-head attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, head_dim]`,
+/// returned in token order `[B, T, heads·head_dim]`; `attn_drop` on the probabilities (training
+/// only).
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, attn_drop: &Dropout) -> Tensor<3> {
+    let [b, h, t, hd] = q.dims();
+    #[cfg(feature = "flex")]
+    if let (true, Some(vq), Some(vk), Some(vv)) = (cpu::attention_supports(hd), flex::read(&q), flex::read(&k), flex::read(&v)) {
+        let shape = cpu::AttentionShape { batch: b, heads: h, tokens: t, head_dim: hd };
+        return flex::wrap(cpu::attention(vq.values(), vk.values(), vv.values(), &shape, scale as f32), [b, t, h * hd]);
+    }
+    let attn = attn_drop.forward(softmax(q.matmul(k.swap_dims(2, 3)), scale));
+    attn.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd])
 }
 
 /// `SiLU(x)`.

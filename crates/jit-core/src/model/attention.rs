@@ -48,13 +48,11 @@ impl Attention {
     /// `x` `[B, T, D]` with RoPE tables for T tokens → `[B, T, D]` (`qkv` and `proj` in `mm`'s
     /// type; scores, softmax and the weighted sum in f32, as the reference).
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
-        let [b, t, d] = x.dims();
+        let [_, _, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
         let qkv = mm.linear(&self.qkv, x);
         let (q, k, v) = fused::qkv_heads(qkv, h, &self.q_norm, &self.k_norm, rope);
-        let scores = q.matmul(k.swap_dims(2, 3));
-        let attn = self.attn_drop.forward(fused::softmax(scores, 1.0 / (hd as f64).sqrt()));
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        let out = fused::attention(q, k, v, 1.0 / (hd as f64).sqrt(), &self.attn_drop);
         self.proj_drop.forward(mm.linear(&self.proj, out))
     }
 }
