@@ -487,32 +487,43 @@ multiversion! {
     fn head_rows(out: &mut [f32], first: usize, p: &HeadPart) {
         let l = p.layout;
         let hd = l.head_dim;
-        for (r, o) in out.chunks_exact_mut(hd).enumerate() {
-            // Rows of the output are (b, h, t) in order.
-            let row = first + r;
-            let (t, bh) = (row % l.tokens, row / l.tokens);
+        let mut scratch = vec![0.0f32; 2 * hd];
+        // Rows of the output are (b, h, t) in order: counters instead of a division per row.
+        let (mut t, mut bh) = (first % l.tokens, first / l.tokens);
+        for o in out.chunks_exact_mut(hd) {
             let (b, h) = (bh / l.heads, bh % l.heads);
             let src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
-            let Some((weight, eps)) = p.norm else {
-                o.copy_from_slice(src);
-                continue;
-            };
-            let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);
-            norm_rope_row(o, src, weight, cos, sin, eps);
+            match p.norm {
+                None => o.copy_from_slice(src),
+                Some((weight, eps)) => {
+                    let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);
+                    norm_rope_row(o, src, weight, cos, sin, eps, &mut scratch);
+                }
+            }
+            t += 1;
+            if t == l.tokens {
+                (t, bh) = (0, bh + 1);
+            }
         }
     }
 }
 
 /// One row of RMSNorm (gain `weight`) then RoPE: `o = n·cos + swap_pairs(n)·sin_signed`,
-/// `n = x / rms(x) · weight`.
+/// `n = x / rms(x) · weight`. `scratch` holds `2·head_dim` values (n and its swapped pairs), so
+/// that every loop is element-wise and vectorises.
 #[inline(always)]
-fn norm_rope_row(o: &mut [f32], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+fn norm_rope_row(o: &mut [f32], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32, scratch: &mut [f32]) {
     let inv = inv_rms(x, eps);
-    let pairs = o.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(weight.chunks_exact(2));
-    for (((o, x), w), (c, s)) in pairs.zip(cos.chunks_exact(2).zip(sin.chunks_exact(2))) {
-        let (n0, n1) = (x[0] * inv * w[0], x[1] * inv * w[1]);
-        o[0] = n0 * c[0] + n1 * s[0];
-        o[1] = n1 * c[1] + n0 * s[1];
+    let (n, swapped) = scratch.split_at_mut(x.len());
+    for ((n, &x), &w) in n.iter_mut().zip(x).zip(weight) {
+        *n = x * inv * w;
+    }
+    for (s, n) in swapped.chunks_exact_mut(2).zip(n.chunks_exact(2)) {
+        s[0] = n[1];
+        s[1] = n[0];
+    }
+    for ((((o, &n), &s), &c), &sn) in o.iter_mut().zip(n.iter()).zip(swapped.iter()).zip(cos).zip(sin) {
+        *o = n * c + s * sn;
     }
 }
 
@@ -523,9 +534,11 @@ pub fn rms_norm_rope(x: &[f32], tokens: usize, weight: &[f32], cos: &[f32], sin_
     multiversion! {
         fn kernel(out: &mut [f32], x: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
             let hd = weight.len();
-            for (r, (o, xs)) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
-                let t = (first + r) % tokens;
-                norm_rope_row(o, xs, weight, &cos[t * hd..][..hd], &sin[t * hd..][..hd], eps);
+            let mut scratch = vec![0.0f32; 2 * hd];
+            let mut t = first % tokens;
+            for (o, xs) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)) {
+                norm_rope_row(o, xs, weight, &cos[t * hd..][..hd], &sin[t * hd..][..hd], eps, &mut scratch);
+                t = if t + 1 == tokens { 0 } else { t + 1 };
             }
         }
     }
