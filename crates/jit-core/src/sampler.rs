@@ -55,10 +55,7 @@ pub fn guided_velocity<N: Network>(
         let zz = Tensor::cat(vec![z.clone(), z.clone()], 0);
         let out = net.predict(zz.clone(), tt.clone(), Tensor::cat(vec![labels, null], 0));
         let v = Prediction::new(out, zz, tt, diffusion.prediction, diffusion.t_eps).v();
-        let mut halves = v.chunk(2, 0);
-        let v_uncond = halves.pop().expect("two halves");
-        let v_cond = halves.pop().expect("two halves");
-        v_uncond.clone().add(v_cond.sub(v_uncond).mul_scalar(scale))
+        crate::fused::cfg_mix(v, scale)
     };
     let x_hat = z.add(v.clone().mul_scalar(1.0 - t as f64));
     (v, x_hat)

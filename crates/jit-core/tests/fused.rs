@@ -102,6 +102,11 @@ fn attention_matches_in_values_and_gradients() {
 }
 
 #[test]
+fn the_guidance_mix_matches() {
+    check("cfg_mix", [random([6, 3, 4, 4], 1.0, 15)], |[v]| fused::cfg_mix(v.clone(), 2.9));
+}
+
+#[test]
 fn silu_and_the_swiglu_gate_match() {
     check("silu", [random([4, 40], 3.0, 3)], |[c]| fused::silu(c.clone()));
     check("silu_gate", [random([2, 9, 2 * 37], 2.0, 4)], |[h]| fused::silu_gate(h.clone()));

@@ -313,6 +313,26 @@ pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -
     out
 }
 
+/// Classifier-free guidance: from velocities `v` `[2B, …]` (conditional half first, then the
+/// unconditional half), `v_u + scale·(v_c − v_u)` `[B, …]`.
+pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [f32], cond: &[f32], uncond: &[f32], scale: f32) {
+            for ((o, &c), &u) in out.iter_mut().zip(cond).zip(uncond) {
+                *o = u + scale * (c - u);
+            }
+        }
+    }
+    let half = v.len() / 2;
+    let (cond, uncond) = v.split_at(half);
+    let mut out = vec![0.0; half];
+    for_rows(&mut out, 1, &|first, rows| {
+        let at = first..first + rows.len();
+        kernel(rows, &cond[at.clone()], &uncond[at], scale)
+    });
+    out
+}
+
 /// In place: `x ← SiLU(x)`.
 pub fn silu_inplace(x: &mut [f32]) {
     multiversion! {

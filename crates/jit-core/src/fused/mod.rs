@@ -64,6 +64,21 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, attn_drop
     attn.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd])
 }
 
+/// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, C, H, W]`, the
+/// conditional velocities first, then the unconditional ones.
+pub fn cfg_mix(v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let [b2, c, h, w] = v.dims();
+    #[cfg(feature = "flex")]
+    if let Some(t) = flex::read(&v) {
+        return flex::wrap(cpu::cfg_mix(t.values(), scale as f32), [b2 / 2, c, h, w]);
+    }
+    let _ = (b2, c, h, w);
+    let mut halves = v.chunk(2, 0);
+    let v_uncond = halves.pop().expect("two halves");
+    let v_cond = halves.pop().expect("two halves");
+    v_uncond.clone().add(v_cond.sub(v_uncond).mul_scalar(scale))
+}
+
 /// `SiLU(x)`.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
