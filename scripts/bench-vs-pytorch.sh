@@ -2,7 +2,7 @@
 # Both sides on this machine's CPU: `jit-native bench --backend cpu` against the official PyTorch
 # code on the same work (`../shared/bench/bench_ref_cpu.py`: JiT-T/4 and JiT-S/4 at 32², batch
 # 32 training, 16 samples with 50 Heun steps and CFG 2.9 on (0.1, 1)), alternating, ROUNDS
-# rounds each (default 2), every run on all cores. Prints one Markdown table of the ranges and
+# rounds each (default 3), every run on all cores. Prints one Markdown table of the ranges and
 # the ratios of the medians.
 #
 #   bash scripts/bench-vs-pytorch.sh PYTHON REF_DIR [ROUNDS]
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 python=${1:?usage: bench-vs-pytorch.sh PYTHON REF_DIR [ROUNDS]}
 ref=${2:?usage: bench-vs-pytorch.sh PYTHON REF_DIR [ROUNDS]}
-rounds=${3:-2}
+rounds=${3:-3}
 bin="$CARGO_TARGET_DIR/release/jit-native"
 script=../shared/bench/bench_ref_cpu.py
 [ -x "$bin" ] || { echo "build the runner first: cargo build --release -p jit-native" >&2; exit 2; }
@@ -37,7 +37,8 @@ done
 
 # min–max of column $3 for model $2 in file $1; median with `med`.
 range() { awk -v m="$2" -v c="$3" '$1 == m {print $c}' "$1" | sort -g | awk '{a[NR]=$1} END {print a[1] "–" a[NR]}'; }
-med() { awk -v m="$2" -v c="$3" '$1 == m {print $c}' "$1" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+med() { awk -v m="$2" -v c="$3" '$1 == m {print $c}' "$1" | sort -g |
+  awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f×", a / b}'; }
 
 echo "| model (32², $threads threads) | train img/s ours | PyTorch | ours ÷ PyTorch | sample img/s ours | PyTorch | ours ÷ PyTorch |"
