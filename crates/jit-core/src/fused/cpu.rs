@@ -579,35 +579,42 @@ pub fn rms_norm_rope_backward(
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>) {
     multiversion! {
-        fn kernel(dx: &mut [f32], dw: &mut [f32], x: &[f32], g: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+        /// `sin_pairs` is `sin_signed` with its pairs swapped.
+        fn kernel(dx: &mut [f32], dw: &mut [f32], x: &[f32], g: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin_pairs: &[f32], eps: f32) {
             let hd = weight.len();
-            let mut dn = vec![0.0f32; hd];
-            let rows = dx.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).zip(g.chunks_exact(hd));
-            for (r, ((dx, xs), g)) in rows.enumerate() {
-                let t = (first + r) % tokens;
-                let (c, s) = (&cos[t * hd..][..hd], &sin[t * hd..][..hd]);
+            let mut scratch = vec![0.0f32; 2 * hd];
+            let (g_pairs, dn) = scratch.split_at_mut(hd);
+            let mut t = first % tokens;
+            for ((dx, xs), g) in dx.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).zip(g.chunks_exact(hd)) {
+                let (c, s) = (&cos[t * hd..][..hd], &sin_pairs[t * hd..][..hd]);
+                t = if t + 1 == tokens { 0 } else { t + 1 };
                 let inv = inv_rms(xs, eps);
-                for i in (0..hd).step_by(2) {
-                    // Through RoPE (its transpose), then the gain.
-                    let du0 = g[i] * c[i] + g[i + 1] * s[i + 1];
-                    let du1 = g[i] * s[i] + g[i + 1] * c[i + 1];
-                    dw[i] += du0 * xs[i] * inv;
-                    dw[i + 1] += du1 * xs[i + 1] * inv;
-                    dn[i] = du0 * weight[i];
-                    dn[i + 1] = du1 * weight[i + 1];
+                for (gp, g) in g_pairs.chunks_exact_mut(2).zip(g.chunks_exact(2)) {
+                    gp[0] = g[1];
+                    gp[1] = g[0];
                 }
-                let mean = sum_by_pairs(&dn, xs) * inv / hd as f32;
-                for ((dx, &dn), &v) in dx.iter_mut().zip(&dn).zip(xs) {
+                // Through RoPE's transpose (du_c = g_c·cos_c + g_c'·sin_c', c' = c's pair), then
+                // the gain.
+                let terms = dn.iter_mut().zip(dw.iter_mut()).zip(g.iter().zip(g_pairs.iter())).zip(c.iter().zip(s));
+                for (((((dn, dw), (&g, &gp)), (&c, &s)), &v), &w) in terms.zip(xs).zip(weight) {
+                    let du = g * c + gp * s;
+                    *dw += du * v * inv;
+                    *dn = du * w;
+                }
+                let mean = sum_by_pairs(dn, xs) * inv / hd as f32;
+                for ((dx, &dn), &v) in dx.iter_mut().zip(dn.iter()).zip(xs) {
                     *dx = inv * (dn - v * inv * mean);
                 }
             }
         }
     }
     let hd = weight.len();
+    let mut sin_pairs = sin_signed.to_vec();
+    sin_pairs.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
     let mut dx = vec![0.0; x.len()];
     let dw = for_rows_sum(&mut dx, hd, hd, &|first, rows, dw| {
         let at = first * hd..first * hd + rows.len();
-        kernel(rows, dw, &x[at.clone()], &g[at], first, tokens, weight, cos, sin_signed, eps)
+        kernel(rows, dw, &x[at.clone()], &g[at], first, tokens, weight, cos, &sin_pairs, eps)
     });
     (dx, dw)
 }
