@@ -444,11 +444,7 @@ pub fn rms_norm_modulate_backward(
                     dw[i] += g[i] * n * (1.0 + sc[i]);
                     dn[i] = g[i] * weight[i] * (1.0 + sc[i]);
                 }
-                // dx = inv·(dn − n·mean(dn·n)).
-                let mean = sum_by_pairs(&dn, xs) * inv / d as f32;
-                for ((dx, &dn), &v) in dx.iter_mut().zip(&dn).zip(xs) {
-                    *dx = inv * (dn - v * inv * mean);
-                }
+                rms_norm_input_grad(dx, &dn, xs, inv);
             }
         }
     }
@@ -463,6 +459,16 @@ pub fn rms_norm_modulate_backward(
     let dshift = acc[d..d + batch * d].to_vec();
     let dscale = acc[d + batch * d..].to_vec();
     (dx, dw, dshift, dscale)
+}
+
+/// RMSNorm's input gradient for one row: `dx = inv·(dn − n·mean(dn·n))` with `n = x·inv`, from
+/// the gradient `dn` with respect to the normalised row.
+#[inline(always)]
+fn rms_norm_input_grad(dx: &mut [f32], dn: &[f32], x: &[f32], inv: f32) {
+    let mean = sum_by_pairs(dn, x) * inv / x.len() as f32;
+    for ((dx, &dn), &v) in dx.iter_mut().zip(dn).zip(x) {
+        *dx = inv * (dn - v * inv * mean);
+    }
 }
 
 /// `Σ a·b` in [`LANES`] partial sums.
@@ -601,10 +607,7 @@ pub fn rms_norm_rope_backward(
                     *dw += du * v * inv;
                     *dn = du * w;
                 }
-                let mean = sum_by_pairs(dn, xs) * inv / hd as f32;
-                for ((dx, &dn), &v) in dx.iter_mut().zip(dn.iter()).zip(xs) {
-                    *dx = inv * (dn - v * inv * mean);
-                }
+                rms_norm_input_grad(dx, dn, xs, inv);
             }
         }
     }
