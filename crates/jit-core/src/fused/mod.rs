@@ -1,11 +1,12 @@
-//! Fused operations: the network's hot element-wise chains, each one switch between two
-//! implementations of the same math.
+//! Fused operations: the network's hot element-wise chains (and, for sampling, attention and the
+//! CFG mix), each one switch between two implementations of the same math.
 //!
 //! - The tensor-op path, written in the model files (`RmsNorm::forward`, `modulate`,
 //!   `Rope::forward`, …): it runs on GPUs, under autodiff (training), and in every build.
 //! - One pass over memory on burn's CPU backend (Flex), for f32 tensors: the kernels in [`cpu`],
 //!   straight on the values outside autodiff (sampling, evaluation, the browser's CPU fallback),
-//!   and as custom autodiff operations with gradient kernels in training. On these
+//!   and, for softmax, the SwiGLU gate and the two norms, as custom autodiff operations with
+//!   gradient kernels in training. On these
 //!   shapes (≈70 tokens, width 64–384) the unfused chains spent more time moving memory and in
 //!   scalar `expf` than in the matrix products (docs/cpu.md).
 //!
