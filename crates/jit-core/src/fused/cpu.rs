@@ -82,16 +82,20 @@ fn silu(x: f32) -> f32 {
 macro_rules! multiversion {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
+        #[allow(clippy::too_many_arguments)] // kernels take their slices and sizes one by one
         fn $name($($arg: $ty),*) {
             #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
             fn generic($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 fn avx512($($arg: $ty),*) {
                     generic($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) {
                     generic($($arg),*)
                 }
@@ -110,9 +114,15 @@ macro_rules! multiversion {
     };
 }
 
+/// A kernel over a chunk of rows: `(first_row, rows)`.
+type RowKernel<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+
+/// A kernel over a chunk of rows that also adds into an accumulator: `(first_row, rows, acc)`.
+type RowSumKernel<'a> = dyn Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a;
+
 /// Runs `kernel(first_row, rows)` over `out`, a whole number of rows of `row_len` values, split
 /// into chunks of rows across threads where that pays.
-fn for_rows(out: &mut [f32], row_len: usize, kernel: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+fn for_rows(out: &mut [f32], row_len: usize, kernel: &RowKernel) {
     if row_len == 0 || out.is_empty() {
         return;
     }
@@ -136,7 +146,7 @@ fn for_rows_sum(
     out: &mut [f32],
     row_len: usize,
     acc_len: usize,
-    kernel: &(dyn Fn(usize, &mut [f32], &mut [f32]) + Sync),
+    kernel: &RowSumKernel,
 ) -> Vec<f32> {
     let mut total = vec![0.0; acc_len];
     if row_len == 0 || out.is_empty() {

@@ -222,6 +222,7 @@ mod flex {
     }
 
     /// [`read`], taking the tensor (so that its values can change in place), or giving it back.
+    #[allow(clippy::result_large_err)] // the error is the caller's own tensor, handed back
     pub fn take<const D: usize>(t: Tensor<D>) -> Result<Values, Tensor<D>> {
         #[allow(unreachable_patterns)] // single-backend builds have only the Flex variant
         match t.into_dispatch() {
