@@ -56,6 +56,18 @@ fn output_grad<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> Fle
     contiguous(grads.consume::<Flex>(&ops.node))
 }
 
+/// The backward pass of a one-input operation whose state has the input's shape: registers the
+/// input's gradient `grad(state values, state's last dimension, output gradient)`.
+fn unary_backward(ops: Ops<FlexTensor, 1>, grads: &mut Gradients, grad: impl FnOnce(&[f32], usize, &[f32]) -> Vec<f32>) {
+    let g = output_grad(&ops, grads);
+    if let [Some(parent)] = &ops.parents {
+        let shape = ops.state.layout().shape().to_vec();
+        let last = *shape.last().expect("a shaped tensor");
+        let d = grad(slice(&ops.state), last, slice(&g));
+        grads.register::<Flex>(parent.id, new(d, shape));
+    }
+}
+
 #[derive(Debug)]
 struct Softmax {
     scale: f32,
@@ -66,13 +78,7 @@ impl Backward<Flex, 1> for Softmax {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = output_grad(&ops, grads);
-        if let [Some(parent)] = &ops.parents {
-            let p = &ops.state;
-            let row = *p.layout().shape().last().expect("rank 4");
-            let d = cpu::softmax_rows_backward(slice(p), slice(&g), row, self.scale);
-            grads.register::<Flex>(parent.id, new(d, p.layout().shape().to_vec()));
-        }
+        unary_backward(ops, grads, |p, row, g| cpu::softmax_rows_backward(p, g, row, self.scale));
     }
 }
 
@@ -95,13 +101,7 @@ impl Backward<Flex, 1> for SiluGate {
     type State = FlexTensor;
 
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = output_grad(&ops, grads);
-        if let [Some(parent)] = &ops.parents {
-            let h = &ops.state;
-            let hidden = h.layout().shape().last().expect("rank 3") / 2;
-            let d = cpu::silu_gate_backward(slice(h), slice(&g), hidden);
-            grads.register::<Flex>(parent.id, new(d, h.layout().shape().to_vec()));
-        }
+        unary_backward(ops, grads, |h, last, g| cpu::silu_gate_backward(h, g, last / 2));
     }
 }
 

@@ -139,6 +139,13 @@ fn for_rows(out: &mut [f32], row_len: usize, kernel: &RowKernel) {
     kernel(0, out)
 }
 
+/// A new buffer of `len` values, filled by [`for_rows`] with `kernel`.
+fn new_rows(len: usize, row_len: usize, kernel: &RowKernel) -> Vec<f32> {
+    let mut out = vec![0.0; len];
+    for_rows(&mut out, row_len, kernel);
+    out
+}
+
 /// [`for_rows`] for kernels that also accumulate `acc_len` sums (weight gradients): each chunk
 /// of rows adds into its own zeroed accumulator, and the chunks' sums are added in row order,
 /// so the result does not depend on the thread count's timing.
@@ -232,15 +239,13 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale:
     }
     let AttentionShape { batch, heads, tokens, head_dim } = *shape;
     let per_batch = heads * tokens * head_dim;
-    let mut out = vec![0.0; batch * per_batch];
-    // One "row" of `for_rows` is one batch element: `[T, heads·head_dim]` values.
-    for_rows(&mut out, per_batch, &|first, rows| {
+    // One "row" is one batch element: `[T, heads·head_dim]` values.
+    new_rows(batch * per_batch, per_batch, &|first, rows| {
         for (r, o) in rows.chunks_exact_mut(per_batch).enumerate() {
             let at = (first + r) * per_batch..(first + r + 1) * per_batch;
             kernel(o, &q[at.clone()], &k[at.clone()], &v[at], heads, tokens, head_dim, scale);
         }
-    });
-    out
+    })
 }
 
 /// Score columns computed at once (one register of accumulators).
@@ -315,12 +320,10 @@ pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -
             }
         }
     }
-    let mut out = vec![0.0; p.len()];
-    for_rows(&mut out, row_len, &|first, rows| {
+    new_rows(p.len(), row_len, &|first, rows| {
         let at = first * row_len..first * row_len + rows.len();
         kernel(rows, &p[at.clone()], &g[at], row_len, scale)
-    });
-    out
+    })
 }
 
 /// Classifier-free guidance: from velocities `v` `[2B, …]` (conditional half first, then the
@@ -335,12 +338,10 @@ pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
     }
     let half = v.len() / 2;
     let (cond, uncond) = v.split_at(half);
-    let mut out = vec![0.0; half];
-    for_rows(&mut out, 1, &|first, rows| {
+    new_rows(half, 1, &|first, rows| {
         let at = first..first + rows.len();
         kernel(rows, &cond[at.clone()], &uncond[at], scale)
-    });
-    out
+    })
 }
 
 /// In place: `x ← SiLU(x)`.
@@ -365,9 +366,7 @@ pub fn silu_gate(h: &[f32], hidden: usize) -> Vec<f32> {
             }
         }
     }
-    let mut out = vec![0.0; h.len() / 2];
-    for_rows(&mut out, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden));
-    out
+    new_rows(h.len() / 2, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden))
 }
 
 /// Gradient of [`silu_gate`] with respect to `h` (rows of `2·hidden`), from the output gradient
@@ -387,11 +386,9 @@ pub fn silu_gate_backward(h: &[f32], g: &[f32], hidden: usize) -> Vec<f32> {
             }
         }
     }
-    let mut out = vec![0.0; h.len()];
-    for_rows(&mut out, 2 * hidden, &|first, rows| {
+    new_rows(h.len(), 2 * hidden, &|first, rows| {
         kernel(rows, &h[first * 2 * hidden..], &g[first * hidden..], hidden)
-    });
-    out
+    })
 }
 
 /// `1 / sqrt(mean(x²) + eps)` of one row.
@@ -418,9 +415,7 @@ pub fn rms_norm_modulate(x: &[f32], tokens: usize, weight: &[f32], shift: &[f32]
         }
     }
     let d = weight.len();
-    let mut out = vec![0.0; x.len()];
-    for_rows(&mut out, d, &|first, rows| kernel(rows, &x[first * d..], first, tokens, weight, shift, scale, eps));
-    out
+    new_rows(x.len(), d, &|first, rows| kernel(rows, &x[first * d..], first, tokens, weight, shift, scale, eps))
 }
 
 /// Gradients of [`rms_norm_modulate`] from the output gradient `g` `[B, T, D]`:
@@ -579,9 +574,7 @@ pub fn rms_norm_rope(x: &[f32], tokens: usize, weight: &[f32], cos: &[f32], sin_
         }
     }
     let hd = weight.len();
-    let mut out = vec![0.0; x.len()];
-    for_rows(&mut out, hd, &|first, rows| kernel(rows, &x[first * hd..], first, tokens, weight, cos, sin_signed, eps));
-    out
+    new_rows(x.len(), hd, &|first, rows| kernel(rows, &x[first * hd..], first, tokens, weight, cos, sin_signed, eps))
 }
 
 /// Gradients of [`rms_norm_rope`] from the output gradient `g`: `(dx, dweight)`.
@@ -647,9 +640,7 @@ pub fn qkv_heads(
     let l = layout;
     let part = |which: usize, norm: Option<(&[f32], f32)>| {
         let p = HeadPart { qkv, layout, which, norm, cos, sin_signed };
-        let mut out = vec![0.0; l.batch * l.heads * l.tokens * l.head_dim];
-        for_rows(&mut out, l.head_dim, &|first, rows| head_rows(rows, first, &p));
-        out
+        new_rows(l.batch * l.heads * l.tokens * l.head_dim, l.head_dim, &|first, rows| head_rows(rows, first, &p))
     };
     [part(0, Some((q_weight, eps))), part(1, Some((k_weight, eps))), part(2, None)]
 }

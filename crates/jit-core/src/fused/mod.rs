@@ -21,7 +21,9 @@ use burn::nn::Dropout;
 use burn::tensor::Tensor;
 
 use crate::model::block::modulate;
-use crate::model::norm::{RMS_EPS, RmsNorm};
+use crate::model::norm::RmsNorm;
+#[cfg(feature = "flex")]
+use crate::model::norm::RMS_EPS;
 use crate::model::rope::Rope;
 
 /// Whether the operations here take the CPU kernels for `x` (an f32 tensor on Flex, outside
@@ -68,12 +70,11 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, attn_drop
 /// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, C, H, W]`, the
 /// conditional velocities first, then the unconditional ones.
 pub fn cfg_mix(v: Tensor<4>, scale: f64) -> Tensor<4> {
-    let [b2, c, h, w] = v.dims();
     #[cfg(feature = "flex")]
     if let Some(t) = flex::read(&v) {
+        let [b2, c, h, w] = v.dims();
         return flex::wrap(cpu::cfg_mix(t.values(), scale as f32), [b2 / 2, c, h, w]);
     }
-    let _ = (b2, c, h, w);
     let mut halves = v.chunk(2, 0);
     let v_uncond = halves.pop().expect("two halves");
     let v_cond = halves.pop().expect("two halves");
@@ -95,16 +96,15 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 /// SwiGLU's gate: `h` `[B, N, 2·hidden]` = `(x1, x2)` → `SiLU(x1)·x2` `[B, N, hidden]`.
 pub fn silu_gate(h: Tensor<3>) -> Tensor<3> {
-    let [b, n, two_hidden] = h.dims();
     #[cfg(feature = "flex")]
     if let Some(t) = flex::read(&h) {
+        let [b, n, two_hidden] = h.dims();
         return flex::wrap(cpu::silu_gate(t.values(), two_hidden / 2), [b, n, two_hidden / 2]);
     }
     #[cfg(feature = "flex")]
     if let Some(out) = autodiff::silu_gate(&h) {
         return out;
     }
-    let _ = (b, n, two_hidden);
     let mut halves = h.chunk(2, 2);
     let x2 = halves.pop().expect("two halves");
     let x1 = halves.pop().expect("two halves");
