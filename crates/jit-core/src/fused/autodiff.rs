@@ -22,6 +22,9 @@ type AdTensor = FloatTensor<Autodiff<Flex>>;
 
 /// `t` as a tracked Flex f32 tensor, or `None`.
 fn take<const D: usize>(t: &Tensor<D>) -> Option<AdTensor> {
+    if !super::enabled() {
+        return None;
+    }
     let ad = t.clone().try_into_primitive::<Autodiff<Flex>>().ok()?;
     (ad.primitive().dtype() == DType::F32).then_some(ad)
 }

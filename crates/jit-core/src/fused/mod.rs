@@ -10,29 +10,60 @@
 //!   shapes (≈70 tokens, width 64–384) the unfused chains spent more time moving memory and in
 //!   scalar `expf` than in the matrix products (docs/cpu.md).
 //!
+//! - On GPUs (burn's cubecl backend, f32, outside autodiff: sampling, the browser on WebGPU):
+//!   the project's CubeCL kernels in `shaders/` (crate `jit-shaders`) for RMSNorm + modulate,
+//!   qk-norm + RoPE and the CFG mix.
+//!
 //! Each function takes the path its input's device and autodiff state select; the results agree
-//! to float rounding (tests/fused.rs compares them on every op).
+//! to float rounding (tests/fused.rs and tests/shaders.rs compare them on every op).
+//! [`set_enabled`]`(false)` sends everything to the tensor ops (for benchmarks).
 
 #[cfg(feature = "flex")]
 mod autodiff;
 pub mod cpu;
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
+#[cfg(feature = "wgpu")]
+use burn::backend::Dispatch;
 use burn::nn::Dropout;
 use burn::tensor::Tensor;
+#[cfg(feature = "wgpu")]
+use jit_shaders::ShaderOps;
 
 use crate::model::block::modulate;
 use crate::model::norm::RmsNorm;
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "wgpu"))]
 use crate::model::norm::RMS_EPS;
 use crate::model::rope::Rope;
 
-/// Whether the operations here take the CPU kernels for `x` (an f32 tensor on Flex, outside
-/// autodiff or in autodiff without gradient checkpointing) rather than the tensor-op path.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused paths on (the default) or off process-wide; off, every operation here takes
+/// the tensor ops (`bench --no-fused` measures what the kernels gain).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused paths are on ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether the operations here take a kernel for `x`: an f32 tensor on Flex (outside autodiff,
+/// or in autodiff without gradient checkpointing), or, for the GPU kernels, an f32 tensor on a
+/// GPU outside autodiff.
 pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
-    return flex::read(x).is_some() || autodiff::accepts(x);
-    #[cfg(not(feature = "flex"))]
-    return { let _ = x; false };
+    if flex::read(x).is_some() || autodiff::accepts(x) {
+        return true;
+    }
+    #[cfg(feature = "wgpu")]
+    if gpu::accepts(x) {
+        return true;
+    }
+    let _ = x;
+    false
 }
 
 /// `softmax(scale·scores)` over the last dimension (the attention probabilities).
@@ -74,6 +105,10 @@ pub fn cfg_mix(v: Tensor<4>, scale: f64) -> Tensor<4> {
     if let Some(t) = flex::read(&v) {
         let [b2, c, h, w] = v.dims();
         return flex::wrap(cpu::cfg_mix(t.values(), scale as f32), [b2 / 2, c, h, w]);
+    }
+    #[cfg(feature = "wgpu")]
+    if gpu::accepts(&v) {
+        return Tensor::from_dispatch(Dispatch::cfg_mix(v.into_dispatch(), scale as f32));
     }
     let mut halves = v.chunk(2, 0);
     let v_uncond = halves.pop().expect("two halves");
@@ -124,6 +159,12 @@ pub fn rms_norm_modulate(norm: &RmsNorm, x: Tensor<3>, shift: Tensor<3>, scale: 
     if let Some(out) = autodiff::rms_norm_modulate(&x, &norm.weight.val(), &shift, &scale, RMS_EPS) {
         return out;
     }
+    #[cfg(feature = "wgpu")]
+    if [&x, &shift, &scale].into_iter().all(gpu::accepts) && gpu::accepts(&norm.weight.val()) {
+        let (x, w, shift, scale) =
+            (x.into_dispatch(), norm.weight.val().into_dispatch(), shift.into_dispatch(), scale.into_dispatch());
+        return Tensor::from_dispatch(Dispatch::rms_norm_modulate(x, w, shift, scale, RMS_EPS));
+    }
     modulate(norm.forward(x), shift, scale)
 }
 
@@ -151,6 +192,23 @@ pub fn qkv_heads(
         let shape = [b, heads, t, hd];
         return (flex::wrap(q, shape), flex::wrap(k, shape), flex::wrap(v, shape));
     }
+    #[cfg(feature = "wgpu")]
+    if gpu::accepts(&qkv)
+        && [&q_norm.weight.val(), &k_norm.weight.val()].into_iter().all(gpu::accepts)
+        && [&rope.cos, &rope.sin_signed].into_iter().all(gpu::accepts)
+    {
+        let out = Dispatch::qkv_heads(
+            qkv.into_dispatch(),
+            q_norm.weight.val().into_dispatch(),
+            k_norm.weight.val().into_dispatch(),
+            rope.cos.clone().into_dispatch(),
+            rope.sin_signed.clone().into_dispatch(),
+            heads,
+            RMS_EPS,
+        );
+        let mut parts = Tensor::<5>::from_dispatch(out).chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0));
+        return (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    }
     let qkv = qkv.reshape([b, t, 3, heads, hd]).permute([2, 0, 3, 1, 4]);
     let mut parts = qkv.chunk(3, 0).into_iter().map(|p| p.squeeze_dim::<4>(0));
     let (q, k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
@@ -164,6 +222,24 @@ pub fn rms_norm_rope(norm: &RmsNorm, rope: &Rope, x: Tensor<4>) -> Tensor<4> {
         return out;
     }
     rope.forward(norm.forward(x))
+}
+
+/// Which tensors the GPU kernels take.
+#[cfg(feature = "wgpu")]
+mod gpu {
+    use burn::backend::{DispatchAutodiffContext, DispatchTensor, DispatchTensorKind};
+    use burn::tensor::{DType, Tensor};
+
+    /// Whether `t` is an f32 tensor on burn's cubecl backend (a GPU through wgpu) outside
+    /// autodiff, and the fused paths are on.
+    pub fn accepts<const D: usize>(t: &Tensor<D>) -> bool {
+        super::enabled()
+            && t.dtype() == DType::F32
+            && matches!(
+                t.clone().into_dispatch(),
+                DispatchTensor { kind: DispatchTensorKind::Cube(_), autodiff: DispatchAutodiffContext::Disabled }
+            )
+    }
 }
 
 /// Access to Flex tensors behind burn's run-time dispatch.
@@ -224,6 +300,9 @@ mod flex {
     /// [`read`], taking the tensor (so that its values can change in place), or giving it back.
     #[allow(clippy::result_large_err)] // the error is the caller's own tensor, handed back
     pub fn take<const D: usize>(t: Tensor<D>) -> Result<Values, Tensor<D>> {
+        if !super::enabled() {
+            return Err(t);
+        }
         #[allow(unreachable_patterns)] // single-backend builds have only the Flex variant
         match t.into_dispatch() {
             DispatchTensor {

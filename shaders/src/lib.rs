@@ -1,0 +1,124 @@
+//! JiT's own GPU kernels, written once in CubeCL (`#[cube]`) and compiled by cubecl for the
+//! adapter: WGSL (browsers, the default native build), SPIR-V on Vulkan and MSL on Metal.
+//!
+//! Each kernel is one pass over memory for a chain that burn runs as several kernels:
+//! - [`rms_norm_modulate`]: RMSNorm + adaLN modulate (two per block);
+//! - [`qkv_heads`]: the `qkv` projection split into heads, qk-norm and the 2-D RoPE (one per
+//!   block; the unfused chain is a permute copy and ~12 element-wise kernels);
+//! - [`cfg_mix`]: classifier-free guidance in the sampler.
+//!
+//! [`ShaderOps`] is a burn backend extension: `jit-core`'s `fused` module calls it on the
+//! `Dispatch` backend for f32 GPU tensors outside autodiff (sampling), and the model files'
+//! tensor ops stay the reference everywhere else. With burn's `fusion` (this crate's `fusion`
+//! feature) each call is a custom operation in fusion's stream. Parity with the tensor ops is
+//! tested on wgpu in `jit-core/tests/shaders.rs`.
+
+extern crate alloc;
+
+mod cfg_mix;
+mod qkv_heads;
+mod reduce;
+mod rms_norm_modulate;
+
+use burn::backend::Backend;
+use burn::backend::backend_extension;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::Shape;
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::BufferArg;
+
+/// The fused operations on GPU tensors (f32, contiguous or not).
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"))]
+pub trait ShaderOps: Backend {
+    /// `x / sqrt(mean(x²) + eps) · weight · (1 + scale) + shift` for `x` `[B, T, D]`,
+    /// `weight` `[D]`, `shift` and `scale` `[B, 1, D]` → `[B, T, D]`.
+    #[fusion(dtype = x, shape = x)]
+    fn rms_norm_modulate(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// `qkv` `[B, T, 3·heads·hd]` → `[3, B, heads, T, hd]`: queries and keys through RMSNorm
+    /// (gains `[hd]`, `eps`) and RoPE (`cos`, `sin_signed` `[T, hd]`), then the values.
+    #[fusion(dtype = qkv, shape = qkv_heads_shape(qkv, heads))]
+    fn qkv_heads(
+        qkv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin_signed: FloatTensor<Self>,
+        heads: usize,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+
+    /// `v` `[2B, …]` (conditional velocities, then unconditional) → `v_u + scale·(v_c − v_u)`
+    /// `[B, …]`.
+    #[fusion(dtype = v, shape = half_batch_shape(v))]
+    fn cfg_mix(v: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn qkv_heads_shape(qkv: &Shape, heads: &usize) -> Shape {
+    Shape::from(qkv_heads::qkv_heads_shape(qkv, *heads))
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn half_batch_shape(v: &Shape) -> Shape {
+    Shape::from(cfg_mix::half_batch(v))
+}
+
+impl ShaderOps for CubeBackend {
+    fn rms_norm_modulate(
+        x: CubeTensor,
+        weight: CubeTensor,
+        shift: CubeTensor,
+        scale: CubeTensor,
+        eps: f32,
+    ) -> CubeTensor {
+        rms_norm_modulate::rms_norm_modulate(x, weight, shift, scale, eps)
+    }
+
+    fn qkv_heads(
+        qkv: CubeTensor,
+        q_weight: CubeTensor,
+        k_weight: CubeTensor,
+        cos: CubeTensor,
+        sin_signed: CubeTensor,
+        heads: usize,
+        eps: f32,
+    ) -> CubeTensor {
+        qkv_heads::qkv_heads(qkv, q_weight, k_weight, cos, sin_signed, heads, eps)
+    }
+
+    fn cfg_mix(v: CubeTensor, scale: f32) -> CubeTensor {
+        cfg_mix::cfg_mix(v, scale)
+    }
+}
+
+/// `t` in row-major order, copied only where it is a view (chunks, transposes) or tiled.
+fn contiguous(t: CubeTensor) -> CubeTensor {
+    into_contiguous(t)
+}
+
+/// A new row-major tensor of `shape` on `like`'s device, with its dtype.
+fn empty_like(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape),
+        like.dtype,
+    )
+}
+
+/// A contiguous tensor as a kernel's flat buffer argument.
+fn buffer(t: &CubeTensor) -> BufferArg {
+    // SAFETY: `t` is row-major (made so by `contiguous` or created by `empty_like`), so its
+    // buffer holds exactly its elements.
+    unsafe { BufferArg::from_raw_parts(t.handle.clone(), t.meta.shape().num_elements()) }
+}

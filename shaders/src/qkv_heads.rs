@@ -1,0 +1,114 @@
+//! The attention's inputs from the `qkv` projection, one cube per (token, part, head): queries
+//! and keys through their RMSNorm and the 2-D RoPE, values copied, all into per-head layout.
+//!
+//! RoPE on interleaved pairs: `out[i] = n[i]·cos[t, i] + n[i ^ 1]·sin_signed[t, i]`, where
+//! `n = x / sqrt(mean(x²) + eps) · weight` and `sin_signed` carries rotate-half's sign.
+
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
+use crate::{buffer, contiguous, empty_like};
+
+#[cube(launch_unchecked)]
+fn qkv_heads_kernel<F: Float>(
+    qkv: &[F],
+    q_weight: &[F],
+    k_weight: &[F],
+    cos: &[F],
+    sin_signed: &[F],
+    out: &mut [F],
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    eps: f32,
+    #[comptime] units: usize,
+) {
+    // Rows of `qkv` viewed as [B, T, 3, heads, head_dim].
+    let row = cube_index();
+    let rows = batch * tokens * 3 * heads;
+    let len = if row < rows { head_dim } else { 0usize };
+    let start = row * head_dim;
+    let mut sum = F::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < len {
+        let v = qkv[start + i];
+        sum += v * v;
+        i += units;
+    }
+    let sum = cube_sum::<F>(sum, units);
+    let rms = F::sqrt(sum / F::cast_from(head_dim) + F::cast_from(eps));
+
+    let head = row % heads;
+    let part = (row / heads) % 3;
+    let bt = row / (3 * heads);
+    let t = bt % tokens;
+    let b = bt / tokens;
+    // Output [3, B, heads, T, head_dim].
+    let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
+    let table = t * head_dim;
+    i = UNIT_POS as usize;
+    while i < len {
+        let x = qkv[start + i];
+        if part == 2 {
+            out[dst + i] = x;
+        } else {
+            let pair = i ^ 1;
+            let (w, w_pair) = if part == 0 {
+                (q_weight[i], q_weight[pair])
+            } else {
+                (k_weight[i], k_weight[pair])
+            };
+            let n = x / rms * w;
+            let n_pair = qkv[start + pair] / rms * w_pair;
+            out[dst + i] = n * cos[table + i] + n_pair * sin_signed[table + i];
+        }
+        i += units;
+    }
+}
+
+/// `qkv` `[B, T, 3·heads·hd]`, norm gains `[hd]`, RoPE tables `[T, hd]` (f32) →
+/// `[3, B, heads, T, hd]`: queries, keys, values.
+pub fn qkv_heads(
+    qkv: CubeTensor,
+    q_weight: CubeTensor,
+    k_weight: CubeTensor,
+    cos: CubeTensor,
+    sin_signed: CubeTensor,
+    heads: usize,
+    eps: f32,
+) -> CubeTensor {
+    let [qkv, q_weight, k_weight, cos, sin_signed] =
+        [qkv, q_weight, k_weight, cos, sin_signed].map(contiguous);
+    let shape = qkv.meta.shape().to_vec();
+    let (batch, tokens) = (shape[0], shape[1]);
+    let head_dim = shape[2] / 3 / heads;
+    let out = empty_like(&qkv, qkv_heads_shape(&shape, heads));
+    let units = units_for(head_dim);
+    unsafe {
+        qkv_heads_kernel::launch_unchecked::<f32>(
+            &qkv.client,
+            cube_count(batch * tokens * 3 * heads),
+            CubeDim::new_1d(units as u32),
+            buffer(&qkv),
+            buffer(&q_weight),
+            buffer(&k_weight),
+            buffer(&cos),
+            buffer(&sin_signed),
+            buffer(&out),
+            batch,
+            tokens,
+            heads,
+            head_dim,
+            eps,
+            units,
+        );
+    }
+    out
+}
+
+/// The output shape of [`qkv_heads`] for `qkv` of `shape`.
+pub fn qkv_heads_shape(shape: &[usize], heads: usize) -> Vec<usize> {
+    vec![3, shape[0], heads, shape[1], shape[2] / 3 / heads]
+}
