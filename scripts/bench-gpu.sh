@@ -70,6 +70,9 @@ run() {
   bench "S4-spirv-f16" 45 gpu "${s4[@]}" --precision f16
   bench "S4-spirv-f32" 45 gpu "${s4[@]}"
   bench "S4-wgsl-f32" 45 wgsl "${s4[@]}"
+  # What the kernels of shaders/ gain (sampling; training keeps the tensor ops on GPUs).
+  bench "S4-wgsl-f32-no-fused" 45 wgsl "${s4[@]}" --no-fused
+  bench "S4-spirv-f32-no-fused" 45 gpu "${s4[@]}" --no-fused
   bench "B16-spirv-f16-second-run" 60 gpu "${b16[@]}" --precision f16 --no-sample
   echo "total ${SECONDS} s"
 }

@@ -123,6 +123,21 @@ fn qkv_heads_matches_the_tensor_ops() {
     }
 }
 
+/// burn's attention op (flash attention where autotune picks it) for sampling on GPUs.
+#[test]
+fn attention_matches_the_tensor_ops() {
+    let device = wgpu_device();
+    for &(b, h, t, hd) in &[(2, 3, 10, 16), (1, 2, 68, 64)] {
+        let [q, k, v] = [1, 2, 3].map(|i| random([b, h, t, hd], 1.0, 40 + i, &device));
+        let scale = 1.0 / (hd as f64).sqrt();
+        let drop = burn::nn::DropoutConfig::new(0.0).init();
+        let ours = fused::attention(q.clone(), k.clone(), v.clone(), scale, &drop);
+        let p = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
+        let reference = p.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
+        assert_close(&format!("attention {b}×{h}×{t}×{hd}"), ours.unsqueeze(), reference.unsqueeze(), 1e-5);
+    }
+}
+
 #[test]
 fn cfg_mix_matches_the_tensor_ops() {
     for device in [wgpu_device(), Device::flex()] {

@@ -315,3 +315,24 @@ fn runs_written_by_the_previous_version_still_sample_and_resume() {
     assert_eq!(steps, vec![1, 2, 3]);
     assert!(run.join("ckpt-00000003.safetensors").is_file());
 }
+
+/// `bench` prints its table with the fused kernels on, and off with `--no-fused` (the
+/// comparison the GPU script runs).
+#[test]
+fn bench_prints_a_table_with_and_without_the_fused_kernels() {
+    let args = [
+        "bench", "--backend", "cpu", "--model", "JiT-T/4", "--image-size", "8", "--batch-size", "2", "--train-steps",
+        "1", "--sample-count", "1", "--sample-steps", "2",
+    ];
+    for (extra, state) in [(None, "fused kernels on"), (Some("--no-fused"), "fused kernels off")] {
+        let mut a = args.to_vec();
+        a.extend(extra);
+        let text = stdout(&ok(&a));
+        assert!(text.contains(state), "{state}: {text}");
+        let row = text.lines().find(|l| l.starts_with("| JiT-T/4")).expect("a JiT-T/4 row");
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let train_ips: f64 = cells[7].parse().expect("train img/s");
+        let sample_ips: f64 = cells[10].parse().expect("sample img/s");
+        assert!(train_ips > 0.0 && sample_ips > 0.0, "{row}");
+    }
+}

@@ -26,6 +26,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "wgpu")]
 use burn::backend::Dispatch;
+#[cfg(feature = "wgpu")]
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::nn::Dropout;
 use burn::tensor::Tensor;
 #[cfg(feature = "wgpu")]
@@ -93,6 +95,14 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, attn_drop
     if let (true, Some(vq), Some(vk), Some(vv)) = (cpu::attention_supports(hd), flex::read(&q), flex::read(&k), flex::read(&v)) {
         let shape = cpu::AttentionShape { batch: b, heads: h, tokens: t, head_dim: hd };
         return flex::wrap(cpu::attention(vq.values(), vk.values(), vv.values(), &shape, scale as f32), [b, t, h * hd]);
+    }
+    // On a GPU outside autodiff: burn's attention op (cubecl's flash attention, or its separate
+    // kernels, whichever autotune finds faster on the device; dropout is off outside autodiff).
+    #[cfg(feature = "wgpu")]
+    if [&q, &k, &v].into_iter().all(gpu::accepts) {
+        let options = AttentionModuleOptions { scale: Some(scale), softcap: None, is_causal: false };
+        let out = burn::tensor::module::attention(q, k, v, None, None, options);
+        return out.swap_dims(1, 2).reshape([b, t, h * hd]);
     }
     let attn = attn_drop.forward(softmax(q.matmul(k.swap_dims(2, 3)), scale));
     attn.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd])

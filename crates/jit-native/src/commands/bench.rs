@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Skip sampling (training only).
     #[arg(long)]
     pub no_sample: bool,
+    /// Run the model's plain tensor ops instead of the fused kernels (CPU kernels, and the GPU
+    /// kernels of shaders/), to measure what the kernels gain.
+    #[arg(long)]
+    pub no_fused: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -99,7 +103,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (device, adapter) = a.backend.device_named()?;
     let mm = a.backend.matmul_dtype(&device)?;
     let peak = peak(&adapter, a.backend.precision);
-    println!("device: {adapter} | precision {:?} | peak {}", a.backend.precision, peak.map_or("unknown".into(), |p| format!("{p} TFLOP/s")));
+    jit_core::fused::set_enabled(!a.no_fused);
+    println!(
+        "device: {adapter} | precision {:?} | peak {} | fused kernels {}",
+        a.backend.precision,
+        peak.map_or("unknown".into(), |p| format!("{p} TFLOP/s")),
+        if a.no_fused { "off" } else { "on" }
+    );
     println!(
         "| model | params | image | batch | first step (s) | train step (s) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s |",
         a.sample_steps
