@@ -68,6 +68,18 @@ impl LimitArgs {
     }
 }
 
+/// Start-up of a `persistence` build: cubecl keeps compiled kernels across runs, as it keeps
+/// autotune results (in `target/environment` inside a Cargo workspace, else the user's cache
+/// directory), so that a second run skips kernel compilation. Everything else still comes from a
+/// `cubecl.toml` and `CUBECL_*` variables, if any. Call before the first device.
+#[cfg(feature = "persistence")]
+pub fn cache_compiled_kernels() {
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.compilation.cache = true;
+    CubeClRuntimeConfig::try_set(config);
+}
+
 /// The shader compiler cubecl uses on an adapter: SPIR-V on Vulkan and MSL on Metal when this
 /// build has them (the `spirv` / `metal` features), WGSL through naga otherwise.
 pub fn compiler(info: &wgpu::AdapterInfo) -> &'static str {

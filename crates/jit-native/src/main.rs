@@ -73,6 +73,8 @@ fn keep_freed_memory() {
 fn main() -> ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     keep_freed_memory();
+    #[cfg(feature = "persistence")]
+    backend::cache_compiled_kernels();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
