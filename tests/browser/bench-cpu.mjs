@@ -1,5 +1,6 @@
 // Times the page's CPU fallback (the wasm module on burn's Flex, WebGPU disabled) in headless
-// Chromium: prints one JSON line per round with the seconds `generate` reported.
+// Chromium: prints one JSON line per round with the seconds `generate` reported. With
+// JIT_WEBGPU=1 it times the WebGPU path instead (SwiftShader's software WebGPU here).
 //
 //   node tests/browser/bench-cpu.mjs DIST MODEL_FILE QUERY [ROUNDS]
 // DIST: a built site (scripts/build-web.sh); MODEL_FILE: a model file inside DIST; QUERY: the
@@ -31,7 +32,7 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jit-bench-"));
 const ctx = await chromium.launchPersistentContext(dir, {
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
-  args: ["--no-sandbox", "--no-first-run", "--disable-webgpu"],
+  args: ["--no-sandbox", "--no-first-run", process.env.JIT_WEBGPU === "1" ? "--enable-unsafe-webgpu" : "--disable-webgpu"],
 });
 try {
   const page = ctx.pages()[0] ?? (await ctx.newPage());
