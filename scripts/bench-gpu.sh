@@ -74,6 +74,7 @@ run() {
   bench "S4-wgsl-f32-no-fused" 45 wgsl "${s4[@]}" --no-fused
   bench "S4-spirv-f32-no-fused" 45 gpu "${s4[@]}" --no-fused
   bench "B16-spirv-f16-second-run" 60 gpu "${b16[@]}" --precision f16 --no-sample
+  bench "B16-spirv-f32-no-fused" 120 gpu "${b16[@]}" --no-fused
   echo "total ${SECONDS} s"
 }
 
