@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark table: jit-native (WGSL build and the `gpu` build: SPIR-V + fusion + autotune
+# GPU benchmark table: jit-native (the default build: WGSL + fusion; and the `gpu` build: SPIR-V + fusion + autotune
 # cache) against the official PyTorch code on the same card.
 #
 # Build here (a machine with Rust), run there (a machine with the GPU, PyTorch and no Rust):

@@ -12,7 +12,8 @@
 //!
 //! - On GPUs (burn's cubecl backend, f32, outside autodiff: sampling, the browser on WebGPU):
 //!   the project's CubeCL kernels in `shaders/` (crate `jit-shaders`) for RMSNorm + modulate,
-//!   qk-norm + RoPE and the CFG mix.
+//!   qk-norm + RoPE and the CFG mix, and burn's attention op (flash attention where autotune
+//!   picks it).
 //!
 //! Each function takes the path its input's device and autodiff state select; the results agree
 //! to float rounding (tests/fused.rs and tests/shaders.rs compare them on every op).
