@@ -7,7 +7,7 @@
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
+use crate::reduce::{cube_count, cube_index, row_rms, units_for};
 use crate::{buffer, contiguous, empty_like};
 
 #[cube(launch_unchecked)]
@@ -30,15 +30,7 @@ fn qkv_heads_kernel<F: Float>(
     let rows = batch * tokens * 3 * heads;
     let len = if row < rows { head_dim } else { 0usize };
     let start = row * head_dim;
-    let mut sum = F::new(0.0);
-    let mut i = UNIT_POS as usize;
-    while i < len {
-        let v = qkv[start + i];
-        sum += v * v;
-        i += units;
-    }
-    let sum = cube_sum::<F>(sum, units);
-    let rms = F::sqrt(sum / F::cast_from(head_dim) + F::cast_from(eps));
+    let rms = row_rms::<F>(qkv, start, len, head_dim, eps, units);
 
     let head = row % heads;
     let part = (row / heads) % 3;
@@ -48,7 +40,7 @@ fn qkv_heads_kernel<F: Float>(
     // Output [3, B, heads, T, head_dim].
     let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
     let table = t * head_dim;
-    i = UNIT_POS as usize;
+    let mut i = UNIT_POS as usize;
     while i < len {
         let x = qkv[start + i];
         if part == 2 {

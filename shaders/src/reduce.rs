@@ -1,4 +1,5 @@
-//! The one reduction the kernels share: Σx² over a row, by all units of a cube.
+//! The one reduction the kernels share: a row's RMS, `sqrt(mean(x²) + eps)`, by all units of a
+//! cube.
 
 use cubecl::prelude::*;
 
@@ -8,7 +9,7 @@ use cubecl::prelude::*;
 /// Every unit of the cube must call it (it synchronises the cube): guard the reads before it,
 /// not the call.
 #[cube]
-pub fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
+fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
     let mut partial = Shared::<[F]>::new_slice(units);
     let unit = UNIT_POS as usize;
     partial[unit] = value;
@@ -22,6 +23,21 @@ pub fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
         active /= 2;
     }
     partial[0]
+}
+
+/// `sqrt(Σ x[start + i]² / dim + eps)` for `i < len`, the row's length `dim` (`len` is 0 for the
+/// spare cubes of [`cube_count`], which must still call it: it synchronises the cube).
+#[cube]
+pub fn row_rms<F: Float>(x: &[F], start: usize, len: usize, dim: usize, eps: f32, #[comptime] units: usize) -> F {
+    let mut sum = F::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < len {
+        let v = x[start + i];
+        sum += v * v;
+        i += units;
+    }
+    let sum = cube_sum::<F>(sum, units);
+    F::sqrt(sum / F::cast_from(dim) + F::cast_from(eps))
 }
 
 /// Units per cube for rows of `len` elements: the next power of two, 32 to 256.

@@ -4,7 +4,7 @@
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
+use crate::reduce::{cube_count, cube_index, row_rms, units_for};
 use crate::{buffer, contiguous, empty_like};
 
 #[cube(launch_unchecked)]
@@ -23,17 +23,9 @@ fn rms_norm_modulate_kernel<F: Float>(
     let row = cube_index();
     let len = if row < rows { dim } else { 0usize };
     let start = row * dim;
-    let mut sum = F::new(0.0);
-    let mut i = UNIT_POS as usize;
-    while i < len {
-        let v = x[start + i];
-        sum += v * v;
-        i += units;
-    }
-    let sum = cube_sum::<F>(sum, units);
-    let rms = F::sqrt(sum / F::cast_from(dim) + F::cast_from(eps));
+    let rms = row_rms::<F>(x, start, len, dim, eps, units);
     let batch = (row / tokens) * dim;
-    i = UNIT_POS as usize;
+    let mut i = UNIT_POS as usize;
     while i < len {
         let normed = x[start + i] / rms * weight[i];
         out[start + i] = normed * (F::new(1.0) + scale[batch + i]) + shift[batch + i];
