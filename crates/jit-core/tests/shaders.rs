@@ -5,7 +5,7 @@
 
 mod common;
 
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use common::{rel_l2, to_vec, wgpu_device};
 use jit_core::fused;
 use jit_core::model::block::modulate;
@@ -161,5 +161,4 @@ fn turned_off_every_op_takes_the_tensor_ops() {
     let taken = fused::runs_fused(&x);
     fused::set_enabled(true);
     assert!(!taken && fused::runs_fused(&x));
-    let _ = Distribution::Default;
 }
