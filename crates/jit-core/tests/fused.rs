@@ -6,7 +6,7 @@
 mod common;
 
 use burn::module::{Module, Param, ParamId};
-use burn::nn::DropoutConfig;
+use burn::nn::{DropoutConfig, Linear};
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use common::rel_l2;
 use jit_core::JitConfig;
@@ -98,6 +98,25 @@ fn attention_matches_in_values_and_gradients() {
         check(&format!("attention, head width {hd}"), qkv, |[q, k, v]| {
             fused::attention(q.clone(), k.clone(), v.clone(), 0.25, &DropoutConfig::new(0.0).init())
         });
+    }
+}
+
+#[test]
+fn linear_layers_match_in_values_and_gradients() {
+    // Widths that are not multiples of gemm's tiles; the second shape is large enough for the
+    // product to split over threads and for the bias gradient to sum several chunks of rows.
+    for (batch, tokens, d_in, d_out) in [(2, 7, 37, 53), (4, 150, 96, 130)] {
+        let rows = batch * tokens;
+        let (x, w, b) = (random([rows, d_in], 1.0, 16), random([d_in, d_out], 0.3, 17), random([1, d_out], 0.5, 18));
+        for with_bias in [true, false] {
+            check(&format!("linear {rows}×{d_in}→{d_out}, bias {with_bias}"), [x.clone(), w.clone(), b.clone()], |[x, w, b]| {
+                let layer = Linear {
+                    weight: Param::initialized(ParamId::new(), w.clone()),
+                    bias: with_bias.then(|| Param::initialized(ParamId::new(), b.clone().reshape([d_out]))),
+                };
+                fused::linear(&layer, x.clone().reshape([batch, tokens, d_in])).reshape([rows, d_out])
+            });
+        }
     }
 }
 

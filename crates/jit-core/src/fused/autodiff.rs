@@ -15,7 +15,7 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, Tensor};
 
-use super::cpu;
+use super::{cpu, gemm};
 use super::flex::{contiguous, new, slice};
 
 type AdTensor = FloatTensor<Autodiff<Flex>>;
@@ -201,4 +201,50 @@ pub fn rms_norm_rope(
     let out = cpu::rms_norm_rope(slice(&vx), x.dims()[2], slice(&vw), slice(&vcos), slice(&vsin), eps);
     let out = new(out, x.dims().to_vec());
     Some(wrap(record(RmsNormRope { eps }, [&tx, &tw], (vx, vw, vcos, vsin), out)))
+}
+
+#[derive(Debug)]
+struct Linear {
+    d_in: usize,
+    d_out: usize,
+}
+
+/// With parents `[x, weight]` or `[x, weight, bias]`.
+impl<const N: usize> Backward<Flex, N> for Linear {
+    /// `(x, weight)`.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = output_grad(&ops, grads);
+        let (x, weight) = &ops.state;
+        let parent = |i: usize| ops.parents.get(i).and_then(|p| p.as_ref());
+        let needed = [0, 1, 2].map(|i| parent(i).is_some());
+        let ds = gemm::linear_backward(slice(x), slice(weight), slice(&g), self.d_in, self.d_out, needed);
+        let shapes = [x.layout().shape().to_vec(), vec![self.d_in, self.d_out], vec![self.d_out]];
+        for (i, (d, shape)) in ds.into_iter().zip(shapes).enumerate() {
+            if let (Some(d), Some(parent)) = (d, parent(i)) {
+                grads.register::<Flex>(parent.id, new(d, shape));
+            }
+        }
+    }
+}
+
+/// [`super::linear`] with the layer's `weight` `[d_in, d_out]` and `bias` `[d_out]`.
+pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<D>> {
+    let (tx, tw) = (take(x)?, take(weight)?);
+    let tb = match bias {
+        Some(b) => Some(take(b)?),
+        None => None,
+    };
+    let (vx, vw, vb) = (values(&tx), values(&tw), tb.as_ref().map(values));
+    let [d_in, d_out] = weight.dims();
+    let mut dims = x.dims();
+    dims[D - 1] = d_out;
+    let out = new(gemm::linear(slice(&vx), slice(&vw), vb.as_ref().map(slice), d_in, d_out), dims.to_vec());
+    let op = Linear { d_in, d_out };
+    let out = match &tb {
+        Some(tb) => record(op, [&tx, &tw, tb], (vx, vw), out),
+        None => record(op, [&tx, &tw], (vx, vw), out),
+    };
+    Some(wrap(out))
 }

@@ -22,6 +22,8 @@
 #[cfg(feature = "flex")]
 mod autodiff;
 pub mod cpu;
+#[cfg(feature = "flex")]
+pub mod gemm;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,7 +31,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use burn::backend::Dispatch;
 #[cfg(feature = "wgpu")]
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::nn::Dropout;
+use burn::nn::{Dropout, Linear};
 use burn::tensor::Tensor;
 #[cfg(feature = "wgpu")]
 use jit_shaders::ShaderOps;
@@ -67,6 +69,28 @@ pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
     }
     let _ = x;
     false
+}
+
+/// The linear layer `layer(x) = x·weight + bias` over the last dimension of `x` `[…, d_in]`.
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    {
+        let weight = layer.weight.val();
+        let bias = layer.bias.as_ref().map(|b| b.val());
+        // Some(None) for a layer without a bias.
+        let bias_values = bias.as_ref().map(flex::read).map_or(Some(None), |b| b.map(Some));
+        if let (Some(xs), Some(w), Some(b)) = (flex::read(&x), flex::read(&weight), bias_values) {
+            let [d_in, d_out] = weight.dims();
+            let out = gemm::linear(xs.values(), w.values(), b.as_ref().map(|b| b.values()), d_in, d_out);
+            let mut dims = x.dims();
+            dims[D - 1] = d_out;
+            return flex::wrap(out, dims);
+        }
+        if let Some(out) = autodiff::linear(&x, &weight, bias.as_ref()) {
+            return out;
+        }
+    }
+    layer.forward(x)
 }
 
 /// `softmax(scale·scores)` over the last dimension (the attention probabilities).

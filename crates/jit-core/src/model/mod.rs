@@ -29,7 +29,7 @@ impl MatmulDtype {
     /// `layer(x)`, with the product in the chosen type and the result back in f32.
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         match self.0 {
-            None => layer.forward(x),
+            None => crate::fused::linear(layer, x),
             Some(dtype) => burn::tensor::module::linear(
                 x.cast(dtype),
                 layer.weight.val().cast(dtype),

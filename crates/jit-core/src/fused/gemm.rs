@@ -1,0 +1,161 @@
+//! The linear layers on the CPU: `x·W + b` and its gradients as direct calls to the `gemm`
+//! crate (the matrix-product library under burn's Flex backend), on contiguous f32 slices.
+//!
+//! Through Flex's tensor ops one linear layer is a product into a zeroed buffer that is then
+//! copied into an aligned one, plus a separate bias add, all on the calling thread while the
+//! other cores wait; in training the bias gradient is a third pass. Here the product is written
+//! once into a fresh buffer (for a layer with a bias, onto rows prefilled with it), the
+//! transposed operands of the backward pass are read through strides, and the bias gradient is
+//! a column sum split over threads. That was a fifth of a JiT-S/4 training step on 2 cores
+//! (docs/cpu.md).
+
+use super::cpu::new_rows_uninit;
+
+/// A matrix operand: its values and the distance between consecutive rows and columns (a
+/// transposed operand is its stored matrix with the two strides swapped).
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    values: &'a [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// A row-major `[rows, cols]` matrix.
+    fn rows(values: &'a [f32], cols: usize) -> Self {
+        Self { values, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose of a row-major `[rows, cols]` matrix.
+    fn transposed(values: &'a [f32], cols: usize) -> Self {
+        Self { values, row_stride: 1, col_stride: cols }
+    }
+
+    /// Checks that a `[rows, cols]` view fits in the values.
+    fn check(&self, rows: usize, cols: usize) {
+        let last = (rows.max(1) - 1) * self.row_stride + (cols.max(1) - 1) * self.col_stride;
+        assert!(rows == 0 || cols == 0 || last < self.values.len(), "matrix operand out of bounds");
+    }
+}
+
+/// `out ← a·b` (or `out ← out + a·b` with `accumulate`) for `a` `[m, k]`, `b` `[k, n]` and
+/// `out` row-major `[m, n]` behind a raw pointer: written without being read otherwise.
+///
+/// # Safety
+/// `out` must be valid for writes of `m·n` values (and reads, with `accumulate`).
+unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: bool, a: Operand, b: Operand) {
+    a.check(m, k);
+    b.check(k, n);
+    // Large products split over rayon's pool, small ones stay on one thread (Flex's threshold).
+    #[cfg(feature = "rayon")]
+    let parallelism = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    #[cfg(not(feature = "rayon"))]
+    let parallelism = gemm::Parallelism::None;
+    // SAFETY: the operands were bounds-checked above; `out` is the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out,
+            1,
+            n as isize,
+            accumulate,
+            a.values.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.values.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// `a·b` `[m, n]` in a new buffer.
+fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: the buffer has room for m·n values, which gemm writes without reading
+    // (`accumulate` off; with k = 0 it writes zeros).
+    unsafe {
+        product_into(out.as_mut_ptr(), m, n, k, false, a, b);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// A linear layer `x·weight + bias` for `x` `[rows, d_in]`, `weight` `[d_in, d_out]` (burn's
+/// layout) and `bias` `[d_out]`: `[rows, d_out]`.
+pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d_in: usize, d_out: usize) -> Vec<f32> {
+    let rows = if d_in == 0 { 0 } else { x.len() / d_in };
+    let (a, b) = (Operand::rows(x, d_in), Operand::rows(weight, d_out));
+    let Some(bias) = bias else { return product(rows, d_out, d_in, a, b) };
+    assert_eq!(bias.len(), d_out, "bias length");
+    // The bias rows, then the product added onto them inside gemm's kernels.
+    let mut out = new_rows_uninit(rows * d_out, d_out, &|_, chunk| {
+        for row in chunk.chunks_exact_mut(d_out) {
+            row.iter_mut().zip(bias).for_each(|(o, &v)| {
+                o.write(v);
+            });
+        }
+    });
+    // SAFETY: `out` holds rows·d_out initialised values.
+    unsafe { product_into(out.as_mut_ptr(), rows, d_out, d_in, true, a, b) };
+    out
+}
+
+/// The gradients of [`linear`] from the output gradient `g` `[rows, d_out]`, each only where
+/// `needed` (`[x, weight, bias]`): `dx = g·weightᵀ` `[rows, d_in]`, `dweight = xᵀ·g`
+/// `[d_in, d_out]`, `dbias = Σ_rows g` `[d_out]`.
+pub fn linear_backward(
+    x: &[f32],
+    weight: &[f32],
+    g: &[f32],
+    d_in: usize,
+    d_out: usize,
+    needed: [bool; 3],
+) -> [Option<Vec<f32>>; 3] {
+    let rows = if d_out == 0 { 0 } else { g.len() / d_out };
+    let dx = needed[0].then(|| product(rows, d_in, d_out, Operand::rows(g, d_out), Operand::transposed(weight, d_out)));
+    let dw = needed[1].then(|| product(d_in, d_out, rows, Operand::transposed(x, d_in), Operand::rows(g, d_out)));
+    let db = needed[2].then(|| column_sums(g, d_out));
+    [dx, dw, db]
+}
+
+/// Column sums of a row-major matrix with `cols` columns. Chunks of rows are summed on their
+/// own (in parallel with the `rayon` feature) and the chunks' sums added in row order, so the
+/// result is the same on any number of threads.
+pub fn column_sums(m: &[f32], cols: usize) -> Vec<f32> {
+    let mut total = vec![0.0; cols];
+    if cols == 0 || m.is_empty() {
+        return total;
+    }
+    let add_rows = |acc: &mut [f32], rows: &[f32]| {
+        for row in rows.chunks_exact(cols) {
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+        }
+    };
+    let chunk_sum = |rows: &[f32]| {
+        let mut acc = vec![0.0; cols];
+        add_rows(&mut acc, rows);
+        acc
+    };
+    // About 16 K values per chunk.
+    let chunk = (1usize << 14).div_ceil(cols) * cols;
+    #[cfg(feature = "rayon")]
+    let parts: Vec<Vec<f32>> = {
+        use rayon::prelude::*;
+        m.par_chunks(chunk).map(chunk_sum).collect()
+    };
+    #[cfg(not(feature = "rayon"))]
+    let parts: Vec<Vec<f32>> = m.chunks(chunk).map(chunk_sum).collect();
+    for part in parts {
+        add_rows(&mut total, &part);
+    }
+    total
+}
