@@ -266,15 +266,18 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale:
 /// Score columns computed at once (one register of accumulators).
 const BLOCK: usize = 16;
 
-/// [`attention`] for one batch element with head width `HD`: the accumulators of a block of
-/// scores and of one output row are fixed-size arrays, which stay in vector registers.
+/// Query rows [`attention`] handles at once: each block of `kᵀ` and each row of `v` loaded
+/// serves four rows, and their accumulators are independent chains of additions.
+const QUERY_ROWS: usize = 4;
+
+/// [`attention`] for one batch element with head width `HD`.
 #[inline(always)]
 fn batch_attention<const HD: usize>(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], heads: usize, tokens: usize, scale: f32) {
-    let d = heads * HD;
     let padded = tokens.div_ceil(BLOCK) * BLOCK;
     // kᵀ `[HD, padded]`, zero beyond the tokens: a block of scores is a sum of row pieces.
     let mut k_t = vec![0.0f32; HD * padded];
-    let mut s = vec![0.0f32; padded];
+    // The score rows of the query rows in flight, `[QUERY_ROWS, padded]`.
+    let mut s = vec![0.0f32; QUERY_ROWS * padded];
     for h in 0..heads {
         let at = h * tokens * HD..(h + 1) * tokens * HD;
         let (q, k, v) = (&q[at.clone()], &k[at.clone()], &v[at]);
@@ -283,40 +286,68 @@ fn batch_attention<const HD: usize>(out: &mut [f32], q: &[f32], k: &[f32], v: &[
                 k_t[c * padded + j] = x;
             }
         }
-        for (i, qi) in q.chunks_exact(HD).enumerate() {
-            let qi: &[f32; HD] = qi.try_into().expect("HD values");
-            for (jb, sb) in s.chunks_exact_mut(BLOCK).enumerate() {
-                let mut acc = [0.0f32; BLOCK];
-                for (c, &qc) in qi.iter().enumerate() {
-                    let kc: &[f32; BLOCK] = k_t[c * padded + jb * BLOCK..][..BLOCK].try_into().expect("a block");
-                    for jj in 0..BLOCK {
-                        acc[jj] += qc * kc[jj];
-                    }
-                }
-                sb.copy_from_slice(&acc);
-            }
-            let p = &mut s[..tokens];
-            softmax_row(p, scale);
-            // Four independent accumulators, so that the additions do not wait on each other.
-            let mut o = [[0.0f32; HD]; 4];
-            let (pc, vc) = (p.chunks_exact(4), v.chunks_exact(4 * HD));
-            for (&pj, vj) in pc.remainder().iter().zip(vc.remainder().chunks_exact(HD)) {
-                for c in 0..HD {
-                    o[0][c] += pj * vj[c];
-                }
-            }
-            for (p4, v4) in pc.zip(vc) {
-                for (u, (&pj, vj)) in p4.iter().zip(v4.chunks_exact(HD)).enumerate() {
-                    let vj: &[f32; HD] = vj.try_into().expect("HD values");
-                    for c in 0..HD {
-                        o[u][c] += pj * vj[c];
-                    }
-                }
-            }
-            let row = &mut out[i * d + h * HD..][..HD];
+        let mut head = Head { out: &mut *out, out_at: h * HD, row_len: heads * HD, q, k_t: &k_t, v, tokens, padded, scale };
+        let full = tokens / QUERY_ROWS * QUERY_ROWS;
+        for i in (0..full).step_by(QUERY_ROWS) {
+            head.query_rows::<HD, QUERY_ROWS>(i, &mut s);
+        }
+        for i in full..tokens {
+            head.query_rows::<HD, 1>(i, &mut s);
+        }
+    }
+}
+
+/// One head of [`batch_attention`]: `q`, `v` `[T, HD]`, `k_t` `[HD, padded]`, written into
+/// `out` `[T, row_len]` at column `out_at`.
+struct Head<'a> {
+    out: &'a mut [f32],
+    out_at: usize,
+    row_len: usize,
+    q: &'a [f32],
+    k_t: &'a [f32],
+    v: &'a [f32],
+    tokens: usize,
+    padded: usize,
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// Query rows `i0..i0 + R`: their scores a block of `BLOCK` keys at a time (`R × BLOCK`
+    /// accumulators, which stay in vector registers), softmax, then `p·v` (`R × HD`).
+    #[inline(always)]
+    fn query_rows<const HD: usize, const R: usize>(&mut self, i0: usize, s: &mut [f32]) {
+        let (padded, tokens) = (self.padded, self.tokens);
+        let qs: [&[f32; HD]; R] = std::array::from_fn(|r| self.q[(i0 + r) * HD..][..HD].try_into().expect("HD values"));
+        for jb in (0..padded).step_by(BLOCK) {
+            let mut acc = [[0.0f32; BLOCK]; R];
             for c in 0..HD {
-                row[c] = (o[0][c] + o[1][c]) + (o[2][c] + o[3][c]);
+                let kc: &[f32; BLOCK] = self.k_t[c * padded + jb..][..BLOCK].try_into().expect("a block");
+                for r in 0..R {
+                    let qc = qs[r][c];
+                    for jj in 0..BLOCK {
+                        acc[r][jj] += qc * kc[jj];
+                    }
+                }
             }
+            for r in 0..R {
+                s[r * padded + jb..][..BLOCK].copy_from_slice(&acc[r]);
+            }
+        }
+        for r in 0..R {
+            softmax_row(&mut s[r * padded..][..tokens], self.scale);
+        }
+        let mut o = [[0.0f32; HD]; R];
+        for (j, vj) in self.v.chunks_exact(HD).enumerate() {
+            let vj: &[f32; HD] = vj.try_into().expect("HD values");
+            for r in 0..R {
+                let p = s[r * padded + j];
+                for c in 0..HD {
+                    o[r][c] += p * vj[c];
+                }
+            }
+        }
+        for (r, o) in o.iter().enumerate() {
+            self.out[(i0 + r) * self.row_len + self.out_at..][..HD].copy_from_slice(o);
         }
     }
 }
