@@ -248,3 +248,41 @@ pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&T
     };
     Some(wrap(out))
 }
+
+#[derive(Debug)]
+struct Attention {
+    shape: cpu::AttentionShape,
+    scale: f32,
+}
+
+impl Backward<Flex, 3> for Attention {
+    /// `(q, k, v, probabilities)`.
+    type State = (FlexTensor, FlexTensor, FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = output_grad(&ops, grads);
+        let (q, k, v, p) = &ops.state;
+        let ds = cpu::attention_backward(slice(q), slice(k), slice(v), slice(p), slice(&g), &self.shape, self.scale);
+        let dims = q.layout().shape().to_vec();
+        for (parent, d) in ops.parents.iter().zip(ds) {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, new(d, dims.clone()));
+            }
+        }
+    }
+}
+
+/// [`super::attention`] without dropout, for `q`, `k`, `v` `[B, heads, T, head_dim]` with a
+/// head width the kernels take: `[B, T, heads·head_dim]`.
+pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, scale: f32) -> Option<Tensor<3>> {
+    let [b, h, t, hd] = q.dims();
+    if !cpu::attention_supports(hd) || k.dims() != q.dims() || v.dims() != q.dims() {
+        return None;
+    }
+    let (tq, tk, tv) = (take(q)?, take(k)?, take(v)?);
+    let (vq, vk, vv) = (values(&tq), values(&tk), values(&tv));
+    let shape = cpu::AttentionShape { batch: b, heads: h, tokens: t, head_dim: hd };
+    let (out, p) = cpu::attention_with_probs(slice(&vq), slice(&vk), slice(&vv), &shape, scale);
+    let (out, p) = (new(out, vec![b, t, h * hd]), new(p, vec![b, h, t, t]));
+    Some(wrap(record(Attention { shape, scale }, [&tq, &tk, &tv], (vq, vk, vv, p), out)))
+}

@@ -121,6 +121,12 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, attn_drop
         let shape = cpu::AttentionShape { batch: b, heads: h, tokens: t, head_dim: hd };
         return flex::wrap(cpu::attention(vq.values(), vk.values(), vv.values(), &shape, scale as f32), [b, t, h * hd]);
     }
+    #[cfg(feature = "flex")]
+    if attn_drop.prob == 0.0
+        && let Some(out) = autodiff::attention(&q, &k, &v, scale as f32)
+    {
+        return out;
+    }
     // On a GPU outside autodiff: burn's attention op (cubecl's flash attention, or its separate
     // kernels, whichever autotune finds faster on the device; dropout is off outside autodiff).
     #[cfg(feature = "wgpu")]

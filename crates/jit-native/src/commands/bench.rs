@@ -35,7 +35,7 @@ pub struct BenchArgs {
     /// Training batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Timed training steps (after 2 warm-up steps).
+    /// Timed training steps (after 2 warm-up steps); the table shows the median one.
     #[arg(long, default_value_t = 10)]
     pub train_steps: usize,
     /// Images sampled at once.
@@ -111,7 +111,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.no_fused { "off" } else { "on" }
     );
     println!(
-        "| model | params | image | batch | first step (s) | train step (s) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s |",
+        "| model | params | image | batch | first step (s) | train step (s, median) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s |",
         a.sample_steps
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
@@ -134,11 +134,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         step();
         let first = t0.elapsed().as_secs_f64();
         step();
-        let t0 = Instant::now();
-        for _ in 0..a.train_steps {
-            step();
-        }
-        let per_step = t0.elapsed().as_secs_f64() / a.train_steps.max(1) as f64;
+        // The median step: on a shared machine a few steps slowed by other work would move a mean.
+        let mut times: Vec<f64> = (0..a.train_steps.max(1))
+            .map(|_| {
+                let t0 = Instant::now();
+                step();
+                t0.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let per_step = times[times.len() / 2];
         let train_flops = 3.0 * config.forward_flops(a.batch_size);
         let (first_sample, sample_ips, sample_rate) = if a.no_sample {
             ("—".into(), "—".into(), "—".into())

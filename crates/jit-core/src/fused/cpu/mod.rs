@@ -116,6 +116,9 @@ macro_rules! multiversion {
     };
 }
 
+mod attention;
+pub use attention::{AttentionShape, attention, attention_backward, attention_supports, attention_with_probs};
+
 /// A kernel over a chunk of rows: `(first_row, rows)`.
 type RowKernel<'a, T = f32> = dyn Fn(usize, &mut [T]) + Sync + 'a;
 
@@ -215,141 +218,6 @@ fn softmax_row(row: &mut [f32], scale: f32) {
     row.iter_mut().for_each(|v| *v = exp((*v - max) * scale));
     let inv = 1.0 / sum_by(row, |v| v);
     row.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// Shapes of [`attention`]: `q`, `k`, `v` `[B, heads, T, head_dim]`.
-#[derive(Clone, Copy)]
-pub struct AttentionShape {
-    /// Batch size B.
-    pub batch: usize,
-    /// Heads.
-    pub heads: usize,
-    /// Tokens T.
-    pub tokens: usize,
-    /// Channels per head.
-    pub head_dim: usize,
-}
-
-/// Head widths [`attention`] has kernels for (the presets' 16, 32 and 64).
-pub fn attention_supports(head_dim: usize) -> bool {
-    matches!(head_dim, 16 | 32 | 64)
-}
-
-/// Attention without gradients, one pass per query row: `softmax(scale·q·kᵀ)·v` for every head,
-/// written straight into token order `[B, T, heads·head_dim]` (the `proj` layer's input). The
-/// scores live in one row buffer, so neither the `[B, heads, T, T]` scores nor the transposes
-/// and copies around two batched matrix products are materialised. `head_dim` must be one of
-/// [`attention_supports`].
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) -> Vec<f32> {
-    multiversion! {
-        /// One batch element's `[T, heads·head_dim]` output rows.
-        fn kernel(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], heads: usize, tokens: usize, hd: usize, scale: f32) {
-            match hd {
-                16 => batch_attention::<16>(out, q, k, v, heads, tokens, scale),
-                32 => batch_attention::<32>(out, q, k, v, heads, tokens, scale),
-                64 => batch_attention::<64>(out, q, k, v, heads, tokens, scale),
-                _ => unreachable!("attention_supports"),
-            }
-        }
-    }
-    let AttentionShape { batch, heads, tokens, head_dim } = *shape;
-    let per_batch = heads * tokens * head_dim;
-    // One "row" is one batch element: `[T, heads·head_dim]` values.
-    new_rows(batch * per_batch, per_batch, &|first, rows| {
-        for (r, o) in rows.chunks_exact_mut(per_batch).enumerate() {
-            let at = (first + r) * per_batch..(first + r + 1) * per_batch;
-            kernel(o, &q[at.clone()], &k[at.clone()], &v[at], heads, tokens, head_dim, scale);
-        }
-    })
-}
-
-/// Score columns computed at once (one register of accumulators).
-const BLOCK: usize = 16;
-
-/// Query rows [`attention`] handles at once: each block of `kᵀ` and each row of `v` loaded
-/// serves four rows, and their accumulators are independent chains of additions.
-const QUERY_ROWS: usize = 4;
-
-/// [`attention`] for one batch element with head width `HD`.
-#[inline(always)]
-fn batch_attention<const HD: usize>(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], heads: usize, tokens: usize, scale: f32) {
-    let padded = tokens.div_ceil(BLOCK) * BLOCK;
-    // kᵀ `[HD, padded]`, zero beyond the tokens: a block of scores is a sum of row pieces.
-    let mut k_t = vec![0.0f32; HD * padded];
-    // The score rows of the query rows in flight, `[QUERY_ROWS, padded]`.
-    let mut s = vec![0.0f32; QUERY_ROWS * padded];
-    for h in 0..heads {
-        let at = h * tokens * HD..(h + 1) * tokens * HD;
-        let (q, k, v) = (&q[at.clone()], &k[at.clone()], &v[at]);
-        for (j, kj) in k.chunks_exact(HD).enumerate() {
-            for (c, &x) in kj.iter().enumerate() {
-                k_t[c * padded + j] = x;
-            }
-        }
-        let mut head = Head { out: &mut *out, out_at: h * HD, row_len: heads * HD, q, k_t: &k_t, v, tokens, padded, scale };
-        let full = tokens / QUERY_ROWS * QUERY_ROWS;
-        for i in (0..full).step_by(QUERY_ROWS) {
-            head.query_rows::<HD, QUERY_ROWS>(i, &mut s);
-        }
-        for i in full..tokens {
-            head.query_rows::<HD, 1>(i, &mut s);
-        }
-    }
-}
-
-/// One head of [`batch_attention`]: `q`, `v` `[T, HD]`, `k_t` `[HD, padded]`, written into
-/// `out` `[T, row_len]` at column `out_at`.
-struct Head<'a> {
-    out: &'a mut [f32],
-    out_at: usize,
-    row_len: usize,
-    q: &'a [f32],
-    k_t: &'a [f32],
-    v: &'a [f32],
-    tokens: usize,
-    padded: usize,
-    scale: f32,
-}
-
-impl Head<'_> {
-    /// Query rows `i0..i0 + R`: their scores a block of `BLOCK` keys at a time (`R × BLOCK`
-    /// accumulators, which stay in vector registers), softmax, then `p·v` (`R × HD`).
-    #[inline(always)]
-    fn query_rows<const HD: usize, const R: usize>(&mut self, i0: usize, s: &mut [f32]) {
-        let (padded, tokens) = (self.padded, self.tokens);
-        let qs: [&[f32; HD]; R] = std::array::from_fn(|r| self.q[(i0 + r) * HD..][..HD].try_into().expect("HD values"));
-        for jb in (0..padded).step_by(BLOCK) {
-            let mut acc = [[0.0f32; BLOCK]; R];
-            for c in 0..HD {
-                let kc: &[f32; BLOCK] = self.k_t[c * padded + jb..][..BLOCK].try_into().expect("a block");
-                for r in 0..R {
-                    let qc = qs[r][c];
-                    for jj in 0..BLOCK {
-                        acc[r][jj] += qc * kc[jj];
-                    }
-                }
-            }
-            for r in 0..R {
-                s[r * padded + jb..][..BLOCK].copy_from_slice(&acc[r]);
-            }
-        }
-        for r in 0..R {
-            softmax_row(&mut s[r * padded..][..tokens], self.scale);
-        }
-        let mut o = [[0.0f32; HD]; R];
-        for (j, vj) in self.v.chunks_exact(HD).enumerate() {
-            let vj: &[f32; HD] = vj.try_into().expect("HD values");
-            for r in 0..R {
-                let p = s[r * padded + j];
-                for c in 0..HD {
-                    o[r][c] += p * vj[c];
-                }
-            }
-        }
-        for (r, o) in o.iter().enumerate() {
-            self.out[(i0 + r) * self.row_len + self.out_at..][..HD].copy_from_slice(o);
-        }
-    }
 }
 
 /// Gradient of [`softmax_rows`]: from the probabilities `p` and the output gradient `g`,
