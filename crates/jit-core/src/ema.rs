@@ -47,7 +47,7 @@ impl ModuleMapper for Blend {
         let decay = self.decay;
         param.map(|ema| {
             let theta = source.reshape(ema.dims());
-            ema.mul_scalar(decay).add(theta.mul_scalar(1.0 - decay))
+            crate::fused::ema_blend(ema, theta, decay)
         })
     }
 }

@@ -121,6 +121,18 @@ fn linear_layers_match_in_values_and_gradients() {
 }
 
 #[test]
+fn the_ema_update_rounds_as_the_tensor_ops_do() {
+    let [ema, _, ema_ref] = random([3, 1000], 1.0, 19);
+    let [theta, _, theta_ref] = random([3, 1000], 1.0, 20);
+    for decay in [0.9999, 0.9996, 0.5] {
+        let ours = values(fused::ema_blend(ema.clone(), theta.clone(), decay));
+        let reference = values(fused::ema_blend(ema_ref.clone(), theta_ref.clone(), decay));
+        assert!(fused::runs_fused(&ema) && !fused::runs_fused(&ema_ref));
+        assert_eq!(ours, reference, "decay {decay}");
+    }
+}
+
+#[test]
 fn the_guidance_mix_matches() {
     check("cfg_mix", [random([6, 3, 4, 4], 1.0, 15)], |[v]| fused::cfg_mix(v.clone(), 2.9));
 }

@@ -157,6 +157,16 @@ pub fn cfg_mix(v: Tensor<4>, scale: f64) -> Tensor<4> {
     v_uncond.clone().add(v_cond.sub(v_uncond).mul_scalar(scale))
 }
 
+/// The EMA update `ema·decay + θ·(1 − decay)` of one parameter.
+pub fn ema_blend<const D: usize>(ema: Tensor<D>, theta: Tensor<D>, decay: f64) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if let (Some(e), Some(t)) = (flex::read(&ema), flex::read(&theta)) {
+        let out = cpu::ema_blend(e.values(), t.values(), decay as f32, (1.0 - decay) as f32);
+        return flex::wrap(out, ema.dims());
+    }
+    ema.mul_scalar(decay).add(theta.mul_scalar(1.0 - decay))
+}
+
 /// `SiLU(x)`.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]

@@ -258,6 +258,22 @@ pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
     })
 }
 
+/// The EMA update `ema·decay + θ·(1 − decay)`, with the two products rounded as burn's
+/// separate `mul_scalar`s round them (the factors are given in f32: `decay` and `1 − decay`).
+pub fn ema_blend(ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [f32], ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) {
+            for ((o, &e), &t) in out.iter_mut().zip(ema).zip(theta) {
+                *o = e * decay + t * one_minus_decay;
+            }
+        }
+    }
+    new_rows(ema.len(), 1, &|first, rows| {
+        let at = first..first + rows.len();
+        kernel(rows, &ema[at.clone()], &theta[at], decay, one_minus_decay)
+    })
+}
+
 /// In place: `x ← SiLU(x)`.
 pub fn silu_inplace(x: &mut [f32]) {
     multiversion! {
