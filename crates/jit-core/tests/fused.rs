@@ -184,6 +184,29 @@ fn qk_norm_and_rope_match_in_values_and_gradients() {
 }
 
 #[test]
+fn attention_from_qkv_matches_in_values_and_gradients() {
+    // Training's one operation from the qkv projection: 2 images, prefix + grid² tokens (13 and
+    // 72: not and a multiple of the four-row blocks), head widths 16 and 32.
+    for (heads, hd, grid, prefix) in [(3, 16, 3, 4), (2, 32, 8, 8)] {
+        let tokens = prefix + grid * grid;
+        let qkv = random([2 * tokens, 3 * heads * hd], 1.0, 21);
+        let gains = random([2, hd], 0.4, 22);
+        check(&format!("qkv_attention, head width {hd}"), [qkv, gains], |[qkv, g]| {
+            let device = qkv.device();
+            let norm = |i: usize| {
+                let mut n = RmsNorm::new(hd, &device);
+                n.weight = Param::initialized(ParamId::new(), g.clone().narrow(0, i, 1).reshape([hd]).add_scalar(1.0));
+                n
+            };
+            let rope = Rope::new(hd, grid, prefix, &device);
+            let qkv = qkv.clone().reshape([2, tokens, 3 * heads * hd]);
+            let drop = DropoutConfig::new(0.0).init();
+            fused::qkv_attention(qkv, heads, (&norm(0), &norm(1)), &rope, 0.3, &drop).reshape([2 * tokens, heads * hd])
+        });
+    }
+}
+
+#[test]
 fn the_network_agrees_on_all_paths_in_values_and_gradients() {
     let config = JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap();
     let [on_values, on_autodiff, reference] = devices();

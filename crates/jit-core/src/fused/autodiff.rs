@@ -250,39 +250,90 @@ pub fn linear<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>, bias: Option<&T
 }
 
 #[derive(Debug)]
-struct Attention {
-    shape: cpu::AttentionShape,
+struct QkvAttention {
+    layout: cpu::QkvLayout,
     scale: f32,
+    eps: f32,
 }
 
-impl Backward<Flex, 3> for Attention {
-    /// `(q, k, v, probabilities)`.
-    type State = (FlexTensor, FlexTensor, FlexTensor, FlexTensor);
+/// What the backward pass of [`QkvAttention`] reads: its inputs, and `q`, `k`, `v` and the
+/// probabilities from the forward pass.
+#[derive(Debug, Clone)]
+struct QkvAttentionState {
+    qkv: FlexTensor,
+    q_weight: FlexTensor,
+    k_weight: FlexTensor,
+    cos: FlexTensor,
+    sin_signed: FlexTensor,
+    heads: [FlexTensor; 3],
+    probs: FlexTensor,
+}
+
+impl Backward<Flex, 3> for QkvAttention {
+    /// Parents `[qkv, q_weight, k_weight]`.
+    type State = QkvAttentionState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = output_grad(&ops, grads);
-        let (q, k, v, p) = &ops.state;
-        let ds = cpu::attention_backward(slice(q), slice(k), slice(v), slice(p), slice(&g), &self.shape, self.scale);
-        let dims = q.layout().shape().to_vec();
-        for (parent, d) in ops.parents.iter().zip(ds) {
+        let st = &ops.state;
+        let l = self.layout;
+        let shape = cpu::AttentionShape { batch: l.batch, heads: l.heads, tokens: l.tokens, head_dim: l.head_dim };
+        let [q, k, v] = st.heads.each_ref().map(slice);
+        let [dq, dk, dv] = cpu::attention_backward(q, k, v, slice(&st.probs), slice(&g), &shape, self.scale);
+        let (dqkv, dqw, dkw) = cpu::qkv_heads_backward(
+            slice(&st.qkv),
+            &l,
+            slice(&st.q_weight),
+            slice(&st.k_weight),
+            slice(&st.cos),
+            slice(&st.sin_signed),
+            [&dq, &dk, &dv],
+            self.eps,
+        );
+        let shapes = [st.qkv.layout().shape().to_vec(), vec![l.head_dim], vec![l.head_dim]];
+        for ((parent, d), shape) in ops.parents.iter().zip([dqkv, dqw, dkw]).zip(shapes) {
             if let Some(parent) = parent {
-                grads.register::<Flex>(parent.id, new(d, dims.clone()));
+                grads.register::<Flex>(parent.id, new(d, shape));
             }
         }
     }
 }
 
-/// [`super::attention`] without dropout, for `q`, `k`, `v` `[B, heads, T, head_dim]` with a
-/// head width the kernels take: `[B, T, heads·head_dim]`.
-pub fn attention(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, scale: f32) -> Option<Tensor<3>> {
-    let [b, h, t, hd] = q.dims();
-    if !cpu::attention_supports(hd) || k.dims() != q.dims() || v.dims() != q.dims() {
+/// [`super::qkv_attention`] without dropout, for `qkv` `[B, T, 3·D]` with a head width the
+/// kernels take: `[B, T, D]`.
+#[allow(clippy::too_many_arguments)] // the inputs of qkv_heads and attention
+pub fn qkv_attention(
+    qkv: &Tensor<3>,
+    heads: usize,
+    q_weight: &Tensor<1>,
+    k_weight: &Tensor<1>,
+    cos: &Tensor<2>,
+    sin_signed: &Tensor<2>,
+    scale: f32,
+    eps: f32,
+) -> Option<Tensor<3>> {
+    let [b, t, d3] = qkv.dims();
+    let hd = d3 / 3 / heads;
+    if !cpu::attention_supports(hd) || d3 != 3 * heads * hd {
         return None;
     }
-    let (tq, tk, tv) = (take(q)?, take(k)?, take(v)?);
-    let (vq, vk, vv) = (values(&tq), values(&tk), values(&tv));
-    let shape = cpu::AttentionShape { batch: b, heads: h, tokens: t, head_dim: hd };
-    let (out, p) = cpu::attention_with_probs(slice(&vq), slice(&vk), slice(&vv), &shape, scale);
-    let (out, p) = (new(out, vec![b, t, h * hd]), new(p, vec![b, h, t, t]));
-    Some(wrap(record(Attention { shape, scale }, [&tq, &tk, &tv], (vq, vk, vv, p), out)))
+    let (tqkv, tqw, tkw) = (take(qkv)?, take(q_weight)?, take(k_weight)?);
+    let (tcos, tsin) = (take(cos)?, take(sin_signed)?);
+    let layout = cpu::QkvLayout { batch: b, tokens: t, heads, head_dim: hd };
+    let (vqkv, vqw, vkw, vcos, vsin) = (values(&tqkv), values(&tqw), values(&tkw), values(&tcos), values(&tsin));
+    let [q, k, v] = cpu::qkv_heads(slice(&vqkv), &layout, slice(&vqw), slice(&vkw), slice(&vcos), slice(&vsin), eps);
+    let shape = cpu::AttentionShape { batch: b, heads, tokens: t, head_dim: hd };
+    let (out, probs) = cpu::attention_with_probs(&q, &k, &v, &shape, scale);
+    let dims = vec![b, heads, t, hd];
+    let state = QkvAttentionState {
+        qkv: vqkv,
+        q_weight: vqw,
+        k_weight: vkw,
+        cos: vcos,
+        sin_signed: vsin,
+        heads: [q, k, v].map(|x| new(x, dims.clone())),
+        probs: new(probs, vec![b, heads, t, t]),
+    };
+    let out = new(out, vec![b, t, heads * hd]);
+    Some(wrap(record(QkvAttention { layout, scale, eps }, [&tqkv, &tqw, &tkw], state, out)))
 }

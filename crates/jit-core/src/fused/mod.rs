@@ -121,12 +121,6 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, attn_drop
         let shape = cpu::AttentionShape { batch: b, heads: h, tokens: t, head_dim: hd };
         return flex::wrap(cpu::attention(vq.values(), vk.values(), vv.values(), &shape, scale as f32), [b, t, h * hd]);
     }
-    #[cfg(feature = "flex")]
-    if attn_drop.prob == 0.0
-        && let Some(out) = autodiff::attention(&q, &k, &v, scale as f32)
-    {
-        return out;
-    }
     // On a GPU outside autodiff: burn's attention op (cubecl's flash attention, or its separate
     // kernels, whichever autotune finds faster on the device; dropout is off outside autodiff).
     #[cfg(feature = "wgpu")]
@@ -137,6 +131,36 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, attn_drop
     }
     let attn = attn_drop.forward(softmax(q.matmul(k.swap_dims(2, 3)), scale));
     attn.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd])
+}
+
+/// The attention of a block from its `qkv` projection `[B, T, 3·D]`: [`qkv_heads`] then
+/// [`attention`], `[B, T, D]`. In training on the CPU (without attention dropout) this is one
+/// autodiff operation, whose backward pass writes the gradient of `qkv` in its own layout.
+pub fn qkv_attention(
+    qkv: Tensor<3>,
+    heads: usize,
+    (q_norm, k_norm): (&RmsNorm, &RmsNorm),
+    rope: &Rope,
+    scale: f64,
+    attn_drop: &Dropout,
+) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if attn_drop.prob == 0.0
+        && let Some(out) = autodiff::qkv_attention(
+            &qkv,
+            heads,
+            &q_norm.weight.val(),
+            &k_norm.weight.val(),
+            &rope.cos,
+            &rope.sin_signed,
+            scale as f32,
+            RMS_EPS,
+        )
+    {
+        return out;
+    }
+    let (q, k, v) = qkv_heads(qkv, heads, q_norm, k_norm, rope);
+    attention(q, k, v, scale, attn_drop)
 }
 
 /// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, C, H, W]`, the

@@ -51,8 +51,8 @@ impl Attention {
         let [_, _, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
         let qkv = mm.linear(&self.qkv, x);
-        let (q, k, v) = fused::qkv_heads(qkv, h, &self.q_norm, &self.k_norm, rope);
-        let out = fused::attention(q, k, v, 1.0 / (hd as f64).sqrt(), &self.attn_drop);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let out = fused::qkv_attention(qkv, h, (&self.q_norm, &self.k_norm), rope, scale, &self.attn_drop);
         self.proj_drop.forward(mm.linear(&self.proj, out))
     }
 }

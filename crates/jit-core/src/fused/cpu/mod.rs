@@ -422,6 +422,7 @@ fn sum_by_pairs(a: &[f32], b: &[f32]) -> f32 {
 
 /// Token layout of [`qkv_heads`]: `qkv` is `[B, T, 3, heads, head_dim]`, the RoPE tables
 /// `[T, head_dim]`.
+#[derive(Debug, Clone, Copy)]
 pub struct QkvLayout {
     /// Batch size B.
     pub batch: usize,
@@ -507,6 +508,35 @@ pub fn rms_norm_rope(x: &[f32], tokens: usize, weight: &[f32], cos: &[f32], sin_
     new_rows(x.len(), hd, &|first, rows| kernel(rows, &x[first * hd..], first, tokens, weight, cos, sin_signed, eps))
 }
 
+/// `v` with each pair of values swapped (RoPE's `sin_signed` as its transpose reads it).
+fn swapped_pairs(v: &[f32]) -> Vec<f32> {
+    let mut out = v.to_vec();
+    out.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
+    out
+}
+
+/// The gradient of one row of [`norm_rope_row`]: `dx` from the output gradient `g`, and the
+/// gain's gradient added into `dw`. `sin_pairs` is the row of `sin_signed` with its pairs
+/// swapped; `scratch` holds `2·head_dim` values.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // one row's slices, one by one
+fn norm_rope_row_backward(dx: &mut [f32], dw: &mut [f32], x: &[f32], g: &[f32], weight: &[f32], cos: &[f32], sin_pairs: &[f32], eps: f32, scratch: &mut [f32]) {
+    let (g_pairs, dn) = scratch.split_at_mut(x.len());
+    let inv = inv_rms(x, eps);
+    for (gp, g) in g_pairs.chunks_exact_mut(2).zip(g.chunks_exact(2)) {
+        gp[0] = g[1];
+        gp[1] = g[0];
+    }
+    // Through RoPE's transpose (du_c = g_c·cos_c + g_c'·sin_c', c' = c's pair), then the gain.
+    let terms = dn.iter_mut().zip(dw.iter_mut()).zip(g.iter().zip(g_pairs.iter())).zip(cos.iter().zip(sin_pairs));
+    for (((((dn, dw), (&g, &gp)), (&c, &s)), &v), &w) in terms.zip(x).zip(weight) {
+        let du = g * c + gp * s;
+        *dw += du * v * inv;
+        *dn = du * w;
+    }
+    rms_norm_input_grad(dx, dn, x, inv);
+}
+
 /// Gradients of [`rms_norm_rope`] from the output gradient `g`: `(dx, dweight)`.
 pub fn rms_norm_rope_backward(
     x: &[f32],
@@ -518,35 +548,19 @@ pub fn rms_norm_rope_backward(
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>) {
     multiversion! {
-        /// `sin_pairs` is `sin_signed` with its pairs swapped.
         fn kernel(dx: &mut [f32], dw: &mut [f32], x: &[f32], g: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin_pairs: &[f32], eps: f32) {
             let hd = weight.len();
             let mut scratch = vec![0.0f32; 2 * hd];
-            let (g_pairs, dn) = scratch.split_at_mut(hd);
             let mut t = first % tokens;
             for ((dx, xs), g) in dx.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).zip(g.chunks_exact(hd)) {
                 let (c, s) = (&cos[t * hd..][..hd], &sin_pairs[t * hd..][..hd]);
                 t = if t + 1 == tokens { 0 } else { t + 1 };
-                let inv = inv_rms(xs, eps);
-                for (gp, g) in g_pairs.chunks_exact_mut(2).zip(g.chunks_exact(2)) {
-                    gp[0] = g[1];
-                    gp[1] = g[0];
-                }
-                // Through RoPE's transpose (du_c = g_c·cos_c + g_c'·sin_c', c' = c's pair), then
-                // the gain.
-                let terms = dn.iter_mut().zip(dw.iter_mut()).zip(g.iter().zip(g_pairs.iter())).zip(c.iter().zip(s));
-                for (((((dn, dw), (&g, &gp)), (&c, &s)), &v), &w) in terms.zip(xs).zip(weight) {
-                    let du = g * c + gp * s;
-                    *dw += du * v * inv;
-                    *dn = du * w;
-                }
-                rms_norm_input_grad(dx, dn, xs, inv);
+                norm_rope_row_backward(dx, dw, xs, g, weight, c, s, eps, &mut scratch);
             }
         }
     }
     let hd = weight.len();
-    let mut sin_pairs = sin_signed.to_vec();
-    sin_pairs.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
+    let sin_pairs = swapped_pairs(sin_signed);
     let mut dx = vec![0.0; x.len()];
     let dw = for_rows_sum(&mut dx, hd, hd, &|first, rows, dw| {
         let at = first * hd..first * hd + rows.len();
@@ -573,6 +587,52 @@ pub fn qkv_heads(
         new_rows(l.batch * l.heads * l.tokens * l.head_dim, l.head_dim, &|first, rows| head_rows(rows, first, &p))
     };
     [part(0, Some((q_weight, eps))), part(1, Some((k_weight, eps))), part(2, None)]
+}
+
+/// Gradients of [`qkv_heads`] from the gradients `dq`, `dk`, `dv` of its outputs (each
+/// `[B, heads, T, head_dim]`): `(dqkv [B, T, 3, heads, head_dim], dq_weight, dk_weight)`,
+/// written token row by token row.
+#[allow(clippy::too_many_arguments)] // the forward's inputs and the three output gradients
+pub fn qkv_heads_backward(
+    qkv: &[f32],
+    layout: &QkvLayout,
+    q_weight: &[f32],
+    k_weight: &[f32],
+    cos: &[f32],
+    sin_signed: &[f32],
+    [dq, dk, dv]: [&[f32]; 3],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    multiversion! {
+        fn kernel(dqkv: &mut [f32], dw: &mut [f32], first: usize, l: &QkvLayout, qkv: &[f32], weights: [&[f32]; 2], cos: &[f32], sin_pairs: &[f32], grads: [&[f32]; 3], eps: f32) {
+            let hd = l.head_dim;
+            let row_len = 3 * l.heads * hd;
+            let mut scratch = vec![0.0f32; 2 * hd];
+            for (r, out) in dqkv.chunks_exact_mut(row_len).enumerate() {
+                let (b, t) = ((first + r) / l.tokens, (first + r) % l.tokens);
+                let x = &qkv[(first + r) * row_len..][..row_len];
+                let (c, s) = (&cos[t * hd..][..hd], &sin_pairs[t * hd..][..hd]);
+                for (i, (out, x)) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).enumerate() {
+                    let (which, h) = (i / l.heads, i % l.heads);
+                    let g = &grads[which][((b * l.heads + h) * l.tokens + t) * hd..][..hd];
+                    if which == 2 {
+                        out.copy_from_slice(g);
+                    } else {
+                        let dw = &mut dw[which * hd..][..hd];
+                        norm_rope_row_backward(out, dw, x, g, weights[which], c, s, eps, &mut scratch);
+                    }
+                }
+            }
+        }
+    }
+    let hd = layout.head_dim;
+    let sin_pairs = swapped_pairs(sin_signed);
+    let mut dqkv = vec![0.0; qkv.len()];
+    let dw = for_rows_sum(&mut dqkv, 3 * layout.heads * hd, 2 * hd, &|first, rows, dw| {
+        kernel(rows, dw, first, layout, qkv, [q_weight, k_weight], cos, &sin_pairs, [dq, dk, dv], eps)
+    });
+    let (dqw, dkw) = dw.split_at(hd);
+    (dqkv, dqw.to_vec(), dkw.to_vec())
 }
 
 #[cfg(test)]
