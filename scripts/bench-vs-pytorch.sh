@@ -25,9 +25,10 @@ threads=$(nproc)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-# Rows "model train_img_s sample_img_s" from each side's Markdown table.
+# Rows "model train_img_s sample_img_s" from each side's Markdown table; ours is the mean step's
+# rate, the statistic the PyTorch script reports.
 ours() { "$bin" bench --backend cpu --model JiT-T/4,JiT-S/4 --sample-count 16 2>/dev/null |
-  awk -F'|' '$2 ~ /JiT-/ {gsub(/ /, "", $2); gsub(/ /, "", $8); gsub(/ /, "", $11); print $2, $8, $11}'; }
+  awk -F'|' '$2 ~ /JiT-/ {gsub(/ /, "", $2); gsub(/ /, "", $13); gsub(/ /, "", $11); print $2, $13, $11}'; }
 theirs() { OMP_NUM_THREADS=$threads "$python" "$script" "$ref" 2>/dev/null |
   awk -F'|' '$2 ~ /JiT-/ {gsub(/ /, "", $2); gsub(/ /, "", $5); gsub(/ /, "", $6); print $2, $5, $6}'; }
 for r in $(seq "$rounds"); do

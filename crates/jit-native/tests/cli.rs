@@ -333,6 +333,7 @@ fn bench_prints_a_table_with_and_without_the_fused_kernels() {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let train_ips: f64 = cells[7].parse().expect("train img/s");
         let sample_ips: f64 = cells[10].parse().expect("sample img/s");
-        assert!(train_ips > 0.0 && sample_ips > 0.0, "{row}");
+        let mean_train_ips: f64 = cells[12].parse().expect("train img/s of the mean step");
+        assert!(train_ips > 0.0 && sample_ips > 0.0 && mean_train_ips > 0.0, "{row}");
     }
 }

@@ -111,10 +111,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.no_fused { "off" } else { "on" }
     );
     println!(
-        "| model | params | image | batch | first step (s) | train step (s, median) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s |",
+        "| model | params | image | batch | first step (s) | train step (s, median) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s | train img/s (mean step) |",
         a.sample_steps
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for name in &a.model {
         let config = JitConfig::preset(name, a.image_size, a.channels, a.num_classes)?;
         a.backend.memory_limit().check_training(&config, a.batch_size)?;
@@ -142,6 +142,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 t0.elapsed().as_secs_f64()
             })
             .collect();
+        let mean_step = times.iter().sum::<f64>() / times.len() as f64;
         times.sort_by(f64::total_cmp);
         let per_step = times[times.len() / 2];
         let train_flops = 3.0 * config.forward_flops(a.batch_size);
@@ -154,7 +155,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (format!("{first:.3}"), format!("{:.2}", a.sample_count as f64 / secs), rate(flops, secs, peak))
         };
         println!(
-            "| {name} | {:.2}M | {}×{}×{} | {} | {first:.2} | {per_step:.4} | {:.1} | {} | {first_sample} | {sample_ips} | {sample_rate} |",
+            "| {name} | {:.2}M | {}×{}×{} | {} | {first:.2} | {per_step:.4} | {:.1} | {} | {first_sample} | {sample_ips} | {sample_rate} | {:.1} |",
             params as f64 / 1e6,
             a.channels,
             a.image_size,
@@ -162,6 +163,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.batch_size,
             a.batch_size as f64 / per_step,
             rate(train_flops, per_step, peak),
+            a.batch_size as f64 / mean_step,
         );
     }
     Ok(())
