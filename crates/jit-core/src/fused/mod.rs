@@ -1,14 +1,16 @@
-//! Fused operations: the network's hot element-wise chains (and, for sampling, attention and the
-//! CFG mix), each one switch between two implementations of the same math.
+//! Fused operations: the network's hot element-wise chains, its linear layers, attention, the
+//! CFG mix and the EMA update, each one switch between two implementations of the same math.
 //!
 //! - The tensor-op path, written in the model files (`RmsNorm::forward`, `modulate`,
 //!   `Rope::forward`, …): it runs on GPUs, under autodiff (training), and in every build.
-//! - One pass over memory on burn's CPU backend (Flex), for f32 tensors: the kernels in [`cpu`],
+//! - On burn's CPU backend (Flex), for f32 tensors: the kernels in [`cpu`] (one pass over memory
+//!   each) and [`gemm`] (the linear layers as direct calls to the matrix-product library),
 //!   straight on the values outside autodiff (sampling, evaluation, the browser's CPU fallback),
-//!   and, for softmax, the SwiGLU gate and the two norms, as custom autodiff operations with
-//!   gradient kernels in training. On these
-//!   shapes (≈70 tokens, width 64–384) the unfused chains spent more time moving memory and in
-//!   scalar `expf` than in the matrix products (docs/cpu.md).
+//!   and in training as custom autodiff operations with gradient kernels: linear layers,
+//!   softmax, the SwiGLU gate, RMSNorm + modulate, and `qkv` → qk-norm + RoPE → attention as
+//!   one operation. On these shapes (≈70 tokens, width 64–384) the tensor ops spent more time
+//!   moving memory, in scalar `expf` and in serial work on the calling thread than in the
+//!   matrix products (docs/cpu.md).
 //!
 //! - On GPUs (burn's cubecl backend, f32, outside autodiff: sampling, the browser on WebGPU):
 //!   the project's CubeCL kernels in `shaders/` (crate `jit-shaders`) for RMSNorm + modulate,
