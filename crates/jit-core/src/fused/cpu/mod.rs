@@ -80,7 +80,8 @@ fn silu(x: f32) -> f32 {
 
 /// Defines `fn $name(args)` compiled three times on x86-64: for AVX-512, for AVX2 + FMA and for
 /// the baseline, the widest the CPU has picked at run time. (Elsewhere once: wasm32 is built with SIMD128
-/// for the whole module, aarch64 always has NEON.)
+/// for the whole module, aarch64 always has NEON.) The body sees `const FMA: bool`, whether its
+/// version may fuse multiply-adds (see [`mul_add`]).
 macro_rules! multiversion {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
@@ -88,18 +89,18 @@ macro_rules! multiversion {
         fn $name($($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
-            fn generic($($arg: $ty),*) $body
+            fn generic<const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx512($($arg: $ty),*) {
-                    generic($($arg),*)
+                    generic::<true>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) {
-                    generic($($arg),*)
+                    generic::<true>($($arg),*)
                 }
                 use std::arch::is_x86_feature_detected as has;
                 if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
@@ -111,9 +112,17 @@ macro_rules! multiversion {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            generic($($arg),*)
+            generic::<{ cfg!(target_arch = "aarch64") }>($($arg),*)
         }
     };
+}
+
+/// `a·b + c`, fused into one instruction (one rounding) in the kernel versions of
+/// `multiversion!` compiled for a CPU that has FMA (`FMA`), else a product and a sum (where
+/// `mul_add` would be a slow libm call: baseline x86-64, wasm32).
+#[inline(always)]
+fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 mod attention;
