@@ -261,12 +261,30 @@ struct QkvAttention {
 #[derive(Debug, Clone)]
 struct QkvAttentionState {
     qkv: FlexTensor,
+    norm_rope: NormRopeTensors,
+    heads: [FlexTensor; 3],
+    probs: FlexTensor,
+}
+
+/// The values behind a [`cpu::QkNormRope`].
+#[derive(Debug, Clone)]
+struct NormRopeTensors {
     q_weight: FlexTensor,
     k_weight: FlexTensor,
     cos: FlexTensor,
     sin_signed: FlexTensor,
-    heads: [FlexTensor; 3],
-    probs: FlexTensor,
+}
+
+impl NormRopeTensors {
+    fn view(&self, eps: f32) -> cpu::QkNormRope<'_> {
+        cpu::QkNormRope {
+            q_weight: slice(&self.q_weight),
+            k_weight: slice(&self.k_weight),
+            cos: slice(&self.cos),
+            sin_signed: slice(&self.sin_signed),
+            eps,
+        }
+    }
 }
 
 impl Backward<Flex, 3> for QkvAttention {
@@ -280,16 +298,7 @@ impl Backward<Flex, 3> for QkvAttention {
         let shape = cpu::AttentionShape { batch: l.batch, heads: l.heads, tokens: l.tokens, head_dim: l.head_dim };
         let [q, k, v] = st.heads.each_ref().map(slice);
         let [dq, dk, dv] = cpu::attention_backward(q, k, v, slice(&st.probs), slice(&g), &shape, self.scale);
-        let (dqkv, dqw, dkw) = cpu::qkv_heads_backward(
-            slice(&st.qkv),
-            &l,
-            slice(&st.q_weight),
-            slice(&st.k_weight),
-            slice(&st.cos),
-            slice(&st.sin_signed),
-            [&dq, &dk, &dv],
-            self.eps,
-        );
+        let (dqkv, dqw, dkw) = cpu::qkv_heads_backward(slice(&st.qkv), &l, &st.norm_rope.view(self.eps), [&dq, &dk, &dv]);
         let shapes = [st.qkv.layout().shape().to_vec(), vec![l.head_dim], vec![l.head_dim]];
         for ((parent, d), shape) in ops.parents.iter().zip([dqkv, dqw, dkw]).zip(shapes) {
             if let Some(parent) = parent {
@@ -320,17 +329,15 @@ pub fn qkv_attention(
     let (tqkv, tqw, tkw) = (take(qkv)?, take(q_weight)?, take(k_weight)?);
     let (tcos, tsin) = (take(cos)?, take(sin_signed)?);
     let layout = cpu::QkvLayout { batch: b, tokens: t, heads, head_dim: hd };
-    let (vqkv, vqw, vkw, vcos, vsin) = (values(&tqkv), values(&tqw), values(&tkw), values(&tcos), values(&tsin));
-    let [q, k, v] = cpu::qkv_heads(slice(&vqkv), &layout, slice(&vqw), slice(&vkw), slice(&vcos), slice(&vsin), eps);
+    let norm_rope = NormRopeTensors { q_weight: values(&tqw), k_weight: values(&tkw), cos: values(&tcos), sin_signed: values(&tsin) };
+    let qkv_values = values(&tqkv);
+    let [q, k, v] = cpu::qkv_heads(slice(&qkv_values), &layout, &norm_rope.view(eps));
     let shape = cpu::AttentionShape { batch: b, heads, tokens: t, head_dim: hd };
     let (out, probs) = cpu::attention_with_probs(&q, &k, &v, &shape, scale);
     let dims = vec![b, heads, t, hd];
     let state = QkvAttentionState {
-        qkv: vqkv,
-        q_weight: vqw,
-        k_weight: vkw,
-        cos: vcos,
-        sin_signed: vsin,
+        qkv: qkv_values,
+        norm_rope,
         heads: [q, k, v].map(|x| new(x, dims.clone())),
         probs: new(probs, vec![b, heads, t, t]),
     };

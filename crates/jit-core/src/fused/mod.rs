@@ -265,7 +265,14 @@ pub fn qkv_heads(
         flex::read(&rope.sin_signed),
     ) {
         let layout = cpu::QkvLayout { batch: b, tokens: t, heads, head_dim: hd };
-        let [q, k, v] = cpu::qkv_heads(x.values(), &layout, qw.values(), kw.values(), cos.values(), sin.values(), RMS_EPS);
+        let norm_rope = cpu::QkNormRope {
+            q_weight: qw.values(),
+            k_weight: kw.values(),
+            cos: cos.values(),
+            sin_signed: sin.values(),
+            eps: RMS_EPS,
+        };
+        let [q, k, v] = cpu::qkv_heads(x.values(), &layout, &norm_rope);
         let shape = [b, heads, t, hd];
         return (flex::wrap(q, shape), flex::wrap(k, shape), flex::wrap(v, shape));
     }

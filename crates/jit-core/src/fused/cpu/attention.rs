@@ -10,7 +10,7 @@
 
 use core::mem::MaybeUninit;
 
-use super::{mul_add, softmax_row, sum_by_pairs};
+use super::{mul_add, softmax_row, sum_by_pairs, zeroed};
 
 /// Shapes of [`attention`]: `q`, `k`, `v` `[B, heads, T, head_dim]`.
 #[derive(Debug, Clone, Copy)]
@@ -224,11 +224,7 @@ fn new_batches<const N: usize>(lens: [usize; N], batch: usize, f: &(dyn Fn(usize
     let tasks: Vec<[&mut [MaybeUninit<f32>]; N]> =
         (0..batch).map(|_| chunks.each_mut().map(|c| c.next().expect("a chunk per batch element"))).collect();
     let task = |(b, chunks): (usize, [&mut [MaybeUninit<f32>]; N])| {
-        f(b, chunks.map(|c| {
-            c.fill(MaybeUninit::new(0.0));
-            // SAFETY: every value was just written; `MaybeUninit<f32>` has `f32`'s layout.
-            unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) }
-        }))
+        f(b, chunks.map(zeroed))
     };
     #[cfg(feature = "rayon")]
     {

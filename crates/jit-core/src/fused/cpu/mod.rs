@@ -157,11 +157,14 @@ fn for_rows<T: Send>(out: &mut [T], row_len: usize, kernel: &RowKernel<T>) {
 /// the thread that then fills it, right before it does (not all at once on the calling thread,
 /// which took 2 % of a training step there).
 fn new_rows(len: usize, row_len: usize, kernel: &RowKernel) -> Vec<f32> {
-    new_rows_uninit(len, row_len, &|first, rows| {
-        rows.fill(MaybeUninit::new(0.0));
-        // SAFETY: every value was just written; `MaybeUninit<f32>` has `f32`'s layout.
-        kernel(first, unsafe { &mut *(rows as *mut [MaybeUninit<f32>] as *mut [f32]) })
-    })
+    new_rows_uninit(len, row_len, &|first, rows| kernel(first, zeroed(rows)))
+}
+
+/// `values` set to zero, as initialised floats.
+fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    values.fill(MaybeUninit::new(0.0));
+    // SAFETY: every value was just written; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// A new buffer of `len` values, every one of which `kernel` must write (through [`for_rows`]).
@@ -578,39 +581,41 @@ pub fn rms_norm_rope_backward(
     (dx, dw)
 }
 
-/// Splits the `qkv` projection into heads and applies the per-head RMSNorm (`q_weight`,
-/// `k_weight`, `[head_dim]`) and RoPE (`x·cos + swap_pairs(x)·sin_signed`) to queries and keys.
+/// The per-head RMSNorm gains of queries and keys (`[head_dim]` each, epsilon `eps`) and the
+/// RoPE tables (`[T, head_dim]`) that [`qkv_heads`] applies.
+pub struct QkNormRope<'a> {
+    /// The queries' RMSNorm gain.
+    pub q_weight: &'a [f32],
+    /// The keys' RMSNorm gain.
+    pub k_weight: &'a [f32],
+    /// RoPE's cosines.
+    pub cos: &'a [f32],
+    /// RoPE's signed sines.
+    pub sin_signed: &'a [f32],
+    /// RMSNorm's epsilon.
+    pub eps: f32,
+}
+
+/// Splits the `qkv` projection into heads and applies the per-head RMSNorm and RoPE
+/// (`x·cos + swap_pairs(x)·sin_signed`) of `norm_rope` to queries and keys.
 /// Returns `(q, k, v)`, each `[B, heads, T, head_dim]` contiguous.
-pub fn qkv_heads(
-    qkv: &[f32],
-    layout: &QkvLayout,
-    q_weight: &[f32],
-    k_weight: &[f32],
-    cos: &[f32],
-    sin_signed: &[f32],
-    eps: f32,
-) -> [Vec<f32>; 3] {
-    let l = layout;
+pub fn qkv_heads(qkv: &[f32], layout: &QkvLayout, norm_rope: &QkNormRope) -> [Vec<f32>; 3] {
+    let (l, n) = (layout, norm_rope);
     let part = |which: usize, norm: Option<(&[f32], f32)>| {
-        let p = HeadPart { qkv, layout, which, norm, cos, sin_signed };
+        let p = HeadPart { qkv, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed };
         new_rows(l.batch * l.heads * l.tokens * l.head_dim, l.head_dim, &|first, rows| head_rows(rows, first, &p))
     };
-    [part(0, Some((q_weight, eps))), part(1, Some((k_weight, eps))), part(2, None)]
+    [part(0, Some((n.q_weight, n.eps))), part(1, Some((n.k_weight, n.eps))), part(2, None)]
 }
 
 /// Gradients of [`qkv_heads`] from the gradients `dq`, `dk`, `dv` of its outputs (each
 /// `[B, heads, T, head_dim]`): `(dqkv [B, T, 3, heads, head_dim], dq_weight, dk_weight)`,
 /// written token row by token row.
-#[allow(clippy::too_many_arguments)] // the forward's inputs and the three output gradients
 pub fn qkv_heads_backward(
     qkv: &[f32],
     layout: &QkvLayout,
-    q_weight: &[f32],
-    k_weight: &[f32],
-    cos: &[f32],
-    sin_signed: &[f32],
+    norm_rope: &QkNormRope,
     [dq, dk, dv]: [&[f32]; 3],
-    eps: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     multiversion! {
         fn kernel(dqkv: &mut [f32], dw: &mut [f32], first: usize, l: &QkvLayout, qkv: &[f32], weights: [&[f32]; 2], cos: &[f32], sin_pairs: &[f32], grads: [&[f32]; 3], eps: f32) {
@@ -635,10 +640,11 @@ pub fn qkv_heads_backward(
         }
     }
     let hd = layout.head_dim;
-    let sin_pairs = swapped_pairs(sin_signed);
+    let n = norm_rope;
+    let sin_pairs = swapped_pairs(n.sin_signed);
     let mut dqkv = vec![0.0; qkv.len()];
     let dw = for_rows_sum(&mut dqkv, 3 * layout.heads * hd, 2 * hd, &|first, rows, dw| {
-        kernel(rows, dw, first, layout, qkv, [q_weight, k_weight], cos, &sin_pairs, [dq, dk, dv], eps)
+        kernel(rows, dw, first, layout, qkv, [n.q_weight, n.k_weight], n.cos, &sin_pairs, [dq, dk, dv], n.eps)
     });
     let (dqw, dkw) = dw.split_at(hd);
     (dqkv, dqw.to_vec(), dkw.to_vec())
