@@ -458,26 +458,44 @@ struct HeadPart<'a> {
 }
 
 multiversion! {
-    fn head_rows(out: &mut [f32], first: usize, p: &HeadPart) {
-        let l = p.layout;
-        let hd = l.head_dim;
-        let mut scratch = vec![0.0f32; 2 * hd];
-        // Rows of the output are (b, h, t) in order: counters instead of a division per row.
-        let (mut t, mut bh) = (first % l.tokens, first / l.tokens);
-        for o in out.chunks_exact_mut(hd) {
-            let (b, h) = (bh / l.heads, bh % l.heads);
-            let src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
-            match p.norm {
-                None => o.copy_from_slice(src),
-                Some((weight, eps)) => {
-                    let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);
-                    norm_rope_row(o, src, weight, cos, sin, eps, &mut scratch);
-                }
+    fn head_rows(out: &mut [MaybeUninit<f32>], first: usize, p: &HeadPart) {
+        match p.layout.head_dim {
+            16 => head_rows_of::<16>(out, first, p),
+            32 => head_rows_of::<32>(out, first, p),
+            64 => head_rows_of::<64>(out, first, p),
+            _ => head_rows_of::<0>(out, first, p),
+        }
+    }
+}
+
+/// [`head_rows`] for head width `HD`, or any width with `HD = 0`. With the width a constant,
+/// LLVM unrolls each row's loops into whole vectors. A JiT-T/4 sampling batch (32 images, width
+/// 16), one thread: 1.0–1.2 → 0.7 ms together with writing each value once (no zeroing first);
+/// at width 32 (S/4) the pass moves 10 MB and did not get measurably faster.
+#[inline(always)]
+fn head_rows_of<const HD: usize>(out: &mut [MaybeUninit<f32>], first: usize, p: &HeadPart) {
+    let l = p.layout;
+    let hd = if HD == 0 { l.head_dim } else { HD };
+    let (mut scratch, mut row) = (vec![0.0f32; 2 * hd], vec![0.0f32; hd]);
+    // Rows of the output are (b, h, t) in order: counters instead of a division per row.
+    let (mut t, mut bh) = (first % l.tokens, first / l.tokens);
+    for o in out.chunks_exact_mut(hd) {
+        let (b, h) = (bh / l.heads, bh % l.heads);
+        let src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
+        // Each output value is written once (no zeroing first: the buffer is new).
+        match p.norm {
+            None => {
+                o.write_copy_of_slice(src);
             }
-            t += 1;
-            if t == l.tokens {
-                (t, bh) = (0, bh + 1);
+            Some((weight, eps)) => {
+                let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);
+                norm_rope_row(&mut row, src, &weight[..hd], cos, sin, eps, &mut scratch);
+                o.write_copy_of_slice(&row);
             }
+        }
+        t += 1;
+        if t == l.tokens {
+            (t, bh) = (0, bh + 1);
         }
     }
 }
@@ -603,7 +621,7 @@ pub fn qkv_heads(qkv: &[f32], layout: &QkvLayout, norm_rope: &QkNormRope) -> [Ve
     let (l, n) = (layout, norm_rope);
     let part = |which: usize, norm: Option<(&[f32], f32)>| {
         let p = HeadPart { qkv, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed };
-        new_rows(l.batch * l.heads * l.tokens * l.head_dim, l.head_dim, &|first, rows| head_rows(rows, first, &p))
+        new_rows_uninit(l.batch * l.heads * l.tokens * l.head_dim, l.head_dim, &|first, rows| head_rows(rows, first, &p))
     };
     [part(0, Some((n.q_weight, n.eps))), part(1, Some((n.k_weight, n.eps))), part(2, None)]
 }
