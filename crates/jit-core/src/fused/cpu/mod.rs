@@ -169,6 +169,8 @@ fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 
 /// A new buffer of `len` values, every one of which `kernel` must write (through [`for_rows`]).
 pub(super) fn new_rows_uninit(len: usize, row_len: usize, kernel: &RowKernel<MaybeUninit<f32>>) -> Vec<f32> {
+    // Whole rows, so that `for_rows` hands every value to the kernel.
+    assert!(len == 0 || (row_len > 0 && len % row_len == 0), "a new buffer of whole rows");
     let mut out = Vec::with_capacity(len);
     for_rows(&mut out.spare_capacity_mut()[..len], row_len, kernel);
     // SAFETY: the kernels write all `len` values (the contract above).
@@ -299,36 +301,39 @@ pub fn silu_inplace(x: &mut [f32]) {
 /// SwiGLU's gate: rows of `2·hidden` values `(x1, x2)` → rows of `hidden` values `SiLU(x1)·x2`.
 pub fn silu_gate(h: &[f32], hidden: usize) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [f32], h: &[f32], hidden: usize) {
+        fn kernel(out: &mut [MaybeUninit<f32>], h: &[f32], hidden: usize) {
             for (o, x) in out.chunks_exact_mut(hidden).zip(h.chunks_exact(2 * hidden)) {
                 let (x1, x2) = x.split_at(hidden);
                 for ((o, &a), &b) in o.iter_mut().zip(x1).zip(x2) {
-                    *o = silu(a) * b;
+                    o.write(silu(a) * b);
                 }
             }
         }
     }
-    new_rows(h.len() / 2, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden))
+    // Every output value is written (the contract of `new_rows_uninit`): whole rows only.
+    assert_eq!(h.len() % (2 * hidden).max(1), 0, "silu_gate: rows of 2·hidden values");
+    new_rows_uninit(h.len() / 2, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden))
 }
 
 /// Gradient of [`silu_gate`] with respect to `h` (rows of `2·hidden`), from the output gradient
 /// `g` (rows of `hidden`): `(g·x2·SiLU'(x1), g·SiLU(x1))`, `SiLU'(a) = σ(a)·(1 + a·(1 − σ(a)))`.
 pub fn silu_gate_backward(h: &[f32], g: &[f32], hidden: usize) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [f32], h: &[f32], g: &[f32], hidden: usize) {
+        fn kernel(out: &mut [MaybeUninit<f32>], h: &[f32], g: &[f32], hidden: usize) {
             let rows = out.chunks_exact_mut(2 * hidden).zip(h.chunks_exact(2 * hidden)).zip(g.chunks_exact(hidden));
             for ((o, x), g) in rows {
                 let (d1, d2) = o.split_at_mut(hidden);
                 let (x1, x2) = x.split_at(hidden);
                 for ((((d1, d2), &a), &b), &g) in d1.iter_mut().zip(d2).zip(x1).zip(x2).zip(g) {
                     let sig = 1.0 / (1.0 + exp(-a));
-                    *d1 = g * b * sig * (1.0 + a * (1.0 - sig));
-                    *d2 = g * a * sig;
+                    d1.write(g * b * sig * (1.0 + a * (1.0 - sig)));
+                    d2.write(g * a * sig);
                 }
             }
         }
     }
-    new_rows(h.len(), 2 * hidden, &|first, rows| {
+    assert!(h.len() % (2 * hidden).max(1) == 0 && g.len() * 2 == h.len(), "silu_gate_backward: rows of 2·hidden and hidden values");
+    new_rows_uninit(h.len(), 2 * hidden, &|first, rows| {
         kernel(rows, &h[first * 2 * hidden..], &g[first * hidden..], hidden)
     })
 }
@@ -344,20 +349,21 @@ fn inv_rms(row: &[f32], eps: f32) -> f32 {
 /// `scale` `[B, D]`.
 pub fn rms_norm_modulate(x: &[f32], tokens: usize, weight: &[f32], shift: &[f32], scale: &[f32], eps: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [f32], x: &[f32], first: usize, tokens: usize, weight: &[f32], shift: &[f32], scale: &[f32], eps: f32) {
+        fn kernel(out: &mut [MaybeUninit<f32>], x: &[f32], first: usize, tokens: usize, weight: &[f32], shift: &[f32], scale: &[f32], eps: f32) {
             let d = weight.len();
             for (r, (o, xs)) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
                 let b = (first + r) / tokens;
                 let (sh, sc) = (&shift[b * d..][..d], &scale[b * d..][..d]);
                 let inv = inv_rms(xs, eps);
                 for ((((o, &v), &w), &sh), &sc) in o.iter_mut().zip(xs).zip(weight).zip(sh).zip(sc) {
-                    *o = v * inv * w * (1.0 + sc) + sh;
+                    o.write(v * inv * w * (1.0 + sc) + sh);
                 }
             }
         }
     }
     let d = weight.len();
-    new_rows(x.len(), d, &|first, rows| kernel(rows, &x[first * d..], first, tokens, weight, shift, scale, eps))
+    assert_eq!(x.len() % d.max(1), 0, "rms_norm_modulate: rows of weight.len() values");
+    new_rows_uninit(x.len(), d, &|first, rows| kernel(rows, &x[first * d..], first, tokens, weight, shift, scale, eps))
 }
 
 /// Gradients of [`rms_norm_modulate`] from the output gradient `g` `[B, T, D]`:
