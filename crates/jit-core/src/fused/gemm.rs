@@ -10,7 +10,7 @@
 //! a column sum split over threads. The zeroing and copying alone were 9 % of the CPU samples of
 //! a JiT-S/4 training step on 2 cores, all of it serial (docs/cpu.md).
 
-use super::cpu::new_rows_uninit;
+use super::cpu::new_rows;
 
 /// A matrix operand: its values and the distance between consecutive rows and columns (a
 /// transposed operand is its stored matrix with the two strides swapped).
@@ -98,7 +98,7 @@ pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d_in: usize, d_ou
     let Some(bias) = bias else { return product(rows, d_out, d_in, a, b) };
     assert_eq!(bias.len(), d_out, "bias length");
     // The bias rows, then the product added onto them inside gemm's kernels.
-    let mut out = new_rows_uninit(rows * d_out, d_out, &|_, chunk| {
+    let mut out = new_rows(rows * d_out, d_out, &|_, chunk| {
         for row in chunk.chunks_exact_mut(d_out) {
             row.iter_mut().zip(bias).for_each(|(o, &v)| {
                 o.write(v);

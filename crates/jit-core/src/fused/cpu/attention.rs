@@ -10,7 +10,7 @@
 
 use core::mem::MaybeUninit;
 
-use super::{mul_add, softmax_row, sum_by_pairs, zeroed};
+use super::{mul_add, softmax_row, sum_by_pairs};
 
 /// Shapes of [`attention`]: `q`, `k`, `v` `[B, heads, T, head_dim]`.
 #[derive(Debug, Clone, Copy)]
@@ -204,6 +204,13 @@ fn backward<const HD: usize, const FMA: bool>(
             }
         });
     }
+}
+
+/// `values` set to zero, as initialised floats.
+fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    values.fill(MaybeUninit::new(0.0));
+    // SAFETY: every value was just written; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// `N` new buffers of `lens` values, each cut into `batch` equal chunks, filled by

@@ -153,22 +153,11 @@ fn for_rows<T: Send>(out: &mut [T], row_len: usize, kernel: &RowKernel<T>) {
     kernel(0, out)
 }
 
-/// A new buffer of `len` values, filled by [`for_rows`] with `kernel`. Each chunk is zeroed by
-/// the thread that then fills it, right before it does (not all at once on the calling thread,
-/// which took 2 % of a training step there).
-fn new_rows(len: usize, row_len: usize, kernel: &RowKernel) -> Vec<f32> {
-    new_rows_uninit(len, row_len, &|first, rows| kernel(first, zeroed(rows)))
-}
-
-/// `values` set to zero, as initialised floats.
-fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    values.fill(MaybeUninit::new(0.0));
-    // SAFETY: every value was just written; `MaybeUninit<f32>` has `f32`'s layout.
-    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
-/// A new buffer of `len` values, every one of which `kernel` must write (through [`for_rows`]).
-pub(super) fn new_rows_uninit(len: usize, row_len: usize, kernel: &RowKernel<MaybeUninit<f32>>) -> Vec<f32> {
+/// A new buffer of `len` values, filled by [`for_rows`] with `kernel`, which must write every
+/// one of them. Each value is written once, by the worker thread that computes it: no zeroing
+/// first (zeroing on the calling thread took 2 % of a training step, and on the workers it was
+/// still a pass over memory).
+pub(super) fn new_rows(len: usize, row_len: usize, kernel: &RowKernel<MaybeUninit<f32>>) -> Vec<f32> {
     // Whole rows, so that `for_rows` hands every value to the kernel.
     assert!(len == 0 || (row_len > 0 && len % row_len == 0), "a new buffer of whole rows");
     let mut out = Vec::with_capacity(len);
@@ -238,12 +227,12 @@ fn softmax_row(row: &mut [f32], scale: f32) {
 /// `scale·p·(g − Σ g·p)` per row.
 pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [f32], p: &[f32], g: &[f32], row_len: usize, scale: f32) {
+        fn kernel(out: &mut [MaybeUninit<f32>], p: &[f32], g: &[f32], row_len: usize, scale: f32) {
             let rows = out.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)).zip(g.chunks_exact(row_len));
             for ((o, p), g) in rows {
                 let dot = sum_by_pairs(p, g);
                 for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                    *o = scale * p * (g - dot);
+                    o.write(scale * p * (g - dot));
                 }
             }
         }
@@ -258,9 +247,9 @@ pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -
 /// unconditional half), `v_u + scale·(v_c − v_u)` `[B, …]`.
 pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [f32], cond: &[f32], uncond: &[f32], scale: f32) {
+        fn kernel(out: &mut [MaybeUninit<f32>], cond: &[f32], uncond: &[f32], scale: f32) {
             for ((o, &c), &u) in out.iter_mut().zip(cond).zip(uncond) {
-                *o = u + scale * (c - u);
+                o.write(u + scale * (c - u));
             }
         }
     }
@@ -276,12 +265,13 @@ pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
 /// separate `mul_scalar`s round them (the factors are given in f32: `decay` and `1 − decay`).
 pub fn ema_blend(ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [f32], ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) {
+        fn kernel(out: &mut [MaybeUninit<f32>], ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) {
             for ((o, &e), &t) in out.iter_mut().zip(ema).zip(theta) {
-                *o = e * decay + t * one_minus_decay;
+                o.write(e * decay + t * one_minus_decay);
             }
         }
     }
+    assert_eq!(ema.len(), theta.len(), "ema_blend: one value of θ per EMA value");
     new_rows(ema.len(), 1, &|first, rows| {
         let at = first..first + rows.len();
         kernel(rows, &ema[at.clone()], &theta[at], decay, one_minus_decay)
@@ -310,9 +300,9 @@ pub fn silu_gate(h: &[f32], hidden: usize) -> Vec<f32> {
             }
         }
     }
-    // Every output value is written (the contract of `new_rows_uninit`): whole rows only.
+    // Every output value is written (the contract of `new_rows`): whole rows only.
     assert_eq!(h.len() % (2 * hidden).max(1), 0, "silu_gate: rows of 2·hidden values");
-    new_rows_uninit(h.len() / 2, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden))
+    new_rows(h.len() / 2, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden))
 }
 
 /// Gradient of [`silu_gate`] with respect to `h` (rows of `2·hidden`), from the output gradient
@@ -333,7 +323,7 @@ pub fn silu_gate_backward(h: &[f32], g: &[f32], hidden: usize) -> Vec<f32> {
         }
     }
     assert!(h.len() % (2 * hidden).max(1) == 0 && g.len() * 2 == h.len(), "silu_gate_backward: rows of 2·hidden and hidden values");
-    new_rows_uninit(h.len(), 2 * hidden, &|first, rows| {
+    new_rows(h.len(), 2 * hidden, &|first, rows| {
         kernel(rows, &h[first * 2 * hidden..], &g[first * hidden..], hidden)
     })
 }
@@ -363,7 +353,7 @@ pub fn rms_norm_modulate(x: &[f32], tokens: usize, weight: &[f32], shift: &[f32]
     }
     let d = weight.len();
     assert_eq!(x.len() % d.max(1), 0, "rms_norm_modulate: rows of weight.len() values");
-    new_rows_uninit(x.len(), d, &|first, rows| kernel(rows, &x[first * d..], first, tokens, weight, shift, scale, eps))
+    new_rows(x.len(), d, &|first, rows| kernel(rows, &x[first * d..], first, tokens, weight, shift, scale, eps))
 }
 
 /// Gradients of [`rms_norm_modulate`] from the output gradient `g` `[B, T, D]`:
@@ -482,21 +472,19 @@ multiversion! {
 fn head_rows_of<const HD: usize>(out: &mut [MaybeUninit<f32>], first: usize, p: &HeadPart) {
     let l = p.layout;
     let hd = if HD == 0 { l.head_dim } else { HD };
-    let (mut scratch, mut row) = (vec![0.0f32; 2 * hd], vec![0.0f32; hd]);
+    let mut scratch = vec![0.0f32; 2 * hd];
     // Rows of the output are (b, h, t) in order: counters instead of a division per row.
     let (mut t, mut bh) = (first % l.tokens, first / l.tokens);
     for o in out.chunks_exact_mut(hd) {
         let (b, h) = (bh / l.heads, bh % l.heads);
         let src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
-        // Each output value is written once (no zeroing first: the buffer is new).
         match p.norm {
             None => {
                 o.write_copy_of_slice(src);
             }
             Some((weight, eps)) => {
                 let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);
-                norm_rope_row(&mut row, src, &weight[..hd], cos, sin, eps, &mut scratch);
-                o.write_copy_of_slice(&row);
+                norm_rope_row(o, src, &weight[..hd], cos, sin, eps, &mut scratch);
             }
         }
         t += 1;
@@ -510,7 +498,7 @@ fn head_rows_of<const HD: usize>(out: &mut [MaybeUninit<f32>], first: usize, p: 
 /// `n = x / rms(x) · weight`. `scratch` holds `2·head_dim` values (n and its swapped pairs), so
 /// that every loop is element-wise and vectorises.
 #[inline(always)]
-fn norm_rope_row(o: &mut [f32], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32, scratch: &mut [f32]) {
+fn norm_rope_row(o: &mut [MaybeUninit<f32>], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32, scratch: &mut [f32]) {
     let inv = inv_rms(x, eps);
     let (n, swapped) = scratch.split_at_mut(x.len());
     for ((n, &x), &w) in n.iter_mut().zip(x).zip(weight) {
@@ -521,7 +509,7 @@ fn norm_rope_row(o: &mut [f32], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f
         s[1] = n[0];
     }
     for ((((o, &n), &s), &c), &sn) in o.iter_mut().zip(n.iter()).zip(swapped.iter()).zip(cos).zip(sin) {
-        *o = n * c + s * sn;
+        o.write(n * c + s * sn);
     }
 }
 
@@ -530,7 +518,7 @@ fn norm_rope_row(o: &mut [f32], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f
 /// own, for training.
 pub fn rms_norm_rope(x: &[f32], tokens: usize, weight: &[f32], cos: &[f32], sin_signed: &[f32], eps: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [f32], x: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+        fn kernel(out: &mut [MaybeUninit<f32>], x: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
             let hd = weight.len();
             let mut scratch = vec![0.0f32; 2 * hd];
             let mut t = first % tokens;
@@ -627,7 +615,7 @@ pub fn qkv_heads(qkv: &[f32], layout: &QkvLayout, norm_rope: &QkNormRope) -> [Ve
     let (l, n) = (layout, norm_rope);
     let part = |which: usize, norm: Option<(&[f32], f32)>| {
         let p = HeadPart { qkv, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed };
-        new_rows_uninit(l.batch * l.heads * l.tokens * l.head_dim, l.head_dim, &|first, rows| head_rows(rows, first, &p))
+        new_rows(l.batch * l.heads * l.tokens * l.head_dim, l.head_dim, &|first, rows| head_rows(rows, first, &p))
     };
     [part(0, Some((n.q_weight, n.eps))), part(1, Some((n.k_weight, n.eps))), part(2, None)]
 }
