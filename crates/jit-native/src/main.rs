@@ -5,8 +5,8 @@
 //! [`training`] the run's settings (flags, TOML, `settings.json`, defaults) and its run folder;
 //! [`data`] the datasets and the batch loader; [`science`] the toy experiment, the eval
 //! classifier and the Fréchet distance; [`pth`] reading official PyTorch checkpoints safely;
-//! [`backend`] the device choice; [`model_file`],
-//! [`generate`], [`images`] and [`fsutil`] loading models, sampling to the host, PNGs and
+//! [`backend`] the device choice; [`lanes`] sampling's batch split over the CPU cores;
+//! [`model_file`], [`generate`], [`images`] and [`fsutil`] loading models, sampling to the host, PNGs and
 //! atomic writes. The network, objective, sampler and training state live in `jit_core`.
 
 mod backend;
@@ -15,6 +15,7 @@ mod data;
 mod fsutil;
 mod generate;
 mod images;
+mod lanes;
 mod model_file;
 mod pth;
 mod science;

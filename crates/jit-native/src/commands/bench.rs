@@ -16,6 +16,7 @@ use jit_core::sampler::{Sampling, initial_noise};
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, Network, SamplerConfig, TrainState};
 
 use crate::backend::{BackendArgs, Precision};
+use crate::lanes::Lanes;
 
 /// `bench` flags.
 #[derive(Args, Debug)]
@@ -56,15 +57,15 @@ pub struct BenchArgs {
 }
 
 /// A network that counts the images it evaluates (for the FLOP count of sampling).
-struct Counting<'a> {
-    net: &'a Jit,
+struct Counting<'a, N> {
+    net: &'a N,
     images: Cell<usize>,
 }
 
-impl Network for Counting<'_> {
+impl<N: Network> Network for Counting<'_, N> {
     fn predict(&self, z: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
         self.images.set(self.images.get() + z.dims()[0]);
-        self.net.forward(z, t, y)
+        self.net.predict(z, t, y)
     }
     fn null_class(&self) -> usize {
         self.net.null_class()
@@ -174,7 +175,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
 fn time_sampling(ema: &Jit, diffusion: &DiffusionConfig, a: &BenchArgs, device: &Device) -> Result<(f64, f64, usize)> {
     let sampler = SamplerConfig { steps: a.sample_steps, ..SamplerConfig::default() };
     let labels: Vec<i64> = (0..a.sample_count).map(|i| (i % a.num_classes) as i64).collect();
-    let net = Counting { net: ema, images: Cell::new(0) };
+    let lanes = Lanes::new(ema, device);
+    let net = Counting { net: &lanes, images: Cell::new(0) };
     let run = |steps: Option<usize>| -> Result<f64> {
         let z0 = initial_noise(&ema.config, diffusion, labels.len(), 0, device);
         let t0 = Instant::now();
