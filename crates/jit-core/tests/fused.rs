@@ -90,9 +90,10 @@ fn softmax_matches_in_values_and_gradients() {
 
 #[test]
 fn attention_matches_in_values_and_gradients() {
-    // Head widths with a kernel (16, 32; 72 tokens is not a multiple of the score block) and
-    // without one (8, which takes the tensor ops everywhere).
-    for (heads, hd, tokens) in [(4, 16, 72), (3, 32, 13), (2, 8, 5)] {
+    // Head widths with a kernel (16, 32, 64; 72, 13 and 40 tokens are not multiples of the
+    // score blocks, nor 13 of the four-row blocks) and without one (8, which takes the tensor
+    // ops everywhere).
+    for (heads, hd, tokens) in [(4, 16, 72), (3, 32, 13), (2, 64, 40), (2, 8, 5)] {
         let shape = [2, heads, tokens, hd];
         let qkv = [random(shape, 1.5, 12), random(shape, 1.5, 13), random(shape, 1.0, 14)];
         check(&format!("attention, head width {hd}"), qkv, |[q, k, v]| {

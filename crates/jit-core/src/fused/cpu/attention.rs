@@ -72,7 +72,12 @@ macro_rules! in_row_blocks {
 /// `s[r][j] = Σ_c a[i0 + r][c]·b[j][c]` for `R` rows of `a` `[n, HD]`, from `b_t` = `bᵀ`
 /// `[HD, padded]`, into rows of `padded` values of `s`.
 #[inline(always)]
-fn scores<const HD: usize, const R: usize, const FMA: bool>(s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
+fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 && R == super::attention_avx512::ROWS {
+        // SAFETY: `AVX512` is only set in the kernel versions that run on CPUs with AVX-512.
+        return unsafe { super::attention_avx512::scores::<HD>(s, a, i0, b_t, padded) };
+    }
     let rows: [&[f32; HD]; R] = std::array::from_fn(|r| a[(i0 + r) * HD..][..HD].try_into().expect("HD values"));
     for jb in (0..padded).step_by(BLOCK) {
         let mut acc = [[0.0f32; BLOCK]; R];
@@ -91,9 +96,29 @@ fn scores<const HD: usize, const R: usize, const FMA: bool>(s: &mut [f32], a: &[
     }
 }
 
+/// In place: `softmax(scale·x)` over the first `tokens` values of each of `R` rows of `padded`
+/// values in `s`.
+#[inline(always)]
+fn softmax_block<const R: usize, const AVX512: bool>(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 && R == super::attention_avx512::ROWS {
+        // SAFETY: as in `scores`.
+        return unsafe { super::attention_avx512::softmax(s, padded, tokens, scale) };
+    }
+    for row in s.chunks_exact_mut(padded).take(R) {
+        softmax_row(&mut row[..tokens], scale);
+    }
+}
+
 /// `o[r] = Σ_j coef[r·rs + j·cs]·rows[j]` for `R` output rows, `rows` `[n, HD]`.
 #[inline(always)]
-fn combine<const HD: usize, const R: usize, const FMA: bool>(coef: &[f32], rs: usize, cs: usize, rows: &[f32]) -> [[f32; HD]; R] {
+fn combine<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(coef: &[f32], rs: usize, cs: usize, rows: &[f32]) -> [[f32; HD]; R] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 && R == super::attention_avx512::ROWS {
+        // SAFETY: as in `scores`.
+        let o = unsafe { super::attention_avx512::combine::<HD>(coef, rs, cs, rows) };
+        return std::array::from_fn(|r| o[r % super::attention_avx512::ROWS]);
+    }
     let mut o = [[0.0f32; HD]; R];
     for (j, row) in rows.chunks_exact(HD).enumerate() {
         let row: &[f32; HD] = row.try_into().expect("HD values");
@@ -120,7 +145,7 @@ fn transpose<const HD: usize>(t: &mut [f32], m: &[f32], padded: usize) {
 /// The forward pass of one batch element, head width `HD`: `out` `[T, heads·HD]`; with `p`
 /// (`[heads, T, T]`) also the probabilities.
 #[inline(always)]
-fn forward<const HD: usize, const FMA: bool>(out: &mut [f32], mut p: Option<&mut [f32]>, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) {
+fn forward<const HD: usize, const FMA: bool, const AVX512: bool>(out: &mut [f32], mut p: Option<&mut [f32]>, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) {
     let (tokens, padded) = (shape.tokens, shape.padded());
     let d = shape.heads * HD;
     let mut k_t = vec![0.0f32; HD * padded];
@@ -130,15 +155,15 @@ fn forward<const HD: usize, const FMA: bool>(out: &mut [f32], mut p: Option<&mut
         let (q, k, v) = (&q[at.clone()], &k[at.clone()], &v[at]);
         transpose::<HD>(&mut k_t, k, padded);
         in_row_blocks!(tokens, |i0, R| {
-            scores::<HD, R, FMA>(&mut s, q, i0, &k_t, padded);
+            scores::<HD, R, FMA, AVX512>(&mut s, q, i0, &k_t, padded);
+            softmax_block::<R, AVX512>(&mut s, padded, tokens, scale);
             for r in 0..R {
                 let row = &mut s[r * padded..][..tokens];
-                softmax_row(row, scale);
                 if let Some(p) = p.as_deref_mut() {
                     p[(h * tokens + i0 + r) * tokens..][..tokens].copy_from_slice(row);
                 }
             }
-            let o = combine::<HD, R, FMA>(&s, padded, 1, v);
+            let o = combine::<HD, R, FMA, AVX512>(&s, padded, 1, v);
             for (r, o) in o.iter().enumerate() {
                 out[(i0 + r) * d + h * HD..][..HD].copy_from_slice(o);
             }
@@ -150,7 +175,7 @@ fn forward<const HD: usize, const FMA: bool>(out: &mut [f32], mut p: Option<&mut
 /// `[heads, T, T]` and the output gradient `g` `[T, heads·HD]`: per head
 /// `dv = pᵀ·g`, `ds = scale·p·(g·vᵀ − Σ_row (g·vᵀ)·p)`, `dq = ds·k`, `dk = dsᵀ·q`.
 #[inline(always)]
-fn backward<const HD: usize, const FMA: bool>(
+fn backward<const HD: usize, const FMA: bool, const AVX512: bool>(
     [dq, dk, dv]: [&mut [f32]; 3],
     q: &[f32],
     k: &[f32],
@@ -176,14 +201,14 @@ fn backward<const HD: usize, const FMA: bool>(
         transpose::<HD>(&mut v_t, v, padded);
         // dv[j] = Σ_i p[i][j]·g[i]
         in_row_blocks!(tokens, |j0, R| {
-            let o = combine::<HD, R, FMA>(&p[j0..], 1, tokens, &gh);
+            let o = combine::<HD, R, FMA, AVX512>(&p[j0..], 1, tokens, &gh);
             for (r, o) in o.iter().enumerate() {
                 dv[(j0 + r) * HD..][..HD].copy_from_slice(o);
             }
         });
         // ds rows: the probabilities' gradient g·vᵀ, then softmax's backward (with the scale).
         in_row_blocks!(tokens, |i0, R| {
-            scores::<HD, R, FMA>(&mut ds[i0 * padded..], &gh, i0, &v_t, padded);
+            scores::<HD, R, FMA, AVX512>(&mut ds[i0 * padded..], &gh, i0, &v_t, padded);
         });
         for (row, p) in ds.chunks_exact_mut(padded).zip(p.chunks_exact(tokens)) {
             let row = &mut row[..tokens];
@@ -192,13 +217,13 @@ fn backward<const HD: usize, const FMA: bool>(
         }
         // dq[i] = Σ_j ds[i][j]·k[j];  dk[j] = Σ_i ds[i][j]·q[i]
         in_row_blocks!(tokens, |i0, R| {
-            let o = combine::<HD, R, FMA>(&ds[i0 * padded..], padded, 1, k);
+            let o = combine::<HD, R, FMA, AVX512>(&ds[i0 * padded..], padded, 1, k);
             for (r, o) in o.iter().enumerate() {
                 dq[(i0 + r) * HD..][..HD].copy_from_slice(o);
             }
         });
         in_row_blocks!(tokens, |j0, R| {
-            let o = combine::<HD, R, FMA>(&ds[j0..], 1, padded, q);
+            let o = combine::<HD, R, FMA, AVX512>(&ds[j0..], 1, padded, q);
             for (r, o) in o.iter().enumerate() {
                 dk[(j0 + r) * HD..][..HD].copy_from_slice(o);
             }
@@ -251,9 +276,9 @@ multiversion! {
     /// [`forward`] for one batch element, dispatched on the head width.
     fn forward_kernel(out: &mut [f32], p: Option<&mut [f32]>, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) {
         match shape.head_dim {
-            16 => forward::<16, FMA>(out, p, q, k, v, shape, scale),
-            32 => forward::<32, FMA>(out, p, q, k, v, shape, scale),
-            64 => forward::<64, FMA>(out, p, q, k, v, shape, scale),
+            16 => forward::<16, FMA, AVX512>(out, p, q, k, v, shape, scale),
+            32 => forward::<32, FMA, AVX512>(out, p, q, k, v, shape, scale),
+            64 => forward::<64, FMA, AVX512>(out, p, q, k, v, shape, scale),
             _ => unreachable!("attention_supports"),
         }
     }
@@ -263,9 +288,9 @@ multiversion! {
     /// [`backward`] for one batch element, dispatched on the head width.
     fn backward_kernel(d: [&mut [f32]; 3], q: &[f32], k: &[f32], v: &[f32], p: &[f32], g: &[f32], shape: &AttentionShape, scale: f32) {
         match shape.head_dim {
-            16 => backward::<16, FMA>(d, q, k, v, p, g, shape, scale),
-            32 => backward::<32, FMA>(d, q, k, v, p, g, shape, scale),
-            64 => backward::<64, FMA>(d, q, k, v, p, g, shape, scale),
+            16 => backward::<16, FMA, AVX512>(d, q, k, v, p, g, shape, scale),
+            32 => backward::<32, FMA, AVX512>(d, q, k, v, p, g, shape, scale),
+            64 => backward::<64, FMA, AVX512>(d, q, k, v, p, g, shape, scale),
             _ => unreachable!("attention_supports"),
         }
     }

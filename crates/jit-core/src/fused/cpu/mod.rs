@@ -81,7 +81,8 @@ fn silu(x: f32) -> f32 {
 /// Defines `fn $name(args)` compiled three times on x86-64: for AVX-512, for AVX2 + FMA and for
 /// the baseline, the widest the CPU has picked at run time. (Elsewhere once: wasm32 is built with SIMD128
 /// for the whole module, aarch64 always has NEON.) The body sees `const FMA: bool`, whether its
-/// version may fuse multiply-adds (see [`mul_add`]).
+/// version may fuse multiply-adds (see [`mul_add`]), and `const AVX512: bool`, whether it may
+/// use AVX-512 intrinsics.
 macro_rules! multiversion {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$doc])*
@@ -89,18 +90,18 @@ macro_rules! multiversion {
         fn $name($($arg: $ty),*) {
             #[inline(always)]
             #[allow(clippy::too_many_arguments)]
-            fn generic<const FMA: bool>($($arg: $ty),*) $body
+            fn generic<const FMA: bool, const AVX512: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx512($($arg: $ty),*) {
-                    generic::<true>($($arg),*)
+                    generic::<true, true>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) {
-                    generic::<true>($($arg),*)
+                    generic::<true, false>($($arg),*)
                 }
                 use std::arch::is_x86_feature_detected as has;
                 if has!("avx512f") && has!("avx512vl") && has!("avx2") && has!("fma") {
@@ -112,7 +113,7 @@ macro_rules! multiversion {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            generic::<{ cfg!(target_arch = "aarch64") }>($($arg),*)
+            generic::<{ cfg!(target_arch = "aarch64") }, false>($($arg),*)
         }
     };
 }
@@ -126,6 +127,8 @@ fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 }
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_avx512;
 pub use attention::{AttentionShape, attention, attention_backward, attention_supports, attention_with_probs};
 
 /// A kernel over a chunk of rows: `(first_row, rows)`.

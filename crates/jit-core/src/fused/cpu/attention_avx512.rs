@@ -1,0 +1,190 @@
+//! The register blocks of [`super::attention`] written with AVX-512 intrinsics, for the kernel
+//! versions that `multiversion!` compiles for AVX-512 (`AVX512`).
+//!
+//! The portable blocks have four chains of additions, half of what this CPU's two FMA units
+//! need to stay busy (4 cycles latency each); with more, LLVM spilled their plain-array
+//! accumulators to memory (docs/cpu.md). Here the accumulators are arrays of `__m512` indexed
+//! by constants, which stay in the 32 vector registers: eight chains in [`scores`], and eight
+//! or more in [`combine`].
+//!
+//! Callers must run on a CPU with AVX-512F: these are `unsafe` for that alone; every slice
+//! access is checked before the pointer loops.
+
+use core::arch::x86_64::{__m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps};
+
+/// Lanes of one register.
+const LANES: usize = 16;
+
+/// Rows of a block (the caller's `QUERY_ROWS`).
+pub const ROWS: usize = 4;
+
+/// `s[r·padded + j] = Σ_c a[(i0 + r)·HD + c]·b_t[c·padded + j]` for [`ROWS`] rows and all
+/// `padded` columns (a multiple of 16): two blocks of 16 columns at a time (eight chains), then
+/// one.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
+    assert!(padded % LANES == 0 && s.len() >= ROWS * padded && b_t.len() >= HD * padded && a.len() >= (i0 + ROWS) * HD);
+    let a = a[i0 * HD..].as_ptr();
+    let (b_t, s) = (b_t.as_ptr(), s.as_mut_ptr());
+    let mut jb = 0;
+    // SAFETY (both loops): the assert above bounds every offset; the CPU has AVX-512F.
+    unsafe {
+        while jb + 2 * LANES <= padded {
+            let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+            for c in 0..HD {
+                let b = [_mm512_loadu_ps(b_t.add(c * padded + jb)), _mm512_loadu_ps(b_t.add(c * padded + jb + LANES))];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * HD + c));
+                    acc[0] = _mm512_fmadd_ps(x, b[0], acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, b[1], acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(s.add(r * padded + jb), acc[0]);
+                _mm512_storeu_ps(s.add(r * padded + jb + LANES), acc[1]);
+            }
+            jb += 2 * LANES;
+        }
+        if jb < padded {
+            let mut acc = [_mm512_setzero_ps(); ROWS];
+            for c in 0..HD {
+                let b = _mm512_loadu_ps(b_t.add(c * padded + jb));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * HD + c)), b, *acc);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm512_storeu_ps(s.add(r * padded + jb), *acc);
+            }
+        }
+    }
+}
+
+/// `o[r] = Σ_j coef[r·rs + j·cs]·rows[j]` for [`ROWS`] output rows, `rows` `[n, HD]` (`HD` 16, 32
+/// or 64). At width 16 (one register per row) even and odd `j` go to two sets of accumulators,
+/// so there are always at least eight chains.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+pub unsafe fn combine<const HD: usize>(coef: &[f32], rs: usize, cs: usize, rows: &[f32]) -> [[f32; HD]; ROWS] {
+    const { assert!(HD % LANES == 0 && HD <= 4 * LANES) };
+    let v = HD / LANES;
+    let sets = if v == 1 { 2 } else { 1 };
+    let n = rows.len() / HD;
+    if n > 0 {
+        assert!((ROWS - 1) * rs + (n - 1) * cs < coef.len());
+    }
+    let (coef, rows) = (coef.as_ptr(), rows.as_ptr());
+    let mut o = [[0.0f32; HD]; ROWS];
+    // SAFETY: `j < n` keeps `rows` reads in bounds, the assert above the `coef` reads, `o` has
+    // `ROWS × HD` values; the CPU has AVX-512F.
+    unsafe {
+        let mut acc: [[[__m512; 4]; ROWS]; 2] = [[[_mm512_setzero_ps(); 4]; ROWS]; 2];
+        let mut j = 0;
+        while j + sets <= n {
+            for (set, acc) in acc.iter_mut().enumerate().take(sets) {
+                let row = rows.add((j + set) * HD);
+                let mut x = [_mm512_setzero_ps(); 4];
+                for (i, x) in x.iter_mut().enumerate().take(v) {
+                    *x = _mm512_loadu_ps(row.add(i * LANES));
+                }
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let p = _mm512_set1_ps(*coef.add(r * rs + (j + set) * cs));
+                    for i in 0..v {
+                        acc[i] = _mm512_fmadd_ps(p, x[i], acc[i]);
+                    }
+                }
+            }
+            j += sets;
+        }
+        if j < n {
+            let row = rows.add(j * HD);
+            for (r, acc) in acc[0].iter_mut().enumerate() {
+                let p = _mm512_set1_ps(*coef.add(r * rs + j * cs));
+                for i in 0..v {
+                    acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(row.add(i * LANES)), acc[i]);
+                }
+            }
+        }
+        for (r, o) in o.iter_mut().enumerate() {
+            for i in 0..v {
+                let sum = if sets == 2 { _mm512_add_ps(acc[0][r][i], acc[1][r][i]) } else { acc[0][r][i] };
+                _mm512_storeu_ps(o.as_mut_ptr().add(i * LANES), sum);
+            }
+        }
+    }
+    o
+}
+
+/// `e^x` on 16 lanes: [`super::exp`]'s steps, each rounded as there (products and sums apart),
+/// so both give the same values.
+#[inline(always)]
+unsafe fn exp(x: __m512) -> __m512 {
+    use core::arch::x86_64::*;
+    // SAFETY: register-only arithmetic; the CPU has AVX-512F.
+    unsafe {
+        let c = _mm512_set1_ps;
+        let (mul, add) = (_mm512_mul_ps, _mm512_add_ps);
+        let x = _mm512_min_ps(_mm512_max_ps(x, c(-87.3)), c(88.3));
+        let round = c(12_582_912.0);
+        let shifted = add(mul(x, c(std::f32::consts::LOG2_E)), round);
+        let n = _mm512_sub_ps(shifted, round);
+        let r = _mm512_sub_ps(_mm512_sub_ps(x, mul(n, c(0.693_359_4))), mul(n, c(-2.121_944_4e-4)));
+        let mut p = c(1.987_569_1e-4);
+        for k in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_66, 0.5] {
+            p = add(mul(p, r), c(k));
+        }
+        let er = add(add(mul(mul(p, r), r), r), c(1.0));
+        let bits = _mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(round)), _mm512_set1_epi32(127));
+        mul(er, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)))
+    }
+}
+
+/// In place: `softmax(scale·x)` over the first `tokens` values of each of [`ROWS`] rows of
+/// `padded` values in `s` (the rest of each row is left undefined).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
+    use core::arch::x86_64::*;
+    assert!(padded % LANES == 0 && tokens <= padded && tokens > 0 && s.len() >= ROWS * padded);
+    let blocks = padded / LANES;
+    // Lanes of the last block that hold scores.
+    let last: __mmask16 = if tokens % LANES == 0 { !0 } else { (1 << (tokens % LANES)) - 1 };
+    let used = tokens.div_ceil(LANES);
+    // SAFETY: `r·padded + b·16 + 16 ≤ ROWS·padded` for `b < blocks`; the CPU has AVX-512F.
+    // The rows go through each pass together: four independent chains of dependent steps.
+    unsafe {
+        let base = s.as_mut_ptr();
+        let row = |r: usize, b: usize| base.add(r * padded + b * LANES);
+        let mut max = [_mm512_set1_ps(f32::NEG_INFINITY); ROWS];
+        for b in 0..used {
+            let mask = if b + 1 == used { last } else { !0 };
+            for (r, max) in max.iter_mut().enumerate() {
+                *max = _mm512_mask_max_ps(*max, mask, *max, _mm512_loadu_ps(row(r, b)));
+            }
+        }
+        let max = max.map(|m| _mm512_set1_ps(_mm512_reduce_max_ps(m)));
+        let scale = _mm512_set1_ps(scale);
+        let mut sum = [_mm512_setzero_ps(); ROWS];
+        for b in 0..used {
+            let mask = if b + 1 == used { last } else { !0 };
+            for r in 0..ROWS {
+                let e = exp(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row(r, b)), max[r]), scale));
+                _mm512_storeu_ps(row(r, b), e);
+                sum[r] = _mm512_mask_add_ps(sum[r], mask, sum[r], e);
+            }
+        }
+        let inv = sum.map(|s| _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(s)));
+        for b in 0..used.min(blocks) {
+            for r in 0..ROWS {
+                _mm512_storeu_ps(row(r, b), _mm512_mul_ps(_mm512_loadu_ps(row(r, b)), inv[r]));
+            }
+        }
+    }
+}
