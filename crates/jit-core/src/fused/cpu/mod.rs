@@ -49,27 +49,46 @@ const LANES: usize = 16;
 fn sum_by(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for (acc, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *acc = f(v);
+    }
     for c in chunks {
         for i in 0..LANES {
             acc[i] += f(c[i]);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    fold_lanes(acc, |a, b| a + b)
 }
 
 /// The largest value of `xs` (−∞ when empty; NaNs are skipped).
 #[inline(always)]
 fn max_of(xs: &[f32]) -> f32 {
+    let max = |m: f32, v: f32| if v > m { v } else { m };
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for (acc, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *acc = max(*acc, v);
+    }
     for c in chunks {
         for i in 0..LANES {
-            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+            acc[i] = max(acc[i], c[i]);
         }
     }
-    acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
+    fold_lanes(acc, max)
+}
+
+/// The partial results of a reduction combined pairwise: four dependent steps instead of a
+/// chain of fifteen, whose latency bounded the row kernels (softmax, norms) on short rows.
+#[inline(always)]
+fn fold_lanes(mut acc: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            acc[i] = op(acc[i], acc[i + width]);
+        }
+        width /= 2;
+    }
+    acc[0]
 }
 
 /// SiLU `x·σ(x) = x / (1 + e^−x)`.
@@ -422,13 +441,15 @@ fn rms_norm_input_grad(dx: &mut [f32], dn: &[f32], x: &[f32], inv: f32) {
 fn sum_by_pairs(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for ((acc, &x), &y) in acc.iter_mut().zip(ac.remainder()).zip(bc.remainder()) {
+        *acc = x * y;
+    }
     for (ac, bc) in ac.zip(bc) {
         for i in 0..LANES {
             acc[i] += ac[i] * bc[i];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    fold_lanes(acc, |a, b| a + b)
 }
 
 /// Token layout of [`qkv_heads`]: `qkv` is `[B, T, 3, heads, head_dim]`, the RoPE tables
