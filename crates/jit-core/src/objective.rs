@@ -91,6 +91,16 @@ pub struct StepNoise {
     pub labels: Tensor<1, Int>,
 }
 
+impl StepNoise {
+    /// The draws of consecutive parts of the batch, `sizes` images each (summing to B).
+    pub fn split(self, sizes: &[usize]) -> Vec<StepNoise> {
+        let t = self.t.split_with_sizes(sizes.to_vec(), 0);
+        let noise = self.noise.split_with_sizes(sizes.to_vec(), 0);
+        let labels = self.labels.split_with_sizes(sizes.to_vec(), 0);
+        t.into_iter().zip(noise).zip(labels).map(|((t, noise), labels)| StepNoise { t, noise, labels }).collect()
+    }
+}
+
 /// Draws t ~ logit-normal(P_mean, P_std), ε ~ N(0, noise_scale²) and label dropout on `device`'s
 /// generator (seed it with `Device::seed` for reproducible training).
 pub fn draw_noise(cfg: &DiffusionConfig, num_classes: usize, x: &Tensor<4>, labels: Tensor<1, Int>, device: &Device) -> StepNoise {

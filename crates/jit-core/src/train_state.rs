@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bytes, Device, Int, Tensor};
 
@@ -68,6 +68,11 @@ impl<M: Module> TrainState<M> {
     /// backward, AdamW at the scheduled rate, both EMAs, step + 1.
     pub fn apply(&mut self, loss: Tensor<1>, batch: usize) {
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        self.apply_gradients(grads, batch);
+    }
+
+    /// [`Self::apply`] with the gradients already computed.
+    pub fn apply_gradients(&mut self, grads: GradientsParams, batch: usize) {
         let lr = self.lr(batch);
         self.model = self.optim.step(lr, self.model.clone(), grads);
         self.ema1.update(&self.model);
@@ -76,21 +81,89 @@ impl<M: Module> TrainState<M> {
     }
 }
 
-impl<M: Module + Network> TrainState<M> {
+/// The gradient computation of one part of a batch (see [`TrainState::train_step_in_parts`]):
+/// returns the part's share of the loss and its gradients.
+pub type PartJob = Box<dyn FnOnce() -> (Tensor<1>, GradientsParams) + Send>;
+
+impl<M: Module + Network + Send + 'static> TrainState<M> {
     /// One diffusion training step on clean images `x` `[B, C, H, W]` in [-1, 1] with labels
     /// `[B]`: seeded draws of t, ε and label dropout, the loss of `diffusion`, then [`Self::apply`].
     /// Returns the loss (one element, not yet read back).
     pub fn train_step(&mut self, diffusion: &DiffusionConfig, x: Tensor<4>, labels: Tensor<1, Int>) -> Tensor<1> {
+        let [batch, ..] = x.dims();
+        self.train_step_in_parts(diffusion, x, labels, &[batch], |jobs| jobs.into_iter().map(|job| job()).collect())
+    }
+
+    /// [`Self::train_step`] with the batch cut into consecutive parts of `sizes` images (summing
+    /// to B). The draws are made for the whole batch as in `train_step`; each part's loss,
+    /// weighted by its share of the batch, and its gradients are one [`PartJob`], which `run`
+    /// executes (on other threads if it likes: each job has its own copy of the parameters and
+    /// its own autodiff graph) and returns in order. Their gradients are summed into one
+    /// optimizer step, so the step is `train_step`'s up to rounding. Only for networks without
+    /// dropout, whose masks would otherwise be drawn in an order that depends on the threads.
+    pub fn train_step_in_parts(
+        &mut self,
+        diffusion: &DiffusionConfig,
+        x: Tensor<4>,
+        labels: Tensor<1, Int>,
+        sizes: &[usize],
+        run: impl FnOnce(Vec<PartJob>) -> Vec<(Tensor<1>, GradientsParams)>,
+    ) -> Tensor<1> {
         let device = self.device();
         let [batch, ..] = x.dims();
+        assert_eq!(sizes.iter().sum::<usize>(), batch, "parts must cover the batch");
         let x = x.to_device(&device);
         let labels = labels.to_device(&device);
         device.seed(self.seed.wrapping_add(self.step));
         let draw = draw_noise(diffusion, self.model.null_class(), &x, labels, &device);
-        let loss = loss(&self.model, diffusion, x, draw);
-        self.apply(loss.clone(), batch);
-        loss.without_autodiff()
+        if sizes.len() <= 1 {
+            let loss = loss(&self.model, diffusion, x, draw);
+            self.apply(loss.clone(), batch);
+            return loss.without_autodiff();
+        }
+        let jobs = x
+            .split_with_sizes(sizes.to_vec(), 0)
+            .into_iter()
+            .zip(draw.split(sizes))
+            .zip(sizes)
+            .map(|((x, draw), &part)| {
+                // A fork has the same parameter ids and values, as new leaves of its own graph.
+                let model = self.model.clone().fork(&device);
+                let diffusion = diffusion.clone();
+                let share = part as f64 / batch as f64;
+                Box::new(move || {
+                    let loss = loss(&model, &diffusion, x, draw).mul_scalar(share);
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    (loss.without_autodiff(), grads)
+                }) as PartJob
+            })
+            .collect();
+        let (losses, grads): (Vec<_>, Vec<_>) = run(jobs).into_iter().unzip();
+        let grads = sum_gradients(&self.model, grads);
+        self.apply_gradients(grads, batch);
+        losses.into_iter().reduce(|a, b| a.add(b)).expect("at least two parts")
     }
+}
+
+/// The sum of gradient sets of `model`'s parameters (a parameter missing from a set counts as
+/// zero there).
+pub fn sum_gradients<M: Module>(model: &M, parts: Vec<GradientsParams>) -> GradientsParams {
+    struct Sum {
+        parts: Vec<GradientsParams>,
+        out: GradientsParams,
+    }
+    impl ModuleVisitor for Sum {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let id: ParamId = param.id;
+            let sum = self.parts.iter_mut().filter_map(|g| g.remove::<D>(id)).reduce(|a, b| a.add(b));
+            if let Some(sum) = sum {
+                self.out.register(id, sum);
+            }
+        }
+    }
+    let mut sum = Sum { parts, out: GradientsParams::new() };
+    model.visit(&mut sum);
+    sum.out
 }
 
 impl TrainState<Jit> {

@@ -321,3 +321,46 @@ fn same_seed_same_sample_on_cpu_and_wgpu() {
     assert!(err <= 1e-3, "cpu vs wgpu: {err}");
     assert_ne!(run(&net_cpu, &cpu), to_vec(PortableRng::new(1).noise([2, 1, 8, 8], 1.0, &cpu)));
 }
+
+/// Every float parameter of `net`, flattened in visiting order.
+fn all_params(net: &Jit) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl burn::module::ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.extend(to_vec(param.val().without_autodiff()));
+        }
+    }
+    let mut c = Collect(Vec::new());
+    net.visit(&mut c);
+    c.0
+}
+
+#[test]
+fn a_step_in_parts_is_the_whole_batch_step() {
+    let device = Device::flex();
+    let config = tiny(true);
+    // ε = 1 makes AdamW's first update g/(|g| + 1): close to the gradient itself, so comparing
+    // the weights after one step compares the gradients (with the default ε it is ±lr·sign(g)).
+    let optim = OptimConfig { lr: Some(1.0), epsilon: 1.0, ..OptimConfig::default() };
+    let diffusion = DiffusionConfig::default(); // label dropout on: drawn for the whole batch
+    let (x, labels) = batch(&config, 7, &device);
+    let fresh = || TrainState::new(common::randomized(&config, &device, 5), optim.clone(), 11);
+    let (mut whole, mut parts) = (fresh(), fresh());
+    let before = all_params(&whole.model);
+    let loss: f32 = whole.train_step(&diffusion, x.clone(), labels_tensor(&labels, &device)).into_scalar();
+    let mut jobs_seen = 0;
+    let loss_in_parts: f32 = parts
+        .train_step_in_parts(&diffusion, x, labels_tensor(&labels, &device), &[3, 1, 3], |jobs| {
+            jobs_seen = jobs.len();
+            jobs.into_iter().rev().map(|job| job()).collect::<Vec<_>>().into_iter().rev().collect()
+        })
+        .into_scalar();
+    assert_eq!(jobs_seen, 3);
+    assert!((loss - loss_in_parts).abs() <= 1e-5 * loss.abs(), "loss {loss} vs {loss_in_parts} in parts");
+    let (a, b) = (all_params(&whole.model), all_params(&parts.model));
+    let moved = a.iter().zip(&before).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 1e-2, "the step should move the weights (moved {moved})");
+    assert!(worst <= 1e-5, "weights after the step differ by {worst} between the whole batch and its parts");
+    assert_eq!(parts.step, 1);
+}

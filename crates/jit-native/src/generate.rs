@@ -9,7 +9,7 @@ use jit_core::sampler::{Sampling, Step, initial_noise};
 use jit_core::{DiffusionConfig, Jit, SamplerConfig};
 
 use crate::images::{HostImages, save_png};
-use crate::lanes::Lanes;
+use crate::lanes::CpuLanes;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -41,7 +41,8 @@ pub fn generate(
         }
     }
     let z0 = initial_noise(&model.config, diffusion, opts.labels.len(), opts.seed, &device);
-    let net = Lanes::new(model, &device);
+    let lanes = CpuLanes::new(&device);
+    let net = lanes.network(model);
     let mut run = Sampling::new(&net, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device))?;
     while let Some(step) = run.step() {
         on_step(&step);

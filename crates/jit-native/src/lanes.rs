@@ -1,73 +1,100 @@
-//! Data-parallel network evaluation on the CPU.
+//! Data-parallel work on the CPU: sampling and training split the *batch* over the cores.
 //!
 //! Flex splits every tensor operation over all cores and joins them again before the next one.
-//! A sampling step of JiT-S/4 is a few hundred such operations on mid-sized tensors, so the
-//! cores spend much of it waiting for each other and for the calling thread. [`Lanes`] instead
-//! splits the *batch*: each core evaluates its own part of the images from start to end on a
-//! single-thread pool, where every operation runs without forking. No operation of the network
-//! mixes images, so the output is the whole batch's (docs/cpu.md has the timings).
+//! A JiT step is a few hundred such operations on mid-sized tensors, so the cores spend much of
+//! it waiting for each other and for the calling thread. [`CpuLanes`] instead gives each core
+//! its own part of the images, evaluated from start to end on a single-thread pool, where
+//! every operation runs without forking. No operation of the network mixes images, so a split
+//! network evaluation equals the whole batch's, and a split training step sums the parts'
+//! gradients into one optimizer step (docs/cpu.md has the timings).
 
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
-use jit_core::{JitError, Network};
+use jit_core::train_state::PartJob;
+use jit_core::{DiffusionConfig, Jit, JitError, Network, TrainState};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-/// A [`Network`] evaluated as one part of the batch per CPU core.
-pub struct Lanes<'a, N> {
-    net: &'a N,
-    /// One single-thread pool per lane; empty when the batch is not split.
+/// One single-thread pool per core of the CPU backend.
+pub struct CpuLanes {
+    /// One pool per lane; empty when work is not split.
     pools: Vec<ThreadPool>,
 }
 
-impl<'a, N: Network + Sync> Lanes<'a, N> {
-    /// One lane per thread of rayon's pool on the CPU backend (Flex); on a GPU the network is
-    /// called as it is (one device, one queue: nothing to gain).
-    pub fn new(net: &'a N, device: &Device) -> Self {
-        let lanes = if *device == Device::flex() { rayon::current_num_threads() } else { 1 };
-        Self::with_lanes(net, lanes)
+impl CpuLanes {
+    /// One lane per thread of rayon's pool on the CPU backend (Flex, `device` without
+    /// autodiff); on a GPU none (one device, one queue: nothing to gain).
+    pub fn new(device: &Device) -> Self {
+        Self::with_lanes(if *device == Device::flex() { rayon::current_num_threads() } else { 1 })
     }
 
     /// Up to `lanes` lanes (fewer when the operating system refuses threads).
-    pub fn with_lanes(net: &'a N, lanes: usize) -> Self {
-        let pools: Vec<ThreadPool> = if lanes < 2 {
+    pub fn with_lanes(lanes: usize) -> Self {
+        let pools = if lanes < 2 {
             Vec::new()
         } else {
             (0..lanes)
                 .map_while(|i| ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("jit-lane-{i}")).build().ok())
                 .collect()
         };
-        Self { net, pools }
+        Self { pools }
     }
 
-    /// How many parts a batch of `batch` images is split into.
-    pub fn lanes_for(&self, batch: usize) -> usize {
-        self.pools.len().min(batch).max(1)
+    /// The parts a batch of `batch` images is cut into: one per lane (at most one per image),
+    /// as equal as can be.
+    pub fn sizes(&self, batch: usize) -> Vec<usize> {
+        let lanes = self.pools.len().min(batch).max(1);
+        (0..lanes).map(|i| batch / lanes + usize::from(i < batch % lanes)).collect()
+    }
+
+    /// Runs each job on its own lane, all at once; the results in order.
+    fn run<T: Send>(&self, jobs: Vec<impl FnOnce() -> T + Send>) -> Vec<T> {
+        if jobs.len() < 2 {
+            return jobs.into_iter().map(|job| job()).collect();
+        }
+        assert!(jobs.len() <= self.pools.len(), "a lane per job");
+        std::thread::scope(|scope| {
+            let running: Vec<_> = self.pools.iter().zip(jobs).map(|(pool, job)| scope.spawn(move || pool.install(job))).collect();
+            running.into_iter().map(|lane| lane.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        })
+    }
+
+    /// `net` evaluated one part of the batch per lane.
+    pub fn network<'a, N>(&'a self, net: &'a N) -> Split<'a, N> {
+        Split { net, lanes: self }
+    }
+
+    /// [`TrainState::train_step`] with one part of the batch per lane, each part's gradients on
+    /// its lane; a model with dropout takes the batch whole (its masks would be drawn in an
+    /// order that depends on the threads).
+    pub fn train_step(&self, state: &mut TrainState<Jit>, diffusion: &DiffusionConfig, x: Tensor<4>, labels: Tensor<1, Int>) -> Tensor<1> {
+        let [batch, ..] = x.dims();
+        let config = &state.model.config;
+        let sizes = if config.attn_drop > 0.0 || config.proj_drop > 0.0 { vec![batch] } else { self.sizes(batch) };
+        state.train_step_in_parts(diffusion, x, labels, &sizes, |jobs: Vec<PartJob>| -> Vec<(Tensor<1>, GradientsParams)> { self.run(jobs) })
     }
 }
 
-impl<N: Network + Sync> Network for Lanes<'_, N> {
+/// A [`Network`] evaluated as one part of the batch per lane of a [`CpuLanes`].
+pub struct Split<'a, N> {
+    net: &'a N,
+    lanes: &'a CpuLanes,
+}
+
+impl<N: Network + Sync> Network for Split<'_, N> {
     fn predict(&self, z: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
-        let batch = z.dims()[0];
-        let lanes = self.lanes_for(batch);
-        if lanes < 2 {
+        let sizes = self.lanes.sizes(z.dims()[0]);
+        if sizes.len() < 2 {
             return self.net.predict(z, t, y);
         }
-        let sizes: Vec<usize> = (0..lanes).map(|i| batch / lanes + usize::from(i < batch % lanes)).collect();
-        let parts = z
+        let net = self.net;
+        let jobs: Vec<_> = z
             .split_with_sizes(sizes.clone(), 0)
             .into_iter()
             .zip(t.split_with_sizes(sizes.clone(), 0))
-            .zip(y.split_with_sizes(sizes, 0));
-        let net = self.net;
-        let outs: Vec<Tensor<4>> = std::thread::scope(|scope| {
-            let running: Vec<_> = self
-                .pools
-                .iter()
-                .zip(parts)
-                .map(|(pool, ((z, t), y))| scope.spawn(move || pool.install(|| net.predict(z, t, y))))
-                .collect();
-            running.into_iter().map(|lane| lane.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
-        });
-        Tensor::cat(outs, 0)
+            .zip(y.split_with_sizes(sizes, 0))
+            .map(|((z, t), y)| move || net.predict(z, t, y))
+            .collect();
+        Tensor::cat(self.lanes.run(jobs), 0)
     }
 
     fn null_class(&self) -> usize {
@@ -85,6 +112,8 @@ mod tests {
 
     use jit_core::host::{HostTensor, labels, read_f32};
     use jit_core::rng::PortableRng;
+    use burn::module::{Module, ModuleVisitor, Param};
+    use jit_core::optim::OptimConfig;
     use jit_core::{Jit, JitConfig, state_dict};
 
     use super::*;
@@ -92,7 +121,10 @@ mod tests {
     /// JiT-T/4 on 16² with every parameter drawn at random (a fresh model's zero-initialised
     /// output layers would hide a mix-up of images).
     fn random_model(device: &Device) -> Jit {
-        let config = JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap();
+        random_model_of(JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap(), device)
+    }
+
+    fn random_model_of(config: JitConfig, device: &Device) -> Jit {
         let net = Jit::new(&config, device).unwrap();
         let mut rng = PortableRng::new(3);
         let values: HashMap<_, _> = state_dict::expected_shapes(&net)
@@ -117,9 +149,9 @@ mod tests {
         // Products over fewer rows may take other kernels of `gemm`, which round differently.
         let tolerance = 4e-6 * whole.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         for lanes in [2, 3, 8] {
-            let split = Lanes::with_lanes(&net, lanes);
-            assert_eq!(split.lanes_for(batch), lanes.min(batch));
-            let parts = read_f32(split.predict(z.clone(), t.clone(), y.clone())).unwrap();
+            let cpu = CpuLanes::with_lanes(lanes);
+            assert_eq!(cpu.sizes(batch).len(), lanes.min(batch));
+            let parts = read_f32(cpu.network(&net).predict(z.clone(), t.clone(), y.clone())).unwrap();
             assert_eq!(parts.len(), whole.len());
             let worst = whole.iter().zip(&parts).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             assert!(worst <= tolerance, "{lanes} lanes: images differ from the whole batch's by {worst} (tolerance {tolerance})");
@@ -127,5 +159,58 @@ mod tests {
         // The check is meaningful: images differ from each other, so a mix-up would show.
         let image = whole.len() / batch;
         assert!(whole[..image].iter().zip(&whole[image..2 * image]).any(|(a, b)| (a - b).abs() > 1e-3));
+    }
+
+    /// Every float parameter of `net`, flattened in visiting order.
+    fn all_params(net: &Jit) -> Vec<f32> {
+        struct Collect(Vec<f32>);
+        impl ModuleVisitor for Collect {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                self.0.extend(read_f32(param.val().without_autodiff()).unwrap());
+            }
+        }
+        let mut c = Collect(Vec::new());
+        net.visit(&mut c);
+        c.0
+    }
+
+    /// One training step of the whole batch and one through `lanes` from the same state:
+    /// (loss, weights after the step) of each.
+    fn step_both_ways(config: JitConfig, lanes: &CpuLanes) -> [(f32, Vec<f32>); 2] {
+        // The draws come from the device's one generator: one such test at a time.
+        static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _rng = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let device = Device::flex();
+        // ε = 1: AdamW's first update is g/(|g| + 1), so the weights after one step show the
+        // gradients (with the default ε it is ±lr·sign(g)).
+        let optim = OptimConfig { lr: Some(1.0), epsilon: 1.0, ..OptimConfig::default() };
+        let diffusion = DiffusionConfig::default();
+        let model = random_model_of(config, &device);
+        let x = PortableRng::new(2).noise([6, 3, 16, 16], 0.5, &device);
+        let y = labels(&[0, 1, 2, 3, 4, 5], &device);
+        let mut whole = TrainState::new(model.clone(), optim.clone(), 9);
+        let mut split = TrainState::new(model, optim, 9);
+        let a: f32 = whole.train_step(&diffusion, x.clone(), y.clone()).into_scalar();
+        let b: f32 = lanes.train_step(&mut split, &diffusion, x, y).into_scalar();
+        [(a, all_params(&whole.model)), (b, all_params(&split.model))]
+    }
+
+    #[test]
+    fn a_training_step_on_lanes_is_the_whole_batch_step() {
+        let config = JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap();
+        let [(loss, weights), (lanes_loss, lanes_weights)] = step_both_ways(config, &CpuLanes::with_lanes(2));
+        assert!((loss - lanes_loss).abs() <= 1e-5 * loss.abs(), "loss {loss} vs {lanes_loss} on lanes");
+        let worst = weights.iter().zip(&lanes_weights).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "weights after the step differ by {worst}");
+    }
+
+    #[test]
+    fn a_model_with_dropout_trains_on_the_whole_batch() {
+        // Dropout masks drawn on the lanes would depend on the threads' order: the step must be
+        // exactly the whole batch's.
+        let config = JitConfig { proj_drop: 0.5, ..JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap() };
+        let [(loss, weights), (lanes_loss, lanes_weights)] = step_both_ways(config, &CpuLanes::with_lanes(2));
+        assert_eq!(loss, lanes_loss);
+        assert_eq!(weights, lanes_weights);
     }
 }

@@ -16,7 +16,7 @@ use jit_core::sampler::{Sampling, initial_noise};
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, Network, SamplerConfig, TrainState};
 
 use crate::backend::{BackendArgs, Precision};
-use crate::lanes::Lanes;
+use crate::lanes::CpuLanes;
 
 /// `bench` flags.
 #[derive(Args, Debug)]
@@ -116,6 +116,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.sample_steps
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let lanes = CpuLanes::new(&device);
     for name in &a.model {
         let config = JitConfig::preset(name, a.image_size, a.channels, a.num_classes)?;
         a.backend.memory_limit().check_training(&config, a.batch_size)?;
@@ -129,7 +130,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let mut step = || -> f32 {
             let x = rng.noise(shape, 0.5, &state.device()).clamp(-1.0, 1.0);
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [a.batch_size]), &state.device());
-            state.train_step(&diffusion, x, y).into_scalar()
+            lanes.train_step(&mut state, &diffusion, x, y).into_scalar()
         };
         let t0 = Instant::now();
         step();
@@ -175,8 +176,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
 fn time_sampling(ema: &Jit, diffusion: &DiffusionConfig, a: &BenchArgs, device: &Device) -> Result<(f64, f64, usize)> {
     let sampler = SamplerConfig { steps: a.sample_steps, ..SamplerConfig::default() };
     let labels: Vec<i64> = (0..a.sample_count).map(|i| (i % a.num_classes) as i64).collect();
-    let lanes = Lanes::new(ema, device);
-    let net = Counting { net: &lanes, images: Cell::new(0) };
+    let lanes = CpuLanes::new(device);
+    let split = lanes.network(ema);
+    let net = Counting { net: &split, images: Cell::new(0) };
     let run = |steps: Option<usize>| -> Result<f64> {
         let z0 = initial_noise(&ema.config, diffusion, labels.len(), 0, device);
         let t0 = Instant::now();

@@ -24,6 +24,7 @@ use crate::backend::BackendArgs;
 use crate::data::loader::{Batch, Loader};
 use crate::fsutil::write_atomic;
 use crate::generate::{GenerateOptions, generate_grid};
+use crate::lanes::CpuLanes;
 use crate::training::run_dir::{METRICS, RunDir, SETTINGS};
 use crate::training::settings::{self, Resolved, TrainSettings};
 
@@ -128,11 +129,12 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
         .context("cannot open metrics.jsonl")?;
     let stop_at = args.stop_after.map(|n| (state.step + n).min(r.steps)).unwrap_or(r.steps);
     let interrupted = stop_on_signal();
+    let lanes = CpuLanes::new(&device);
     let mut last = Instant::now();
     while state.step < stop_at {
         let (x, y) = to_tensors(&loader.next()?, &r, &state.device());
         let lr = state.lr(r.batch_size);
-        let loss: f32 = state.train_step(&r.diffusion, x, y).into_scalar();
+        let loss: f32 = lanes.train_step(&mut state, &r.diffusion, x, y).into_scalar();
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
         if !loss.is_finite() {
