@@ -116,8 +116,7 @@ fn combine<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>
     #[cfg(target_arch = "x86_64")]
     if AVX512 && R == super::attention_avx512::ROWS {
         // SAFETY: as in `scores`.
-        let o = unsafe { super::attention_avx512::combine::<HD>(coef, rs, cs, rows) };
-        return std::array::from_fn(|r| o[r % super::attention_avx512::ROWS]);
+        return unsafe { super::attention_avx512::combine::<HD, R>(coef, rs, cs, rows) };
     }
     let mut o = [[0.0f32; HD]; R];
     for (j, row) in rows.chunks_exact(HD).enumerate() {

@@ -63,27 +63,27 @@ pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: 
     }
 }
 
-/// `o[r] = Σ_j coef[r·rs + j·cs]·rows[j]` for [`ROWS`] output rows, `rows` `[n, HD]` (`HD` 16, 32
+/// `o[r] = Σ_j coef[r·rs + j·cs]·rows[j]` for `R` output rows, `rows` `[n, HD]` (`HD` 16, 32
 /// or 64). At width 16 (one register per row) even and odd `j` go to two sets of accumulators,
 /// so there are always at least eight chains.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 #[inline(always)]
-pub unsafe fn combine<const HD: usize>(coef: &[f32], rs: usize, cs: usize, rows: &[f32]) -> [[f32; HD]; ROWS] {
+pub unsafe fn combine<const HD: usize, const R: usize>(coef: &[f32], rs: usize, cs: usize, rows: &[f32]) -> [[f32; HD]; R] {
     const { assert!(HD % LANES == 0 && HD <= 4 * LANES) };
     let v = HD / LANES;
     let sets = if v == 1 { 2 } else { 1 };
     let n = rows.len() / HD;
     if n > 0 {
-        assert!((ROWS - 1) * rs + (n - 1) * cs < coef.len());
+        assert!(R > 0 && (R - 1) * rs + (n - 1) * cs < coef.len());
     }
     let (coef, rows) = (coef.as_ptr(), rows.as_ptr());
-    let mut o = [[0.0f32; HD]; ROWS];
+    let mut o = [[0.0f32; HD]; R];
     // SAFETY: `j < n` keeps `rows` reads in bounds, the assert above the `coef` reads, `o` has
-    // `ROWS × HD` values; the CPU has AVX-512F.
+    // `R × HD` values; the CPU has AVX-512F.
     unsafe {
-        let mut acc: [[[__m512; 4]; ROWS]; 2] = [[[_mm512_setzero_ps(); 4]; ROWS]; 2];
+        let mut acc: [[[__m512; 4]; R]; 2] = [[[_mm512_setzero_ps(); 4]; R]; 2];
         let mut j = 0;
         while j + sets <= n {
             for (set, acc) in acc.iter_mut().enumerate().take(sets) {

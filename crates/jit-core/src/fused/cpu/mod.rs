@@ -551,7 +551,10 @@ fn norm_rope_row_of<const HD: usize>(o: &mut [MaybeUninit<f32>], x: &[f32], weig
     let (weight, cos, sin): (&[f32; HD], &[f32; HD], &[f32; HD]) =
         (weight[..HD].try_into().expect("a row"), cos.try_into().expect("a row"), sin.try_into().expect("a row"));
     let inv = inv_rms(x, eps);
-    let n: [f32; HD] = std::array::from_fn(|i| x[i] * inv * weight[i]);
+    let mut n = [0.0f32; HD];
+    for i in 0..HD {
+        n[i] = x[i] * inv * weight[i];
+    }
     for i in 0..HD {
         o[i].write(n[i] * cos[i] + n[i ^ 1] * sin[i]);
     }
