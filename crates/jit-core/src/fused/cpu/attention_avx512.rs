@@ -1,5 +1,5 @@
-//! The register blocks of [`super::attention`] written with AVX-512 intrinsics, for the kernel
-//! versions that `multiversion!` compiles for AVX-512 (`AVX512`).
+//! The register blocks and the softmax of [`super::attention`] written with AVX-512
+//! intrinsics, for the kernel versions that `multiversion!` compiles for AVX-512 (`AVX512`).
 //!
 //! The portable blocks have four chains of additions, half of what this CPU's two FMA units
 //! need to stay busy (4 cycles latency each); with more, LLVM spilled their plain-array
@@ -169,7 +169,12 @@ pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
                 *max = _mm512_mask_max_ps(*max, mask, *max, _mm512_loadu_ps(row(r, b)));
             }
         }
-        let max = max.map(|m| _mm512_set1_ps(_mm512_reduce_max_ps(m)));
+        // Loops, not closures: closures do not inherit the caller's target features, and
+        // intrinsics that cannot be inlined become calls (a closure in a row kernel made
+        // sampling 3× slower).
+        for m in &mut max {
+            *m = _mm512_set1_ps(_mm512_reduce_max_ps(*m));
+        }
         let scale = _mm512_set1_ps(scale);
         let mut sum = [_mm512_setzero_ps(); ROWS];
         for b in 0..used {
@@ -180,7 +185,10 @@ pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
                 sum[r] = _mm512_mask_add_ps(sum[r], mask, sum[r], e);
             }
         }
-        let inv = sum.map(|s| _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(s)));
+        let mut inv = sum;
+        for s in &mut inv {
+            *s = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(*s));
+        }
         for b in 0..used.min(blocks) {
             for r in 0..ROWS {
                 _mm512_storeu_ps(row(r, b), _mm512_mul_ps(_mm512_loadu_ps(row(r, b)), inv[r]));
