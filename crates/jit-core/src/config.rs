@@ -96,6 +96,16 @@ impl MemoryLimit {
         self.check_bytes(format!("training this model in batches of {batch}"), config.train_bytes(batch.max(1)))
     }
 
+    /// Into how many parts (at most `wanted`, at most one per image) a training step of `batch`
+    /// images may be split (`TrainState::train_step_in_parts`): every part beyond the first
+    /// holds one more set of gradients (4 bytes per parameter), and the step has to stay within
+    /// the limit. 1 when even the whole step does not fit ([`Self::check_training`] refuses it).
+    pub fn training_parts(self, config: &JitConfig, batch: usize, wanted: usize) -> usize {
+        let (step, gradients) = (config.train_bytes(batch.max(1)), 4 * config.param_count());
+        let fits = |parts: usize| step.saturating_add(gradients.saturating_mul(parts as u64 - 1)) <= self.0;
+        (1..=wanted.min(batch).max(1)).rev().find(|&parts| fits(parts)).unwrap_or(1)
+    }
+
     fn check_bytes(self, what: String, need: u64) -> Result<(), JitError> {
         if need > self.0 { Err(JitError::TooLarge { what, need, limit: self.0 }) } else { Ok(()) }
     }

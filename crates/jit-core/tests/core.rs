@@ -364,3 +364,18 @@ fn a_step_in_parts_is_the_whole_batch_step() {
     assert!(worst <= 1e-5, "weights after the step differ by {worst} between the whole batch and its parts");
     assert_eq!(parts.step, 1);
 }
+
+#[test]
+fn a_step_is_split_only_as_far_as_the_memory_limit_allows() {
+    use jit_core::MemoryLimit;
+    let config = JitConfig::preset("JiT-B/16", 256, 3, 1000).unwrap();
+    let (step, gradients) = (config.train_bytes(32), 4 * config.param_count());
+    // Room for the step and two and a half more gradient sets: three parts.
+    assert_eq!(MemoryLimit(step + 5 * gradients / 2).training_parts(&config, 32, 8), 3);
+    assert_eq!(MemoryLimit(step).training_parts(&config, 32, 8), 1);
+    assert_eq!(MemoryLimit(step - 1).training_parts(&config, 32, 8), 1);
+    // Never more parts than lanes wanted or images in the batch.
+    assert_eq!(MemoryLimit(u64::MAX).training_parts(&config, 32, 8), 8);
+    assert_eq!(MemoryLimit(u64::MAX).training_parts(&config, 3, 8), 3);
+    assert_eq!(MemoryLimit(u64::MAX).training_parts(&config, 32, 0), 1);
+}

@@ -11,7 +11,7 @@
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use jit_core::train_state::PartJob;
-use jit_core::{DiffusionConfig, Jit, JitError, Network, TrainState};
+use jit_core::{DiffusionConfig, Jit, JitError, MemoryLimit, Network, TrainState};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 /// One single-thread pool per core of the CPU backend.
@@ -39,10 +39,10 @@ impl CpuLanes {
         Self { pools }
     }
 
-    /// The parts a batch of `batch` images is cut into: one per lane (at most one per image),
-    /// as equal as can be.
-    pub fn sizes(&self, batch: usize) -> Vec<usize> {
-        let lanes = self.pools.len().min(batch).max(1);
+    /// The parts a batch of `batch` images is cut into: one per lane, at most `parts` (and one
+    /// per image), as equal as can be.
+    pub fn sizes(&self, batch: usize, parts: usize) -> Vec<usize> {
+        let lanes = self.pools.len().min(parts).min(batch).max(1);
         (0..lanes).map(|i| batch / lanes + usize::from(i < batch % lanes)).collect()
     }
 
@@ -64,12 +64,21 @@ impl CpuLanes {
     }
 
     /// [`TrainState::train_step`] with one part of the batch per lane, each part's gradients on
-    /// its lane; a model with dropout takes the batch whole (its masks would be drawn in an
+    /// its lane, as many lanes as the memory `limit` leaves room for (each part holds its own
+    /// gradients); a model with dropout takes the batch whole (its masks would be drawn in an
     /// order that depends on the threads).
-    pub fn train_step(&self, state: &mut TrainState<Jit>, diffusion: &DiffusionConfig, x: Tensor<4>, labels: Tensor<1, Int>) -> Tensor<1> {
+    pub fn train_step(
+        &self,
+        state: &mut TrainState<Jit>,
+        diffusion: &DiffusionConfig,
+        x: Tensor<4>,
+        labels: Tensor<1, Int>,
+        limit: MemoryLimit,
+    ) -> Tensor<1> {
         let [batch, ..] = x.dims();
         let config = &state.model.config;
-        let sizes = if config.attn_drop > 0.0 || config.proj_drop > 0.0 { vec![batch] } else { self.sizes(batch) };
+        let parts = limit.training_parts(config, batch, self.pools.len());
+        let sizes = if config.attn_drop > 0.0 || config.proj_drop > 0.0 { vec![batch] } else { self.sizes(batch, parts) };
         state.train_step_in_parts(diffusion, x, labels, &sizes, |jobs: Vec<PartJob>| -> Vec<(Tensor<1>, GradientsParams)> { self.run(jobs) })
     }
 }
@@ -82,7 +91,8 @@ pub struct Split<'a, N> {
 
 impl<N: Network + Sync> Network for Split<'_, N> {
     fn predict(&self, z: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
-        let sizes = self.lanes.sizes(z.dims()[0]);
+        let batch = z.dims()[0];
+        let sizes = self.lanes.sizes(batch, batch);
         if sizes.len() < 2 {
             return self.net.predict(z, t, y);
         }
@@ -150,7 +160,7 @@ mod tests {
         let tolerance = 4e-6 * whole.iter().fold(1.0f32, |m, v| m.max(v.abs()));
         for lanes in [2, 3, 8] {
             let cpu = CpuLanes::with_lanes(lanes);
-            assert_eq!(cpu.sizes(batch).len(), lanes.min(batch));
+            assert_eq!(cpu.sizes(batch, batch).len(), lanes.min(batch));
             let parts = read_f32(cpu.network(&net).predict(z.clone(), t.clone(), y.clone())).unwrap();
             assert_eq!(parts.len(), whole.len());
             let worst = whole.iter().zip(&parts).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -191,7 +201,7 @@ mod tests {
         let mut whole = TrainState::new(model.clone(), optim.clone(), 9);
         let mut split = TrainState::new(model, optim, 9);
         let a: f32 = whole.train_step(&diffusion, x.clone(), y.clone()).into_scalar();
-        let b: f32 = lanes.train_step(&mut split, &diffusion, x, y).into_scalar();
+        let b: f32 = lanes.train_step(&mut split, &diffusion, x, y, MemoryLimit(1 << 30)).into_scalar();
         [(a, all_params(&whole.model)), (b, all_params(&split.model))]
     }
 

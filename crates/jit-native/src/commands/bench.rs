@@ -130,7 +130,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let mut step = || -> f32 {
             let x = rng.noise(shape, 0.5, &state.device()).clamp(-1.0, 1.0);
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [a.batch_size]), &state.device());
-            lanes.train_step(&mut state, &diffusion, x, y).into_scalar()
+            lanes.train_step(&mut state, &diffusion, x, y, a.backend.memory_limit()).into_scalar()
         };
         let t0 = Instant::now();
         step();

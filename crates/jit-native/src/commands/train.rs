@@ -134,7 +134,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     while state.step < stop_at {
         let (x, y) = to_tensors(&loader.next()?, &r, &state.device());
         let lr = state.lr(r.batch_size);
-        let loss: f32 = lanes.train_step(&mut state, &r.diffusion, x, y).into_scalar();
+        let loss: f32 = lanes.train_step(&mut state, &r.diffusion, x, y, limit).into_scalar();
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
         if !loss.is_finite() {

@@ -10,6 +10,9 @@
 //! Callers must run on a CPU with AVX-512F: these are `unsafe` for that alone; every slice
 //! access is checked before the pointer loops.
 
+// The loops index several register arrays by the same constant; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
 use core::arch::x86_64::{__m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps};
 
 /// Lanes of one register.
@@ -26,7 +29,7 @@ pub const ROWS: usize = 4;
 /// The CPU has AVX-512F.
 #[inline(always)]
 pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
-    assert!(padded % LANES == 0 && s.len() >= ROWS * padded && b_t.len() >= HD * padded && a.len() >= (i0 + ROWS) * HD);
+    assert!(padded.is_multiple_of(LANES) && s.len() >= ROWS * padded && b_t.len() >= HD * padded && a.len() >= (i0 + ROWS) * HD);
     let a = a[i0 * HD..].as_ptr();
     let (b_t, s) = (b_t.as_ptr(), s.as_mut_ptr());
     let mut jb = 0;
@@ -71,7 +74,7 @@ pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: 
 /// The CPU has AVX-512F.
 #[inline(always)]
 pub unsafe fn combine<const HD: usize, const R: usize>(coef: &[f32], rs: usize, cs: usize, rows: &[f32]) -> [[f32; HD]; R] {
-    const { assert!(HD % LANES == 0 && HD <= 4 * LANES) };
+    const { assert!(HD.is_multiple_of(LANES) && HD <= 4 * LANES) };
     let v = HD / LANES;
     let sets = if v == 1 { 2 } else { 1 };
     let n = rows.len() / HD;
@@ -152,10 +155,10 @@ unsafe fn exp(x: __m512) -> __m512 {
 #[inline(always)]
 pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
     use core::arch::x86_64::*;
-    assert!(padded % LANES == 0 && tokens <= padded && tokens > 0 && s.len() >= ROWS * padded);
+    assert!(padded.is_multiple_of(LANES) && tokens <= padded && tokens > 0 && s.len() >= ROWS * padded);
     let blocks = padded / LANES;
     // Lanes of the last block that hold scores.
-    let last: __mmask16 = if tokens % LANES == 0 { !0 } else { (1 << (tokens % LANES)) - 1 };
+    let last: __mmask16 = if tokens.is_multiple_of(LANES) { !0 } else { (1 << (tokens % LANES)) - 1 };
     let used = tokens.div_ceil(LANES);
     // SAFETY: `r·padded + b·16 + 16 ≤ ROWS·padded` for `b < blocks`; the CPU has AVX-512F.
     // The rows go through each pass together: four independent chains of dependent steps.
