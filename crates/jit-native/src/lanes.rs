@@ -11,8 +11,13 @@
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use jit_core::train_state::PartJob;
-use jit_core::{DiffusionConfig, Jit, JitError, MemoryLimit, Network, TrainState};
+use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, MemoryLimit, Network, TrainState};
 use rayon::{ThreadPool, ThreadPoolBuilder};
+
+/// The fewest images a training part gets: every part adds a set of gradients to sum on the
+/// calling thread, which has to stay small next to the part's own work. (Measured on 2 cores
+/// only, where batches of 32 split in two.)
+const MIN_TRAINING_PART: usize = 4;
 
 /// One single-thread pool per core of the CPU backend.
 pub struct CpuLanes {
@@ -63,10 +68,8 @@ impl CpuLanes {
         Split { net, lanes: self }
     }
 
-    /// [`TrainState::train_step`] with one part of the batch per lane, each part's gradients on
-    /// its lane, as many lanes as the memory `limit` leaves room for (each part holds its own
-    /// gradients); a model with dropout takes the batch whole (its masks would be drawn in an
-    /// order that depends on the threads).
+    /// [`TrainState::train_step`] with the batch cut as [`Self::training_sizes`] says, each
+    /// part's gradients on its own lane.
     pub fn train_step(
         &self,
         state: &mut TrainState<Jit>,
@@ -75,11 +78,20 @@ impl CpuLanes {
         labels: Tensor<1, Int>,
         limit: MemoryLimit,
     ) -> Tensor<1> {
-        let [batch, ..] = x.dims();
-        let config = &state.model.config;
-        let parts = limit.training_parts(config, batch, self.pools.len());
-        let sizes = if config.attn_drop > 0.0 || config.proj_drop > 0.0 { vec![batch] } else { self.sizes(batch, parts) };
+        let sizes = self.training_sizes(&state.model.config, x.dims()[0], limit);
         state.train_step_in_parts(diffusion, x, labels, &sizes, |jobs: Vec<PartJob>| -> Vec<(Tensor<1>, GradientsParams)> { self.run(jobs) })
+    }
+
+    /// The parts a training batch of `batch` images is cut into: one per lane, as many as the
+    /// memory `limit` leaves room for (each part holds its own gradients) and with at least
+    /// [`MIN_TRAINING_PART`] images each; a model with dropout takes the batch whole (its masks
+    /// would be drawn in an order that depends on the threads).
+    pub fn training_sizes(&self, config: &JitConfig, batch: usize, limit: MemoryLimit) -> Vec<usize> {
+        if config.attn_drop > 0.0 || config.proj_drop > 0.0 {
+            return vec![batch];
+        }
+        let wanted = self.pools.len().min(batch / MIN_TRAINING_PART);
+        self.sizes(batch, limit.training_parts(config, batch, wanted))
     }
 }
 
@@ -196,8 +208,8 @@ mod tests {
         let optim = OptimConfig { lr: Some(1.0), epsilon: 1.0, ..OptimConfig::default() };
         let diffusion = DiffusionConfig::default();
         let model = random_model_of(config, &device);
-        let x = PortableRng::new(2).noise([6, 3, 16, 16], 0.5, &device);
-        let y = labels(&[0, 1, 2, 3, 4, 5], &device);
+        let x = PortableRng::new(2).noise([8, 3, 16, 16], 0.5, &device);
+        let y = labels(&[0, 1, 2, 3, 4, 5, 6, 7], &device);
         let mut whole = TrainState::new(model.clone(), optim.clone(), 9);
         let mut split = TrainState::new(model, optim, 9);
         let a: f32 = whole.train_step(&diffusion, x.clone(), y.clone()).into_scalar();
@@ -208,7 +220,9 @@ mod tests {
     #[test]
     fn a_training_step_on_lanes_is_the_whole_batch_step() {
         let config = JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap();
-        let [(loss, weights), (lanes_loss, lanes_weights)] = step_both_ways(config, &CpuLanes::with_lanes(2));
+        let lanes = CpuLanes::with_lanes(2);
+        assert_eq!(lanes.training_sizes(&config, 8, MemoryLimit(1 << 30)), [4, 4], "the step this test compares is split");
+        let [(loss, weights), (lanes_loss, lanes_weights)] = step_both_ways(config, &lanes);
         assert!((loss - lanes_loss).abs() <= 1e-5 * loss.abs(), "loss {loss} vs {lanes_loss} on lanes");
         let worst = weights.iter().zip(&lanes_weights).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(worst <= 1e-5, "weights after the step differ by {worst}");
@@ -219,8 +233,23 @@ mod tests {
         // Dropout masks drawn on the lanes would depend on the threads' order: the step must be
         // exactly the whole batch's.
         let config = JitConfig { proj_drop: 0.5, ..JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap() };
-        let [(loss, weights), (lanes_loss, lanes_weights)] = step_both_ways(config, &CpuLanes::with_lanes(2));
+        let lanes = CpuLanes::with_lanes(2);
+        assert_eq!(lanes.training_sizes(&config, 8, MemoryLimit(1 << 30)), [8]);
+        let [(loss, weights), (lanes_loss, lanes_weights)] = step_both_ways(config, &lanes);
         assert_eq!(loss, lanes_loss);
         assert_eq!(weights, lanes_weights);
+    }
+
+    #[test]
+    fn training_parts_have_at_least_four_images_and_fit_the_memory_limit() {
+        let config = JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap();
+        let lanes = CpuLanes::with_lanes(3);
+        let roomy = MemoryLimit(1 << 30);
+        assert_eq!(lanes.training_sizes(&config, 32, roomy), [11, 11, 10]);
+        assert_eq!(lanes.training_sizes(&config, 8, roomy), [4, 4]);
+        assert_eq!(lanes.training_sizes(&config, 7, roomy), [7]);
+        // Room for the step and one more set of gradients: two parts.
+        let tight = MemoryLimit(config.train_bytes(32) + 4 * config.param_count());
+        assert_eq!(lanes.training_sizes(&config, 32, tight), [16, 16]);
     }
 }
