@@ -132,10 +132,10 @@ impl<N: Network + Sync> Network for Split<'_, N> {
 mod tests {
     use std::collections::HashMap;
 
-    use jit_core::host::{HostTensor, labels, read_f32};
-    use jit_core::rng::PortableRng;
     use burn::module::{Module, ModuleVisitor, Param};
+    use jit_core::host::{HostTensor, labels, read_f32};
     use jit_core::optim::OptimConfig;
+    use jit_core::rng::PortableRng;
     use jit_core::{Jit, JitConfig, state_dict};
 
     use super::*;
