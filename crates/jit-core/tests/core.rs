@@ -322,17 +322,9 @@ fn same_seed_same_sample_on_cpu_and_wgpu() {
     assert_ne!(run(&net_cpu, &cpu), to_vec(PortableRng::new(1).noise([2, 1, 8, 8], 1.0, &cpu)));
 }
 
-/// Every float parameter of `net`, flattened in visiting order.
+/// Every parameter of `net`, flattened in key order.
 fn all_params(net: &Jit) -> Vec<f32> {
-    struct Collect(Vec<f32>);
-    impl burn::module::ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            self.0.extend(to_vec(param.val().without_autodiff()));
-        }
-    }
-    let mut c = Collect(Vec::new());
-    net.visit(&mut c);
-    c.0
+    state_dict::export(net).unwrap().into_values().flat_map(|t| t.data).collect()
 }
 
 #[test]

@@ -132,7 +132,6 @@ impl<N: Network + Sync> Network for Split<'_, N> {
 mod tests {
     use std::collections::HashMap;
 
-    use burn::module::{Module, ModuleVisitor, Param};
     use jit_core::host::{HostTensor, labels, read_f32};
     use jit_core::optim::OptimConfig;
     use jit_core::rng::PortableRng;
@@ -183,17 +182,9 @@ mod tests {
         assert!(whole[..image].iter().zip(&whole[image..2 * image]).any(|(a, b)| (a - b).abs() > 1e-3));
     }
 
-    /// Every float parameter of `net`, flattened in visiting order.
+    /// Every parameter of `net`, flattened in key order.
     fn all_params(net: &Jit) -> Vec<f32> {
-        struct Collect(Vec<f32>);
-        impl ModuleVisitor for Collect {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-                self.0.extend(read_f32(param.val().without_autodiff()).unwrap());
-            }
-        }
-        let mut c = Collect(Vec::new());
-        net.visit(&mut c);
-        c.0
+        state_dict::export(net).unwrap().into_values().flat_map(|t| t.data).collect()
     }
 
     /// One training step of the whole batch and one through `lanes` from the same state:

@@ -152,7 +152,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ("—".into(), "—".into(), "—".into())
         } else {
             let ema = state.ema1.model.clone();
-            let (first, secs, images) = time_sampling(&ema, &diffusion, &a, &device)?;
+            let (first, secs, images) = time_sampling(&lanes, &ema, &diffusion, &a, &device)?;
             let flops = config.forward_flops(images);
             (format!("{first:.3}"), format!("{:.2}", a.sample_count as f64 / secs), rate(flops, secs, peak))
         };
@@ -173,10 +173,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// Times the first sampler step apart, then a whole run; returns (first step s, whole run s,
 /// images the network evaluated in the whole run).
-fn time_sampling(ema: &Jit, diffusion: &DiffusionConfig, a: &BenchArgs, device: &Device) -> Result<(f64, f64, usize)> {
+fn time_sampling(lanes: &CpuLanes, ema: &Jit, diffusion: &DiffusionConfig, a: &BenchArgs, device: &Device) -> Result<(f64, f64, usize)> {
     let sampler = SamplerConfig { steps: a.sample_steps, ..SamplerConfig::default() };
     let labels: Vec<i64> = (0..a.sample_count).map(|i| (i % a.num_classes) as i64).collect();
-    let lanes = CpuLanes::new(device);
     let split = lanes.network(ema);
     let net = Counting { net: &split, images: Cell::new(0) };
     let run = |steps: Option<usize>| -> Result<f64> {
