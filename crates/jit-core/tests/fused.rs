@@ -187,8 +187,8 @@ fn qk_norm_and_rope_match_in_values_and_gradients() {
 #[test]
 fn attention_from_qkv_matches_in_values_and_gradients() {
     // Training's one operation from the qkv projection: 2 images, prefix + grid² tokens (13 and
-    // 72: not and a multiple of the four-row blocks), head widths 16 and 32.
-    for (heads, hd, grid, prefix) in [(3, 16, 3, 4), (2, 32, 8, 8)] {
+    // 72: not and a multiple of the four-row blocks), head widths 16, 32 and 64.
+    for (heads, hd, grid, prefix) in [(3, 16, 3, 4), (2, 32, 8, 8), (1, 64, 3, 4)] {
         let tokens = prefix + grid * grid;
         let qkv = random([2 * tokens, 3 * heads * hd], 1.0, 21);
         let gains = random([2, hd], 0.4, 22);

@@ -161,8 +161,35 @@ pub fn qkv_attention(
     {
         return out;
     }
+    #[cfg(feature = "flex")]
+    if let Some(Some(out)) = on_flex(&qkv, heads, q_norm, k_norm, rope, |x, layout, norm_rope| {
+        let [b, t, hd] = [layout.batch, layout.tokens, layout.head_dim];
+        cpu::attention_supports(hd).then(|| flex::wrap(cpu::qkv_attention(x, layout, norm_rope, scale as f32), [b, t, heads * hd]))
+    }) {
+        return out;
+    }
     let (q, k, v) = qkv_heads(qkv, heads, q_norm, k_norm, rope);
     attention(q, k, v, scale, attn_drop)
+}
+
+/// `f(qkv values, layout, qk-norm and RoPE values)` when `qkv` `[B, T, 3·D]` and the norms' and
+/// RoPE's tensors are f32 Flex tensors outside autodiff.
+#[cfg(feature = "flex")]
+fn on_flex<R>(
+    qkv: &Tensor<3>,
+    heads: usize,
+    q_norm: &RmsNorm,
+    k_norm: &RmsNorm,
+    rope: &Rope,
+    f: impl FnOnce(&[f32], &cpu::QkvLayout, &cpu::QkNormRope) -> R,
+) -> Option<R> {
+    let [b, t, d3] = qkv.dims();
+    let (x, qw, kw) = (flex::read(qkv)?, flex::read(&q_norm.weight.val())?, flex::read(&k_norm.weight.val())?);
+    let (cos, sin) = (flex::read(&rope.cos)?, flex::read(&rope.sin_signed)?);
+    let layout = cpu::QkvLayout { batch: b, tokens: t, heads, head_dim: d3 / 3 / heads };
+    let norm_rope =
+        cpu::QkNormRope { q_weight: qw.values(), k_weight: kw.values(), cos: cos.values(), sin_signed: sin.values(), eps: RMS_EPS };
+    Some(f(x.values(), &layout, &norm_rope))
 }
 
 /// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, C, H, W]`, the
@@ -257,22 +284,7 @@ pub fn qkv_heads(
     let [b, t, d3] = qkv.dims();
     let hd = d3 / 3 / heads;
     #[cfg(feature = "flex")]
-    if let (Some(x), Some(qw), Some(kw), Some(cos), Some(sin)) = (
-        flex::read(&qkv),
-        flex::read(&q_norm.weight.val()),
-        flex::read(&k_norm.weight.val()),
-        flex::read(&rope.cos),
-        flex::read(&rope.sin_signed),
-    ) {
-        let layout = cpu::QkvLayout { batch: b, tokens: t, heads, head_dim: hd };
-        let norm_rope = cpu::QkNormRope {
-            q_weight: qw.values(),
-            k_weight: kw.values(),
-            cos: cos.values(),
-            sin_signed: sin.values(),
-            eps: RMS_EPS,
-        };
-        let [q, k, v] = cpu::qkv_heads(x.values(), &layout, &norm_rope);
+    if let Some([q, k, v]) = on_flex(&qkv, heads, q_norm, k_norm, rope, cpu::qkv_heads) {
         let shape = [b, heads, t, hd];
         return (flex::wrap(q, shape), flex::wrap(k, shape), flex::wrap(v, shape));
     }

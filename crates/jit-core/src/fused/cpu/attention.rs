@@ -10,7 +10,7 @@
 
 use core::mem::MaybeUninit;
 
-use super::{mul_add, softmax_row, sum_by_pairs};
+use super::{HeadPart, QkNormRope, QkvLayout, head_rows, mul_add, softmax_row, sum_by_pairs};
 
 /// Shapes of [`attention`]: `q`, `k`, `v` `[B, heads, T, head_dim]`.
 #[derive(Debug, Clone, Copy)]
@@ -304,6 +304,31 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale:
     let [out] = new_batches([shape.batch * per], shape.batch, &|b, [out]| {
         let at = b * per..(b + 1) * per;
         forward_kernel(out, None, &q[at.clone()], &k[at.clone()], &v[at], shape, scale)
+    });
+    out
+}
+
+/// [`super::qkv_heads`] then [`attention`] for sampling, from the `qkv` projection `[B, T, 3,
+/// heads, head_dim]`: `[B, T, heads·head_dim]`. One batch element per task, whose queries, keys
+/// and values (`3·heads·T·head_dim` values, 166 KB for JiT-S) live only in that task's scratch
+/// buffer, which stays in cache, instead of three arrays of the whole batch written out to
+/// memory and read back. `head_dim` must be one of [`attention_supports`].
+pub fn qkv_attention(qkv: &[f32], layout: &QkvLayout, norm_rope: &QkNormRope, scale: f32) -> Vec<f32> {
+    let (l, n) = (layout, norm_rope);
+    let shape = AttentionShape { batch: l.batch, heads: l.heads, tokens: l.tokens, head_dim: l.head_dim };
+    let per = shape.per_batch();
+    let parts = [(0, Some((n.q_weight, n.eps))), (1, Some((n.k_weight, n.eps))), (2, None)]
+        .map(|(which, norm)| HeadPart { qkv, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed });
+    let [out] = new_batches([l.batch * per], l.batch, &|b, [out]| {
+        let mut heads = Vec::with_capacity(3 * per);
+        for (part, rows) in parts.iter().zip(heads.spare_capacity_mut().chunks_exact_mut(per)) {
+            head_rows(rows, b * l.heads * l.tokens, part);
+        }
+        // SAFETY: `head_rows` wrote all `per` values of each of the three chunks.
+        unsafe { heads.set_len(3 * per) };
+        let (q, kv) = heads.split_at(per);
+        let (k, v) = kv.split_at(per);
+        forward_kernel(out, None, q, k, v, &shape, scale)
     });
     out
 }

@@ -1,5 +1,6 @@
-//! The register blocks and the softmax of [`super::attention`] written with AVX-512
-//! intrinsics, for the kernel versions that `multiversion!` compiles for AVX-512 (`AVX512`).
+//! The register blocks and the softmax of [`super::attention`], and the qk-norm + RoPE rows
+//! that feed it, written with AVX-512 intrinsics, for the kernel versions that `multiversion!`
+//! compiles for AVX-512 (`AVX512`).
 //!
 //! The portable blocks have four chains of additions, half of what this CPU's two FMA units
 //! need to stay busy (4 cycles latency each); with more, LLVM spilled their plain-array
@@ -13,7 +14,11 @@
 // The loops index several register arrays by the same constant; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
 
-use core::arch::x86_64::{__m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps};
+use core::arch::x86_64::{
+    __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_permute_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_storeu_ps,
+};
+use core::mem::MaybeUninit;
 
 /// Lanes of one register.
 const LANES: usize = 16;
@@ -196,6 +201,32 @@ pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
             for r in 0..ROWS {
                 _mm512_storeu_ps(row(r, b), _mm512_mul_ps(_mm512_loadu_ps(row(r, b)), inv[r]));
             }
+        }
+    }
+}
+
+/// One row of qk-norm then RoPE, `o = n·cos + swap_pairs(n)·sin`, `n = x·inv·weight` (the
+/// AVX-512 form of `super::norm_rope_row_of`, same operations and rounding; `HD` a multiple of
+/// 16). The pair swap is one lane permutation: indexed as `n[i ^ 1]`, LLVM made it four gathers
+/// per row, half of the whole split's time.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[inline(always)]
+pub unsafe fn norm_rope_row<const HD: usize>(o: &mut [MaybeUninit<f32>; HD], x: &[f32; HD], weight: &[f32; HD], cos: &[f32; HD], sin: &[f32; HD], inv: f32) {
+    const { assert!(HD % LANES == 0) };
+    let o = o.as_mut_ptr().cast::<f32>();
+    // SAFETY: every offset is below HD, the length of each array; the CPU has AVX-512F.
+    unsafe {
+        let inv = _mm512_set1_ps(inv);
+        for c in (0..HD).step_by(LANES) {
+            let n = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(c)), inv), _mm512_loadu_ps(weight.as_ptr().add(c)));
+            let swapped = _mm512_permute_ps::<0b1011_0001>(n);
+            let rotated = _mm512_add_ps(
+                _mm512_mul_ps(n, _mm512_loadu_ps(cos.as_ptr().add(c))),
+                _mm512_mul_ps(swapped, _mm512_loadu_ps(sin.as_ptr().add(c))),
+            );
+            _mm512_storeu_ps(o.add(c), rotated);
         }
     }
 }

@@ -148,7 +148,7 @@ fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
-pub use attention::{AttentionShape, attention, attention_backward, attention_supports, attention_with_probs};
+pub use attention::{AttentionShape, attention, attention_backward, attention_supports, attention_with_probs, qkv_attention};
 
 /// A kernel over a chunk of rows: `(first_row, rows)`.
 type RowKernel<'a, T = f32> = dyn Fn(usize, &mut [T]) + Sync + 'a;
@@ -480,10 +480,10 @@ struct HeadPart<'a> {
 multiversion! {
     fn head_rows(out: &mut [MaybeUninit<f32>], first: usize, p: &HeadPart) {
         match p.layout.head_dim {
-            16 => head_rows_of::<16>(out, first, p),
-            32 => head_rows_of::<32>(out, first, p),
-            64 => head_rows_of::<64>(out, first, p),
-            _ => head_rows_of::<0>(out, first, p),
+            16 => head_rows_of::<16, AVX512>(out, first, p),
+            32 => head_rows_of::<32, AVX512>(out, first, p),
+            64 => head_rows_of::<64, AVX512>(out, first, p),
+            _ => head_rows_of::<0, AVX512>(out, first, p),
         }
     }
 }
@@ -494,14 +494,14 @@ multiversion! {
 /// 1.1–1.6 → 0.63–0.70 ms (the scratch row it replaced was written as scalars and read back as
 /// vectors).
 #[inline(always)]
-fn head_rows_of<const HD: usize>(out: &mut [MaybeUninit<f32>], first: usize, p: &HeadPart) {
+fn head_rows_of<const HD: usize, const AVX512: bool>(out: &mut [MaybeUninit<f32>], first: usize, p: &HeadPart) {
     let l = p.layout;
     let hd = if HD == 0 { l.head_dim } else { HD };
     let mut scratch = vec![0.0f32; if HD == 0 { 2 * hd } else { 0 }];
-    // Rows of the output are (b, h, t) in order: counters instead of a division per row.
-    let (mut t, mut bh) = (first % l.tokens, first / l.tokens);
+    // Rows of the output are (b, h, t) in order: counters instead of divisions per row.
+    let (mut t, bh) = (first % l.tokens, first / l.tokens);
+    let (mut b, mut h) = (bh / l.heads, bh % l.heads);
     for o in out.chunks_exact_mut(hd) {
-        let (b, h) = (bh / l.heads, bh % l.heads);
         let src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
         match p.norm {
             None => {
@@ -512,13 +512,16 @@ fn head_rows_of<const HD: usize>(out: &mut [MaybeUninit<f32>], first: usize, p: 
                 if HD == 0 {
                     norm_rope_row(o, src, &weight[..hd], cos, sin, eps, &mut scratch);
                 } else {
-                    norm_rope_row_of::<HD>(o, src, weight, cos, sin, eps);
+                    norm_rope_row_of::<HD, AVX512>(o, src, weight, cos, sin, eps);
                 }
             }
         }
         t += 1;
         if t == l.tokens {
-            (t, bh) = (0, bh + 1);
+            (t, h) = (0, h + 1);
+            if h == l.heads {
+                (h, b) = (0, b + 1);
+            }
         }
     }
 }
@@ -546,11 +549,16 @@ fn norm_rope_row(o: &mut [MaybeUninit<f32>], x: &[f32], weight: &[f32], cos: &[f
 /// are a shuffle, so no scratch memory is written and read back (same operations, same
 /// rounding).
 #[inline(always)]
-fn norm_rope_row_of<const HD: usize>(o: &mut [MaybeUninit<f32>], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+fn norm_rope_row_of<const HD: usize, const AVX512: bool>(o: &mut [MaybeUninit<f32>], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
     let (o, x): (&mut [MaybeUninit<f32>; HD], &[f32; HD]) = (o.try_into().expect("a row"), x.try_into().expect("a row"));
     let (weight, cos, sin): (&[f32; HD], &[f32; HD], &[f32; HD]) =
         (weight[..HD].try_into().expect("a row"), cos.try_into().expect("a row"), sin.try_into().expect("a row"));
     let inv = inv_rms(x, eps);
+    #[cfg(target_arch = "x86_64")]
+    if AVX512 && HD.is_multiple_of(16) {
+        // SAFETY: `AVX512` is only set in the kernel versions that run on CPUs with AVX-512.
+        return unsafe { attention_avx512::norm_rope_row(o, x, weight, cos, sin, inv) };
+    }
     let mut n = [0.0f32; HD];
     for i in 0..HD {
         n[i] = x[i] * inv * weight[i];
