@@ -22,6 +22,13 @@ fi
 step "native build and Rust tests"
 cargo test --release --locked --workspace --exclude jit-web -- --test-threads=1
 
+step "lints (clippy on every crate and test, warnings are errors)"
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --release --locked --workspace --all-targets -- -D warnings
+else
+  echo "SKIP: clippy is not installed (rustup component add clippy)"
+fi
+
 step "web build (jit-core and jit-web for wasm32)"
 bash scripts/build-web.sh
 

@@ -183,7 +183,7 @@ impl JitConfig {
                 return bad(format!("{field} = {value} is over the limit of {max}"));
             }
         }
-        if self.patch_size == 0 || self.input_size == 0 || self.input_size % self.patch_size != 0 {
+        if self.patch_size == 0 || self.input_size == 0 || !self.input_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "input_size {} must be a positive multiple of patch_size {}",
                 self.input_size, self.patch_size
@@ -192,16 +192,16 @@ impl JitConfig {
         if self.in_channels == 0 || self.num_classes == 0 || self.depth == 0 || self.bottleneck_dim == 0 {
             return bad("in_channels, num_classes, depth and bottleneck_dim must be positive".into());
         }
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "hidden_size {} must be divisible by num_heads {}",
                 self.hidden_size, self.num_heads
             ));
         }
-        if self.head_dim() % 4 != 0 {
+        if !self.head_dim().is_multiple_of(4) {
             return bad(format!("head_dim {} must be divisible by 4 (2-D RoPE)", self.head_dim()));
         }
-        if self.hidden_size % 4 != 0 {
+        if !self.hidden_size.is_multiple_of(4) {
             return bad(format!("hidden_size {} must be divisible by 4 (2-D sin-cos)", self.hidden_size));
         }
         if self.in_context_len > 0 && self.in_context_start >= self.depth {

@@ -38,7 +38,7 @@ impl StoredFloat {
     /// Little-endian `bytes` → `f32` values; `None` when the length is not a whole number of
     /// values.
     pub fn decode(self, bytes: &[u8]) -> Option<Vec<f32>> {
-        if bytes.len() % self.size() != 0 {
+        if !bytes.len().is_multiple_of(self.size()) {
             return None;
         }
         let n = self.size();

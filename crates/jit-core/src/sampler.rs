@@ -27,7 +27,7 @@ pub fn initial_noise(config: &JitConfig, diffusion: &DiffusionConfig, count: usi
 /// The time grid `linspace(0, 1, steps + 1)` as f32 values, as torch computes it.
 pub fn timesteps(steps: usize) -> Vec<f32> {
     let step = 1.0f32 / steps as f32;
-    let half = (steps + 1) / 2;
+    let half = steps.div_ceil(2);
     (0..=steps)
         .map(|i| if i < half { i as f32 * step } else { 1.0 - (steps - i) as f32 * step })
         .collect()
@@ -87,6 +87,7 @@ pub struct Sampling<'a, N: Network> {
 }
 
 /// What one network evaluation ([`Sampling::advance`]) did.
+#[allow(clippy::large_enum_variant)] // one value per network evaluation, moved once: no box
 pub enum Progress {
     /// Heun's first evaluation of a step; the step finishes with the next call.
     Half,

@@ -47,7 +47,7 @@ fn with_meta(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8>
     edit(&mut meta);
     header["__metadata__"]["jit"] = serde_json::Value::String(meta.to_string());
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -71,7 +71,8 @@ fn param_count_matches_the_built_network() {
 
 #[test]
 fn absurd_sizes_are_refused_by_name_and_never_overflow() {
-    let absurd: &[(&str, fn(&mut JitConfig))] = &[
+    type Absurd = (&'static str, fn(&mut JitConfig));
+    let absurd: &[Absurd] = &[
         ("depth", |c| c.depth = 1_000_000_000),
         ("input_size", |c| c.input_size = 1 << 32),
         ("hidden_size", |c| c.hidden_size = 1 << 40),

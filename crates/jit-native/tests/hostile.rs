@@ -63,7 +63,7 @@ fn with_network_field(bytes: &[u8], field: &str, value: &str) -> Vec<u8> {
     meta["network"][field] = serde_json::from_str(value).unwrap();
     header["__metadata__"]["jit"] = serde_json::Value::String(meta.to_string());
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

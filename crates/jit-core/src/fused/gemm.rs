@@ -93,7 +93,7 @@ fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
 /// A linear layer `x·weight + bias` for `x` `[rows, d_in]`, `weight` `[d_in, d_out]` (burn's
 /// layout) and `bias` `[d_out]`: `[rows, d_out]`.
 pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d_in: usize, d_out: usize) -> Vec<f32> {
-    let rows = if d_in == 0 { 0 } else { x.len() / d_in };
+    let rows = x.len().checked_div(d_in).unwrap_or(0);
     let (a, b) = (Operand::rows(x, d_in), Operand::rows(weight, d_out));
     let Some(bias) = bias else { return product(rows, d_out, d_in, a, b) };
     assert_eq!(bias.len(), d_out, "bias length");
@@ -121,7 +121,7 @@ pub fn linear_backward(
     d_out: usize,
     needed: [bool; 3],
 ) -> [Option<Vec<f32>>; 3] {
-    let rows = if d_out == 0 { 0 } else { g.len() / d_out };
+    let rows = g.len().checked_div(d_out).unwrap_or(0);
     let dx = needed[0].then(|| product(rows, d_in, d_out, Operand::rows(g, d_out), Operand::transposed(weight, d_out)));
     let dw = needed[1].then(|| product(d_in, d_out, rows, Operand::transposed(x, d_in), Operand::rows(g, d_out)));
     let db = needed[2].then(|| column_sums(g, d_out));

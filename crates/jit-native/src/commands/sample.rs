@@ -126,8 +126,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let imgs = HostImages { data: &data, count: n, channels: c.in_channels, size: c.input_size };
     save_png(&a.out.join("grid.png"), &imgs.grid(8, a.scale))?;
     if !a.grid_only {
-        for i in 0..n {
-            save_png(&a.out.join(format!("sample-{i:03}-class{}.png", labels[i])), &imgs.rgb(i))?;
+        for (i, label) in labels.iter().enumerate().take(n) {
+            save_png(&a.out.join(format!("sample-{i:03}-class{label}.png")), &imgs.rgb(i))?;
         }
     }
     if a.previews {

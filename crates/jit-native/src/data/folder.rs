@@ -87,7 +87,7 @@ impl Dataset for ImageFolder {
         let n = self.items.len();
         for k in 0..n {
             let i = (index + k) % n;
-            if self.bad.lock().map_or(false, |bad| bad.contains(&i)) {
+            if self.bad.lock().is_ok_and(|bad| bad.contains(&i)) {
                 continue;
             }
             match self.decode(i, rng) {

@@ -184,7 +184,7 @@ fn long(b: &[u8]) -> Py {
 }
 
 fn pairs(items: Vec<Py>) -> Result<Vec<(Py, Py)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         bail!("odd number of dict items in pickle");
     }
     let mut it = items.into_iter();

@@ -174,6 +174,7 @@ fn forward<const HD: usize, const FMA: bool, const AVX512: bool>(out: &mut [f32]
 /// `[heads, T, T]` and the output gradient `g` `[T, heads·HD]`: per head
 /// `dv = pᵀ·g`, `ds = scale·p·(g·vᵀ − Σ_row (g·vᵀ)·p)`, `dq = ds·k`, `dk = dsᵀ·q`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the forward pass's inputs, its probabilities and the output gradient
 fn backward<const HD: usize, const FMA: bool, const AVX512: bool>(
     [dq, dk, dv]: [&mut [f32]; 3],
     q: &[f32],

@@ -214,7 +214,7 @@ pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
 /// The CPU has AVX-512F.
 #[inline(always)]
 pub unsafe fn norm_rope_row<const HD: usize>(o: &mut [MaybeUninit<f32>; HD], x: &[f32; HD], weight: &[f32; HD], cos: &[f32; HD], sin: &[f32; HD], inv: f32) {
-    const { assert!(HD % LANES == 0) };
+    const { assert!(HD.is_multiple_of(LANES)) };
     let o = o.as_mut_ptr().cast::<f32>();
     // SAFETY: every offset is below HD, the length of each array; the CPU has AVX-512F.
     unsafe {

@@ -181,7 +181,7 @@ fn for_rows<T: Send>(out: &mut [T], row_len: usize, kernel: &RowKernel<T>) {
 /// still a pass over memory).
 pub(super) fn new_rows(len: usize, row_len: usize, kernel: &RowKernel<MaybeUninit<f32>>) -> Vec<f32> {
     // Whole rows, so that `for_rows` hands every value to the kernel.
-    assert!(len == 0 || (row_len > 0 && len % row_len == 0), "a new buffer of whole rows");
+    assert!(len == 0 || (row_len > 0 && len.is_multiple_of(row_len)), "a new buffer of whole rows");
     let mut out = Vec::with_capacity(len);
     for_rows(&mut out.spare_capacity_mut()[..len], row_len, kernel);
     // SAFETY: the kernels write all `len` values (the contract above).
@@ -344,7 +344,7 @@ pub fn silu_gate_backward(h: &[f32], g: &[f32], hidden: usize) -> Vec<f32> {
             }
         }
     }
-    assert!(h.len() % (2 * hidden).max(1) == 0 && g.len() * 2 == h.len(), "silu_gate_backward: rows of 2·hidden and hidden values");
+    assert!(h.len().is_multiple_of((2 * hidden).max(1)) && g.len() * 2 == h.len(), "silu_gate_backward: rows of 2·hidden and hidden values");
     new_rows(h.len(), 2 * hidden, &|first, rows| {
         kernel(rows, &h[first * 2 * hidden..], &g[first * hidden..], hidden)
     })
