@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The browser's CPU fallback against the native CPU build, on this machine: sampling images/s
 # for the demo's models, native (all cores, and one thread) vs the wasm module in headless
-# Chromium with WebGPU disabled (one thread). Prints one Markdown table.
+# Chromium with WebGPU disabled (one worker, and one worker per core: the page's default).
+# Prints one Markdown table.
 #
 #   bash scripts/bench-cpu.sh [DIST]     # DIST: a site built by scripts/build-web.sh (dist)
 #
@@ -23,14 +24,14 @@ native() { # model count steps threads → images/s
       --out "$(mktemp -d)" 2>&1 | sed -n 's/.*(\([0-9.]*\) images\/s).*/\1/p'
   done | median
 }
-browser() { # model count steps → images/s
-  local q="class=0&count=$2&seed=1&steps=$3&sampler=heun&cfg=2.9&low=0.1&high=1"
+browser() { # model count steps workers → images/s
+  local q="class=0&count=$2&seed=1&steps=$3&sampler=heun&cfg=2.9&low=0.1&high=1&lanes=$4"
   node tests/browser/bench-cpu.mjs "$dist" "$1" "$q" 4 | tail -n +2 |
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const l of s.trim().split("\n")){const r=JSON.parse(l);console.log(r.count/r.seconds)}})' | median
 }
 
-echo "| sampling (Heun, CFG 2.9 on (0.1, 1)) | images × steps | native, $(nproc) threads | native, 1 thread | browser wasm, 1 thread | wasm slower than native by |"
-echo "|---|---|---|---|---|---|"
+echo "| sampling (Heun, CFG 2.9 on (0.1, 1)) | images × steps | native, $(nproc) threads | native, 1 thread | browser wasm, 1 worker | browser wasm, $(nproc) workers | wasm slower than native by |"
+echo "|---|---|---|---|---|---|---|"
 mkdir -p "$dist/bench"
 for spec in "web/model.safetensors Shapes_JiT-T/4_32² 8 50" \
             "web/models/fashion-mnist.safetensors Fashion-MNIST_JiT-S/4_32² 2 20"; do
@@ -40,7 +41,8 @@ for spec in "web/model.safetensors Shapes_JiT-T/4_32² 8 50" \
   cp "$file" "$dist/$served"
   n_all=$(native "$file" "$count" "$steps" "$(nproc)")
   n_one=$(native "$file" "$count" "$steps" 1)
-  web=$(browser "$served" "$count" "$steps")
-  printf '| %s | %s × %s | %.3f img/s | %.3f img/s | %.3f img/s | %.2f× (%.2f× per thread) |\n' "$name" "$count" "$steps" \
-    "$n_all" "$n_one" "$web" "$(awk -v a="$n_all" -v b="$web" 'BEGIN {print a / b}')" "$(awk -v a="$n_one" -v b="$web" 'BEGIN {print a / b}')"
+  web=$(browser "$served" "$count" "$steps" 1)
+  web_all=$(browser "$served" "$count" "$steps" "$(nproc)")
+  printf '| %s | %s × %s | %.3f img/s | %.3f img/s | %.3f img/s | %.3f img/s | %.2f× on all cores (%.2f× per thread) |\n' "$name" "$count" "$steps" \
+    "$n_all" "$n_one" "$web" "$web_all" "$(awk -v a="$n_all" -v b="$web_all" 'BEGIN {print a / b}')" "$(awk -v a="$n_one" -v b="$web" 'BEGIN {print a / b}')"
 done

@@ -7,7 +7,7 @@ import { JitWorker } from "./pkg/client.js";
 const $ = (id) => document.getElementById(id);
 const state = { jit: null, info: null, label: null, busy: false, gpuWarm: false, models: [], cancelAt: null };
 // Exposed for tests and for curious visitors.
-window.__jit = { ready: false, worker: true, info: null, model: null, result: null, error: null, steps: [], stepTimes: [], cancel: null };
+window.__jit = { ready: false, worker: true, lanes: 1, info: null, model: null, result: null, error: null, steps: [], stepTimes: [], cancel: null };
 
 function showError(msg) {
   const el = $("error");
@@ -56,7 +56,11 @@ async function useModel(getSource, label, entry = null) {
     $("model-info").textContent =
       `${label}: ${(info.parameters / 1e6).toFixed(2)}M parameters, ${c.in_channels}×${c.input_size}×${c.input_size} px, ` +
       `patch ${c.patch_size}, depth ${c.depth}, ${info.numClasses} classes, trained ${info.step} steps`;
-    $("status").textContent = `Backend: ${info.backend === "webgpu" ? "WebGPU (your GPU)" : "CPU (WebAssembly)"}, ${info.precision} products, in a Web Worker`;
+    const lanes = state.jit.lanes;
+    window.__jit.lanes = lanes;
+    $("status").textContent = info.backend === "webgpu"
+      ? `Backend: WebGPU (your GPU), ${info.precision} products, in a Web Worker`
+      : `Backend: CPU (WebAssembly), ${info.precision} products, ${lanes === 1 ? "in a Web Worker" : `in ${lanes} Web Workers (one per core)`}`;
     $("banner").hidden = !info.backendNote;
     // The adapter's technical reason goes to the tooltip and the console, not the visitor.
     $("banner").textContent = info.backendNote
@@ -200,7 +204,8 @@ async function main() {
     $("banner").textContent = "This browser has no WebGPU; images will be computed on the CPU (slower).";
   }
   try {
-    state.jit = await JitWorker.create();
+    // ?lanes=N caps the workers the CPU fallback splits a batch over (default: one per core).
+    state.jit = await JitWorker.create({ lanes: new URLSearchParams(location.search).get("lanes") ?? undefined });
   } catch (e) {
     showError(`This browser could not start the WebAssembly module in a worker: ${e.message ?? e}`);
     $("status").textContent = "Not available.";

@@ -162,6 +162,40 @@ test("without WebGPU the CPU fallback gives the same images and says so", { time
   });
 });
 
+test("on the CPU a batch is split over workers and gives the images one worker gives", { timeout: TIMEOUT }, async () => {
+  await withPage(false, async (page) => {
+    const run = async (lanes) => {
+      await openPage(page, `model=shapes.safetensors&class=2&count=5&seed=3&steps=3&sampler=heun&cfg=2.9&low=0.1&high=1&lanes=${lanes}`);
+      await page.click("#go");
+      await page.waitForFunction(() => window.__jit.result || window.__jit.error, null, { timeout: TIMEOUT });
+      return page.evaluate(() => ({
+        error: window.__jit.error, lanes: window.__jit.lanes, result: window.__jit.result, steps: window.__jit.steps,
+        status: document.getElementById("status").textContent, previewWidth: document.getElementById("preview").width,
+        size: window.__jit.info.imageSize,
+        preview: (() => {
+          const c = document.getElementById("preview");
+          return Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data);
+        })(),
+      }));
+    };
+    const one = await run(1);
+    const three = await run(3);
+    for (const r of [one, three]) assert.equal(r.error, null, "generation succeeds");
+    assert.equal(one.lanes, 1);
+    assert.equal(three.lanes, 3, "?lanes=3 starts three workers for a small model on the CPU");
+    assert.match(three.status, /in 3 Web Workers/);
+    assert.equal(three.result.count, 5);
+    assert.deepEqual(three.steps, [1, 2, 3], "one merged preview per step");
+    assert.equal(three.previewWidth, 5 * three.size, "the preview strip holds all five images");
+    const previewDiff = Math.max(...three.preview.map((v, i) => Math.abs(v - one.preview[i])));
+    assert.ok(previewDiff <= 1, `the last preview strip differs from one worker's by up to ${previewDiff} levels`);
+    const err = relL2(Float32Array.from(three.result.floats), Float32Array.from(one.result.floats));
+    console.log(`3 workers vs 1: rel L2 ${err.toExponential(2)}; ${one.result.seconds.toFixed(2)} s on 1, ${three.result.seconds.toFixed(2)} s on 3`);
+    assert.ok(err <= 1e-5, `the images differ: rel L2 ${err}`);
+    assert.equal(await page.locator("#grid canvas").count(), 5);
+  });
+});
+
 test("a file that is not a JiT checkpoint shows an error, and the page keeps working", { timeout: TIMEOUT }, async () => {
   await withPage(false, async (page) => {
     await page.goto(`${base}/?${QUERY}`);

@@ -9,6 +9,8 @@
 //! [`Sampling`] is a step-by-step state machine so that front ends (including async browser
 //! code) drive the loop, show previews and cancel; [`sample`] runs it to the end.
 
+use std::ops::Range;
+
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::{DiffusionConfig, JitConfig, Method, SamplerConfig};
@@ -17,11 +19,14 @@ use crate::network::Network;
 use crate::objective::Prediction;
 use crate::rng::PortableRng;
 
-/// The initial noise `z₀ = noise_scale · N(0, I)` for `count` images from `seed`, drawn with
-/// [`PortableRng`]: identical on every backend, natively and in the browser.
-pub fn initial_noise(config: &JitConfig, diffusion: &DiffusionConfig, count: usize, seed: u64, device: &Device) -> Tensor<4> {
-    let shape = [count, config.in_channels, config.input_size, config.input_size];
-    PortableRng::new(seed).noise(shape, diffusion.noise_scale, device)
+/// The initial noise `z₀ = noise_scale · N(0, I)` `[images.len(), C, H, W]` of `images` (their
+/// indices in a batch) from `seed`, drawn with [`PortableRng`]: identical on every backend,
+/// natively and in the browser, and an image's noise is the same whichever part of its batch it
+/// is drawn with (the browser splits a batch over workers).
+pub fn initial_noise(config: &JitConfig, diffusion: &DiffusionConfig, images: Range<usize>, seed: u64, device: &Device) -> Tensor<4> {
+    let per_image = (config.in_channels * config.input_size * config.input_size) as u64;
+    let shape = [images.len(), config.in_channels, config.input_size, config.input_size];
+    PortableRng::new(seed).noise_from(images.start as u64 * per_image, shape, diffusion.noise_scale, device)
 }
 
 /// The time grid `linspace(0, 1, steps + 1)` as f32 values, as torch computes it.

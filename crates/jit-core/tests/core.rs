@@ -9,7 +9,7 @@ use common::*;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
 use jit_core::host::labels as labels_tensor;
 use jit_core::rng::PortableRng;
-use jit_core::sampler::{Progress, Sampling, sample};
+use jit_core::sampler::{Progress, Sampling, initial_noise, sample};
 use jit_core::state_dict;
 use jit_core::optim::OptimConfig;
 use jit_core::TrainState;
@@ -53,6 +53,22 @@ fn batch(config: &JitConfig, n: usize, device: &Device) -> (Tensor<4>, Vec<i64>)
         }
     }
     (Tensor::from_data(TensorData::new(data, [n, 1, s, s]), device), labels)
+}
+
+#[test]
+fn an_image_gets_the_same_noise_in_any_part_of_its_batch() {
+    // The stream skipped to any offset, odd ones (inside a Box–Muller pair) included.
+    let whole = PortableRng::new(9).normals(40);
+    for skip in 0..9 {
+        assert_eq!(PortableRng::new(9).normals_from(skip, 31), whole[skip as usize..][..31], "skip {skip}");
+    }
+    // Images 2..5 of a batch of 5 drawn on their own (8×8×1: 64 values per image).
+    let (config, device) = (tiny(false), Device::flex());
+    let diffusion = DiffusionConfig::default();
+    let all = to_vec(initial_noise(&config, &diffusion, 0..5, 7, &device));
+    let part = initial_noise(&config, &diffusion, 2..5, 7, &device);
+    assert_eq!(part.dims(), [3, 1, 8, 8]);
+    assert_eq!(to_vec(part), all[2 * 64..]);
 }
 
 #[test]

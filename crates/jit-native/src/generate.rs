@@ -40,7 +40,7 @@ pub fn generate(
             anyhow::bail!("class {l} does not exist (the model has classes 0..{})", model.config.num_classes - 1);
         }
     }
-    let z0 = initial_noise(&model.config, diffusion, opts.labels.len(), opts.seed, &device);
+    let z0 = initial_noise(&model.config, diffusion, 0..opts.labels.len(), opts.seed, &device);
     let lanes = CpuLanes::new(&device);
     let net = lanes.network(model);
     let mut run = Sampling::new(&net, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device))?;

@@ -7,11 +7,17 @@ export type WorkerStepCallback = (step: number, total: number, previewRgba: Uint
 /** A generate that was cancelled rejects with an Error whose `message` is "cancelled" and `cancelled` is true. */
 export interface JitError extends Error { cancelled: boolean }
 
-/** The JiT module running in a dedicated Web Worker (WebGPU, else CPU), behind promises. */
+/** The JiT module running in dedicated Web Workers (WebGPU, else CPU), behind promises. */
 export declare class JitWorker {
-  /** Starts the worker (default: `worker.js` beside this file) and waits until its wasm module is ready. */
-  static create(options?: { workerUrl?: string | URL }): Promise<JitWorker>;
-  constructor(workerUrl?: string | URL);
+  /**
+   * Starts the worker (default: `worker.js` beside this file) and waits until its wasm module is
+   * ready. `lanes`: workers a CPU generate of several images is split over, at most (default
+   * navigator.hardwareConcurrency, capped at 8; extra workers start when a small model loads on the CPU).
+   */
+  static create(options?: { workerUrl?: string | URL; lanes?: number }): Promise<JitWorker>;
+  constructor(workerUrl?: string | URL, lanes?: number);
+  /** Workers a generate of several images runs on now: 1 on WebGPU, up to `lanes` on the CPU. */
+  readonly lanes: number;
   readonly worker: Worker;
   /** Resolves once the worker's wasm module started. */
   readonly ready: Promise<JitWorker>;
@@ -25,6 +31,6 @@ export declare class JitWorker {
   generate(options?: GenerateOptions, onStep?: WorkerStepCallback | null): Promise<GenerateResult>;
   /** Stops the running generate between steps; it rejects with a {@link JitError}. */
   cancel(): void;
-  /** Ends the worker. */
+  /** Ends the workers. */
   terminate(): void;
 }

@@ -82,6 +82,9 @@ export interface GenerateOptions {
   intervalHigh?: number;
   /** Images in one batch, 1..256 (default 1). */
   count?: number;
+  /** Index of the first of these images in the seed's batch (default 0): its part of a batch
+   *  split over workers, drawn from the same noise. */
+  firstImage?: number;
 }
 /** Called after every step with the clean-image estimate x̂ of all images, count·H·W·4 RGBA bytes. */
 export type StepCallback = (step: number, total: number, previewRgba: Uint8ClampedArray) => void;
@@ -117,6 +120,10 @@ async fn webgpu() -> Result<Device, String> {
     WEBGPU.with(|w| *w.borrow_mut() = Some(r.clone()));
     r
 }
+
+/// The largest `firstImage` of `generate` (the noise before it is skipped, not drawn: the bound
+/// only keeps `firstImage + count` within wasm32's `usize`).
+const MAX_FIRST_IMAGE: f64 = (1u64 << 24) as f64;
 
 fn err(msg: impl std::fmt::Display) -> JsValue {
     JsError::new(&msg.to_string()).into()
@@ -253,7 +260,7 @@ impl JitGenerator {
     }
 
     /// Generates images. `options`: `{classLabel, seed, steps, sampler, cfg, intervalLow,
-    /// intervalHigh, count}` (missing ones take the checkpoint's defaults; `classLabel` null or
+    /// intervalHigh, count, firstImage}` (missing ones take the checkpoint's defaults; `classLabel` null or
     /// omitted gives unconditional samples). `onStep(step, total, previewRgba)` is called after
     /// every step with the x̂ estimate as RGBA. Resolves to `{rgba, floats, width, height,
     /// count, channels, seconds}`; rejects with "cancelled" after [`JitGenerator::cancel`].
@@ -299,9 +306,15 @@ impl JitGenerator {
             if seed < 0.0 || seed.fract() != 0.0 {
                 return Err(err("seed must be a non-negative integer"));
             }
+            // Where these images start in the seed's noise stream (a batch split over workers).
+            let first = get_f64(&options, "firstImage")?.unwrap_or(0.0);
+            if !(0.0..=MAX_FIRST_IMAGE).contains(&first) || first.fract() != 0.0 {
+                return Err(err(format!("firstImage must be an integer from 0 to {MAX_FIRST_IMAGE}")));
+            }
+            let first = first as usize;
             let device = inner.model.devices()[0].clone();
             let started = js_sys::Date::now();
-            let z0 = initial_noise(c, &m.diffusion, count, seed as u64, &device);
+            let z0 = initial_noise(c, &m.diffusion, first..first + count, seed as u64, &device);
             let labels = host::labels(&vec![label; count], &device);
             let mut run = Sampling::new(&inner.model, &m.diffusion, &sampler, z0, labels).map_err(err)?;
             // The flag is checked before every network evaluation (two per Heun step), after

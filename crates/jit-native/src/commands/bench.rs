@@ -179,7 +179,7 @@ fn time_sampling(lanes: &CpuLanes, ema: &Jit, diffusion: &DiffusionConfig, a: &B
     let split = lanes.network(ema);
     let net = Counting { net: &split, images: Cell::new(0) };
     let run = |steps: Option<usize>| -> Result<f64> {
-        let z0 = initial_noise(&ema.config, diffusion, labels.len(), 0, device);
+        let z0 = initial_noise(&ema.config, diffusion, 0..labels.len(), 0, device);
         let t0 = Instant::now();
         let mut sampling = Sampling::new(&net, diffusion, &sampler, z0, labels_tensor(&labels, device))?;
         let mut done = 0;
