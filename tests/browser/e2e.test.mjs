@@ -193,6 +193,21 @@ test("on the CPU a batch is split over workers and gives the images one worker g
     console.log(`3 workers vs 1: rel L2 ${err.toExponential(2)}; ${one.result.seconds.toFixed(2)} s on 1, ${three.result.seconds.toFixed(2)} s on 3`);
     assert.ok(err <= 1e-5, `the images differ: rel L2 ${err}`);
     assert.equal(await page.locator("#grid canvas").count(), 5);
+    // A part outside the noise stream's range is a clear error.
+    const bad = await page.evaluate(async () => {
+      const { JitWorker } = await import("./pkg/client.js");
+      const jit = await JitWorker.create({ lanes: 1 });
+      try {
+        await jit.load("shapes.safetensors");
+        await jit.generate({ count: 1, firstImage: -1 });
+        return "no error";
+      } catch (e) {
+        return e.message;
+      } finally {
+        jit.terminate();
+      }
+    });
+    assert.match(bad, /^firstImage must be an integer from 0 to \d+$/);
   });
 });
 
