@@ -11,6 +11,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use common::rel_l2;
 use jit_core::JitConfig;
 use jit_core::fused;
+use jit_core::model::MatmulDtype;
 use jit_core::model::norm::RmsNorm;
 use jit_core::model::rope::Rope;
 
@@ -205,6 +206,43 @@ fn attention_from_qkv_matches_in_values_and_gradients() {
             fused::qkv_attention(qkv, heads, (&norm(0), &norm(1)), &rope, 0.3, &drop).reshape([2 * tokens, heads * hd])
         });
     }
+}
+
+/// A linear layer with these parameters: `w` `[d_in, d_out]`, `b` `[1, d_out]`.
+fn layer(w: &Tensor<2>, b: &Tensor<2>) -> Linear {
+    let d_out = w.dims()[1];
+    Linear {
+        weight: Param::initialized(ParamId::new(), w.clone()),
+        bias: Some(Param::initialized(ParamId::new(), b.clone().reshape([d_out]))),
+    }
+}
+
+#[test]
+fn the_layers_feeding_attention_and_the_gate_match_in_values_and_gradients() {
+    // Sampling on the CPU takes the `qkv` and `w12` products without their biases and adds them
+    // as the attention and the SwiGLU gate read the rows.
+    let (heads, hd, grid, prefix) = (2, 16, 3, 4);
+    let (tokens, d) = (prefix + grid * grid, heads * hd);
+    let inputs = [random([2 * tokens, d], 1.0, 31), random([d, 3 * d], 0.3, 32), random([1, 3 * d], 0.5, 33), random([2, hd], 0.4, 34)];
+    check("attention_from_input", inputs, |[x, w, b, g]| {
+        let device = x.device();
+        let norm = |i: usize| {
+            let mut n = RmsNorm::new(hd, &device);
+            n.weight = Param::initialized(ParamId::new(), g.clone().narrow(0, i, 1).reshape([hd]).add_scalar(1.0));
+            n
+        };
+        let rope = Rope::new(hd, grid, prefix, &device);
+        let drop = DropoutConfig::new(0.0).init();
+        let x = x.clone().reshape([2, tokens, d]);
+        let out = fused::attention_from_input(&layer(w, b), x, MatmulDtype::default(), heads, (&norm(0), &norm(1)), &rope, 0.3, &drop);
+        out.reshape([2 * tokens, d])
+    });
+    let hidden = 24;
+    let inputs = [random([2 * tokens, d], 1.0, 35), random([d, 2 * hidden], 0.3, 36), random([1, 2 * hidden], 0.5, 37)];
+    check("swiglu_hidden", inputs, |[x, w, b]| {
+        let out = fused::swiglu_hidden(&layer(w, b), x.clone().reshape([2, tokens, d]), MatmulDtype::default());
+        out.reshape([2 * tokens, hidden])
+    });
 }
 
 #[test]

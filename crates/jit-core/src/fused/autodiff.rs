@@ -113,7 +113,7 @@ pub fn silu_gate(h: &Tensor<3>) -> Option<Tensor<3>> {
     let t = take(h)?;
     let x = values(&t);
     let [b, n, two_hidden] = h.dims();
-    let out = new(cpu::silu_gate(slice(&x), two_hidden / 2), vec![b, n, two_hidden / 2]);
+    let out = new(cpu::silu_gate(slice(&x), two_hidden / 2, None), vec![b, n, two_hidden / 2]);
     Some(wrap(record(SiluGate, [&t], x, out)))
 }
 

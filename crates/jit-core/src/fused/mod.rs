@@ -38,6 +38,7 @@ use burn::tensor::Tensor;
 #[cfg(feature = "wgpu")]
 use jit_shaders::ShaderOps;
 
+use crate::model::MatmulDtype;
 use crate::model::block::modulate;
 use crate::model::norm::RmsNorm;
 #[cfg(any(feature = "flex", feature = "wgpu"))]
@@ -164,12 +165,75 @@ pub fn qkv_attention(
     #[cfg(feature = "flex")]
     if let Some(Some(out)) = on_flex(&qkv, heads, q_norm, k_norm, rope, |x, layout, norm_rope| {
         let [b, t, hd] = [layout.batch, layout.tokens, layout.head_dim];
-        cpu::attention_supports(hd).then(|| flex::wrap(cpu::qkv_attention(x, layout, norm_rope, scale as f32), [b, t, heads * hd]))
+        cpu::attention_supports(hd).then(|| flex::wrap(cpu::qkv_attention(x, None, layout, norm_rope, scale as f32), [b, t, heads * hd]))
     }) {
         return out;
     }
     let (q, k, v) = qkv_heads(qkv, heads, q_norm, k_norm, rope);
     attention(q, k, v, scale, attn_drop)
+}
+
+/// The attention of a block from its input `x` `[B, T, D]`: `qkv_layer` (products in `mm`'s type)
+/// then [`qkv_attention`], `[B, T, D]`. On the CPU outside autodiff, with f32 products, the
+/// product is taken without the layer's bias, which the attention adds as it reads each row: no
+/// pass that writes the bias into the product's rows first (≈ 5 % of sampling, with the gate's).
+#[allow(clippy::too_many_arguments)] // the inputs of the qkv layer and of qkv_attention
+pub fn attention_from_input(
+    qkv_layer: &Linear,
+    x: Tensor<3>,
+    mm: MatmulDtype,
+    heads: usize,
+    (q_norm, k_norm): (&RmsNorm, &RmsNorm),
+    rope: &Rope,
+    scale: f64,
+    attn_drop: &Dropout,
+) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if mm == MatmulDtype::default()
+        && cpu::attention_supports(qkv_layer.weight.dims()[1] / 3 / heads.max(1))
+        && let Some((qkv, bias)) = product_without_bias(qkv_layer, &x)
+    {
+        let bias = bias.as_ref().map(|b| b.values());
+        if let Some(out) = on_flex(&qkv, heads, q_norm, k_norm, rope, |values, layout, norm_rope| {
+            let [b, t, hd] = [layout.batch, layout.tokens, layout.head_dim];
+            flex::wrap(cpu::qkv_attention(values, bias, layout, norm_rope, scale as f32), [b, t, heads * hd])
+        }) {
+            return out;
+        }
+    }
+    qkv_attention(mm.linear(qkv_layer, x), heads, (q_norm, k_norm), rope, scale, attn_drop)
+}
+
+/// SwiGLU's hidden activations from its input `x` `[B, N, D]`: `w12` (products in `mm`'s type)
+/// then [`silu_gate`], `[B, N, hidden]`; on the CPU the gate adds `w12`'s bias, as in
+/// [`attention_from_input`].
+pub fn swiglu_hidden(w12: &Linear, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if mm == MatmulDtype::default()
+        && let Some((h, bias)) = product_without_bias(w12, &x)
+        && let Some(values) = flex::read(&h)
+    {
+        let [b, n, two_hidden] = h.dims();
+        let gated = cpu::silu_gate(values.values(), two_hidden / 2, bias.as_ref().map(|b| b.values()));
+        return flex::wrap(gated, [b, n, two_hidden / 2]);
+    }
+    silu_gate(mm.linear(w12, x))
+}
+
+/// `x·weight` of `layer` without its bias, and the bias's values, when `x` and the layer's
+/// parameters are f32 Flex tensors outside autodiff.
+#[cfg(feature = "flex")]
+fn product_without_bias<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<(Tensor<D>, Option<flex::Values>)> {
+    let weight = layer.weight.val();
+    let (xs, w) = (flex::read(x)?, flex::read(&weight)?);
+    let bias = match &layer.bias {
+        Some(b) => Some(flex::read(&b.val())?),
+        None => None,
+    };
+    let [d_in, d_out] = weight.dims();
+    let mut dims = x.dims();
+    dims[D - 1] = d_out;
+    Some((flex::wrap(gemm::linear(xs.values(), w.values(), None, d_in, d_out), dims), bias))
 }
 
 /// `f(qkv values, layout, qk-norm and RoPE values)` when `qkv` `[B, T, 3·D]` and the norms' and
@@ -238,7 +302,7 @@ pub fn silu_gate(h: Tensor<3>) -> Tensor<3> {
     #[cfg(feature = "flex")]
     if let Some(t) = flex::read(&h) {
         let [b, n, two_hidden] = h.dims();
-        return flex::wrap(cpu::silu_gate(t.values(), two_hidden / 2), [b, n, two_hidden / 2]);
+        return flex::wrap(cpu::silu_gate(t.values(), two_hidden / 2, None), [b, n, two_hidden / 2]);
     }
     #[cfg(feature = "flex")]
     if let Some(out) = autodiff::silu_gate(&h) {

@@ -50,9 +50,9 @@ impl Attention {
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
         let [_, _, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
-        let qkv = mm.linear(&self.qkv, x);
         let scale = 1.0 / (hd as f64).sqrt();
-        let out = fused::qkv_attention(qkv, h, (&self.q_norm, &self.k_norm), rope, scale, &self.attn_drop);
+        let norms = (&self.q_norm, &self.k_norm);
+        let out = fused::attention_from_input(&self.qkv, x, mm, h, norms, rope, scale, &self.attn_drop);
         self.proj_drop.forward(mm.linear(&self.proj, out))
     }
 }

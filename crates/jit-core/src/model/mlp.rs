@@ -31,7 +31,7 @@ impl SwiGlu {
 
     /// `x` `[B, N, D]` → `[B, N, D]`.
     pub fn forward(&self, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
-        let gated = fused::silu_gate(mm.linear(&self.w12, x));
+        let gated = fused::swiglu_hidden(&self.w12, x, mm);
         self.drop.forward(mm.linear(&self.w3, gated))
     }
 }

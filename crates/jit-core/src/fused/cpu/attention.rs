@@ -313,13 +313,15 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale:
 /// heads, head_dim]`: `[B, T, heads·head_dim]`. One batch element per task, whose queries, keys
 /// and values (`3·heads·T·head_dim` values, 166 KB for JiT-S) live only in that task's scratch
 /// buffer, which stays in cache, instead of three arrays of the whole batch written out to
-/// memory and read back. `head_dim` must be one of [`attention_supports`].
-pub fn qkv_attention(qkv: &[f32], layout: &QkvLayout, norm_rope: &QkNormRope, scale: f32) -> Vec<f32> {
+/// memory and read back. `bias` (`3·heads·head_dim` values: the `qkv` layer's, when `qkv` is its
+/// product without it) is added as the rows are read. `head_dim` must be one of
+/// [`attention_supports`].
+pub fn qkv_attention(qkv: &[f32], bias: Option<&[f32]>, layout: &QkvLayout, norm_rope: &QkNormRope, scale: f32) -> Vec<f32> {
     let (l, n) = (layout, norm_rope);
     let shape = AttentionShape { batch: l.batch, heads: l.heads, tokens: l.tokens, head_dim: l.head_dim };
     let per = shape.per_batch();
     let parts = [(0, Some((n.q_weight, n.eps))), (1, Some((n.k_weight, n.eps))), (2, None)]
-        .map(|(which, norm)| HeadPart { qkv, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed });
+        .map(|(which, norm)| HeadPart { qkv, bias, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed });
     let [out] = new_batches([l.batch * per], l.batch, &|b, [out]| {
         let mut heads = Vec::with_capacity(3 * per);
         for (part, rows) in parts.iter().zip(heads.spare_capacity_mut().chunks_exact_mut(per)) {

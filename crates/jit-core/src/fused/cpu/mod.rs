@@ -310,21 +310,34 @@ pub fn silu_inplace(x: &mut [f32]) {
     for_rows(x, 1, &|_, xs| kernel(xs));
 }
 
-/// SwiGLU's gate: rows of `2·hidden` values `(x1, x2)` → rows of `hidden` values `SiLU(x1)·x2`.
-pub fn silu_gate(h: &[f32], hidden: usize) -> Vec<f32> {
+/// SwiGLU's gate: rows of `2·hidden` values `(x1, x2)` → rows of `hidden` values `SiLU(x1)·x2`,
+/// with `bias` (`2·hidden` values: the `w12` layer's, when `h` is its product without it) added
+/// to each row first.
+pub fn silu_gate(h: &[f32], hidden: usize, bias: Option<&[f32]>) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [MaybeUninit<f32>], h: &[f32], hidden: usize) {
+        fn kernel(out: &mut [MaybeUninit<f32>], h: &[f32], hidden: usize, bias: Option<&[f32]>) {
             for (o, x) in out.chunks_exact_mut(hidden).zip(h.chunks_exact(2 * hidden)) {
                 let (x1, x2) = x.split_at(hidden);
-                for ((o, &a), &b) in o.iter_mut().zip(x1).zip(x2) {
-                    o.write(silu(a) * b);
+                match bias {
+                    None => {
+                        for ((o, &a), &b) in o.iter_mut().zip(x1).zip(x2) {
+                            o.write(silu(a) * b);
+                        }
+                    }
+                    Some(bias) => {
+                        let (b1, b2) = bias.split_at(hidden);
+                        for ((((o, &a), &b), &ba), &bb) in o.iter_mut().zip(x1).zip(x2).zip(b1).zip(b2) {
+                            o.write(silu(a + ba) * (b + bb));
+                        }
+                    }
                 }
             }
         }
     }
     // Every output value is written (the contract of `new_rows`): whole rows only.
     assert_eq!(h.len() % (2 * hidden).max(1), 0, "silu_gate: rows of 2·hidden values");
-    new_rows(h.len() / 2, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden))
+    assert!(bias.is_none_or(|b| b.len() == 2 * hidden), "silu_gate: a bias of 2·hidden values");
+    new_rows(h.len() / 2, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden, bias))
 }
 
 /// Gradient of [`silu_gate`] with respect to `h` (rows of `2·hidden`), from the output gradient
@@ -467,9 +480,12 @@ pub struct QkvLayout {
 }
 
 /// The per-head RMSNorm (`norm = (weight, eps)`) and RoPE of [`qkv_heads`], for the output rows
-/// `first..` of one part (`which`: 0 queries, 1 keys, 2 values, which are only copied).
+/// `first..` of one part (`which`: 0 queries, 1 keys, 2 values, which are only copied). `bias`
+/// (`3·heads·head_dim` values, the `qkv` layer's when `qkv` is its product without it) is added
+/// to each row first.
 struct HeadPart<'a> {
     qkv: &'a [f32],
+    bias: Option<&'a [f32]>,
     layout: &'a QkvLayout,
     which: usize,
     norm: Option<(&'a [f32], f32)>,
@@ -498,11 +514,19 @@ fn head_rows_of<const HD: usize, const AVX512: bool>(out: &mut [MaybeUninit<f32>
     let l = p.layout;
     let hd = if HD == 0 { l.head_dim } else { HD };
     let mut scratch = vec![0.0f32; if HD == 0 { 2 * hd } else { 0 }];
+    let mut biased = vec![0.0f32; if p.bias.is_some() { hd } else { 0 }];
     // Rows of the output are (b, h, t) in order: counters instead of divisions per row.
     let (mut t, bh) = (first % l.tokens, first / l.tokens);
     let (mut b, mut h) = (bh / l.heads, bh % l.heads);
     for o in out.chunks_exact_mut(hd) {
-        let src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
+        let mut src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
+        if let Some(bias) = p.bias {
+            let bias = &bias[(p.which * l.heads + h) * hd..][..hd];
+            for ((o, &x), &b) in biased.iter_mut().zip(src).zip(bias) {
+                *o = x + b;
+            }
+            src = &biased;
+        }
         match p.norm {
             None => {
                 o.write_copy_of_slice(src);
@@ -669,7 +693,7 @@ pub struct QkNormRope<'a> {
 pub fn qkv_heads(qkv: &[f32], layout: &QkvLayout, norm_rope: &QkNormRope) -> [Vec<f32>; 3] {
     let (l, n) = (layout, norm_rope);
     let part = |which: usize, norm: Option<(&[f32], f32)>| {
-        let p = HeadPart { qkv, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed };
+        let p = HeadPart { qkv, bias: None, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed };
         new_rows(l.batch * l.heads * l.tokens * l.head_dim, l.head_dim, &|first, rows| head_rows(rows, first, &p))
     };
     [part(0, Some((n.q_weight, n.eps))), part(1, Some((n.k_weight, n.eps))), part(2, None)]
