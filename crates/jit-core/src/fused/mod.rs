@@ -163,10 +163,7 @@ pub fn qkv_attention(
         return out;
     }
     #[cfg(feature = "flex")]
-    if let Some(Some(out)) = on_flex(&qkv, heads, q_norm, k_norm, rope, |x, layout, norm_rope| {
-        let [b, t, hd] = [layout.batch, layout.tokens, layout.head_dim];
-        cpu::attention_supports(hd).then(|| flex::wrap(cpu::qkv_attention(x, None, layout, norm_rope, scale as f32), [b, t, heads * hd]))
-    }) {
+    if let Some(out) = qkv_attention_on_flex(&qkv, None, heads, (q_norm, k_norm), rope, scale) {
         return out;
     }
     let (q, k, v) = qkv_heads(qkv, heads, q_norm, k_norm, rope);
@@ -192,16 +189,30 @@ pub fn attention_from_input(
     if mm == MatmulDtype::default()
         && cpu::attention_supports(qkv_layer.weight.dims()[1] / 3 / heads.max(1))
         && let Some((qkv, bias)) = product_without_bias(qkv_layer, &x)
+        && let Some(out) = qkv_attention_on_flex(&qkv, bias.as_ref().map(|b| b.values()), heads, (q_norm, k_norm), rope, scale)
     {
-        let bias = bias.as_ref().map(|b| b.values());
-        if let Some(out) = on_flex(&qkv, heads, q_norm, k_norm, rope, |values, layout, norm_rope| {
-            let [b, t, hd] = [layout.batch, layout.tokens, layout.head_dim];
-            flex::wrap(cpu::qkv_attention(values, bias, layout, norm_rope, scale as f32), [b, t, heads * hd])
-        }) {
-            return out;
-        }
+        return out;
     }
     qkv_attention(mm.linear(qkv_layer, x), heads, (q_norm, k_norm), rope, scale, attn_drop)
+}
+
+/// [`cpu::qkv_attention`] (adding `bias` to the rows of `qkv`) when `qkv` and the norms' and
+/// RoPE's tensors are f32 Flex tensors outside autodiff and the kernels take the head width.
+#[cfg(feature = "flex")]
+fn qkv_attention_on_flex(
+    qkv: &Tensor<3>,
+    bias: Option<&[f32]>,
+    heads: usize,
+    (q_norm, k_norm): (&RmsNorm, &RmsNorm),
+    rope: &Rope,
+    scale: f64,
+) -> Option<Tensor<3>> {
+    on_flex(qkv, heads, q_norm, k_norm, rope, |values, layout, norm_rope| {
+        let [b, t, hd] = [layout.batch, layout.tokens, layout.head_dim];
+        cpu::attention_supports(hd)
+            .then(|| flex::wrap(cpu::qkv_attention(values, bias, layout, norm_rope, scale as f32), [b, t, heads * hd]))
+    })
+    .flatten()
 }
 
 /// SwiGLU's hidden activations from its input `x` `[B, N, D]`: `w12` (products in `mm`'s type)
