@@ -48,10 +48,11 @@ pub fn fails(args: &[&str], needle: &str) {
     assert!(errors[0].contains(needle), "error should mention '{needle}':\n{stderr}");
 }
 
-/// `(step, loss)` of every line of a run's `metrics.jsonl` (none when it does not exist).
+/// `(step, loss)` of every whole line of a run's `metrics.jsonl` (none when it does not exist).
+/// A run that is still writing may have its last line half written: that one is left out.
 pub fn losses(run: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text[..text.rfind('\n').map_or(0, |i| i + 1)]
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
