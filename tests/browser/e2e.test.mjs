@@ -72,6 +72,7 @@ before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://127.0.0.1");
+    if (url.pathname.endsWith("/jit_web_bg.wasm")) wasmDownloads++;
     if (url.pathname === "/embed.html") {
       res.writeHead(200, { "content-type": "text/html" }); res.end(embedExample()); return;
     }
@@ -95,6 +96,9 @@ before(async () => {
 });
 
 after(() => server?.close());
+
+/** Requests for the wasm module the test server answered. */
+let wasmDownloads = 0;
 
 async function withPage(webgpu, fn) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jit-chromium-"));
@@ -179,7 +183,9 @@ test("on the CPU a batch is split over workers and gives the images one worker g
       }));
     };
     const one = await run(1);
+    const downloadsBefore = wasmDownloads;
     const three = await run(3);
+    assert.equal(wasmDownloads - downloadsBefore, 1, "the extra workers start from the first worker's compiled module");
     for (const r of [one, three]) assert.equal(r.error, null, "generation succeeds");
     assert.equal(one.lanes, 1);
     assert.equal(three.lanes, 3, "?lanes=3 starts three workers for a small model on the CPU");

@@ -14,8 +14,10 @@
 // stay within 256 MB. Each lane samples its images from their place in the seed's noise stream
 // (`firstImage`), so the images are the ones one worker gives. On WebGPU one worker runs.
 //
-// Protocol (page → worker): {type: "load", id, source, options}, {type: "generate", id, options},
-// {type: "cancel"}. Worker → page: {type: "ready", version} | {type: "failed", message} once, then
+// Protocol (page → worker): {type: "init", module} first (a compiled WebAssembly.Module, or
+// undefined to have the worker download and compile it), then {type: "load", id, source,
+// options}, {type: "generate", id, options}, {type: "cancel"}. Worker → page:
+// {type: "ready", version, module} | {type: "failed", message} once, then
 // {type: "loaded", id, info}, {type: "step", id, step, total, rgba, time}, {type: "done", id, result},
 // {type: "error", id, message, cancelled}. Pixel buffers are transferred, not copied.
 
@@ -28,8 +30,10 @@ const MAX_COUNT = 256;
 
 /** One worker and its pending requests. */
 class Lane {
-  constructor(workerUrl) {
+  /** `module`: the compiled wasm module of a lane already running, if any (none: it compiles its own). */
+  constructor(workerUrl, module) {
     this.worker = new Worker(workerUrl, { type: "module" });
+    this.module = null;
     this.pending = new Map();
     this.nextId = 1;
     this.version = null;
@@ -38,6 +42,7 @@ class Lane {
     });
     this.worker.onmessage = ({ data }) => this.#receive(data);
     this.worker.onerror = (e) => this.#fail(new Error(`the JiT worker failed: ${e.message ?? "could not start it"}`));
+    this.worker.postMessage({ type: "init", module: module ?? undefined });
   }
 
   #fail(err) {
@@ -47,7 +52,12 @@ class Lane {
   }
 
   #receive(msg) {
-    if (msg.type === "ready") { this.version = msg.version; this.started.resolve(this); return; }
+    if (msg.type === "ready") {
+      this.version = msg.version;
+      this.module = msg.module ?? null;
+      this.started.resolve(this);
+      return;
+    }
     if (msg.type === "failed") { this.started.reject(new Error(msg.message)); return; }
     const p = this.pending.get(msg.id);
     if (!p) return;
@@ -148,7 +158,7 @@ export class JitWorker {
     const fit = info.backend === "cpu" ? Math.floor(LANE_WEIGHT_BYTES / Math.max(1, 4 * info.parameters)) : 1;
     const wanted = copy === null ? 0 : Math.max(0, Math.min(this.maxLanes, fit) - 1);
     for (const lane of this.helpers.splice(wanted)) lane.terminate();
-    while (this.helpers.length < wanted) this.helpers.push(new Lane(this.workerUrl));
+    while (this.helpers.length < wanted) this.helpers.push(new Lane(this.workerUrl, this.main.module));
     try {
       await Promise.all(this.helpers.map(async (lane) => {
         await lane.ready;

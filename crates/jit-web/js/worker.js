@@ -55,6 +55,7 @@ async function onGenerate({ id, options }) {
 
 self.onmessage = ({ data }) => {
   switch (data?.type) {
+    case "init": return onInit(data);
     case "load": return onLoad(data);
     case "generate": return onGenerate(data);
     case "cancel": return gen?.cancel();
@@ -62,7 +63,30 @@ self.onmessage = ({ data }) => {
   }
 };
 
-init().then(
-  () => post({ type: "ready", version: version() }),
-  (e) => post({ type: "failed", message: `the WebAssembly module could not start: ${message(e)}` }),
-);
+/** The module compiled here: streamed where the server sends it as application/wasm. */
+async function compile() {
+  const url = new URL("./jit_web_bg.wasm", import.meta.url);
+  try {
+    return await WebAssembly.compileStreaming(fetch(url));
+  } catch {
+    const resp = await fetch(url);
+    if (!resp.ok) throw new Error(`cannot download ${url}: HTTP ${resp.status}`);
+    return WebAssembly.compile(await resp.arrayBuffer());
+  }
+}
+
+// The first message: a module another worker compiled, or none to compile it here. "ready"
+// hands the compiled module back, so that further workers skip downloading and compiling it.
+async function onInit({ module }) {
+  try {
+    module ??= await compile();
+    await init({ module_or_path: module });
+  } catch (e) {
+    return post({ type: "failed", message: `the WebAssembly module could not start: ${message(e)}` });
+  }
+  try {
+    post({ type: "ready", version: version(), module });
+  } catch {
+    post({ type: "ready", version: version() }); // a browser that cannot send a module
+  }
+}
