@@ -178,10 +178,13 @@ async fn fetch_bytes(url: &str) -> Result<Vec<u8>, JsValue> {
 /// 4 ms after five levels: ≈ 60 of them were half of a one-image JiT-T/4 sampling.) Where there
 /// is no `MessageChannel`, `setTimeout`.
 async fn yield_now() {
+    let mut channel = None;
     let promise = Promise::new(&mut |resolve, _| {
-        if let Ok(channel) = web_sys::MessageChannel::new() {
-            channel.port1().set_onmessage(Some(&resolve));
-            if channel.port2().post_message(&JsValue::NULL).is_ok() {
+        if let Ok(c) = web_sys::MessageChannel::new() {
+            c.port1().set_onmessage(Some(&resolve));
+            let sent = c.port2().post_message(&JsValue::NULL).is_ok();
+            channel = Some(c);
+            if sent {
                 return;
             }
         }
@@ -194,6 +197,10 @@ async fn yield_now() {
         }
     });
     let _ = JsFuture::from(promise).await;
+    // An open port with a listener keeps a Node.js process alive.
+    if let Some(c) = channel {
+        c.port1().close();
+    }
 }
 
 struct Inner {
