@@ -52,7 +52,7 @@ if command -v trunk >/dev/null 2>&1; then
   cp dist/model.safetensors dist-trunk/model.safetensors  # the test's model, as in dist/
   JIT_DIST="$PWD/dist-trunk" JIT_REF="$work/ref.safetensors" \
   JIT_QUERY="class=1&count=2&seed=7&steps=4&sampler=heun&cfg=2&low=0.1&high=1" \
-    node --test --test-concurrency=1 --test-name-pattern="WebGPU backend|CPU fallback" tests/browser/e2e.test.mjs
+    node --test --test-concurrency=1 --test-name-pattern="WebGPU backend|CPU fallback|split over workers" tests/browser/e2e.test.mjs
 else
   echo "SKIP: trunk is not installed, so the Trunk site is not tested (cargo install trunk --version 0.21.14 --locked)"
 fi

@@ -72,7 +72,7 @@ before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://127.0.0.1");
-    if (url.pathname.endsWith("/jit_web_bg.wasm")) wasmDownloads++;
+    if (url.pathname.endsWith("_bg.wasm")) wasmDownloads++; // jit_web_bg.wasm, or Trunk's jit-web_bg.wasm
     if (url.pathname === "/embed.html") {
       res.writeHead(200, { "content-type": "text/html" }); res.end(embedExample()); return;
     }

@@ -6,7 +6,9 @@
 // Rust loop waits for the GPU and yields to the event loop, so a "cancel" message is handled and
 // the running `generate` stops at its next check (before every evaluation and after every preview
 // read-back).
-import init, { JitGenerator, version } from "./jit_web.js";
+import init, * as jitWeb from "./jit_web.js";
+
+const { JitGenerator, version } = jitWeb;
 
 let gen = null; // the loaded model
 let running = null; // id of the running generate
@@ -63,9 +65,12 @@ self.onmessage = ({ data }) => {
   }
 };
 
-/** The module compiled here: streamed where the server sends it as application/wasm. */
+/**
+ * The module compiled here: streamed where the server sends it as application/wasm. Its file is
+ * wasm-bindgen's, beside this worker (a layout that names it otherwise says so: `wasmUrl`).
+ */
 async function compile() {
-  const url = new URL("./jit_web_bg.wasm", import.meta.url);
+  const url = jitWeb.wasmUrl ?? new URL("./jit_web_bg.wasm", import.meta.url);
   try {
     return await WebAssembly.compileStreaming(fetch(url));
   } catch {
@@ -77,10 +82,14 @@ async function compile() {
 
 // The first message: a module another worker compiled, or none to compile it here. "ready"
 // hands the compiled module back, so that further workers skip downloading and compiling it.
+// Should compiling it here fail, wasm-bindgen's own loader gets a try (and nothing is shared).
 async function onInit({ module }) {
   try {
-    module ??= await compile();
-    await init({ module_or_path: module });
+    module ??= await compile().catch((e) => {
+      console.warn("JiT worker: compiling the module here failed; wasm-bindgen loads it:", e);
+      return null;
+    });
+    await init(module ? { module_or_path: module } : undefined);
   } catch (e) {
     return post({ type: "failed", message: `the WebAssembly module could not start: ${message(e)}` });
   }
