@@ -33,7 +33,10 @@ browser() { # model count steps workers → images/s
 echo "| sampling (Heun, CFG 2.9 on (0.1, 1)) | images × steps | native, $(nproc) threads | native, 1 thread | browser wasm, 1 worker | browser wasm, $(nproc) workers | wasm slower than native by |"
 echo "|---|---|---|---|---|---|---|"
 mkdir -p "$dist/bench"
-for spec in "web/model.safetensors Shapes_JiT-T/4_32² 8 50" \
+# One image shows the costs per call into the module (the yield between evaluations, the
+# previews), which larger batches hide.
+for spec in "web/model.safetensors Shapes_JiT-T/4_32² 1 20" \
+            "web/model.safetensors Shapes_JiT-T/4_32² 8 50" \
             "web/models/fashion-mnist.safetensors Fashion-MNIST_JiT-S/4_32² 2 20"; do
   read -r file name count steps <<<"$spec"
   name=${name//_/ }
