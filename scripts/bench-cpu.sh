@@ -2,7 +2,8 @@
 # The browser's CPU fallback against the native CPU build, on this machine: sampling images/s
 # for the demo's models, native (all cores, and one thread) vs the wasm module in headless
 # Chromium with WebGPU disabled (one worker, and one worker per core: the page's default).
-# Prints one Markdown table.
+# Prints a Markdown table of that, then one of the page's start-up (opened with a fresh profile →
+# the model loaded on every worker).
 #
 #   bash scripts/bench-cpu.sh [DIST]     # DIST: a site built by scripts/build-web.sh (dist)
 #
@@ -24,9 +25,13 @@ native() { # model count steps threads → images/s
       --out "$(mktemp -d)" 2>&1 | sed -n 's/.*(\([0-9.]*\) images\/s).*/\1/p'
   done | median
 }
-browser() { # model count steps workers → images/s
-  local q="class=0&count=$2&seed=1&steps=$3&sampler=heun&cfg=2.9&low=0.1&high=1&lanes=$4"
-  node tests/browser/bench-cpu.mjs "$dist" "$1" "$q" 4 | tail -n +2 |
+ready=$(mktemp)
+trap 'rm -f "$ready"' EXIT
+browser() { # model count steps workers → images/s; appends "model workers seconds-to-ready" to $ready
+  local q="class=0&count=$2&seed=1&steps=$3&sampler=heun&cfg=2.9&low=0.1&high=1&lanes=$4" out
+  out=$(node tests/browser/bench-cpu.mjs "$dist" "$1" "$q" 4)
+  echo "$1 $4 $(head -n 1 <<<"$out" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).ready))')" >> "$ready"
+  tail -n +3 <<<"$out" |  # the first round includes start-up work
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const l of s.trim().split("\n")){const r=JSON.parse(l);console.log(r.count/r.seconds)}})' | median
 }
 
@@ -48,4 +53,13 @@ for spec in "web/model.safetensors Shapes_JiT-T/4_32² 1 20" \
   web_all=$(browser "$served" "$count" "$steps" "$(nproc)")
   printf '| %s | %s × %s | %.3f img/s | %.3f img/s | %.3f img/s | %.3f img/s | %.2f× on all cores (%.2f× per thread) |\n' "$name" "$count" "$steps" \
     "$n_all" "$n_one" "$web" "$web_all" "$(awk -v a="$n_all" -v b="$web_all" 'BEGIN {print a / b}')" "$(awk -v a="$n_one" -v b="$web" 'BEGIN {print a / b}')"
+done
+
+# Start-up: page opened (fresh profile) → model loaded on every worker, median over its rows.
+echo
+echo "| model file | page ready, 1 worker | page ready, $(nproc) workers |"
+echo "|---|---|---|"
+for f in $(awk '{print $1}' "$ready" | sort -u); do
+  printf '| %s | %.2f s | %.2f s |\n' "$f" "$(awk -v f="$f" '$1 == f && $2 == 1 {print $3}' "$ready" | median)" \
+    "$(awk -v f="$f" -v n="$(nproc)" '$1 == f && $2 == n {print $3}' "$ready" | median)"
 done
