@@ -42,7 +42,11 @@ class Lane {
     });
     this.worker.onmessage = ({ data }) => this.#receive(data);
     this.worker.onerror = (e) => this.#fail(new Error(`the JiT worker failed: ${e.message ?? "could not start it"}`));
-    this.worker.postMessage({ type: "init", module: module ?? undefined });
+    try {
+      this.worker.postMessage({ type: "init", module: module ?? undefined });
+    } catch {
+      this.worker.postMessage({ type: "init" }); // a browser that cannot send a module: it compiles its own
+    }
   }
 
   #fail(err) {
