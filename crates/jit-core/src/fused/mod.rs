@@ -78,18 +78,11 @@ pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     #[cfg(feature = "flex")]
     {
-        let weight = layer.weight.val();
-        let bias = layer.bias.as_ref().map(|b| b.val());
-        // Some(None) for a layer without a bias.
-        let bias_values = bias.as_ref().map(flex::read).map_or(Some(None), |b| b.map(Some));
-        if let (Some(xs), Some(w), Some(b)) = (flex::read(&x), flex::read(&weight), bias_values) {
-            let [d_in, d_out] = weight.dims();
-            let out = gemm::linear(xs.values(), w.values(), b.as_ref().map(|b| b.values()), d_in, d_out);
-            let mut dims = x.dims();
-            dims[D - 1] = d_out;
-            return flex::wrap(out, dims);
+        if let Some((out, _)) = product_on_flex(layer, &x, true) {
+            return out;
         }
-        if let Some(out) = autodiff::linear(&x, &weight, bias.as_ref()) {
+        let bias = layer.bias.as_ref().map(|b| b.val());
+        if let Some(out) = autodiff::linear(&x, &layer.weight.val(), bias.as_ref()) {
             return out;
         }
     }
@@ -188,7 +181,7 @@ pub fn attention_from_input(
     #[cfg(feature = "flex")]
     if mm == MatmulDtype::default()
         && cpu::attention_supports(qkv_layer.weight.dims()[1] / 3 / heads.max(1))
-        && let Some((qkv, bias)) = product_without_bias(qkv_layer, &x)
+        && let Some((qkv, bias)) = product_on_flex(qkv_layer, &x, false)
         && let Some(out) = qkv_attention_on_flex(&qkv, bias.as_ref().map(|b| b.values()), heads, (q_norm, k_norm), rope, scale)
     {
         return out;
@@ -221,7 +214,7 @@ fn qkv_attention_on_flex(
 pub fn swiglu_hidden(w12: &Linear, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
     #[cfg(feature = "flex")]
     if mm == MatmulDtype::default()
-        && let Some((h, bias)) = product_without_bias(w12, &x)
+        && let Some((h, bias)) = product_on_flex(w12, &x, false)
         && let Some(values) = flex::read(&h)
     {
         let [b, n, two_hidden] = h.dims();
@@ -231,10 +224,11 @@ pub fn swiglu_hidden(w12: &Linear, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
     silu_gate(mm.linear(w12, x))
 }
 
-/// `x·weight` of `layer` without its bias, and the bias's values, when `x` and the layer's
-/// parameters are f32 Flex tensors outside autodiff.
+/// `x·weight` of `layer` when `x` and the layer's parameters are f32 Flex tensors outside
+/// autodiff: `with_bias`, the layer's output; otherwise the product without the bias, and the
+/// bias's values beside it for its consumer to add.
 #[cfg(feature = "flex")]
-fn product_without_bias<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option<(Tensor<D>, Option<flex::Values>)> {
+fn product_on_flex<const D: usize>(layer: &Linear, x: &Tensor<D>, with_bias: bool) -> Option<(Tensor<D>, Option<flex::Values>)> {
     let weight = layer.weight.val();
     let (xs, w) = (flex::read(x)?, flex::read(&weight)?);
     let bias = match &layer.bias {
@@ -244,7 +238,9 @@ fn product_without_bias<const D: usize>(layer: &Linear, x: &Tensor<D>) -> Option
     let [d_in, d_out] = weight.dims();
     let mut dims = x.dims();
     dims[D - 1] = d_out;
-    Some((flex::wrap(gemm::linear(xs.values(), w.values(), None, d_in, d_out), dims), bias))
+    let added = if with_bias { bias.as_ref().map(|b| b.values()) } else { None };
+    let out = flex::wrap(gemm::linear(xs.values(), w.values(), added, d_in, d_out), dims);
+    Some((out, if with_bias { None } else { bias }))
 }
 
 /// `f(qkv values, layout, qk-norm and RoPE values)` when `qkv` `[B, T, 3·D]` and the norms' and
