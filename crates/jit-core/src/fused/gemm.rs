@@ -47,6 +47,14 @@ impl<'a> Operand<'a> {
 unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: bool, a: Operand, b: Operand) {
     a.check(m, k);
     b.check(k, n);
+    // In the browser (wasm32 with SIMD128) products with consecutive columns, all that
+    // sampling has, take the tiles that fit WebAssembly's registers.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    if a.col_stride == 1 && b.col_stride == 1 {
+        use super::gemm_simd128::{Simd128, product_into};
+        // SAFETY: the operands were bounds-checked above; `out` is the caller's contract.
+        return unsafe { product_into::<Simd128>(out, n, m, n, k, accumulate, a.values, a.row_stride, b.values, b.row_stride) };
+    }
     // Large products split over rayon's pool, small ones stay on one thread (Flex's threshold).
     #[cfg(feature = "rayon")]
     let parallelism = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };

@@ -26,6 +26,8 @@ mod autodiff;
 pub mod cpu;
 #[cfg(feature = "flex")]
 pub mod gemm;
+#[cfg(feature = "flex")]
+pub mod gemm_simd128;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
