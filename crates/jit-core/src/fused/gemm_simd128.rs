@@ -1,10 +1,10 @@
 //! The matrix product for WebAssembly SIMD (the browser's CPU fallback): `out ← a·b` or
 //! `out ← out + a·b` in tiles of 2 rows × 16 columns, whose sums stay in 8 vector registers.
 //!
-//! The `gemm` crate's SIMD128 kernels hold larger tiles (up to 24 × 4 values), more than the 16
-//! vector registers that browsers' engines give WebAssembly on x86-64, so V8 spills them to the
-//! stack in the inner loop. Timed alone in Node's V8 on the model's shapes (AMD EPYC, Zen 3):
-//! `gemm` 22–25 GFLOP/s, 2 × 16 tiles 33–36 (docs/cpu.md). Natively the `gemm` crate stays.
+//! The tile, 8 vectors of sums plus 4 of `b` and a broadcast of `a`, leaves room in the 16 vector
+//! registers that V8 gives WebAssembly on x86-64; the `gemm` crate's largest SIMD128 tile needs
+//! all 16. Timed alone in Node's V8 on the model's shapes (AMD EPYC, Zen 3): `gemm` 20–25
+//! GFLOP/s, 2 × 16 tiles 28–36 (docs/cpu.md). Natively the `gemm` crate stays.
 //!
 //! Each output value is `init + Σ_k a·b` summed in `k` order, each product rounded before its
 //! addition (WebAssembly SIMD has no fused multiply-add), the same in both [`Lanes`] versions.
