@@ -121,6 +121,22 @@ fn combine<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>
         // SAFETY: as in `scores`.
         return unsafe { super::attention_avx512::combine::<HD, R>(coef, rs, cs, rows) };
     }
+    // AVX2 has 16 vector registers of 8 lanes: four rows of width 32 or 64 (16 or 32
+    // accumulators) were spilled to the stack. Two rows of width 32, or one of 64, keep 8.
+    #[cfg(target_arch = "x86_64")]
+    if FMA && R == 4 && HD >= 32 {
+        let mut o = [[0.0f32; HD]; R];
+        if HD == 32 {
+            for g in [0, 2] {
+                [o[g], o[g + 1]] = combine::<HD, 2, FMA, AVX512>(&coef[g * rs..], rs, cs, rows);
+            }
+        } else {
+            for (g, o) in o.iter_mut().enumerate() {
+                [*o] = combine::<HD, 1, FMA, AVX512>(&coef[g * rs..], rs, cs, rows);
+            }
+        }
+        return o;
+    }
     let mut o = [[0.0f32; HD]; R];
     for (j, row) in rows.chunks_exact(HD).enumerate() {
         let row: &[f32; HD] = row.try_into().expect("HD values");
