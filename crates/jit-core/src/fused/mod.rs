@@ -4,7 +4,8 @@
 //! - The tensor-op path, written in the model files (`RmsNorm::forward`, `modulate`,
 //!   `Rope::forward`, …): it runs on GPUs, under autodiff (training), and in every build.
 //! - On burn's CPU backend (Flex), for f32 tensors: the kernels in [`cpu`] (one pass over memory
-//!   each) and [`gemm`] (the linear layers as direct calls to the matrix-product library),
+//!   each) and [`gemm`] (the linear layers as direct calls to the matrix-product library; in
+//!   the browser's wasm module, the tiles of [`gemm_simd128`]),
 //!   straight on the values outside autodiff (sampling, evaluation, the browser's CPU fallback),
 //!   and in training as custom autodiff operations with gradient kernels: linear layers,
 //!   softmax, the SwiGLU gate, RMSNorm + modulate, and `qkv` → qk-norm + RoPE → attention as
