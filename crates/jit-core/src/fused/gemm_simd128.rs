@@ -129,11 +129,12 @@ pub unsafe fn product_into<L: Lanes>(
     }
     // `b` in panels of 16 columns, each `[k, 16]` (zeros past column n), so that a tile reads
     // one contiguous line of 64 bytes per step.
-    let panels = n.div_ceil(COLS);
-    let mut packed = vec![0.0f32; panels * k * COLS];
-    for (kk, row) in b.chunks(ldb.max(1)).take(k).enumerate() {
-        for (p, values) in row[..n].chunks(COLS).enumerate() {
-            packed[(p * k + kk) * COLS..][..values.len()].copy_from_slice(values);
+    let mut packed = Vec::with_capacity(n.div_ceil(COLS) * k * COLS);
+    for j in (0..n).step_by(COLS) {
+        let width = min(COLS, n - j);
+        for kk in 0..k {
+            packed.extend_from_slice(&b[kk * ldb + j..][..width]);
+            packed.resize(packed.len() + COLS - width, 0.0);
         }
     }
     for i0 in (0..m).step_by(ROW_CHUNK) {
