@@ -81,6 +81,11 @@ fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
         // SAFETY: `AVX512` is only set in the kernel versions that run on CPUs with AVX-512.
         return unsafe { super::attention_avx512::scores::<HD>(s, a, i0, b_t, padded) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if FMA && R == super::attention_avx2::ROWS {
+        // SAFETY: on x86-64, `FMA` without `AVX512` is the kernel version for AVX2 + FMA.
+        return unsafe { super::attention_avx2::scores::<HD>(s, a, i0, b_t, padded) };
+    }
     let rows: [&[f32; HD]; R] = std::array::from_fn(|r| a[(i0 + r) * HD..][..HD].try_into().expect("HD values"));
     for jb in (0..padded).step_by(BLOCK) {
         let mut acc = [[0.0f32; BLOCK]; R];
@@ -102,11 +107,16 @@ fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
 /// In place: `softmax(scale·x)` over the first `tokens` values of each of `R` rows of `padded`
 /// values in `s`.
 #[inline(always)]
-fn softmax_block<const R: usize, const AVX512: bool>(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
+fn softmax_block<const R: usize, const FMA: bool, const AVX512: bool>(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if AVX512 && R == super::attention_avx512::ROWS {
         // SAFETY: as in `scores`.
         return unsafe { super::attention_avx512::softmax(s, padded, tokens, scale) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if FMA && R == super::attention_avx2::ROWS {
+        // SAFETY: as in `scores`.
+        return unsafe { super::attention_avx2::softmax(s, padded, tokens, scale) };
     }
     for row in s.chunks_exact_mut(padded).take(R) {
         softmax_row(&mut row[..tokens], scale);
@@ -174,7 +184,7 @@ fn forward<const HD: usize, const FMA: bool, const AVX512: bool>(out: &mut [f32]
         transpose::<HD>(&mut k_t, k, padded);
         in_row_blocks!(tokens, |i0, R| {
             scores::<HD, R, FMA, AVX512>(&mut s, q, i0, &k_t, padded);
-            softmax_block::<R, AVX512>(&mut s, padded, tokens, scale);
+            softmax_block::<R, FMA, AVX512>(&mut s, padded, tokens, scale);
             for r in 0..R {
                 let row = &mut s[r * padded..][..tokens];
                 if let Some(p) = p.as_deref_mut() {

@@ -147,6 +147,8 @@ fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 mod attention;
 #[cfg(target_arch = "x86_64")]
+mod attention_avx2;
+#[cfg(target_arch = "x86_64")]
 mod attention_avx512;
 pub use attention::{AttentionShape, attention, attention_backward, attention_supports, attention_with_probs, qkv_attention};
 
