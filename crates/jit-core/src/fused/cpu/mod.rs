@@ -517,36 +517,61 @@ fn head_rows_of<const HD: usize, const AVX512: bool>(out: &mut [MaybeUninit<f32>
     let hd = if HD == 0 { l.head_dim } else { HD };
     let mut scratch = vec![0.0f32; if HD == 0 { 2 * hd } else { 0 }];
     let mut biased = vec![0.0f32; if p.bias.is_some() { hd } else { 0 }];
+    let per = l.heads * l.tokens;
+    if first.is_multiple_of(per) && (out.len() / hd).is_multiple_of(per) {
+        // Whole batch elements (sampling's attention takes one at a time): token by token, so
+        // that each token's `heads·hd` values of this part are read in order. Head by head,
+        // every row read was two cache lines `3·heads·hd` values apart, fetched from beyond
+        // the L2 cache (`gemm` has just written them) without the prefetcher's help.
+        for (e, out) in out.chunks_exact_mut(per * hd).enumerate() {
+            for t in 0..l.tokens {
+                for h in 0..l.heads {
+                    let o = &mut out[(h * l.tokens + t) * hd..][..hd];
+                    head_row::<HD, AVX512>(o, first / per + e, h, t, p, &mut biased, &mut scratch);
+                }
+            }
+        }
+        return;
+    }
     // Rows of the output are (b, h, t) in order: counters instead of divisions per row.
     let (mut t, bh) = (first % l.tokens, first / l.tokens);
     let (mut b, mut h) = (bh / l.heads, bh % l.heads);
     for o in out.chunks_exact_mut(hd) {
-        let mut src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
-        if let Some(bias) = p.bias {
-            let bias = &bias[(p.which * l.heads + h) * hd..][..hd];
-            for ((o, &x), &b) in biased.iter_mut().zip(src).zip(bias) {
-                *o = x + b;
-            }
-            src = &biased;
-        }
-        match p.norm {
-            None => {
-                o.write_copy_of_slice(src);
-            }
-            Some((weight, eps)) => {
-                let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);
-                if HD == 0 {
-                    norm_rope_row(o, src, &weight[..hd], cos, sin, eps, &mut scratch);
-                } else {
-                    norm_rope_row_of::<HD, AVX512>(o, src, weight, cos, sin, eps);
-                }
-            }
-        }
+        head_row::<HD, AVX512>(o, b, h, t, p, &mut biased, &mut scratch);
         t += 1;
         if t == l.tokens {
             (t, h) = (0, h + 1);
             if h == l.heads {
                 (h, b) = (0, b + 1);
+            }
+        }
+    }
+}
+
+/// The output row of [`head_rows_of`] for batch element `b`, head `h`, token `t`. `biased` holds
+/// `head_dim` values when the part has a bias, `scratch` `2·head_dim` when `HD = 0`.
+#[inline(always)]
+fn head_row<const HD: usize, const AVX512: bool>(o: &mut [MaybeUninit<f32>], b: usize, h: usize, t: usize, p: &HeadPart, biased: &mut [f32], scratch: &mut [f32]) {
+    let l = p.layout;
+    let hd = if HD == 0 { l.head_dim } else { HD };
+    let mut src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
+    if let Some(bias) = p.bias {
+        let bias = &bias[(p.which * l.heads + h) * hd..][..hd];
+        for ((o, &x), &b) in biased.iter_mut().zip(src).zip(bias) {
+            *o = x + b;
+        }
+        src = biased;
+    }
+    match p.norm {
+        None => {
+            o.write_copy_of_slice(src);
+        }
+        Some((weight, eps)) => {
+            let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);
+            if HD == 0 {
+                norm_rope_row(o, src, &weight[..hd], cos, sin, eps, scratch);
+            } else {
+                norm_rope_row_of::<HD, AVX512>(o, src, weight, cos, sin, eps);
             }
         }
     }
