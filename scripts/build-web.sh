@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the browser module, its npm-style package and the demo page into dist/:
 #   bash scripts/build-web.sh [MODEL.safetensors]
-# dist/pkg/  the package: package.json, README.md, wasm-bindgen's ES module + .d.ts, the wasm,
+# dist/pkg/  the package: package.json, README.md, wasm-bindgen's ES module + .d.ts, the wasm
+#            (and jit_web_relaxed_bg.wasm, the same built with relaxed SIMD),
 #            worker.js + client.js (JitWorker: the module in a Web Worker) + client.d.ts
 # dist/      the demo page, models.json and the model files it lists that exist in web/
 # MODEL (default: web/model.safetensors) becomes dist/model.safetensors.
@@ -38,6 +39,24 @@ wasm=dist/pkg/jit_web_bg.wasm
 size() { printf '%s bytes (%s gzipped)' "$(stat -c %s "$1")" "$(gzip -9 -c "$1" | wc -c)"; }
 echo "wasm-bindgen: $(size $wasm)"
 
+# The same module with relaxed SIMD's fused multiply-add in the CPU fallback's matrix products
+# (jit-web's `relaxed-simd` feature, jit-core's gemm_simd128.rs), for browsers that have relaxed
+# SIMD (Chromium 114+): the worker picks it where `WebAssembly.validate` accepts a relaxed
+# instruction. Only jit-core and jit-web build again; the feature is off in the build above, so
+# each run of this script builds jit-web twice.
+cargo build --profile wasm-release --locked -p jit-web --target wasm32-unknown-unknown --features relaxed-simd
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+relaxed="$work/relaxed" && mkdir "$relaxed"
+wasm-bindgen --target web --remove-name-section --remove-producers-section --out-dir "$relaxed" "$raw"
+# One JavaScript glue serves both modules: their imports and exports must be the same.
+if ! cmp -s "$relaxed/jit_web.js" dist/pkg/jit_web.js; then
+  echo "the relaxed-SIMD module's wasm-bindgen glue differs from the plain one's" >&2
+  exit 1
+fi
+cp "$relaxed/jit_web_bg.wasm" dist/pkg/jit_web_relaxed_bg.wasm
+echo "relaxed SIMD: $(size dist/pkg/jit_web_relaxed_bg.wasm)"
+
 # wasm-opt from npm's binaryen (a current one: Debian's binaryen 108 produces a module that fails
 # at start-up), at level JIT_WASM_OPT (z or s; 0, the default, skips it). Its output is kept only if it
 # passes a smoke test in Node — it starts, loads the default model and samples the same floats as
@@ -47,8 +66,7 @@ echo "wasm-bindgen: $(size $wasm)"
 level="${JIT_WASM_OPT:-0}"
 if [ "$level" != 0 ]; then
   (cd scripts/web-tools && npm ci --no-audit --no-fund --silent)
-  opt=$(mktemp -d)
-  trap 'rm -rf "$opt"' EXIT
+  opt="$work/opt" && mkdir "$opt"
   t=$SECONDS
   scripts/web-tools/node_modules/.bin/wasm-opt "-O$level" \
     --enable-bulk-memory --enable-nontrapping-float-to-int --enable-reference-types \

@@ -60,7 +60,8 @@ async function useModel(getSource, label, entry = null) {
     window.__jit.lanes = lanes;
     $("status").textContent = info.backend === "webgpu"
       ? `Backend: WebGPU (your GPU), ${info.precision} products, in a Web Worker`
-      : `Backend: CPU (WebAssembly), ${info.precision} products, ${lanes === 1 ? "in a Web Worker" : `in ${lanes} Web Workers (one per core)`}`;
+      : `Backend: CPU (WebAssembly${state.jit.simd === "relaxed" ? ", relaxed SIMD" : ""}), ${info.precision} products, ` +
+        (lanes === 1 ? "in a Web Worker" : `in ${lanes} Web Workers (one per core)`);
     $("banner").hidden = !info.backendNote;
     // The adapter's technical reason goes to the tooltip and the console, not the visitor.
     $("banner").textContent = info.backendNote
@@ -204,8 +205,11 @@ async function main() {
     $("banner").textContent = "This browser has no WebGPU; images will be computed on the CPU (slower).";
   }
   try {
-    // ?lanes=N caps the workers the CPU fallback splits a batch over (default: one per core).
-    state.jit = await JitWorker.create({ lanes: new URLSearchParams(location.search).get("lanes") ?? undefined });
+    // ?lanes=N caps the workers the CPU fallback splits a batch over (default: one per core);
+    // ?simd=simd128 takes the plain SIMD128 module where the browser has relaxed SIMD.
+    const params = new URLSearchParams(location.search);
+    state.jit = await JitWorker.create({ lanes: params.get("lanes") ?? undefined, simd: params.get("simd") ?? undefined });
+    window.__jit.simd = state.jit.simd;
   } catch (e) {
     showError(`This browser could not start the WebAssembly module in a worker: ${e.message ?? e}`);
     $("status").textContent = "Not available.";

@@ -72,7 +72,10 @@ before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://127.0.0.1");
-    if (url.pathname.endsWith("_bg.wasm")) wasmDownloads++; // jit_web_bg.wasm, or Trunk's jit-web_bg.wasm
+    if (url.pathname.endsWith("_bg.wasm")) { // jit_web_bg.wasm, jit_web_relaxed_bg.wasm, or Trunk's jit-web_bg.wasm
+      wasmDownloads++;
+      wasmFiles.push(path.basename(url.pathname));
+    }
     if (url.pathname === "/embed.html") {
       res.writeHead(200, { "content-type": "text/html" }); res.end(embedExample()); return;
     }
@@ -97,8 +100,13 @@ before(async () => {
 
 after(() => server?.close());
 
-/** Requests for the wasm module the test server answered. */
+/** Requests for the wasm module the test server answered, and the files asked for. */
 let wasmDownloads = 0;
+const wasmFiles = [];
+
+/** A module that runs `f32x4.relaxed_madd`: valid where the engine has relaxed SIMD. */
+const RELAXED_PROBE = [0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 28, 1, 26, 0,
+  67, 0, 0, 0, 0, 253, 19, 67, 0, 0, 0, 0, 253, 19, 67, 0, 0, 0, 0, 253, 19, 253, 133, 2, 11];
 
 async function withPage(webgpu, fn) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jit-chromium-"));
@@ -114,8 +122,8 @@ async function withPage(webgpu, fn) {
   }
 }
 
-async function generateOnPage(page) {
-  await page.goto(`${base}/?${QUERY}`);
+async function generateOnPage(page, extra = "") {
+  await page.goto(`${base}/?${QUERY}${extra}`);
   await page.waitForFunction(() => window.__jit.ready || window.__jit.error, null, { timeout: TIMEOUT });
   assert.equal(await page.evaluate(() => window.__jit.error), null, "model loads without error");
   await page.click("#go");
@@ -163,6 +171,38 @@ test("without WebGPU the CPU fallback gives the same images and says so", { time
     console.log(`cpu (wasm) vs native: rel L2 ${err.toExponential(2)}, ${result.seconds.toFixed(2)} s`);
     assert.ok(err <= 1e-3, `float images differ: rel L2 ${err}`);
     await page.screenshot({ path: path.join(ARTIFACTS, "browser-cpu.png"), fullPage: true });
+  });
+});
+
+test("the CPU fallback runs the relaxed-SIMD module where the browser has it, the plain one on request, with the same images", { timeout: TIMEOUT }, async () => {
+  // Trunk's site (dist-trunk) has only the plain module; scripts/build-web.sh's has both.
+  const trunk = fs.existsSync(path.join(DIST, "pkg/jit-web_bg.wasm"));
+  assert.ok(trunk || fs.existsSync(path.join(DIST, "pkg/jit_web_relaxed_bg.wasm")), "scripts/build-web.sh built the relaxed-SIMD module");
+  await withPage(false, async (page) => {
+    const runs = {};
+    for (const simd of ["auto", "simd128"]) {
+      const before = wasmFiles.length;
+      const { result } = await generateOnPage(page, `&simd=${simd}&lanes=1`);
+      runs[simd] = {
+        result, files: wasmFiles.slice(before),
+        simd: await page.evaluate(() => window.__jit.simd), status: await page.locator("#status").innerText(),
+      };
+    }
+    const engineHas = await page.evaluate((probe) => WebAssembly.validate(new Uint8Array(probe)), RELAXED_PROBE);
+    const expected = !trunk && engineHas ? "relaxed" : "simd128";
+    assert.equal(runs.auto.simd, expected, `the module for this browser (relaxed SIMD: ${engineHas})`);
+    assert.deepEqual(runs.auto.files, [expected === "relaxed" ? "jit_web_relaxed_bg.wasm" : trunk ? "jit-web_bg.wasm" : "jit_web_bg.wasm"]);
+    assert.equal(/relaxed SIMD/.test(runs.auto.status), expected === "relaxed", `the status says which: ${runs.auto.status}`);
+    assert.equal(runs.simd128.simd, "simd128", "?simd=simd128 takes the plain module");
+    assert.deepEqual(runs.simd128.files, [trunk ? "jit-web_bg.wasm" : "jit_web_bg.wasm"]);
+    assert.doesNotMatch(runs.simd128.status, /relaxed/);
+    const ref = readTensor(REF, "samples");
+    for (const [simd, run] of Object.entries(runs)) {
+      assert.equal(run.result.backend, "cpu");
+      const err = relL2(Float32Array.from(run.result.floats), ref);
+      console.log(`cpu (wasm, ${run.simd}) vs native: rel L2 ${err.toExponential(2)}, ${run.result.seconds.toFixed(2)} s`);
+      assert.ok(err <= 1e-3, `simd=${simd}: float images differ from native: rel L2 ${err}`);
+    }
   });
 });
 

@@ -13,9 +13,11 @@ export declare class JitWorker {
    * Starts the worker (default: `worker.js` beside this file) and waits until its wasm module is
    * ready. `lanes`: workers a CPU generate of several images is split over, at most (default
    * navigator.hardwareConcurrency, capped at 8; extra workers start when a small model loads on the CPU).
+   * `simd`: "auto" (default: the module built with relaxed SIMD where the browser has it, else
+   * the plain SIMD128 one) or "simd128" (the plain one).
    */
-  static create(options?: { workerUrl?: string | URL; lanes?: number }): Promise<JitWorker>;
-  constructor(workerUrl?: string | URL, lanes?: number);
+  static create(options?: { workerUrl?: string | URL; lanes?: number; simd?: "auto" | "simd128" }): Promise<JitWorker>;
+  constructor(workerUrl?: string | URL, lanes?: number, simd?: "auto" | "simd128");
   /** Workers a generate of several images runs on now: 1 on WebGPU, up to `lanes` on the CPU. */
   readonly lanes: number;
   readonly worker: Worker;
@@ -23,6 +25,8 @@ export declare class JitWorker {
   readonly ready: Promise<JitWorker>;
   /** The module's version, once ready. */
   version: string | null;
+  /** Which module the workers run, once ready: "relaxed" (relaxed SIMD's fused multiply-adds) or "simd128". */
+  simd: "relaxed" | "simd128" | null;
   /** Info of the model loaded last, or null. */
   info: ModelInfo | null;
   /** Loads a checkpoint from a URL, bytes or a File; ArrayBuffers are transferred to the worker. */

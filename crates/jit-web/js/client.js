@@ -14,10 +14,15 @@
 // stay within 256 MB. Each lane samples its images from their place in the seed's noise stream
 // (`firstImage`), so the images are the ones one worker gives. On WebGPU one worker runs.
 //
-// Protocol (page → worker): {type: "init", module} first (a compiled WebAssembly.Module, or
-// undefined to have the worker download and compile it), then {type: "load", id, source,
+// Relaxed SIMD: where the browser has it (Chromium 114+), the workers run the module built with
+// it (pkg/jit_web_relaxed_bg.wasm, fused multiply-adds in the matrix products, ≈ 1.2× faster
+// sampling), else the plain SIMD128 one; `simd: "simd128"` asks for the plain one anyway, and
+// `jit.simd` says which runs.
+//
+// Protocol (page → worker): {type: "init", module, simd} first (a compiled WebAssembly.Module and
+// its kind, or no module and "auto" / "simd128" to have the worker download and compile one), then {type: "load", id, source,
 // options}, {type: "generate", id, options}, {type: "cancel"}. Worker → page:
-// {type: "ready", version, module} | {type: "failed", message} once, then
+// {type: "ready", version, module, simd} | {type: "failed", message} once, then
 // {type: "loaded", id, info}, {type: "step", id, step, total, rgba, time}, {type: "done", id, result},
 // {type: "error", id, message, cancelled}. Pixel buffers are transferred, not copied.
 
@@ -30,10 +35,14 @@ const MAX_COUNT = 256;
 
 /** One worker and its pending requests. */
 class Lane {
-  /** `module`: the compiled wasm module of a lane already running, if any (none: it compiles its own). */
-  constructor(workerUrl, module) {
+  /**
+   * `module`: the compiled wasm module of a lane already running, if any (none: it compiles its
+   * own); `simd`: that module's kind, or which one to compile ("auto" or "simd128").
+   */
+  constructor(workerUrl, module, simd) {
     this.worker = new Worker(workerUrl, { type: "module" });
     this.module = null;
+    this.simd = null;
     this.pending = new Map();
     this.nextId = 1;
     this.version = null;
@@ -43,9 +52,9 @@ class Lane {
     this.worker.onmessage = ({ data }) => this.#receive(data);
     this.worker.onerror = (e) => this.#fail(new Error(`the JiT worker failed: ${e.message ?? "could not start it"}`));
     try {
-      this.worker.postMessage({ type: "init", module: module ?? undefined });
+      this.worker.postMessage({ type: "init", module: module ?? undefined, simd });
     } catch {
-      this.worker.postMessage({ type: "init" }); // a browser that cannot send a module: it compiles its own
+      this.worker.postMessage({ type: "init", simd }); // a browser that cannot send a module: it compiles its own
     }
   }
 
@@ -59,6 +68,7 @@ class Lane {
     if (msg.type === "ready") {
       this.version = msg.version;
       this.module = msg.module ?? null;
+      this.simd = msg.simd ?? "simd128";
       this.started.resolve(this);
       return;
     }
@@ -108,23 +118,32 @@ function concat(parts) {
 }
 
 export class JitWorker {
-  /** Starts the worker and waits for its wasm module. `lanes`: workers at most on the CPU. */
-  static async create({ workerUrl, lanes } = {}) {
-    const jit = new JitWorker(workerUrl, lanes);
+  /**
+   * Starts the worker and waits for its wasm module. `lanes`: workers at most on the CPU; `simd`:
+   * "auto" (the relaxed-SIMD module where the browser has relaxed SIMD) or "simd128".
+   */
+  static async create({ workerUrl, lanes, simd } = {}) {
+    const jit = new JitWorker(workerUrl, lanes, simd);
     await jit.ready;
     return jit;
   }
 
-  constructor(workerUrl, lanes) {
+  constructor(workerUrl, lanes, simd = "auto") {
     this.workerUrl = workerUrl ?? new URL("./worker.js", import.meta.url);
     const wanted = Number(lanes ?? globalThis.navigator?.hardwareConcurrency ?? 1);
     this.maxLanes = Math.max(1, Math.min(MAX_LANES, Number.isInteger(wanted) ? wanted : 1));
-    this.main = new Lane(this.workerUrl);
+    this.main = new Lane(this.workerUrl, null, simd === "simd128" ? "simd128" : "auto");
     this.helpers = [];
     this.worker = this.main.worker;
     this.info = null;
     this.version = null;
-    this.ready = this.main.ready.then(() => { this.version = this.main.version; return this; });
+    /** The module the workers run, once ready: "relaxed" (relaxed SIMD) or "simd128". */
+    this.simd = null;
+    this.ready = this.main.ready.then(() => {
+      this.version = this.main.version;
+      this.simd = this.main.simd;
+      return this;
+    });
   }
 
   /** Workers a generate of many images runs on now (1 on WebGPU). */
@@ -162,7 +181,7 @@ export class JitWorker {
     const fit = info.backend === "cpu" ? Math.floor(LANE_WEIGHT_BYTES / Math.max(1, 4 * info.parameters)) : 1;
     const wanted = copy === null ? 0 : Math.max(0, Math.min(this.maxLanes, fit) - 1);
     for (const lane of this.helpers.splice(wanted)) lane.terminate();
-    while (this.helpers.length < wanted) this.helpers.push(new Lane(this.workerUrl, this.main.module));
+    while (this.helpers.length < wanted) this.helpers.push(new Lane(this.workerUrl, this.main.module, this.main.simd));
     try {
       await Promise.all(this.helpers.map(async (lane) => {
         await lane.ready;
