@@ -99,10 +99,10 @@ impl Lanes for Simd128 {
     fn mul_add(self, b: Self, c: Self) -> Self {
         // The module built with relaxed SIMD (`relaxed-simd`, for browsers that have it; see
         // scripts/build-web.sh): one instruction, which the engine fuses where the CPU has FMA.
+        // (That module only starts where the engine validates relaxed SIMD, which the worker
+        // checks; the functions this is inlined into enable the feature, so it stays inline.)
         #[cfg(feature = "relaxed-simd")]
-        // SAFETY: that module is only started where the engine validates relaxed SIMD (the
-        // worker checks), and the functions this is inlined into enable the feature.
-        return Self(unsafe { core::arch::wasm32::f32x4_relaxed_madd(self.0, b.0, c.0) });
+        return Self(core::arch::wasm32::f32x4_relaxed_madd(self.0, b.0, c.0));
         #[cfg(not(feature = "relaxed-simd"))]
         {
             use core::arch::wasm32::{f32x4_add, f32x4_mul};
