@@ -6,6 +6,7 @@
 # the model loaded on every worker).
 #
 #   bash scripts/bench-cpu.sh [DIST]     # DIST: a site built by scripts/build-web.sh (dist)
+#   JIT_SIMD=simd128 bash scripts/bench-cpu.sh   # the plain SIMD128 module, not the relaxed one
 #
 # Each figure is the median of three runs (the browser's first run, which includes start-up
 # work, is not counted). Run it on an otherwise idle machine.
@@ -28,9 +29,9 @@ native() { # model count steps threads → images/s
 ready=$(mktemp)
 trap 'rm -f "$ready"' EXIT
 browser() { # model count steps workers → images/s; appends "model workers seconds-to-ready" to $ready
-  local q="class=0&count=$2&seed=1&steps=$3&sampler=heun&cfg=2.9&low=0.1&high=1&lanes=$4" out
+  local q="class=0&count=$2&seed=1&steps=$3&sampler=heun&cfg=2.9&low=0.1&high=1&lanes=$4${JIT_SIMD:+&simd=$JIT_SIMD}" out
   out=$(node tests/browser/bench-cpu.mjs "$dist" "$1" "$q" 4)
-  echo "$1 $4 $(head -n 1 <<<"$out" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).ready))')" >> "$ready"
+  echo "$1 $4 $(head -n 1 <<<"$out" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);console.log(r.ready, r.simd)})')" >> "$ready"
   tail -n +3 <<<"$out" |  # the first round includes start-up work
     node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{for(const l of s.trim().split("\n")){const r=JSON.parse(l);console.log(r.count/r.seconds)}})' | median
 }
@@ -56,6 +57,8 @@ for spec in "web/model.safetensors Shapes_JiT-T/4_32² 1 20" \
 done
 
 # Start-up: page opened (fresh profile) → model loaded on every worker, median over its rows.
+echo
+echo "wasm module: $(awk '{print $4}' "$ready" | sort -u | paste -sd, -) (relaxed: built with relaxed SIMD; JIT_SIMD=simd128 times the plain one)"
 echo
 echo "| model file | page ready, 1 worker | page ready, $(nproc) workers |"
 echo "|---|---|---|"

@@ -1,6 +1,6 @@
 // Times the page's CPU fallback (the wasm module on burn's Flex, WebGPU disabled) in headless
 // Chromium: prints one JSON line with the seconds from opening the page to the model loaded on
-// every worker, then one per round with the seconds `generate` reported. With
+// every worker (and which wasm module runs: "relaxed" or "simd128"), then one per round with the seconds `generate` reported. With
 // JIT_WEBGPU=1 it times the WebGPU path instead (SwiftShader's software WebGPU here).
 //
 //   node tests/browser/bench-cpu.mjs DIST MODEL_FILE QUERY [ROUNDS]
@@ -41,9 +41,9 @@ try {
   await page.goto(`http://127.0.0.1:${server.address().port}/?model=${model}&${query}`);
   await page.waitForFunction(() => window.__jit.ready || window.__jit.error, null, { timeout: 600000 });
   // A first visit: a fresh profile, so nothing of the module is cached.
-  const ready = await page.evaluate(() => ({ error: window.__jit.error, lanes: window.__jit.lanes }));
+  const ready = await page.evaluate(() => ({ error: window.__jit.error, lanes: window.__jit.lanes, simd: window.__jit.simd }));
   if (ready.error) throw new Error(ready.error);
-  console.log(JSON.stringify({ ready: (Date.now() - opened) / 1000, lanes: ready.lanes }));
+  console.log(JSON.stringify({ ready: (Date.now() - opened) / 1000, lanes: ready.lanes, simd: ready.simd }));
   for (let i = 0; i < Number(rounds); i++) {
     await page.click("#go");
     await page.waitForFunction(() => window.__jit.result || window.__jit.error, null, { timeout: 600000 });
