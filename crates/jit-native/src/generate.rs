@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use jit_core::host::{labels as labels_tensor, read_f32};
-use jit_core::sampler::{Sampling, Step, initial_noise};
+use jit_core::sampler::{Step, initial_noise};
 use jit_core::{DiffusionConfig, Jit, SamplerConfig};
 
 use crate::images::{HostImages, save_png};
@@ -42,12 +42,7 @@ pub fn generate(
     }
     let z0 = initial_noise(&model.config, diffusion, 0..opts.labels.len(), opts.seed, &device);
     let lanes = CpuLanes::new(&device);
-    let net = lanes.network(model);
-    let mut run = Sampling::new(&net, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device))?;
-    while let Some(step) = run.step() {
-        on_step(&step);
-    }
-    let out = run.finish();
+    let out = lanes.sample(model, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device), None, |step| on_step(step))?;
     Ok(read_f32(out)?)
 }
 

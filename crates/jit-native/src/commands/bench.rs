@@ -2,7 +2,7 @@
 //! the first step timed apart (kernel compilation and autotuning), achieved TFLOP/s and, for
 //! GPUs whose peak is known, the fraction of it.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -12,7 +12,7 @@ use clap::Args;
 use jit_core::host::{labels as labels_tensor, read_f32};
 use jit_core::optim::OptimConfig;
 use jit_core::rng::PortableRng;
-use jit_core::sampler::{Sampling, initial_noise};
+use jit_core::sampler::initial_noise;
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, Network, SamplerConfig, TrainState};
 
 use crate::backend::{BackendArgs, Precision};
@@ -56,15 +56,15 @@ pub struct BenchArgs {
     pub backend: BackendArgs,
 }
 
-/// A network that counts the images it evaluates (for the FLOP count of sampling).
+/// A network that counts the images it evaluates (for the FLOP count of sampling), on every lane.
 struct Counting<'a, N> {
     net: &'a N,
-    images: Cell<usize>,
+    images: AtomicUsize,
 }
 
 impl<N: Network> Network for Counting<'_, N> {
     fn predict(&self, z: Tensor<4>, t: Tensor<1>, y: Tensor<1, Int>) -> Tensor<4> {
-        self.images.set(self.images.get() + z.dims()[0]);
+        self.images.fetch_add(z.dims()[0], Ordering::Relaxed);
         self.net.predict(z, t, y)
     }
     fn null_class(&self) -> usize {
@@ -176,21 +176,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
 fn time_sampling(lanes: &CpuLanes, ema: &Jit, diffusion: &DiffusionConfig, a: &BenchArgs, device: &Device) -> Result<(f64, f64, usize)> {
     let sampler = SamplerConfig { steps: a.sample_steps, ..SamplerConfig::default() };
     let labels: Vec<i64> = (0..a.sample_count).map(|i| (i % a.num_classes) as i64).collect();
-    let split = lanes.network(ema);
-    let net = Counting { net: &split, images: Cell::new(0) };
+    let net = Counting { net: ema, images: AtomicUsize::new(0) };
     let run = |steps: Option<usize>| -> Result<f64> {
         let z0 = initial_noise(&ema.config, diffusion, 0..labels.len(), 0, device);
         let t0 = Instant::now();
-        let mut sampling = Sampling::new(&net, diffusion, &sampler, z0, labels_tensor(&labels, device))?;
-        let mut done = 0;
-        while steps.is_none_or(|n| done < n) && sampling.step().is_some() {
-            done += 1;
-        }
-        read_f32(sampling.finish())?;
+        read_f32(lanes.sample(&net, diffusion, &sampler, z0, labels_tensor(&labels, device), steps, |_| {})?)?;
         Ok(t0.elapsed().as_secs_f64())
     };
     let first = run(Some(1))?;
-    net.images.set(0);
+    net.images.store(0, Ordering::Relaxed);
     let whole = run(None)?;
-    Ok((first, whole, net.images.get()))
+    Ok((first, whole, net.images.load(Ordering::Relaxed)))
 }
