@@ -74,6 +74,7 @@ impl CpuLanes {
     /// cores idle in JiT-S/4 sampling). `on_step` sees every step's x̂ of the whole batch, on the
     /// calling thread, as soon as every lane has finished that step. `max_steps` stops after
     /// that many steps (the state is then the partly denoised batch).
+    #[allow(clippy::too_many_arguments)] // `Sampling::new`'s inputs, plus where to stop and what to call per step
     pub fn sample<N: Network + Sync>(
         &self,
         net: &N,
