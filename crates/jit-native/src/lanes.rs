@@ -56,12 +56,21 @@ impl CpuLanes {
 
     /// Runs each job on its own lane, all at once; the results in order.
     fn run<T: Send>(&self, jobs: Vec<impl FnOnce() -> T + Send>) -> Vec<T> {
+        self.run_while(jobs, || {})
+    }
+
+    /// [`Self::run`], with `meanwhile` on the calling thread while the lanes work (after the
+    /// jobs, when there are fewer than two and they ran on the calling thread).
+    fn run_while<T: Send>(&self, jobs: Vec<impl FnOnce() -> T + Send>, meanwhile: impl FnOnce()) -> Vec<T> {
         if jobs.len() < 2 {
-            return jobs.into_iter().map(|job| job()).collect();
+            let out = jobs.into_iter().map(|job| job()).collect();
+            meanwhile();
+            return out;
         }
         assert!(jobs.len() <= self.pools.len(), "a lane per job");
         std::thread::scope(|scope| {
             let running: Vec<_> = self.pools.iter().zip(jobs).map(|(pool, job)| scope.spawn(move || pool.install(job))).collect();
+            meanwhile();
             running.into_iter().map(|lane| lane.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         })
     }
@@ -88,43 +97,39 @@ impl CpuLanes {
         let batch = z0.dims()[0];
         let sizes = self.sizes(batch, batch);
         let steps = max_steps.unwrap_or(usize::MAX);
-        // The whole ODE of one part, sending each step's x̂ to the calling thread.
+        // The whole ODE of one part, handing each step's x̂ to `send`.
         let run = |z0: Tensor<4>, labels: Tensor<1, Int>, send: &mut dyn FnMut(Step)| -> Result<Tensor<4>, JitError> {
-            let mut run = Sampling::new(net, diffusion, sampler, z0, labels)?;
+            let mut sampling = Sampling::new(net, diffusion, sampler, z0, labels)?;
             for _ in 0..steps {
-                let Some(step) = run.step() else { break };
+                let Some(step) = sampling.step() else { break };
                 send(step);
             }
-            Ok(run.finish())
+            Ok(sampling.finish())
         };
         if sizes.len() < 2 {
+            // On one lane (and on a GPU) the steps go straight to `on_step`, none queued.
             return run(z0, labels, &mut |step| on_step(&step));
         }
-        let parts = z0.split_with_sizes(sizes.clone(), 0).into_iter().zip(labels.split_with_sizes(sizes, 0));
-        std::thread::scope(|scope| {
-            let (lanes, steps): (Vec<_>, Vec<_>) = self
-                .pools
-                .iter()
-                .zip(parts)
-                .map(|(pool, (z0, labels))| {
-                    let (tx, rx) = mpsc::channel::<Step>();
-                    let run = &run;
-                    let lane = scope.spawn(move || pool.install(|| run(z0, labels, &mut |step| drop(tx.send(step)))));
-                    (lane, rx)
-                })
-                .unzip();
-            // Step by step, once every lane has sent it (each sends its steps in order; a lane
-            // that stopped early, with an error, ends the previews).
+        let (jobs, steps): (Vec<_>, Vec<_>) = z0
+            .split_with_sizes(sizes.clone(), 0)
+            .into_iter()
+            .zip(labels.split_with_sizes(sizes, 0))
+            .map(|(z0, labels)| {
+                let (tx, rx) = mpsc::channel::<Step>();
+                let run = &run;
+                (move || run(z0, labels, &mut |step| drop(tx.send(step))), rx)
+            })
+            .unzip();
+        // Step by step, once every lane has sent it (each sends its steps in order; a lane that
+        // stopped early, with an error, ends the previews).
+        let previews = || {
             while let Ok(parts) = steps.iter().map(|rx| rx.recv()).collect::<Result<Vec<Step>, _>>() {
                 let (index, total) = (parts[0].index, parts[0].total);
                 on_step(&Step { index, total, x_hat: Tensor::cat(parts.into_iter().map(|p| p.x_hat).collect(), 0) });
             }
-            let outs = lanes
-                .into_iter()
-                .map(|lane| lane.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Tensor::cat(outs, 0))
-        })
+        };
+        let outs = self.run_while(jobs, previews).into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(outs, 0))
     }
 
     /// [`TrainState::train_step`] with the batch cut as [`Self::training_sizes`] says, each
