@@ -22,6 +22,9 @@ fi
 step "native build and Rust tests"
 cargo test --release --locked --workspace --exclude jit-web -- --test-threads=1
 
+step "formatting (rustfmt.toml; cargo fmt --all fixes it)"
+cargo fmt --all --check
+
 step "lints (clippy on every crate and test, warnings are errors)"
 if cargo clippy --version >/dev/null 2>&1; then
   cargo clippy --release --locked --workspace --all-targets -- -D warnings

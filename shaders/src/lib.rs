@@ -108,12 +108,7 @@ fn contiguous(t: CubeTensor) -> CubeTensor {
 
 /// A new row-major tensor of `shape` on `like`'s device, with its dtype.
 fn empty_like(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
-    empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        Shape::from(shape),
-        like.dtype,
-    )
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), Shape::from(shape), like.dtype)
 }
 
 /// A contiguous tensor as a kernel's flat buffer argument.

@@ -47,11 +47,7 @@ fn qkv_heads_kernel<F: Float>(
             out[dst + i] = x;
         } else {
             let pair = i ^ 1;
-            let (w, w_pair) = if part == 0 {
-                (q_weight[i], q_weight[pair])
-            } else {
-                (k_weight[i], k_weight[pair])
-            };
+            let (w, w_pair) = if part == 0 { (q_weight[i], q_weight[pair]) } else { (k_weight[i], k_weight[pair]) };
             let n = x / rms * w;
             let n_pair = qkv[start + pair] / rms * w_pair;
             out[dst + i] = n * cos[table + i] + n_pair * sin_signed[table + i];
@@ -71,8 +67,7 @@ pub fn qkv_heads(
     heads: usize,
     eps: f32,
 ) -> CubeTensor {
-    let [qkv, q_weight, k_weight, cos, sin_signed] =
-        [qkv, q_weight, k_weight, cos, sin_signed].map(contiguous);
+    let [qkv, q_weight, k_weight, cos, sin_signed] = [qkv, q_weight, k_weight, cos, sin_signed].map(contiguous);
     let shape = qkv.meta.shape().to_vec();
     let (batch, tokens) = (shape[0], shape[1]);
     let head_dim = shape[2] / 3 / heads;

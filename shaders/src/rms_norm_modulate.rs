@@ -41,12 +41,7 @@ pub fn rms_norm_modulate(
     scale: CubeTensor,
     eps: f32,
 ) -> CubeTensor {
-    let (x, weight, shift, scale) = (
-        contiguous(x),
-        contiguous(weight),
-        contiguous(shift),
-        contiguous(scale),
-    );
+    let (x, weight, shift, scale) = (contiguous(x), contiguous(weight), contiguous(shift), contiguous(scale));
     let shape = x.meta.shape().to_vec();
     let (dim, tokens) = (shape[2], shape[1]);
     let rows = shape[0] * tokens;

@@ -10,14 +10,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use burn::tensor::Device;
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DiffusionConfig, JitConfig, MemoryLimit, SamplerConfig};
 use crate::error::JitError;
-use crate::model::Jit;
 use crate::host::{HostTensor, StoredFloat};
+use crate::model::Jit;
 use crate::state_dict;
 
 /// Format tag written into every file.
@@ -135,12 +135,8 @@ impl std::str::FromStr for StoreDtype {
 fn encode(data: &[f32], dtype: StoreDtype) -> (Dtype, Vec<u8>) {
     match dtype {
         StoreDtype::F32 => (Dtype::F32, data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        StoreDtype::F16 => {
-            (Dtype::F16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
-        }
-        StoreDtype::Bf16 => {
-            (Dtype::BF16, data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect())
-        }
+        StoreDtype::F16 => (Dtype::F16, data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+        StoreDtype::Bf16 => (Dtype::BF16, data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()),
     }
 }
 
@@ -160,7 +156,13 @@ pub fn decode(name: &str, view: &TensorView<'_>) -> Result<HostTensor, JitError>
     let elements = view.shape().iter().try_fold(1usize, |n, &d| n.checked_mul(d));
     match elements.and_then(|n| n.checked_mul(format.size())) {
         Some(len) if len == bytes.len() => {}
-        _ => return Err(JitError::NotACheckpoint(format!("tensor '{name}' has {} bytes for shape {:?}", bytes.len(), view.shape()))),
+        _ => {
+            return Err(JitError::NotACheckpoint(format!(
+                "tensor '{name}' has {} bytes for shape {:?}",
+                bytes.len(),
+                view.shape()
+            )));
+        }
     }
     let data = format.decode(bytes).ok_or_else(|| JitError::NotACheckpoint(format!("tensor '{name}' is truncated")))?;
     Ok(HostTensor { shape: view.shape().to_vec(), data })
@@ -173,8 +175,7 @@ pub fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>, JitError> {
 
 /// Reads the metadata of a checkpoint without touching the weights.
 pub fn read_meta(bytes: &[u8]) -> Result<CheckpointMeta, JitError> {
-    let (_, metadata) =
-        SafeTensors::read_metadata(bytes).map_err(|e| JitError::NotACheckpoint(format!("{e}")))?;
+    let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| JitError::NotACheckpoint(format!("{e}")))?;
     let json = metadata.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or(JitError::MissingMetadata)?;
     let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| JitError::BadMetadata(e.to_string()))?;
     if meta.format != FORMAT {
@@ -240,7 +241,12 @@ pub fn load(bytes: &[u8], copy: &str, device: &Device) -> Result<(Jit, Checkpoin
 }
 
 /// [`load`] with an explicit memory limit for the network (checked before it is built).
-pub fn load_limited(bytes: &[u8], copy: &str, device: &Device, limit: MemoryLimit) -> Result<(Jit, CheckpointMeta), JitError> {
+pub fn load_limited(
+    bytes: &[u8],
+    copy: &str,
+    device: &Device,
+    limit: MemoryLimit,
+) -> Result<(Jit, CheckpointMeta), JitError> {
     let meta = read_meta(bytes)?;
     limit.check(&meta.network, 1)?;
     if !meta.copies.iter().any(|c| c == copy) {

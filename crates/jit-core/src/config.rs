@@ -74,8 +74,7 @@ pub const BOUNDS: Bounds =
 pub struct MemoryLimit(pub u64);
 
 /// 16 GiB natively, 2 GiB where `usize` is 32 bits (wasm32).
-pub const DEFAULT_MEMORY_LIMIT: MemoryLimit =
-    MemoryLimit(if usize::BITS >= 64 { 16 << 30 } else { 2 << 30 });
+pub const DEFAULT_MEMORY_LIMIT: MemoryLimit = MemoryLimit(if usize::BITS >= 64 { 16 << 30 } else { 2 << 30 });
 
 impl Default for MemoryLimit {
     fn default() -> Self {
@@ -112,10 +111,8 @@ impl MemoryLimit {
 }
 
 /// Named model sizes: the paper's presets and small ones for CPU work.
-pub const PRESETS: &[&str] = &[
-    "JiT-B/16", "JiT-B/32", "JiT-L/16", "JiT-L/32", "JiT-H/16", "JiT-H/32", "JiT-T/4", "JiT-S/4",
-    "JiT-S/8",
-];
+pub const PRESETS: &[&str] =
+    &["JiT-B/16", "JiT-B/32", "JiT-L/16", "JiT-L/32", "JiT-H/16", "JiT-H/32", "JiT-T/4", "JiT-S/4", "JiT-S/8"];
 
 impl JitConfig {
     /// A preset by name (see [`PRESETS`]), for `input_size` pixels, `in_channels` channels and
@@ -123,16 +120,9 @@ impl JitConfig {
     /// 32 in-context tokens from block 4), L (24, 1024, 16, 128, from 8), H (32, 1280, 16, 256,
     /// from 10); H uses 0.2 projection dropout. The small presets are ours: T (depth 4, D 64,
     /// 4 heads) and S (depth 6, D 192, 6 heads), 8 in-context tokens from block 2.
-    pub fn preset(
-        name: &str,
-        input_size: usize,
-        in_channels: usize,
-        num_classes: usize,
-    ) -> Result<Self, JitError> {
+    pub fn preset(name: &str, input_size: usize, in_channels: usize, num_classes: usize) -> Result<Self, JitError> {
         let norm = name.trim_start_matches("JiT-").trim_start_matches("jit-").to_ascii_uppercase();
-        let (size, patch) = norm
-            .split_once('/')
-            .ok_or_else(|| JitError::UnknownPreset(name.to_string()))?;
+        let (size, patch) = norm.split_once('/').ok_or_else(|| JitError::UnknownPreset(name.to_string()))?;
         let patch_size: usize = patch.parse().map_err(|_| JitError::UnknownPreset(name.to_string()))?;
         let (depth, hidden_size, num_heads, bottleneck_dim, l, s, proj_drop) = match (size, patch_size) {
             ("B", 16 | 32) => (12, 768, 12, 128, 32, 4, 0.0),
@@ -193,10 +183,7 @@ impl JitConfig {
             return bad("in_channels, num_classes, depth and bottleneck_dim must be positive".into());
         }
         if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
-            return bad(format!(
-                "hidden_size {} must be divisible by num_heads {}",
-                self.hidden_size, self.num_heads
-            ));
+            return bad(format!("hidden_size {} must be divisible by num_heads {}", self.hidden_size, self.num_heads));
         }
         if !self.head_dim().is_multiple_of(4) {
             return bad(format!("head_dim {} must be divisible by 4 (2-D RoPE)", self.head_dim()));
@@ -205,10 +192,7 @@ impl JitConfig {
             return bad(format!("hidden_size {} must be divisible by 4 (2-D sin-cos)", self.hidden_size));
         }
         if self.in_context_len > 0 && self.in_context_start >= self.depth {
-            return bad(format!(
-                "in_context_start {} must be below depth {}",
-                self.in_context_start, self.depth
-            ));
+            return bad(format!("in_context_start {} must be below depth {}", self.in_context_start, self.depth));
         }
         if self.num_patches() + self.in_context_len > b.tokens {
             return bad(format!(
@@ -232,14 +216,20 @@ impl JitConfig {
     /// Trainable and fixed parameters of the network (computed from the sizes, without building
     /// it; matches `Jit::num_params`). Call on a validated config.
     pub fn param_count(&self) -> u64 {
-        let (d, c, p, k) = (self.hidden_size as u64, self.in_channels as u64, self.patch_size as u64, self.num_classes as u64);
+        let (d, c, p, k) =
+            (self.hidden_size as u64, self.in_channels as u64, self.patch_size as u64, self.num_classes as u64);
         let (bn, h, freq) = (self.bottleneck_dim as u64, self.mlp_hidden() as u64, 256u64);
         let linear = |i: u64, o: u64| i * o + o;
         let embed = c * p * p * bn + linear(bn, d);
         let t_embed = linear(freq, d) + linear(d, d);
         let y_embed = (k + 1) * d;
         let pos = self.num_patches() as u64 * d + self.in_context_len as u64 * d;
-        let block = d + linear(d, 3 * d) + 2 * (d / self.num_heads as u64) + linear(d, d) + d + 2 * linear(d, h)
+        let block = d
+            + linear(d, 3 * d)
+            + 2 * (d / self.num_heads as u64)
+            + linear(d, d)
+            + d
+            + 2 * linear(d, h)
             + linear(h, d)
             + linear(d, 6 * d);
         let head = d + linear(d, 2 * d) + linear(d, p * p * c);
@@ -251,7 +241,8 @@ impl JitConfig {
     /// a training step costs about 3× this (forward, then backward through inputs and weights).
     pub fn forward_flops(&self, images: usize) -> f64 {
         let (d, h, n) = (self.hidden_size as f64, self.mlp_hidden() as f64, self.num_patches() as f64);
-        let (c, p, bn, l) = (self.in_channels as f64, self.patch_size as f64, self.bottleneck_dim as f64, self.in_context_len as f64);
+        let (c, p, bn, l) =
+            (self.in_channels as f64, self.patch_size as f64, self.bottleneck_dim as f64, self.in_context_len as f64);
         let per_token = 3.0 * d * d + d * d + 2.0 * d * h + h * d;
         let attention = |t: f64| 2.0 * t * t * d;
         let mut macs = n * (c * p * p * bn + bn * d) + 256.0 * d + d * d + n * d * p * p * c + d * 2.0 * d;
@@ -369,7 +360,9 @@ impl DiffusionConfig {
     /// divide by zero and silently give NaN images).
     pub fn validate(&self) -> Result<(), JitError> {
         let bad = |why: String| Err(JitError::InvalidConfig(why));
-        for (name, v) in [("p_mean", self.p_mean), ("p_std", self.p_std), ("noise_scale", self.noise_scale), ("t_eps", self.t_eps)] {
+        for (name, v) in
+            [("p_mean", self.p_mean), ("p_std", self.p_std), ("noise_scale", self.noise_scale), ("t_eps", self.t_eps)]
+        {
             if !v.is_finite() {
                 return bad(format!("{name} {v} must be a finite number"));
             }
@@ -451,7 +444,11 @@ impl SamplerConfig {
     /// Checks 1 ≤ steps ≤ [`Self::MAX_STEPS`], cfg finite and a sane interval.
     pub fn validate(&self) -> Result<(), JitError> {
         if self.steps == 0 || self.steps > Self::MAX_STEPS {
-            return Err(JitError::InvalidConfig(format!("steps {} must be between 1 and {}", self.steps, Self::MAX_STEPS)));
+            return Err(JitError::InvalidConfig(format!(
+                "steps {} must be between 1 and {}",
+                self.steps,
+                Self::MAX_STEPS
+            )));
         }
         if !self.cfg.is_finite() {
             return Err(JitError::InvalidConfig("cfg must be a finite number".into()));

@@ -38,11 +38,9 @@ impl Prediction {
     pub fn x(&self) -> Tensor<4> {
         match self.target {
             Target::X => self.out.clone(),
-            Target::Eps => self
-                .z
-                .clone()
-                .sub(self.one_minus_t().mul(self.out.clone()))
-                .div(self.t.clone().clamp_min(self.t_eps)),
+            Target::Eps => {
+                self.z.clone().sub(self.one_minus_t().mul(self.out.clone())).div(self.t.clone().clamp_min(self.t_eps))
+            }
             Target::V => self.z.clone().add(self.one_minus_t().mul(self.out.clone())),
         }
     }
@@ -50,11 +48,9 @@ impl Prediction {
     /// The noise estimate ε̂.
     pub fn eps(&self) -> Tensor<4> {
         match self.target {
-            Target::X => self
-                .z
-                .clone()
-                .sub(self.t.clone().mul(self.out.clone()))
-                .div(self.one_minus_t().clamp_min(self.t_eps)),
+            Target::X => {
+                self.z.clone().sub(self.t.clone().mul(self.out.clone())).div(self.one_minus_t().clamp_min(self.t_eps))
+            }
             Target::Eps => self.out.clone(),
             Target::V => self.z.clone().sub(self.t.clone().mul(self.out.clone())),
         }
@@ -103,7 +99,13 @@ impl StepNoise {
 
 /// Draws t ~ logit-normal(P_mean, P_std), ε ~ N(0, noise_scale²) and label dropout on `device`'s
 /// generator (seed it with `Device::seed` for reproducible training).
-pub fn draw_noise(cfg: &DiffusionConfig, num_classes: usize, x: &Tensor<4>, labels: Tensor<1, Int>, device: &Device) -> StepNoise {
+pub fn draw_noise(
+    cfg: &DiffusionConfig,
+    num_classes: usize,
+    x: &Tensor<4>,
+    labels: Tensor<1, Int>,
+    device: &Device,
+) -> StepNoise {
     let [b, ..] = x.dims();
     let t = sigmoid(Tensor::<1>::random([b], Distribution::Normal(cfg.p_mean, cfg.p_std), device));
     let noise = x.random_like(Distribution::Normal(0.0, cfg.noise_scale));

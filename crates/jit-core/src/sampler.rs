@@ -23,7 +23,13 @@ use crate::rng::PortableRng;
 /// indices in a batch) from `seed`, drawn with [`PortableRng`]: identical on every backend,
 /// natively and in the browser, and an image's noise is the same whichever part of its batch it
 /// is drawn with (the browser splits a batch over workers).
-pub fn initial_noise(config: &JitConfig, diffusion: &DiffusionConfig, images: Range<usize>, seed: u64, device: &Device) -> Tensor<4> {
+pub fn initial_noise(
+    config: &JitConfig,
+    diffusion: &DiffusionConfig,
+    images: Range<usize>,
+    seed: u64,
+    device: &Device,
+) -> Tensor<4> {
     let per_image = (config.in_channels * config.input_size * config.input_size) as u64;
     let shape = [images.len(), config.in_channels, config.input_size, config.input_size];
     PortableRng::new(seed).noise_from(images.start as u64 * per_image, shape, diffusion.noise_scale, device)
@@ -33,9 +39,7 @@ pub fn initial_noise(config: &JitConfig, diffusion: &DiffusionConfig, images: Ra
 pub fn timesteps(steps: usize) -> Vec<f32> {
     let step = 1.0f32 / steps as f32;
     let half = steps.div_ceil(2);
-    (0..=steps)
-        .map(|i| if i < half { i as f32 * step } else { 1.0 - (steps - i) as f32 * step })
-        .collect()
+    (0..=steps).map(|i| if i < half { i as f32 * step } else { 1.0 - (steps - i) as f32 * step }).collect()
 }
 
 /// Guided velocity and clean-image estimate at time `t` for state `z`.

@@ -104,7 +104,8 @@ impl ModuleVisitor for Export {
         let layout = &self.by_id[&param.id];
         let value = param.val().without_autodiff();
         let value = if layout.transposed { value.transpose() } else { value };
-        match value.try_into_data().map_err(|e| JitError::Backend(format!("{e:?}"))).and_then(crate::host::data_to_f32) {
+        match value.try_into_data().map_err(|e| JitError::Backend(format!("{e:?}"))).and_then(crate::host::data_to_f32)
+        {
             Ok(data) => {
                 self.out.insert(layout.key.clone(), HostTensor { shape: layout.torch.clone(), data });
             }

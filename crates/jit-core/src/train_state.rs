@@ -174,8 +174,10 @@ impl TrainState<Jit> {
     pub fn to_checkpoint(&self, meta: &CheckpointMeta) -> Result<Vec<u8>, JitError> {
         let mut meta = meta.clone();
         meta.step = self.step;
-        let optim = self.optim.into_bytes().map_err(|e| JitError::Backend(format!("cannot serialise the optimizer: {e:?}")))?;
-        let ids = serde_json::to_vec(&state_dict::param_ids(&self.model)).map_err(|e| JitError::Backend(e.to_string()))?;
+        let optim =
+            self.optim.into_bytes().map_err(|e| JitError::Backend(format!("cannot serialise the optimizer: {e:?}")))?;
+        let ids =
+            serde_json::to_vec(&state_dict::param_ids(&self.model)).map_err(|e| JitError::Backend(e.to_string()))?;
         checkpoint::save_with_blobs(
             &meta,
             &[
@@ -203,7 +205,11 @@ impl TrainState<Jit> {
         let (net, meta) = load(WeightCopy::Net)?;
         let (ema1, _) = load(WeightCopy::Ema1)?;
         let (ema2, _) = load(WeightCopy::Ema2)?;
-        let missing = |what: &str| JitError::BadMetadata(format!("no {what} in this file (is it an exported model, not a training checkpoint?)"));
+        let missing = |what: &str| {
+            JitError::BadMetadata(format!(
+                "no {what} in this file (is it an exported model, not a training checkpoint?)"
+            ))
+        };
         let optim = checkpoint::blob(bytes, OPTIMIZER_BLOB)?.ok_or_else(|| missing("optimizer state"))?;
         let ids = checkpoint::blob(bytes, PARAM_IDS_BLOB)?.ok_or_else(|| missing("parameter ids"))?;
         let ids: BTreeMap<String, u64> =

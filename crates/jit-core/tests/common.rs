@@ -18,9 +18,8 @@ pub struct GoldenSet {
 /// holds no sets, so a misconfigured CI cannot pass silently.
 pub fn golden_sets() -> Option<Vec<GoldenSet>> {
     let explicit = std::env::var_os("JIT_GOLDEN_DIR").map(PathBuf::from);
-    let dir = explicit.clone().unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden")
-    });
+    let dir =
+        explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
     if explicit.is_none() && !dir.is_dir() {
         eprintln!("SKIP: no golden vectors at {} (set JIT_GOLDEN_DIR to run these checks)", dir.display());
         return None;

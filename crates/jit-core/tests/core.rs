@@ -6,13 +6,13 @@ mod common;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
+use jit_core::TrainState;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
 use jit_core::host::labels as labels_tensor;
+use jit_core::optim::OptimConfig;
 use jit_core::rng::PortableRng;
 use jit_core::sampler::{Progress, Sampling, initial_noise, sample};
 use jit_core::state_dict;
-use jit_core::optim::OptimConfig;
-use jit_core::TrainState;
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, Method, SamplerConfig, Target};
 
 fn tiny(in_context: bool) -> JitConfig {
@@ -46,7 +46,13 @@ fn batch(config: &JitConfig, n: usize, device: &Device) -> (Tensor<4>, Vec<i64>)
                 let v = match class {
                     0 => (x as f32 / s as f32) * 2.0 - 1.0,
                     1 => (y as f32 / s as f32) * 2.0 - 1.0,
-                    _ => if (x + y) % 2 == 0 { 0.8 } else { -0.8 },
+                    _ => {
+                        if (x + y) % 2 == 0 {
+                            0.8
+                        } else {
+                            -0.8
+                        }
+                    }
                 };
                 data.push(v);
             }
@@ -117,7 +123,8 @@ fn training_lowers_the_loss_and_emas_follow_their_formula() {
     println!("loss {before:.4} -> {after:.4}");
     assert!(after < 0.7 * before, "training should lower the loss: {before} -> {after}");
     // The slow EMA lags the weights: it differs from them, and from the fast one.
-    let (raw, e1, e2) = (first_param(&trainer.model), first_param(&trainer.ema1.model), first_param(&trainer.ema2.model));
+    let (raw, e1, e2) =
+        (first_param(&trainer.model), first_param(&trainer.ema1.model), first_param(&trainer.ema2.model));
     assert!(rel_l2(&e1, &raw) > 1e-4 && rel_l2(&e1, &e2) > 1e-5);
     assert!(rel_l2(&e2, &raw) < rel_l2(&e1, &raw), "decay 0.5 tracks the weights closer than 0.9");
 }
@@ -156,7 +163,9 @@ fn checkpoint_round_trips_f32_exactly_and_f16_within_precision() {
 
     // Several copies in one file, each loadable by its prefix.
     let other = randomized(&config, &device, 2);
-    let bytes = checkpoint::save_with_blobs(&meta, &[("net", &net), ("ema1", &other)], StoreDtype::F32, &[("opt", b"xyz")]).unwrap();
+    let bytes =
+        checkpoint::save_with_blobs(&meta, &[("net", &net), ("ema1", &other)], StoreDtype::F32, &[("opt", b"xyz")])
+            .unwrap();
     let (a, _) = checkpoint::load(&bytes, "net", &device).unwrap();
     let (b, _) = checkpoint::load(&bytes, "ema1", &device).unwrap();
     assert_eq!(state_dict::export(&a).unwrap(), reference);
@@ -224,7 +233,10 @@ fn wrong_image_size_is_an_error_not_a_panic() {
     assert!(JitConfig { input_size: 10, ..config.clone() }.validate().is_err());
     assert!(JitConfig::preset("JiT-Q/16", 256, 3, 10).is_err());
     let b16 = JitConfig::preset("JiT-B/16", 256, 3, 1000).unwrap();
-    assert_eq!((b16.depth, b16.hidden_size, b16.num_heads, b16.bottleneck_dim, b16.in_context_start), (12, 768, 12, 128, 4));
+    assert_eq!(
+        (b16.depth, b16.hidden_size, b16.num_heads, b16.bottleneck_dim, b16.in_context_start),
+        (12, 768, 12, 128, 4)
+    );
     assert_eq!(b16.num_patches(), 256);
 }
 
@@ -285,8 +297,24 @@ fn skipping_the_unconditional_pass_where_scale_is_one_changes_nothing() {
     let d = DiffusionConfig::default();
     let z0 = PortableRng::new(6).noise([2, 1, 8, 8], 1.0, &device);
     let y = labels_tensor(&[2, 1], &device);
-    let a = sample(&net, &d, &SamplerConfig { method: Method::Euler, steps: 4, cfg: 1.0, interval: (0.0, 1.0) }, z0.clone(), y.clone(), |_| true).unwrap();
-    let b = sample(&net, &d, &SamplerConfig { method: Method::Euler, steps: 4, cfg: 5.0, interval: (0.9, 0.95) }, z0.clone(), y.clone(), |_| true).unwrap();
+    let a = sample(
+        &net,
+        &d,
+        &SamplerConfig { method: Method::Euler, steps: 4, cfg: 1.0, interval: (0.0, 1.0) },
+        z0.clone(),
+        y.clone(),
+        |_| true,
+    )
+    .unwrap();
+    let b = sample(
+        &net,
+        &d,
+        &SamplerConfig { method: Method::Euler, steps: 4, cfg: 5.0, interval: (0.9, 0.95) },
+        z0.clone(),
+        y.clone(),
+        |_| true,
+    )
+    .unwrap();
     let mut z = z0;
     for i in 0..4 {
         let t = i as f32 / 4.0;

@@ -111,13 +111,17 @@ fn linear_layers_match_in_values_and_gradients() {
         let rows = batch * tokens;
         let (x, w, b) = (random([rows, d_in], 1.0, 16), random([d_in, d_out], 0.3, 17), random([1, d_out], 0.5, 18));
         for with_bias in [true, false] {
-            check(&format!("linear {rows}×{d_in}→{d_out}, bias {with_bias}"), [x.clone(), w.clone(), b.clone()], |[x, w, b]| {
-                let layer = Linear {
-                    weight: Param::initialized(ParamId::new(), w.clone()),
-                    bias: with_bias.then(|| Param::initialized(ParamId::new(), b.clone().reshape([d_out]))),
-                };
-                fused::linear(&layer, x.clone().reshape([batch, tokens, d_in])).reshape([rows, d_out])
-            });
+            check(
+                &format!("linear {rows}×{d_in}→{d_out}, bias {with_bias}"),
+                [x.clone(), w.clone(), b.clone()],
+                |[x, w, b]| {
+                    let layer = Linear {
+                        weight: Param::initialized(ParamId::new(), w.clone()),
+                        bias: with_bias.then(|| Param::initialized(ParamId::new(), b.clone().reshape([d_out]))),
+                    };
+                    fused::linear(&layer, x.clone().reshape([batch, tokens, d_in])).reshape([rows, d_out])
+                },
+            );
         }
     }
 }
@@ -153,14 +157,18 @@ fn rms_norm_modulate_matches_in_values_and_gradients() {
     let gain = random([d], 0.5, 8);
     // Shift and scale as the blocks make them: strided chunks of the adaLN output.
     let (shift, scale): ([Tensor<2>; 3], [Tensor<2>; 3]) = (shift, scale);
-    check("rms_norm_modulate", [x.map(|t| t.reshape([3 * tokens, d])), gain.map(|g| g.reshape([1, d])), shift, scale], |[x, g, sh, sc]| {
-        let device = x.device();
-        let mut norm = RmsNorm::new(d, &device);
-        norm.weight = Param::initialized(ParamId::new(), g.clone().reshape([d]).add_scalar(1.0));
-        let sh = sh.clone().narrow(1, 2 * d, d).unsqueeze_dim::<3>(1);
-        let sc = sc.clone().narrow(1, 4 * d, d).unsqueeze_dim::<3>(1);
-        fused::rms_norm_modulate(&norm, x.clone().reshape([3, tokens, d]), sh, sc)
-    });
+    check(
+        "rms_norm_modulate",
+        [x.map(|t| t.reshape([3 * tokens, d])), gain.map(|g| g.reshape([1, d])), shift, scale],
+        |[x, g, sh, sc]| {
+            let device = x.device();
+            let mut norm = RmsNorm::new(d, &device);
+            norm.weight = Param::initialized(ParamId::new(), g.clone().reshape([d]).add_scalar(1.0));
+            let sh = sh.clone().narrow(1, 2 * d, d).unsqueeze_dim::<3>(1);
+            let sc = sc.clone().narrow(1, 4 * d, d).unsqueeze_dim::<3>(1);
+            fused::rms_norm_modulate(&norm, x.clone().reshape([3, tokens, d]), sh, sc)
+        },
+    );
 }
 
 #[test]
@@ -179,7 +187,8 @@ fn qk_norm_and_rope_match_in_values_and_gradients() {
                 n
             };
             let rope = Rope::new(hd, grid, prefix, &device);
-            let (q, k, v) = fused::qkv_heads(qkv.clone().reshape([2, tokens, 3 * heads * hd]), heads, &norm(0), &norm(1), &rope);
+            let (q, k, v) =
+                fused::qkv_heads(qkv.clone().reshape([2, tokens, 3 * heads * hd]), heads, &norm(0), &norm(1), &rope);
             [q, k, v][part].clone()
         });
     }
@@ -223,7 +232,12 @@ fn the_layers_feeding_attention_and_the_gate_match_in_values_and_gradients() {
     // as the attention and the SwiGLU gate read the rows.
     let (heads, hd, grid, prefix) = (2, 16, 3, 4);
     let (tokens, d) = (prefix + grid * grid, heads * hd);
-    let inputs = [random([2 * tokens, d], 1.0, 31), random([d, 3 * d], 0.3, 32), random([1, 3 * d], 0.5, 33), random([2, hd], 0.4, 34)];
+    let inputs = [
+        random([2 * tokens, d], 1.0, 31),
+        random([d, 3 * d], 0.3, 32),
+        random([1, 3 * d], 0.5, 33),
+        random([2, hd], 0.4, 34),
+    ];
     check("attention_from_input", inputs, |[x, w, b, g]| {
         let device = x.device();
         let norm = |i: usize| {
@@ -234,7 +248,16 @@ fn the_layers_feeding_attention_and_the_gate_match_in_values_and_gradients() {
         let rope = Rope::new(hd, grid, prefix, &device);
         let drop = DropoutConfig::new(0.0).init();
         let x = x.clone().reshape([2, tokens, d]);
-        let out = fused::attention_from_input(&layer(w, b), x, MatmulDtype::default(), heads, (&norm(0), &norm(1)), &rope, 0.3, &drop);
+        let out = fused::attention_from_input(
+            &layer(w, b),
+            x,
+            MatmulDtype::default(),
+            heads,
+            (&norm(0), &norm(1)),
+            &rope,
+            0.3,
+            &drop,
+        );
         out.reshape([2 * tokens, d])
     });
     let hidden = 24;

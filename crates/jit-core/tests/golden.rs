@@ -11,11 +11,11 @@ use burn::module::Module;
 use burn::tensor::Device;
 use common::*;
 use jit_core::checkpoint::{decode, load_from, parse};
+use jit_core::host::HostTensor;
 use jit_core::model::embed::sincos_pos_embed;
 use jit_core::model::rope::rope_tables;
 use jit_core::objective::{StepNoise, loss};
 use jit_core::sampler::sample;
-use jit_core::host::HostTensor;
 use jit_core::state_dict;
 use jit_core::{DiffusionConfig, JitConfig, Method, SamplerConfig};
 
@@ -66,11 +66,8 @@ fn forward_checks(set: &GoldenSet, device: &Device, failures: &mut Vec<String>) 
     let g = load_set(set);
     let t = &g.tensors;
     let model = net(set, &g, device);
-    let (out, acts) = model.forward_traced(
-        tensor4(&t["in.z"], device),
-        tensor1(&t["in.t"], device),
-        labels(&t["in.y"], device),
-    );
+    let (out, acts) =
+        model.forward_traced(tensor4(&t["in.z"], device), tensor1(&t["in.t"], device), labels(&t["in.y"], device));
     let err = check(&format!("{}: out.net", set.name), &to_vec(out), &t["out.net"].data, FWD_TOL, failures);
     println!("{} [{:?}] out.net rel L2 {err:.2e}", set.name, device);
     let mut seen = 0;
@@ -103,8 +100,20 @@ fn golden_cpu_forward_constants_loss_grads_samplers() {
         check(&format!("{}: const.rope_sin", set.name), &sin, &t["const.rope_sin"].data, FWD_TOL, &mut failures);
         if c.in_context_len > 0 {
             let (cos, sin) = rope_tables(c.head_dim(), c.grid_size(), c.in_context_len);
-            check(&format!("{}: const.rope_ic_cos", set.name), &cos, &t["const.rope_ic_cos"].data, FWD_TOL, &mut failures);
-            check(&format!("{}: const.rope_ic_sin", set.name), &sin, &t["const.rope_ic_sin"].data, FWD_TOL, &mut failures);
+            check(
+                &format!("{}: const.rope_ic_cos", set.name),
+                &cos,
+                &t["const.rope_ic_cos"].data,
+                FWD_TOL,
+                &mut failures,
+            );
+            check(
+                &format!("{}: const.rope_ic_sin", set.name),
+                &sin,
+                &t["const.rope_ic_sin"].data,
+                FWD_TOL,
+                &mut failures,
+            );
         }
         let pos = sincos_pos_embed(c.hidden_size, c.grid_size());
         check(&format!("{}: pos_embed", set.name), &pos, &t["param.pos_embed"].data, FWD_TOL, &mut failures);
@@ -118,7 +127,8 @@ fn golden_cpu_forward_constants_loss_grads_samplers() {
             labels: labels(&t["in.y"], &ad),
         };
         let l = loss(&model, &g.diffusion, tensor4(&t["in.x"], &ad), draw);
-        let err = check(&format!("{}: out.loss", set.name), &to_vec(l.clone()), &t["out.loss"].data, FWD_TOL, &mut failures);
+        let err =
+            check(&format!("{}: out.loss", set.name), &to_vec(l.clone()), &t["out.loss"].data, FWD_TOL, &mut failures);
         println!("{} loss rel err {err:.2e}", set.name);
         let grads = l.backward();
         let grad_model = model.map(&mut ToGrad { grads: &grads });
@@ -129,7 +139,13 @@ fn golden_cpu_forward_constants_loss_grads_samplers() {
             let name = &key["grad.".len()..];
             match ours.get(name) {
                 Some(g) => {
-                    worst = worst.max(check(&format!("{}: {key}", set.name), &g.data, &reference.data, GRAD_TOL, &mut failures));
+                    worst = worst.max(check(
+                        &format!("{}: {key}", set.name),
+                        &g.data,
+                        &reference.data,
+                        GRAD_TOL,
+                        &mut failures,
+                    ));
                     n += 1;
                 }
                 None => failures.push(format!("{}: no gradient for {name}", set.name)),
@@ -143,9 +159,22 @@ fn golden_cpu_forward_constants_loss_grads_samplers() {
         for s in g_samplers(set) {
             let (tag, sampler) = s;
             let reference = &t[&format!("out.sample.{tag}")];
-            let z = sample(&model, &g.diffusion, &sampler, tensor4(&t["in.z0"], &device), labels(&t["in.y"], &device), |_| true)
-                .unwrap();
-            let err = check(&format!("{}: out.sample.{tag}", set.name), &to_vec(z), &reference.data, SAMPLE_TOL, &mut failures);
+            let z = sample(
+                &model,
+                &g.diffusion,
+                &sampler,
+                tensor4(&t["in.z0"], &device),
+                labels(&t["in.y"], &device),
+                |_| true,
+            )
+            .unwrap();
+            let err = check(
+                &format!("{}: out.sample.{tag}", set.name),
+                &to_vec(z),
+                &reference.data,
+                SAMPLE_TOL,
+                &mut failures,
+            );
             println!("{} sampler {tag} rel L2 {err:.2e}", set.name);
         }
     }

@@ -42,8 +42,7 @@ fn tiny_file() -> Vec<u8> {
 fn with_meta(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let mut meta: serde_json::Value =
-        serde_json::from_str(header["__metadata__"]["jit"].as_str().unwrap()).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(header["__metadata__"]["jit"].as_str().unwrap()).unwrap();
     edit(&mut meta);
     header["__metadata__"]["jit"] = serde_json::Value::String(meta.to_string());
     let mut h = serde_json::to_vec(&header).unwrap();
@@ -137,7 +136,8 @@ fn absurd_sampler_and_diffusion_settings_in_a_file_are_refused() {
         ("diffusion", "label_drop_prob", "2.0"),
     ];
     for (section, field, value) in cases {
-        let bad = with_meta(&file, |m| m[*section][*field] = serde_json::from_str(value).unwrap_or(serde_json::Value::Null));
+        let bad =
+            with_meta(&file, |m| m[*section][*field] = serde_json::from_str(value).unwrap_or(serde_json::Value::Null));
         let err = checkpoint::read_meta(&bad).unwrap_err().to_string();
         assert!(err.contains(field) || err.contains("metadata"), "{section}.{field} = {value}: {err}");
         assert!(checkpoint::load(&bad, "", &Device::flex()).is_err());
@@ -160,7 +160,8 @@ fn non_finite_weights_are_refused_on_save_and_on_load() {
     let err = checkpoint::load(&bad, "", &device).unwrap_err();
     assert!(matches!(err, JitError::NonFinite(_)), "{err}");
     // And the good training file restores.
-    let (restored, _) = TrainState::from_checkpoint(&good, OptimConfig::default(), 0, &device, MemoryLimit::default()).unwrap();
+    let (restored, _) =
+        TrainState::from_checkpoint(&good, OptimConfig::default(), 0, &device, MemoryLimit::default()).unwrap();
     assert_eq!(restored.step, 0);
 }
 
@@ -184,13 +185,13 @@ impl burn::module::ModuleMapper for Poison {
 /// A checkpoint file written without the finiteness check, as a foreign tool might.
 fn unchecked_save(meta: &CheckpointMeta, net: &Jit) -> Vec<u8> {
     let tensors = jit_core::state_dict::export(net).unwrap();
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(k, t)| (k, t.shape, t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
-        .collect();
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> =
+        tensors.into_iter().map(|(k, t)| (k, t.shape, t.data.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = encoded
         .iter()
-        .map(|(k, s, b)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(k, s, b)| {
+            (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap())
+        })
         .collect();
     let mut meta = meta.clone();
     meta.copies = vec![String::new()];
@@ -208,8 +209,29 @@ impl Rng {
 }
 
 const INTERESTING: &[i128] = &[
-    0, 1, 2, 3, 4, 7, 8, 255, 256, 4095, 4096, 65535, 65536, 1 << 31, (1 << 31) - 1, 1 << 32, (1 << 32) + 4, 1 << 62,
-    (1 << 63) - 1, 1 << 63, u64::MAX as i128, -1, -(1 << 31),
+    0,
+    1,
+    2,
+    3,
+    4,
+    7,
+    8,
+    255,
+    256,
+    4095,
+    4096,
+    65535,
+    65536,
+    1 << 31,
+    (1 << 31) - 1,
+    1 << 32,
+    (1 << 32) + 4,
+    1 << 62,
+    (1 << 63) - 1,
+    1 << 63,
+    u64::MAX as i128,
+    -1,
+    -(1 << 31),
 ];
 
 fn mutate(rng: &mut Rng, good: &[u8]) -> Vec<u8> {
@@ -221,7 +243,8 @@ fn mutate(rng: &mut Rng, good: &[u8]) -> Vec<u8> {
             let v = INTERESTING[rng.below(INTERESTING.len())];
             m["network"][field] = serde_json::from_str(&v.to_string()).unwrap();
             if rng.below(4) == 0 {
-                m["sampler"]["steps"] = serde_json::from_str(&INTERESTING[rng.below(INTERESTING.len())].to_string()).unwrap();
+                m["sampler"]["steps"] =
+                    serde_json::from_str(&INTERESTING[rng.below(INTERESTING.len())].to_string()).unwrap();
             }
         }),
         // Bit flips anywhere.

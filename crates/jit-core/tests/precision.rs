@@ -121,9 +121,17 @@ fn a_mixed_precision_training_step_keeps_f32_weights_and_follows_the_f32_step() 
     // which other tests running in parallel also seed).
     let net0 = trained_like(&device);
     let step = |dtype| {
-        let mut state = TrainState::new(net0.clone().with_matmul_dtype(dtype), OptimConfig { lr: Some(1e-3), ..OptimConfig::default() }, 5);
+        let mut state = TrainState::new(
+            net0.clone().with_matmul_dtype(dtype),
+            OptimConfig { lr: Some(1e-3), ..OptimConfig::default() },
+            5,
+        );
         let ad = state.device();
-        let draw = StepNoise { t: t.clone().to_device(&ad), noise: eps.clone().to_device(&ad), labels: y.clone().to_device(&ad) };
+        let draw = StepNoise {
+            t: t.clone().to_device(&ad),
+            noise: eps.clone().to_device(&ad),
+            labels: y.clone().to_device(&ad),
+        };
         let l = loss(&state.model, &DiffusionConfig::default(), x.clone().to_device(&ad), draw);
         let value: f32 = l.clone().without_autodiff().into_scalar();
         state.apply(l, 4);

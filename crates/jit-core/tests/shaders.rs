@@ -13,11 +13,8 @@ use jit_core::model::norm::RmsNorm;
 use jit_core::model::rope::Rope;
 
 fn random<const D: usize>(shape: [usize; D], std: f32, seed: u64, device: &Device) -> Tensor<D> {
-    let values: Vec<f32> = jit_core::rng::PortableRng::new(seed)
-        .normals(shape.iter().product())
-        .into_iter()
-        .map(|v| v * std)
-        .collect();
+    let values: Vec<f32> =
+        jit_core::rng::PortableRng::new(seed).normals(shape.iter().product()).into_iter().map(|v| v * std).collect();
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
@@ -31,10 +28,7 @@ fn norm(dim: usize, seed: u64, device: &Device) -> RmsNorm {
 fn assert_close(what: &str, ours: Tensor<4>, reference: Tensor<4>, tol: f64) {
     assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
     let (ours, reference) = (to_vec(ours), to_vec(reference));
-    assert!(
-        ours.iter().all(|v| v.is_finite()),
-        "{what}: non-finite values"
-    );
+    assert!(ours.iter().all(|v| v.is_finite()), "{what}: non-finite values");
     let err = rel_l2(&ours, &reference);
     assert!(err <= tol, "{what}: rel. L2 {err:e} > {tol:e}");
 }
@@ -44,9 +38,7 @@ fn the_kernels_are_taken_for_gpu_f32_tensors_outside_autodiff() {
     let device = wgpu_device();
     let x = Tensor::<2>::zeros([2, 3], &device);
     assert!(fused::runs_fused(&x));
-    assert!(!fused::runs_fused(
-        &x.clone().cast(burn::tensor::FloatDType::F16)
-    ));
+    assert!(!fused::runs_fused(&x.clone().cast(burn::tensor::FloatDType::F16)));
     let tracked = Tensor::<2>::zeros([2, 3], &device.clone().autodiff()).require_grad();
     assert!(!fused::runs_fused(&tracked));
 }
@@ -61,10 +53,7 @@ fn rms_norm_modulate_matches_the_tensor_ops() {
         for (seed, &(b, t, d)) in NORM_SHAPES.iter().enumerate() {
             let seed = seed as u64 * 10;
             let x = random([b, t, d], 2.0, seed, &device);
-            let (shift, scale) = (
-                random([b, 1, d], 1.0, seed + 1, &device),
-                random([b, 1, d], 0.5, seed + 2, &device),
-            );
+            let (shift, scale) = (random([b, 1, d], 1.0, seed + 1, &device), random([b, 1, d], 0.5, seed + 2, &device));
             let norm = norm(d, seed + 3, &device);
             let ours = fused::rms_norm_modulate(&norm, x.clone(), shift.clone(), scale.clone());
             let reference = modulate(norm.forward(x), shift, scale);
@@ -80,23 +69,12 @@ fn rms_norm_modulate_reads_strided_modulation() {
     let device = wgpu_device();
     let (b, t, d) = (3, 7, 40);
     let m = random([b, 3 * d], 1.0, 5, &device);
-    let parts: Vec<Tensor<3>> = m
-        .chunk(3, 1)
-        .into_iter()
-        .map(|c| c.unsqueeze_dim(1))
-        .collect();
-    let x = random([b, t, d], 1.0, 6, &device)
-        .swap_dims(0, 1)
-        .swap_dims(0, 1);
+    let parts: Vec<Tensor<3>> = m.chunk(3, 1).into_iter().map(|c| c.unsqueeze_dim(1)).collect();
+    let x = random([b, t, d], 1.0, 6, &device).swap_dims(0, 1).swap_dims(0, 1);
     let norm = norm(d, 7, &device);
     let ours = fused::rms_norm_modulate(&norm, x.clone(), parts[1].clone(), parts[2].clone());
     let reference = modulate(norm.forward(x), parts[1].clone(), parts[2].clone());
-    assert_close(
-        "strided modulation",
-        ours.unsqueeze(),
-        reference.unsqueeze(),
-        1e-6,
-    );
+    assert_close("strided modulation", ours.unsqueeze(), reference.unsqueeze(), 1e-6);
 }
 
 #[test]
@@ -109,13 +87,9 @@ fn qkv_heads_matches_the_tensor_ops() {
             let (q_norm, k_norm) = (norm(hd, 1, &device), norm(hd, 2, &device));
             let rope = Rope::new(hd, grid, prefix, &device);
             let (q, k, v) = fused::qkv_heads(qkv.clone(), h, &q_norm, &k_norm, &rope);
-            let parts = qkv
-                .reshape([b, t, 3, h, hd])
-                .permute([2, 0, 3, 1, 4])
-                .chunk(3, 0);
+            let parts = qkv.reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]).chunk(3, 0);
             let part = |i: usize| parts[i].clone().squeeze_dim::<4>(0);
-            let what =
-                |name: &str| format!("qkv_heads {name}, {b}×{t}, {h} heads of {hd} on {device:?}");
+            let what = |name: &str| format!("qkv_heads {name}, {b}×{t}, {h} heads of {hd} on {device:?}");
             assert_close(&what("q"), q, rope.forward(q_norm.forward(part(0))), 1e-6);
             assert_close(&what("k"), k, rope.forward(k_norm.forward(part(1))), 1e-6);
             assert_close(&what("v"), v, part(2), 0.0);
@@ -144,9 +118,7 @@ fn cfg_mix_matches_the_tensor_ops() {
         let v = random([6, 3, 9, 9], 1.0, 3, &device);
         let ours = fused::cfg_mix(v.clone(), 2.9);
         let halves = v.chunk(2, 0);
-        let reference = halves[1]
-            .clone()
-            .add(halves[0].clone().sub(halves[1].clone()).mul_scalar(2.9));
+        let reference = halves[1].clone().add(halves[0].clone().sub(halves[1].clone()).mul_scalar(2.9));
         assert_close(&format!("cfg_mix on {device:?}"), ours, reference, 1e-7);
     }
 }

@@ -131,10 +131,12 @@ impl BackendArgs {
                 Err(e) => cpu(format!("; no GPU adapter: {e}")),
             },
             (kind, Some(api)) => {
-                let (device, info) = init_wgpu(api).map_err(|e| {
-                    anyhow!("no {kind:?} adapter available ({e}); use --backend auto or --backend cpu")
-                })?;
-                if cfg!(feature = "spirv") && info.device_type == wgpu::DeviceType::Cpu && info.backend == wgpu::Backend::Vulkan {
+                let (device, info) = init_wgpu(api)
+                    .map_err(|e| anyhow!("no {kind:?} adapter available ({e}); use --backend auto or --backend cpu"))?;
+                if cfg!(feature = "spirv")
+                    && info.device_type == wgpu::DeviceType::Cpu
+                    && info.backend == wgpu::Backend::Vulkan
+                {
                     bail!(
                         "'{}' is a software Vulkan driver, on which this build's SPIR-V compiler crashes; use --backend cpu (faster there) or a build without the `spirv` feature",
                         info.name

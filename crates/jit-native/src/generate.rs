@@ -42,12 +42,21 @@ pub fn generate(
     }
     let z0 = initial_noise(&model.config, diffusion, 0..opts.labels.len(), opts.seed, &device);
     let lanes = CpuLanes::new(&device);
-    let out = lanes.sample(model, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device), None, |step| on_step(step))?;
+    let out =
+        lanes.sample(model, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device), None, |step| {
+            on_step(step)
+        })?;
     Ok(read_f32(out)?)
 }
 
 /// Generates and writes a grid PNG (one row per 8 images).
-pub fn generate_grid(model: &Jit, diffusion: &DiffusionConfig, opts: &GenerateOptions, path: &Path, scale: u32) -> Result<()> {
+pub fn generate_grid(
+    model: &Jit,
+    diffusion: &DiffusionConfig,
+    opts: &GenerateOptions,
+    path: &Path,
+    scale: u32,
+) -> Result<()> {
     let data = generate(model, diffusion, opts, |_| {})?;
     let c = &model.config;
     let imgs = HostImages { data: &data, count: opts.labels.len(), channels: c.in_channels, size: c.input_size };

@@ -45,7 +45,6 @@ impl HostImages<'_> {
 /// Writes an RGB image as PNG, atomically.
 pub fn save_png(path: &Path, img: &ImageBuffer<Rgb<u8>, Vec<u8>>) -> Result<()> {
     let mut bytes = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .context("PNG encoding failed")?;
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("PNG encoding failed")?;
     crate::fsutil::write_atomic(path, &bytes)
 }

@@ -41,7 +41,9 @@ impl CpuLanes {
             Vec::new()
         } else {
             (0..lanes)
-                .map_while(|i| ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("jit-lane-{i}")).build().ok())
+                .map_while(|i| {
+                    ThreadPoolBuilder::new().num_threads(1).thread_name(move |_| format!("jit-lane-{i}")).build().ok()
+                })
                 .collect()
         };
         Self { pools }
@@ -69,9 +71,13 @@ impl CpuLanes {
         }
         assert!(jobs.len() <= self.pools.len(), "a lane per job");
         std::thread::scope(|scope| {
-            let running: Vec<_> = self.pools.iter().zip(jobs).map(|(pool, job)| scope.spawn(move || pool.install(job))).collect();
+            let running: Vec<_> =
+                self.pools.iter().zip(jobs).map(|(pool, job)| scope.spawn(move || pool.install(job))).collect();
             meanwhile();
-            running.into_iter().map(|lane| lane.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+            running
+                .into_iter()
+                .map(|lane| lane.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
         })
     }
 
@@ -143,7 +149,13 @@ impl CpuLanes {
         limit: MemoryLimit,
     ) -> Tensor<1> {
         let sizes = self.training_sizes(&state.model.config, x.dims()[0], limit);
-        state.train_step_in_parts(diffusion, x, labels, &sizes, |jobs: Vec<PartJob>| -> Vec<(Tensor<1>, GradientsParams)> { self.run(jobs) })
+        state.train_step_in_parts(
+            diffusion,
+            x,
+            labels,
+            &sizes,
+            |jobs: Vec<PartJob>| -> Vec<(Tensor<1>, GradientsParams)> { self.run(jobs) },
+        )
     }
 
     /// The parts a training batch of `batch` images is cut into: one per lane, as many as the
@@ -202,7 +214,9 @@ mod tests {
         let y = labels(&[0, 3, 10, 7, 1], &device);
         let mut whole_steps = Vec::new();
         let whole = CpuLanes::with_lanes(1)
-            .sample(&net, &diffusion, &sampler, z0.clone(), y.clone(), None, |s| whole_steps.push((s.index, read_f32(s.x_hat.clone()).unwrap())))
+            .sample(&net, &diffusion, &sampler, z0.clone(), y.clone(), None, |s| {
+                whole_steps.push((s.index, read_f32(s.x_hat.clone()).unwrap()))
+            })
             .unwrap();
         let whole = read_f32(whole).unwrap();
         // Products over fewer rows may take other kernels of `gemm`, which round differently.
@@ -212,11 +226,18 @@ mod tests {
             let cpu = CpuLanes::with_lanes(lanes);
             assert_eq!(cpu.sizes(batch, batch).len(), lanes.min(batch));
             let mut steps = Vec::new();
-            let parts = cpu.sample(&net, &diffusion, &sampler, z0.clone(), y.clone(), None, |s| steps.push((s.index, read_f32(s.x_hat.clone()).unwrap()))).unwrap();
+            let parts = cpu
+                .sample(&net, &diffusion, &sampler, z0.clone(), y.clone(), None, |s| {
+                    steps.push((s.index, read_f32(s.x_hat.clone()).unwrap()))
+                })
+                .unwrap();
             let parts = read_f32(parts).unwrap();
             assert_eq!(parts.len(), whole.len());
             let w = worst(&whole, &parts);
-            assert!(w <= tolerance, "{lanes} lanes: images differ from the whole batch's by {w} (tolerance {tolerance})");
+            assert!(
+                w <= tolerance,
+                "{lanes} lanes: images differ from the whole batch's by {w} (tolerance {tolerance})"
+            );
             assert_eq!(steps.len(), whole_steps.len(), "{lanes} lanes: every step is reported");
             for ((i, a), (j, b)) in whole_steps.iter().zip(&steps) {
                 assert_eq!(i, j, "steps in order");
@@ -224,7 +245,10 @@ mod tests {
             }
         }
         // Stopping early gives the state after that many steps, on lanes too.
-        let one = read_f32(CpuLanes::with_lanes(2).sample(&net, &diffusion, &sampler, z0.clone(), y.clone(), Some(1), |_| {}).unwrap()).unwrap();
+        let one = read_f32(
+            CpuLanes::with_lanes(2).sample(&net, &diffusion, &sampler, z0.clone(), y.clone(), Some(1), |_| {}).unwrap(),
+        )
+        .unwrap();
         assert!(worst(&one, &whole) > 1e-2, "one step is not the whole run");
         // The check is meaningful: images differ from each other, so a mix-up would show.
         let image = whole.len() / batch;
@@ -261,7 +285,11 @@ mod tests {
     fn a_training_step_on_lanes_is_the_whole_batch_step() {
         let config = JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap();
         let lanes = CpuLanes::with_lanes(2);
-        assert_eq!(lanes.training_sizes(&config, 8, MemoryLimit(1 << 30)), [4, 4], "the step this test compares is split");
+        assert_eq!(
+            lanes.training_sizes(&config, 8, MemoryLimit(1 << 30)),
+            [4, 4],
+            "the step this test compares is split"
+        );
         let [(loss, weights), (lanes_loss, lanes_weights)] = step_both_ways(config, &lanes);
         assert!((loss - lanes_loss).abs() <= 1e-5 * loss.abs(), "loss {loss} vs {lanes_loss} on lanes");
         let worst = weights.iter().zip(&lanes_weights).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);

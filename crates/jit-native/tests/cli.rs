@@ -10,10 +10,39 @@ mod common;
 use common::{fails, losses, ok, stdout};
 
 const TINY: &[&str] = &[
-    "train", "--backend", "cpu", "--model", "JiT-T/4", "--image-size", "16", "--depth", "2", "--hidden-size", "32",
-    "--num-heads", "2", "--in-context-len", "2", "--in-context-start", "1", "--batch-size", "6", "--steps", "6",
-    "--checkpoint-every", "3", "--sample-every", "0", "--sample-steps", "2", "--grid-images", "4", "--keep", "5",
-    "--lr", "1e-3",
+    "train",
+    "--backend",
+    "cpu",
+    "--model",
+    "JiT-T/4",
+    "--image-size",
+    "16",
+    "--depth",
+    "2",
+    "--hidden-size",
+    "32",
+    "--num-heads",
+    "2",
+    "--in-context-len",
+    "2",
+    "--in-context-start",
+    "1",
+    "--batch-size",
+    "6",
+    "--steps",
+    "6",
+    "--checkpoint-every",
+    "3",
+    "--sample-every",
+    "0",
+    "--sample-steps",
+    "2",
+    "--grid-images",
+    "4",
+    "--keep",
+    "5",
+    "--lr",
+    "1e-3",
 ];
 
 #[test]
@@ -48,8 +77,25 @@ fn train_resume_sample_export_info() {
     // Sample: PNGs of the model size, and the float tensor.
     let out = tmp.path().join("samples");
     let tensor = tmp.path().join("samples.safetensors");
-    ok(&["sample", ckpt.to_str().unwrap(), "--backend", "cpu", "--class", "0", "--class", "square", "--count", "2",
-        "--steps", "3", "--previews", "--out", out.to_str().unwrap(), "--save-tensor", tensor.to_str().unwrap()]);
+    ok(&[
+        "sample",
+        ckpt.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--class",
+        "0",
+        "--class",
+        "square",
+        "--count",
+        "2",
+        "--steps",
+        "3",
+        "--previews",
+        "--out",
+        out.to_str().unwrap(),
+        "--save-tensor",
+        tensor.to_str().unwrap(),
+    ]);
     let img = image::open(out.join("sample-000-class0.png")).unwrap();
     assert_eq!((img.width(), img.height()), (16, 16));
     assert!(out.join("sample-003-class1.png").is_file());
@@ -66,8 +112,25 @@ fn train_resume_sample_export_info() {
     assert!(info.contains("step        6"), "{info}");
     assert!(info.contains("circle"), "{info}");
     let again = tmp.path().join("again.safetensors");
-    ok(&["sample", exported.to_str().unwrap(), "--backend", "cpu", "--class", "0", "--class", "square", "--count", "2",
-        "--steps", "3", "--grid-only", "--out", out.to_str().unwrap(), "--save-tensor", again.to_str().unwrap()]);
+    ok(&[
+        "sample",
+        exported.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--class",
+        "0",
+        "--class",
+        "square",
+        "--count",
+        "2",
+        "--steps",
+        "3",
+        "--grid-only",
+        "--out",
+        out.to_str().unwrap(),
+        "--save-tensor",
+        again.to_str().unwrap(),
+    ]);
     let a = decode("samples", &st.tensor("samples").unwrap()).unwrap().data;
     let b_bytes = std::fs::read(&again).unwrap();
     let b = decode("samples", &parse(&b_bytes).unwrap().tensor("samples").unwrap()).unwrap().data;
@@ -83,7 +146,8 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 
 fn golden_dir() -> Option<PathBuf> {
     let explicit = std::env::var_os("JIT_GOLDEN_DIR").map(PathBuf::from);
-    let dir = explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
+    let dir =
+        explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
     if explicit.is_none() && !dir.is_dir() {
         eprintln!("SKIP: no golden vectors at {}", dir.display());
         return None;
@@ -104,7 +168,16 @@ fn imports_official_checkpoints_matching_the_reference_ema() {
             serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
         let start = json["config"]["in_context_start"].as_u64().unwrap().to_string();
         let out = tmp.path().join(format!("{name}.safetensors"));
-        ok(&["import", pth.to_str().unwrap(), "--weights", "ema1", "--in-context-start", &start, "--out", out.to_str().unwrap()]);
+        ok(&[
+            "import",
+            pth.to_str().unwrap(),
+            "--weights",
+            "ema1",
+            "--in-context-start",
+            &start,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
 
         let device = Device::flex();
         let bytes = std::fs::read(&out).unwrap();
@@ -117,7 +190,10 @@ fn imports_official_checkpoints_matching_the_reference_ema() {
         let z = Tensor::<4>::from_data(TensorData::new(z.data, <[usize; 4]>::try_from(z.shape).unwrap()), &device);
         let n = t.data.len();
         let t = Tensor::<1>::from_data(TensorData::new(t.data, [n]), &device);
-        let y = Tensor::<1, Int>::from_data(TensorData::new(y.data.iter().map(|v| *v as i64).collect::<Vec<_>>(), [n]), &device);
+        let y = Tensor::<1, Int>::from_data(
+            TensorData::new(y.data.iter().map(|v| *v as i64).collect::<Vec<_>>(), [n]),
+            &device,
+        );
         let ours: Vec<f32> = net.forward(z, t, y).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
         let expected_bytes = std::fs::read(dir.join(format!("{name}.ema1_expected.safetensors"))).unwrap();
         let e = parse(&expected_bytes).unwrap();
@@ -152,16 +228,26 @@ fn bad_input_gives_one_line_errors() {
     let st = parse(&bytes).unwrap();
     let mut meta = checkpoint::read_meta(&bytes).unwrap();
     meta.network.hidden_size = 64;
-    let info = std::collections::HashMap::from([(checkpoint::META_KEY.to_string(), serde_json::to_string(&meta).unwrap())]);
+    let info =
+        std::collections::HashMap::from([(checkpoint::META_KEY.to_string(), serde_json::to_string(&meta).unwrap())]);
     std::fs::write(p("other.safetensors"), safetensors::serialize(st.tensors(), Some(info)).unwrap()).unwrap();
     fails(&["sample", &p("other.safetensors"), "--backend", "cpu"], "has shape");
 
     // Datasets.
-    fails(&["train", "--backend", "cpu", "--data", &format!("folder:{}", p("nope")), "--out", &p("r1")], "does not exist");
+    fails(
+        &["train", "--backend", "cpu", "--data", &format!("folder:{}", p("nope")), "--out", &p("r1")],
+        "does not exist",
+    );
     std::fs::create_dir_all(tmp.path().join("empty/cats")).unwrap();
     std::fs::write(tmp.path().join("empty/cats/readme.txt"), "no images").unwrap();
-    fails(&["train", "--backend", "cpu", "--data", &format!("folder:{}", p("empty")), "--out", &p("r2")], "has no images");
-    fails(&["train", "--backend", "cpu", "--data", &format!("idx:{}", p("empty")), "--out", &p("r3")], "missing IDX file");
+    fails(
+        &["train", "--backend", "cpu", "--data", &format!("folder:{}", p("empty")), "--out", &p("r2")],
+        "has no images",
+    );
+    fails(
+        &["train", "--backend", "cpu", "--data", &format!("idx:{}", p("empty")), "--out", &p("r3")],
+        "missing IDX file",
+    );
     fails(&["train", "--backend", "cpu", "--data", "imagenet", "--out", &p("r4")], "unknown dataset");
     fails(&["train", "--backend", "cpu", "--model", "JiT-Z/16", "--out", &p("r5")], "unknown model preset");
     fails(&["sample", ckpt.to_str().unwrap(), "--backend", "cpu", "--class", "giraffe"], "unknown class");
@@ -188,9 +274,30 @@ fn bad_input_gives_one_line_errors() {
 #[test]
 fn trains_on_fashion_mnist_and_image_folders() {
     let tmp = tempfile::tempdir().unwrap();
-    let small = ["--backend", "cpu", "--model", "JiT-T/4", "--depth", "1", "--hidden-size", "16", "--num-heads", "1",
-        "--in-context-len", "0", "--batch-size", "4", "--steps", "2", "--sample-every", "0", "--sample-steps", "1",
-        "--grid-images", "2"];
+    let small = [
+        "--backend",
+        "cpu",
+        "--model",
+        "JiT-T/4",
+        "--depth",
+        "1",
+        "--hidden-size",
+        "16",
+        "--num-heads",
+        "1",
+        "--in-context-len",
+        "0",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--sample-every",
+        "0",
+        "--sample-steps",
+        "1",
+        "--grid-images",
+        "2",
+    ];
     let fashion = Path::new("/usr/share/datasets/fashion-mnist");
     if fashion.is_dir() {
         let run = tmp.path().join("fm");
@@ -227,7 +334,18 @@ fn trains_on_fashion_mnist_and_image_folders() {
 fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("nan");
-    let mut args: Vec<&str> = TINY.iter().map(|a| if *a == "1e-3" { "1e30" } else if *a == "3" { "1" } else { a }).collect();
+    let mut args: Vec<&str> = TINY
+        .iter()
+        .map(|a| {
+            if *a == "1e-3" {
+                "1e30"
+            } else if *a == "3" {
+                "1"
+            } else {
+                a
+            }
+        })
+        .collect();
     args.extend(["--steps", "30", "--warmup-steps", "1", "--out", run.to_str().unwrap()]);
     let args: Vec<&str> = {
         // drop the first --steps 6 so that the later --steps 30 is the only one
@@ -235,8 +353,12 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
         args.iter().enumerate().filter(|(j, _)| *j != i && *j != i + 1).map(|(_, a)| *a).collect()
     };
     fails(&args, "became");
-    let kept: Vec<_> = std::fs::read_dir(&run).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("ckpt-")).collect();
+    let kept: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("ckpt-"))
+        .collect();
     assert!(!kept.is_empty(), "the last good checkpoint is kept");
     for name in kept {
         let bytes = std::fs::read(run.join(&name)).unwrap();
@@ -250,9 +372,25 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
 fn toy_x_prediction_stays_on_the_manifold_where_eps_prediction_does_not() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("toy");
-    ok(&["toy", "--dims", "512", "--targets", "x,eps", "--steps", "200", "--batch-size", "128", "--samples", "300",
-        "--sample-steps", "10", "--out", out.to_str().unwrap()]);
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("toy.json")).unwrap()).unwrap();
+    ok(&[
+        "toy",
+        "--dims",
+        "512",
+        "--targets",
+        "x,eps",
+        "--steps",
+        "200",
+        "--batch-size",
+        "128",
+        "--samples",
+        "300",
+        "--sample-steps",
+        "10",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("toy.json")).unwrap()).unwrap();
     let get = |target: &str, key: &str| {
         results.as_array().unwrap().iter().find(|r| r["target"] == target).unwrap()[key].as_f64().unwrap()
     };
@@ -271,13 +409,46 @@ fn eval_separates_real_from_noise_and_scores_a_checkpoint() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("fm");
-    ok(&["train", "--backend", "cpu", "--data", "fashion-mnist", "--model", "JiT-T/8", "--depth", "1", "--steps", "2",
-        "--batch-size", "8", "--sample-every", "0", "--out", run.to_str().unwrap()]);
+    ok(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--data",
+        "fashion-mnist",
+        "--model",
+        "JiT-T/8",
+        "--depth",
+        "1",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--sample-every",
+        "0",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
     let clf = tmp.path().join("clf.mpk");
     let report = tmp.path().join("eval.json");
     let ckpt = run.join("ckpt-00000002.safetensors");
-    ok(&["eval", ckpt.to_str().unwrap(), "--backend", "cpu", "--data", "fashion-mnist", "--count", "300", "--steps", "2",
-        "--classifier-epochs", "1", "--classifier", clf.to_str().unwrap(), "--json", report.to_str().unwrap()]);
+    ok(&[
+        "eval",
+        ckpt.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--data",
+        "fashion-mnist",
+        "--count",
+        "300",
+        "--steps",
+        "2",
+        "--classifier-epochs",
+        "1",
+        "--classifier",
+        clf.to_str().unwrap(),
+        "--json",
+        report.to_str().unwrap(),
+    ]);
     assert!(clf.is_file(), "the classifier is cached");
     let rows: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let rows = rows.as_array().unwrap();
@@ -288,8 +459,21 @@ fn eval_separates_real_from_noise_and_scores_a_checkpoint() {
     assert!(rows[0]["class_accuracy"].as_f64().unwrap() > 0.6, "the classifier learned the classes");
     assert!(generated > floor, "an untrained model is worse than real data");
     // A checkpoint for another image size is refused.
-    fails(&["eval", ckpt.to_str().unwrap(), "--backend", "cpu", "--data", "fashion-mnist", "--image-size", "28",
-        "--classifier", clf.to_str().unwrap()], "but the dataset has");
+    fails(
+        &[
+            "eval",
+            ckpt.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--data",
+            "fashion-mnist",
+            "--image-size",
+            "28",
+            "--classifier",
+            clf.to_str().unwrap(),
+        ],
+        "but the dataset has",
+    );
 }
 
 /// A run written by the runner before training moved into jit-core (the same file format):
@@ -321,8 +505,21 @@ fn runs_written_by_the_previous_version_still_sample_and_resume() {
 #[test]
 fn bench_prints_a_table_with_and_without_the_fused_kernels() {
     let args = [
-        "bench", "--backend", "cpu", "--model", "JiT-T/4", "--image-size", "8", "--batch-size", "2", "--train-steps",
-        "1", "--sample-count", "1", "--sample-steps", "2",
+        "bench",
+        "--backend",
+        "cpu",
+        "--model",
+        "JiT-T/4",
+        "--image-size",
+        "8",
+        "--batch-size",
+        "2",
+        "--train-steps",
+        "1",
+        "--sample-count",
+        "1",
+        "--sample-steps",
+        "2",
     ];
     for (extra, state) in [(None, "fused kernels on"), (Some("--no-fused"), "fused kernels off")] {
         let mut a = args.to_vec();

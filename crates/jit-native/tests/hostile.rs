@@ -15,9 +15,33 @@ mod common;
 use common::{fails, losses, ok, stderr};
 
 const TINY: &[&str] = &[
-    "train", "--backend", "cpu", "--model", "JiT-T/4", "--image-size", "16", "--depth", "2", "--hidden-size", "32",
-    "--num-heads", "2", "--in-context-len", "2", "--in-context-start", "1", "--batch-size", "6", "--sample-every", "0",
-    "--sample-steps", "2", "--grid-images", "4", "--lr", "1e-3",
+    "train",
+    "--backend",
+    "cpu",
+    "--model",
+    "JiT-T/4",
+    "--image-size",
+    "16",
+    "--depth",
+    "2",
+    "--hidden-size",
+    "32",
+    "--num-heads",
+    "2",
+    "--in-context-len",
+    "2",
+    "--in-context-start",
+    "1",
+    "--batch-size",
+    "6",
+    "--sample-every",
+    "0",
+    "--sample-steps",
+    "2",
+    "--grid-images",
+    "4",
+    "--lr",
+    "1e-3",
 ];
 
 fn train(out: &Path, extra: &[&str]) -> Vec<String> {
@@ -104,7 +128,21 @@ fn absurd_configs_in_a_model_file_are_refused_before_allocating() {
     fails(&["info", g, "--max-memory", "0.000001"], "memory limit");
     ok(&["info", g, "--max-memory", "1"]);
     // Sampling batches count too.
-    fails(&["sample", g, "--backend", "cpu", "--count", "100000", "--max-memory", "0.01", "--out", tmp.path().join("s").to_str().unwrap()], "memory limit");
+    fails(
+        &[
+            "sample",
+            g,
+            "--backend",
+            "cpu",
+            "--count",
+            "100000",
+            "--max-memory",
+            "0.01",
+            "--out",
+            tmp.path().join("s").to_str().unwrap(),
+        ],
+        "memory limit",
+    );
 }
 
 #[test]
@@ -140,13 +178,23 @@ fn run_folders_protect_themselves() {
     fails(&["train", "--backend", "cpu", "--resume", r, "--hidden-size", "64"], "--hidden-size cannot change");
     let out = ok(&["train", "--backend", "cpu", "--resume", r, "--steps", "6", "--lr", "5e-4", "--keep", "2"]);
     assert!(stderr(&out).contains("lr 5.00e-4"), "{}", stderr(&out));
-    let settings: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("settings.json")).unwrap()).unwrap();
-    assert_eq!((settings["lr"].as_f64(), settings["steps"].as_u64(), settings["keep"].as_u64()), (Some(5e-4), Some(6), Some(2)));
-    let lrs: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap()).collect();
+    let settings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("settings.json")).unwrap()).unwrap();
+    assert_eq!(
+        (settings["lr"].as_f64(), settings["steps"].as_u64(), settings["keep"].as_u64()),
+        (Some(5e-4), Some(6), Some(2))
+    );
+    let lrs: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["lr"].as_f64().unwrap())
+        .collect();
     assert_eq!(lrs.last(), Some(&5e-4));
-    let ckpts: Vec<String> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("ckpt-")).collect();
+    let ckpts: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt-"))
+        .collect();
     assert_eq!(ckpts.len(), 2, "keep 2 applies: {ckpts:?}");
 
     // Stale temp files of a crashed writer are swept; a truncated newest checkpoint is set aside
@@ -211,7 +259,9 @@ fn odd_datasets_work_or_fail_with_a_message() {
     for class in ["a", "b"] {
         std::fs::create_dir_all(data.join(class)).unwrap();
         for i in 0..2u8 {
-            image::RgbImage::from_pixel(12, 12, image::Rgb([i * 100, 50, 50])).save(data.join(class).join(format!("{i}.png"))).unwrap();
+            image::RgbImage::from_pixel(12, 12, image::Rgb([i * 100, 50, 50]))
+                .save(data.join(class).join(format!("{i}.png")))
+                .unwrap();
         }
     }
     std::fs::write(data.join("a/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
@@ -238,7 +288,8 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_losses() {
 
     let run = tmp.path().join("killed");
     let first = train(&run, &steps);
-    let resume: Vec<String> = ["train", "--backend", "cpu", "--resume", run.to_str().unwrap()].map(String::from).to_vec();
+    let resume: Vec<String> =
+        ["train", "--backend", "cpu", "--resume", run.to_str().unwrap()].map(String::from).to_vec();
     let mut rng = PortableRng::new(9);
     let mut kills = 0;
     let mut finished = false;
@@ -272,8 +323,11 @@ fn kill_9_at_random_moments_then_resume_gives_the_uninterrupted_losses() {
         let want = expected[&step];
         assert!((loss - want).abs() <= 1e-6 * want.abs().max(1.0), "step {step}: {loss} vs uninterrupted {want}");
     }
-    let leftovers: Vec<PathBuf> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "temp files swept: {leftovers:?}");
 }
 
@@ -316,6 +370,10 @@ fn sigterm_saves_the_step_in_flight_and_the_run_resumes_from_it() {
     let got = losses(&run);
     assert_eq!(got.last().unwrap().0, saved + 3);
     for (step, loss) in got {
-        assert!((loss - want[&step]).abs() <= 1e-6 * want[&step].abs().max(1.0), "step {step}: {loss} vs {}", want[&step]);
+        assert!(
+            (loss - want[&step]).abs() <= 1e-6 * want[&step].abs().max(1.0),
+            "step {step}: {loss} vs {}",
+            want[&step]
+        );
     }
 }

@@ -35,7 +35,8 @@ use zip::write::SimpleFileOptions;
 /// `JIT_GOLDEN_DIR` names one without any.
 fn golden_pths() -> Option<Vec<PathBuf>> {
     let explicit = std::env::var_os("JIT_GOLDEN_DIR").map(PathBuf::from);
-    let dir = explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
+    let dir =
+        explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
     if explicit.is_none() && !dir.is_dir() {
         eprintln!("SKIP: no golden checkpoints at {}", dir.display());
         return None;
@@ -89,8 +90,11 @@ fn zip_of(entries: &[(&str, &[u8], bool)]) -> Vec<u8> {
 /// A torch.save-style zip holding `data.pkl` and float32 storages `data/0`, `data/1`, ...
 fn torch_zip(pkl: &[u8], storages: &[Vec<u8>]) -> Vec<u8> {
     let names: Vec<String> = (0..storages.len()).map(|i| format!("archive/data/{i}")).collect();
-    let mut entries: Vec<(&str, &[u8], bool)> =
-        vec![("archive/data.pkl", pkl, false), ("archive/byteorder", b"little", false), ("archive/version", b"3\n", false)];
+    let mut entries: Vec<(&str, &[u8], bool)> = vec![
+        ("archive/data.pkl", pkl, false),
+        ("archive/byteorder", b"little", false),
+        ("archive/version", b"3\n", false),
+    ];
     entries.extend(names.iter().zip(storages).map(|(n, s)| (n.as_str(), s.as_slice(), false)));
     zip_of(&entries)
 }
@@ -135,9 +139,22 @@ impl Pickle {
         self.op(b"t")
     }
     /// `torch._utils._rebuild_tensor_v2` of a float32 storage.
-    fn tensor(&mut self, key: &str, storage_numel: usize, offset: usize, shape: &[usize], stride: &[usize]) -> &mut Self {
+    fn tensor(
+        &mut self,
+        key: &str,
+        storage_numel: usize,
+        offset: usize,
+        shape: &[usize],
+        stride: &[usize],
+    ) -> &mut Self {
         self.global("torch._utils", "_rebuild_tensor_v2").mark();
-        self.mark().str("storage").global("torch", "FloatStorage").str(key).str("cpu").int(storage_numel as i64).op(b"tQ");
+        self.mark()
+            .str("storage")
+            .global("torch", "FloatStorage")
+            .str(key)
+            .str("cpu")
+            .int(storage_numel as i64)
+            .op(b"tQ");
         self.int(offset as i64).ints(shape).ints(stride).op(&[0x89]);
         self.global("collections", "OrderedDict").op(b")R");
         self.op(b"tR")
@@ -444,10 +461,17 @@ fn infer_config_checks_every_shape_it_reads() {
     let base: std::collections::HashMap<String, Vec<usize>> =
         tiny_jit().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     assert!(convert::infer_config(&base, Some(0)).is_ok());
-    for key in ["x_embedder.proj1.weight", "x_embedder.proj2.weight", "pos_embed", "y_embedder.embedding_table.weight",
-        "blocks.0.attn.q_norm.weight", "blocks.0.mlp.w12.weight", "in_context_posemb"]
-    {
-        for shape in [vec![], vec![0], vec![1], vec![0, 0, 0], vec![1, 1, 1, 1, 1], vec![usize::MAX, 2], vec![3, 0, 16]] {
+    for key in [
+        "x_embedder.proj1.weight",
+        "x_embedder.proj2.weight",
+        "pos_embed",
+        "y_embedder.embedding_table.weight",
+        "blocks.0.attn.q_norm.weight",
+        "blocks.0.mlp.w12.weight",
+        "in_context_posemb",
+    ] {
+        for shape in [vec![], vec![0], vec![1], vec![0, 0, 0], vec![1, 1, 1, 1, 1], vec![usize::MAX, 2], vec![3, 0, 16]]
+        {
             let mut shapes = base.clone();
             shapes.insert(key.to_string(), shape.clone());
             let r = std::panic::catch_unwind(|| convert::infer_config(&shapes, Some(0)));
@@ -510,16 +534,70 @@ impl Rng {
 
 /// Values that tend to break size and offset arithmetic.
 const INTERESTING_U32: &[u32] = &[
-    0, 1, 2, 3, 4, 7, 8, 16, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0x8000, 0xffff, 0x1_0000, 1 << 24, 1 << 28, 0x7fff_ffff,
-    0x8000_0000, 0xffff_fffe, 0xffff_ffff,
+    0,
+    1,
+    2,
+    3,
+    4,
+    7,
+    8,
+    16,
+    0x7f,
+    0x80,
+    0xff,
+    0x100,
+    0x7fff,
+    0x8000,
+    0xffff,
+    0x1_0000,
+    1 << 24,
+    1 << 28,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_fffe,
+    0xffff_ffff,
 ];
 
 /// Pickle fragments to splice in: opcodes that build, copy, nest and pop values.
 const PICKLE_SNIPPETS: &[&[u8]] = &[
-    b"(", b")", b"]", b"}", b"N", b"t", b"l", b"d", b"a", b"e", b"s", b"u", b"0", b"1", b"2", b"R", b"b", b"Q",
-    b"\x85", b"\x86", b"\x87", b"\x94", b"h\x00", b"h\x01", b"h\xff", b"q\x00", b"j\xff\xff\xff\xff", b"K\x00", b"K\xff",
-    b"J\xff\xff\xff\xff", b"J\x00\x00\x00\x80", b"J\x00\x00\x00\x10", b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7f",
-    b"X\xff\xff\xff\xff", b"\x89", b"\x88", b"G\x7f\xf8\x00\x00\x00\x00\x00\x00", b"ctorch\nFloatStorage\n",
+    b"(",
+    b")",
+    b"]",
+    b"}",
+    b"N",
+    b"t",
+    b"l",
+    b"d",
+    b"a",
+    b"e",
+    b"s",
+    b"u",
+    b"0",
+    b"1",
+    b"2",
+    b"R",
+    b"b",
+    b"Q",
+    b"\x85",
+    b"\x86",
+    b"\x87",
+    b"\x94",
+    b"h\x00",
+    b"h\x01",
+    b"h\xff",
+    b"q\x00",
+    b"j\xff\xff\xff\xff",
+    b"K\x00",
+    b"K\xff",
+    b"J\xff\xff\xff\xff",
+    b"J\x00\x00\x00\x80",
+    b"J\x00\x00\x00\x10",
+    b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7f",
+    b"X\xff\xff\xff\xff",
+    b"\x89",
+    b"\x88",
+    b"G\x7f\xf8\x00\x00\x00\x00\x00\x00",
+    b"ctorch\nFloatStorage\n",
 ];
 
 /// One random mutation of `b`; offsets are drawn from `focus` most of the time.
@@ -665,7 +743,13 @@ fn fuzz_case(seed: u64, i: u64, goldens: &[Golden]) -> (Vec<u8>, ImportOptions, 
             .entries
             .iter()
             .enumerate()
-            .map(|(j, (n, d))| if j == g.pkl_index { (n.as_str(), pkl.as_slice(), deflate_pkl) } else { (n.as_str(), d.as_slice(), false) })
+            .map(|(j, (n, d))| {
+                if j == g.pkl_index {
+                    (n.as_str(), pkl.as_slice(), deflate_pkl)
+                } else {
+                    (n.as_str(), d.as_slice(), false)
+                }
+            })
             .collect();
         (zip_of(&entries), o, "pickle")
     }
@@ -743,8 +827,16 @@ fn fuzz_mutated_golden_checkpoints() {
     let (stdout, stderr) = (out_t.join().unwrap(), err_t.join().unwrap());
     let tail = |s: &str| s.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
     println!("{}", tail(&stdout));
-    let Some(status) = status else { panic!("fuzz worker timed out after {timeout:?}\n{}\n{}", tail(&stdout), tail(&stderr)) };
-    assert!(status.success(), "fuzz worker failed ({status}) after {:?}\nstdout:\n{}\nstderr:\n{}", start.elapsed(), tail(&stdout), tail(&stderr));
+    let Some(status) = status else {
+        panic!("fuzz worker timed out after {timeout:?}\n{}\n{}", tail(&stdout), tail(&stderr))
+    };
+    assert!(
+        status.success(),
+        "fuzz worker failed ({status}) after {:?}\nstdout:\n{}\nstderr:\n{}",
+        start.elapsed(),
+        tail(&stdout),
+        tail(&stderr)
+    );
     assert!(stdout.contains("FUZZ OK"), "the worker did not run:\n{}\n{}", tail(&stdout), tail(&stderr));
 }
 
@@ -811,7 +903,8 @@ fn fuzz_worker() {
                                 let msg = LAST_PANIC.with(|p| p.borrow().clone());
                                 let keep = dir.join(format!("panic-{i}.pth"));
                                 let _ = std::fs::copy(&path, &keep);
-                                st.failures.push(format!("case {i} ({mode}): panic: {msg} (file kept at {})", keep.display()));
+                                st.failures
+                                    .push(format!("case {i} ({mode}): panic: {msg} (file kept at {})", keep.display()));
                             }
                         }
                         *st.modes.entry(mode).or_default() += 1;

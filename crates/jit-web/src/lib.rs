@@ -27,7 +27,7 @@ use jit_core::checkpoint::{self, CheckpointMeta};
 use jit_core::host::{self, to_rgb8};
 use jit_core::sampler::{Progress, Sampling, initial_noise};
 use jit_core::{Jit, Method, SamplerConfig};
-use js_sys::{Array, Function, Float32Array, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
+use js_sys::{Array, Float32Array, Function, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
@@ -257,14 +257,20 @@ impl JitGenerator {
                 "auto" if has_f16 => "f16",
                 "auto" => "f32",
                 "f16" if has_f16 => "f16",
-                "f16" => return Err(err(format!("f16 needs WebGPU with the shader-f16 feature, which {backend} here lacks; use precision \"auto\" or \"f32\""))),
+                "f16" => {
+                    return Err(err(format!(
+                        "f16 needs WebGPU with the shader-f16 feature, which {backend} here lacks; use precision \"auto\" or \"f32\""
+                    )));
+                }
                 other => return Err(err(format!("unknown precision '{other}' (use auto, f16 or f32)"))),
             };
             let copy = meta.copies.first().cloned().unwrap_or_default();
-            let (model, meta) = checkpoint::load(&bytes, &copy, &device).map_err(|e| err(format!("not a usable JiT checkpoint: {e}")))?;
+            let (model, meta) = checkpoint::load(&bytes, &copy, &device)
+                .map_err(|e| err(format!("not a usable JiT checkpoint: {e}")))?;
             let model = model.with_matmul_dtype((precision == "f16").then_some(FloatDType::F16));
             let params = model.num_params();
-            let inner = Inner { model, meta, backend: backend.into(), precision, note, params, cancelled: Cell::new(false) };
+            let inner =
+                Inner { model, meta, backend: backend.into(), precision, note, params, cancelled: Cell::new(false) };
             Ok(JitGenerator { inner: Rc::new(inner) }.into())
         })
     }
@@ -366,7 +372,12 @@ impl JitGenerator {
                             if inner.cancelled.get() {
                                 return Err(err("cancelled"));
                             }
-                            cb.call3(&JsValue::NULL, &((step.index + 1) as u32).into(), &(step.total as u32).into(), &rgba.into())?;
+                            cb.call3(
+                                &JsValue::NULL,
+                                &((step.index + 1) as u32).into(),
+                                &(step.total as u32).into(),
+                                &rgba.into(),
+                            )?;
                         } else {
                             run.wait().await.map_err(|e| err(format!("{e:?}")))?;
                         }

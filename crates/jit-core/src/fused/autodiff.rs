@@ -15,8 +15,8 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, Tensor};
 
-use super::{cpu, gemm};
 use super::flex::{contiguous, new, slice};
+use super::{cpu, gemm};
 
 type AdTensor = FloatTensor<Autodiff<Flex>>;
 
@@ -61,7 +61,11 @@ fn output_grad<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> Fle
 
 /// The backward pass of a one-input operation whose state has the input's shape: registers the
 /// input's gradient `grad(state values, state's last dimension, output gradient)`.
-fn unary_backward(ops: Ops<FlexTensor, 1>, grads: &mut Gradients, grad: impl FnOnce(&[f32], usize, &[f32]) -> Vec<f32>) {
+fn unary_backward(
+    ops: Ops<FlexTensor, 1>,
+    grads: &mut Gradients,
+    grad: impl FnOnce(&[f32], usize, &[f32]) -> Vec<f32>,
+) {
     let g = output_grad(&ops, grads);
     if let [Some(parent)] = &ops.parents {
         let shape = ops.state.layout().shape().to_vec();
@@ -298,7 +302,8 @@ impl Backward<Flex, 3> for QkvAttention {
         let shape = cpu::AttentionShape { batch: l.batch, heads: l.heads, tokens: l.tokens, head_dim: l.head_dim };
         let [q, k, v] = st.heads.each_ref().map(slice);
         let [dq, dk, dv] = cpu::attention_backward(q, k, v, slice(&st.probs), slice(&g), &shape, self.scale);
-        let (dqkv, dqw, dkw) = cpu::qkv_heads_backward(slice(&st.qkv), &l, &st.norm_rope.view(self.eps), [&dq, &dk, &dv]);
+        let (dqkv, dqw, dkw) =
+            cpu::qkv_heads_backward(slice(&st.qkv), &l, &st.norm_rope.view(self.eps), [&dq, &dk, &dv]);
         let shapes = [st.qkv.layout().shape().to_vec(), vec![l.head_dim], vec![l.head_dim]];
         for ((parent, d), shape) in ops.parents.iter().zip([dqkv, dqw, dkw]).zip(shapes) {
             if let Some(parent) = parent {
@@ -329,7 +334,12 @@ pub fn qkv_attention(
     let (tqkv, tqw, tkw) = (take(qkv)?, take(q_weight)?, take(k_weight)?);
     let (tcos, tsin) = (take(cos)?, take(sin_signed)?);
     let layout = cpu::QkvLayout { batch: b, tokens: t, heads, head_dim: hd };
-    let norm_rope = NormRopeTensors { q_weight: values(&tqw), k_weight: values(&tkw), cos: values(&tcos), sin_signed: values(&tsin) };
+    let norm_rope = NormRopeTensors {
+        q_weight: values(&tqw),
+        k_weight: values(&tkw),
+        cos: values(&tcos),
+        sin_signed: values(&tsin),
+    };
     let qkv_values = values(&tqkv);
     let [q, k, v] = cpu::qkv_heads(slice(&qkv_values), &layout, &norm_rope.view(eps));
     let shape = cpu::AttentionShape { batch: b, heads, tokens: t, head_dim: hd };

@@ -53,7 +53,20 @@ unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: 
     if a.col_stride == 1 && b.col_stride == 1 {
         use super::gemm_simd128::{self, Simd128};
         // SAFETY: the operands were bounds-checked above; `out` is the caller's contract.
-        return unsafe { gemm_simd128::product_into::<Simd128>(out, n, m, n, k, accumulate, a.values, a.row_stride, b.values, b.row_stride) };
+        return unsafe {
+            gemm_simd128::product_into::<Simd128>(
+                out,
+                n,
+                m,
+                n,
+                k,
+                accumulate,
+                a.values,
+                a.row_stride,
+                b.values,
+                b.row_stride,
+            )
+        };
     }
     // Large products split over rayon's pool, small ones stay on one thread (Flex's threshold).
     #[cfg(feature = "rayon")]

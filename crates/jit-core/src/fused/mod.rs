@@ -34,18 +34,18 @@ use core::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "wgpu")]
 use burn::backend::Dispatch;
-#[cfg(feature = "wgpu")]
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::nn::{Dropout, Linear};
 use burn::tensor::Tensor;
+#[cfg(feature = "wgpu")]
+use burn::tensor::ops::AttentionModuleOptions;
 #[cfg(feature = "wgpu")]
 use jit_shaders::ShaderOps;
 
 use crate::model::MatmulDtype;
 use crate::model::block::modulate;
-use crate::model::norm::RmsNorm;
 #[cfg(any(feature = "flex", feature = "wgpu"))]
 use crate::model::norm::RMS_EPS;
+use crate::model::norm::RmsNorm;
 use crate::model::rope::Rope;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -116,7 +116,9 @@ pub fn softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, attn_drop: &Dropout) -> Tensor<3> {
     let [b, h, t, hd] = q.dims();
     #[cfg(feature = "flex")]
-    if let (true, Some(vq), Some(vk), Some(vv)) = (cpu::attention_supports(hd), flex::read(&q), flex::read(&k), flex::read(&v)) {
+    if let (true, Some(vq), Some(vk), Some(vv)) =
+        (cpu::attention_supports(hd), flex::read(&q), flex::read(&k), flex::read(&v))
+    {
         let shape = cpu::AttentionShape { batch: b, heads: h, tokens: t, head_dim: hd };
         return flex::wrap(cpu::attention(vq.values(), vk.values(), vv.values(), &shape, scale as f32), [b, t, h * hd]);
     }
@@ -185,7 +187,8 @@ pub fn attention_from_input(
     if mm == MatmulDtype::default()
         && cpu::attention_supports(qkv_layer.weight.dims()[1] / 3 / heads.max(1))
         && let Some((qkv, bias)) = product_on_flex(qkv_layer, &x, false)
-        && let Some(out) = qkv_attention_on_flex(&qkv, bias.as_ref().map(|b| b.values()), heads, (q_norm, k_norm), rope, scale)
+        && let Some(out) =
+            qkv_attention_on_flex(&qkv, bias.as_ref().map(|b| b.values()), heads, (q_norm, k_norm), rope, scale)
     {
         return out;
     }
@@ -231,7 +234,11 @@ pub fn swiglu_hidden(w12: &Linear, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
 /// autodiff: `with_bias`, the layer's output; otherwise the product without the bias, and the
 /// bias's values beside it for its consumer to add.
 #[cfg(feature = "flex")]
-fn product_on_flex<const D: usize>(layer: &Linear, x: &Tensor<D>, with_bias: bool) -> Option<(Tensor<D>, Option<flex::Values>)> {
+fn product_on_flex<const D: usize>(
+    layer: &Linear,
+    x: &Tensor<D>,
+    with_bias: bool,
+) -> Option<(Tensor<D>, Option<flex::Values>)> {
     let weight = layer.weight.val();
     let (xs, w) = (flex::read(x)?, flex::read(&weight)?);
     let bias = match &layer.bias {
@@ -261,8 +268,13 @@ fn on_flex<R>(
     let (x, qw, kw) = (flex::read(qkv)?, flex::read(&q_norm.weight.val())?, flex::read(&k_norm.weight.val())?);
     let (cos, sin) = (flex::read(&rope.cos)?, flex::read(&rope.sin_signed)?);
     let layout = cpu::QkvLayout { batch: b, tokens: t, heads, head_dim: d3 / 3 / heads };
-    let norm_rope =
-        cpu::QkNormRope { q_weight: qw.values(), k_weight: kw.values(), cos: cos.values(), sin_signed: sin.values(), eps: RMS_EPS };
+    let norm_rope = cpu::QkNormRope {
+        q_weight: qw.values(),
+        k_weight: kw.values(),
+        cos: cos.values(),
+        sin_signed: sin.values(),
+        eps: RMS_EPS,
+    };
     Some(f(x.values(), &layout, &norm_rope))
 }
 

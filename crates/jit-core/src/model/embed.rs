@@ -5,7 +5,7 @@ use burn::module::{Initializer, Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
 
-use super::{Init, linear, MatmulDtype};
+use super::{Init, MatmulDtype, linear};
 
 /// Width of the sinusoidal timestep features.
 pub const FREQ_EMBED_SIZE: usize = 256;
@@ -26,9 +26,7 @@ impl TimestepEmbedder {
     /// Weights N(0, 0.02), zero biases.
     pub fn new(hidden: usize, device: &Device) -> Self {
         let half = FREQ_EMBED_SIZE / 2;
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp())
-            .collect();
+        let freqs: Vec<f32> = (0..half).map(|i| (-(10000f32).ln() * i as f32 / half as f32).exp()).collect();
         Self {
             mlp0: linear(FREQ_EMBED_SIZE, hidden, true, Init::Normal(0.02), device),
             mlp2: linear(hidden, hidden, true, Init::Normal(0.02), device),
@@ -97,26 +95,21 @@ impl BottleneckPatchEmbed {
 pub fn patchify(x: Tensor<4>, p: usize) -> Tensor<3> {
     let [b, c, h, w] = x.dims();
     let (gh, gw) = (h / p, w / p);
-    x.reshape([b, c, gh, p, gw, p])
-        .permute([0, 2, 4, 1, 3, 5])
-        .reshape([b, gh * gw, c * p * p])
+    x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p])
 }
 
 /// `[B, N, p·p·C]` (channel last within a patch) → `[B, C, H, W]` — the reference's unpatchify.
 pub fn unpatchify(x: Tensor<3>, p: usize, channels: usize) -> Tensor<4> {
     let [b, n, _] = x.dims();
     let g = (n as f64).sqrt().round() as usize;
-    x.reshape([b, g, g, p, p, channels])
-        .permute([0, 5, 1, 3, 2, 4])
-        .reshape([b, channels, g * p, g * p])
+    x.reshape([b, g, g, p, p, channels]).permute([0, 5, 1, 3, 2, 4]).reshape([b, channels, g * p, g * p])
 }
 
 /// Fixed 2-D sin-cos table `[grid², D]` (MAE's `get_2d_sincos_pos_embed`): for token (r, c),
 /// `[sin(c·ω), cos(c·ω), sin(r·ω), cos(r·ω)]`, each `D/4` wide, `ω_i = 10000^(−i/(D/4))`.
 pub fn sincos_pos_embed(hidden: usize, grid: usize) -> Vec<f32> {
     let quarter = hidden / 4;
-    let omega: Vec<f64> =
-        (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
     let mut out = Vec::with_capacity(grid * grid * hidden);
     for r in 0..grid {
         for c in 0..grid {

@@ -10,7 +10,7 @@ use crate::fused;
 
 use super::block::split_modulation;
 use super::norm::RmsNorm;
-use super::{Init, linear, MatmulDtype};
+use super::{Init, MatmulDtype, linear};
 
 /// `FinalLayer`: `linear(modulate(norm_final(x), shift, scale))`.
 #[allow(non_snake_case)]

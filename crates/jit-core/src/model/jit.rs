@@ -3,14 +3,14 @@
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
+use super::MatmulDtype;
 use super::block::JitBlock;
 use super::embed::{BottleneckPatchEmbed, LabelEmbedder, TimestepEmbedder, sincos_pos_embed, unpatchify};
 use super::final_layer::FinalLayer;
 use super::rope::Rope;
-use super::MatmulDtype;
 use crate::config::JitConfig;
-use crate::fused;
 use crate::error::JitError;
+use crate::fused;
 
 /// Named intermediate tensors recorded by [`Jit::forward_traced`] (`t_emb`, `y_emb`,
 /// `patch_embed`, `block{i}`); 2-D ones are stored as `[B, 1, D]`.
@@ -54,9 +54,8 @@ impl Jit {
         let pos = sincos_pos_embed(d, grid);
         let pos_embed = Param::from_tensor(Tensor::from_data(TensorData::new(pos, [1, grid * grid, d]), device))
             .set_require_grad(false);
-        let in_context_posemb = (config.in_context_len > 0).then(|| {
-            Initializer::Normal { mean: 0.0, std: 0.02 }.init([1, config.in_context_len, d], device)
-        });
+        let in_context_posemb = (config.in_context_len > 0)
+            .then(|| Initializer::Normal { mean: 0.0, std: 0.02 }.init([1, config.in_context_len, d], device));
         let blocks = (0..config.depth)
             .map(|i| {
                 let drop = if config.block_has_dropout(i) { (config.attn_drop, config.proj_drop) } else { (0.0, 0.0) };
@@ -64,7 +63,13 @@ impl Jit {
             })
             .collect();
         Ok(Self {
-            x_embedder: BottleneckPatchEmbed::new(config.in_channels, config.patch_size, config.bottleneck_dim, d, device),
+            x_embedder: BottleneckPatchEmbed::new(
+                config.in_channels,
+                config.patch_size,
+                config.bottleneck_dim,
+                d,
+                device,
+            ),
             t_embedder: TimestepEmbedder::new(d, device),
             y_embedder: LabelEmbedder::new(config.num_classes, d, device),
             pos_embed,
@@ -148,11 +153,7 @@ impl Jit {
                 && let (Some(posemb), Some(rope_ic)) = (&self.in_context_posemb, &self.feat_rope_incontext)
             {
                 let [b, _, d] = h.dims();
-                let tokens = y_emb
-                    .clone()
-                    .unsqueeze_dim::<3>(1)
-                    .expand([b, cfg.in_context_len, d])
-                    .add(posemb.val());
+                let tokens = y_emb.clone().unsqueeze_dim::<3>(1).expand([b, cfg.in_context_len, d]).add(posemb.val());
                 h = Tensor::cat(vec![tokens, h], 1);
                 rope = rope_ic;
             }

@@ -25,8 +25,7 @@ pub struct Rope {
 pub fn rope_tables(head_dim: usize, grid: usize, prefix: usize) -> (Vec<f32>, Vec<f32>) {
     let dim = head_dim / 2; // per axis
     let theta = 10000f32;
-    let freqs: Vec<f32> =
-        (0..dim / 2).map(|j| 1.0 / theta.powf((2 * j) as f32 / dim as f32)).collect();
+    let freqs: Vec<f32> = (0..dim / 2).map(|j| 1.0 / theta.powf((2 * j) as f32 / dim as f32)).collect();
     // positions t = arange(g) / g * g, computed in f32 as the reference does
     let axis = |pos: usize| -> Vec<f32> {
         let t = pos as f32 / grid as f32 * grid as f32;

@@ -173,7 +173,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// Times the first sampler step apart, then a whole run; returns (first step s, whole run s,
 /// images the network evaluated in the whole run).
-fn time_sampling(lanes: &CpuLanes, ema: &Jit, diffusion: &DiffusionConfig, a: &BenchArgs, device: &Device) -> Result<(f64, f64, usize)> {
+fn time_sampling(
+    lanes: &CpuLanes,
+    ema: &Jit,
+    diffusion: &DiffusionConfig,
+    a: &BenchArgs,
+    device: &Device,
+) -> Result<(f64, f64, usize)> {
     let sampler = SamplerConfig { steps: a.sample_steps, ..SamplerConfig::default() };
     let labels: Vec<i64> = (0..a.sample_count).map(|i| (i % a.num_classes) as i64).collect();
     let net = Counting { net: ema, images: AtomicUsize::new(0) };

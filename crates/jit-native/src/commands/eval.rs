@@ -88,7 +88,10 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
     {
         bail!(
             "the checkpoint makes {}×{}×{} images of {} classes but the dataset has {c}×{size}×{size} images of {k} classes",
-            meta.network.in_channels, meta.network.input_size, meta.network.input_size, meta.network.num_classes
+            meta.network.in_channels,
+            meta.network.input_size,
+            meta.network.input_size,
+            meta.network.num_classes
         );
     }
     let cache = a.classifier.clone().unwrap_or_else(|| default_cache(&source, size));
@@ -102,29 +105,44 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
     let (fa, _) = features_and_accuracy(&clf, &xa, &ya, shape, &device)?;
     let (xb, yb) = test_b.images(n)?;
     let (fb, acc_b) = features_and_accuracy(&clf, &xb, &yb, shape, &device)?;
-    let mut rows = vec![Row { what: "real held-out (floor)".into(), fd_classifier: frechet_distance(&fb, &fa), class_accuracy: acc_b }];
+    let mut rows = vec![Row {
+        what: "real held-out (floor)".into(),
+        fd_classifier: frechet_distance(&fb, &fa),
+        class_accuracy: acc_b,
+    }];
     let mut rng = PortableRng::new(3);
     let noise: Vec<f32> = (0..n * c * size * size).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
     let (fnz, acc_n) = features_and_accuracy(&clf, &noise, &ya, shape, &device)?;
-    rows.push(Row { what: "uniform noise (ceiling)".into(), fd_classifier: frechet_distance(&fnz, &fa), class_accuracy: acc_n });
+    rows.push(Row {
+        what: "uniform noise (ceiling)".into(),
+        fd_classifier: frechet_distance(&fnz, &fa),
+        class_accuracy: acc_n,
+    });
     if let Some((model, meta)) = &loaded {
         let labels: Vec<i64> = (0..n).map(|i| (i % k) as i64).collect();
-        let sampler = jit_core::SamplerConfig { steps: a.steps, cfg: a.cfg.unwrap_or(meta.sampler.cfg), ..meta.sampler.clone() };
+        let sampler =
+            jit_core::SamplerConfig { steps: a.steps, cfg: a.cfg.unwrap_or(meta.sampler.cfg), ..meta.sampler.clone() };
         let mut images = Vec::with_capacity(n * c * size * size);
         for chunk in labels.chunks(250) {
-            let opts = GenerateOptions { seed: 1000 + images.len() as u64, sampler: sampler.clone(), labels: chunk.to_vec() };
+            let opts =
+                GenerateOptions { seed: 1000 + images.len() as u64, sampler: sampler.clone(), labels: chunk.to_vec() };
             images.extend(generate(model, &meta.diffusion, &opts, |_| {})?);
         }
         let (fg, acc_g) = features_and_accuracy(&clf, &images, &labels, shape, &device)?;
         let name = a.checkpoint.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-        rows.push(Row { what: format!("generated ({name}, {} steps, cfg {})", sampler.steps, sampler.cfg), fd_classifier: frechet_distance(&fg, &fa), class_accuracy: acc_g });
+        rows.push(Row {
+            what: format!("generated ({name}, {} steps, cfg {})", sampler.steps, sampler.cfg),
+            fd_classifier: frechet_distance(&fg, &fa),
+            class_accuracy: acc_g,
+        });
     }
     println!("| images (n = {n}) | FD-classifier ↓ | class accuracy ↑ |\n|---|---|---|");
     for r in &rows {
         println!("| {} | {:.2} | {:.1}% |", r.what, r.fd_classifier, 100.0 * r.class_accuracy);
     }
     if let Some(p) = &a.json {
-        crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&rows)?.as_bytes()).context("cannot write the report")?;
+        crate::fsutil::write_atomic(p, serde_json::to_string_pretty(&rows)?.as_bytes())
+            .context("cannot write the report")?;
     }
     Ok(rows)
 }

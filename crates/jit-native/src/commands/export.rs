@@ -9,8 +9,8 @@ use clap::Args;
 use jit_core::checkpoint::{self, StoreDtype, WeightCopy};
 
 use crate::backend::LimitArgs;
-use crate::model_file;
 use crate::fsutil::write_atomic;
+use crate::model_file;
 
 /// `export` flags.
 #[derive(Args, Debug)]

@@ -55,7 +55,12 @@ pub fn run(a: ImportArgs) -> Result<()> {
         let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
         meta.class_names = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
         if meta.class_names.len() != config.num_classes {
-            bail!("{} has {} names but the model has {} classes", p.display(), meta.class_names.len(), config.num_classes);
+            bail!(
+                "{} has {} names but the model has {} classes",
+                p.display(),
+                meta.class_names.len(),
+                config.num_classes
+            );
         }
     }
     let bytes = checkpoint::save(&meta, &[("", &model)], dtype)?;

@@ -26,7 +26,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
     a.limit.get().check(&meta.network, 1).with_context(ctx)?;
     let tensors = checkpoint::parse(&bytes).with_context(ctx)?;
     let first = meta.copies.first().cloned().unwrap_or_default();
-    let own = |n: &str| if first.is_empty() { !n.starts_with(BLOB_PREFIX) } else { n.starts_with(&format!("{first}.")) };
+    let own =
+        |n: &str| if first.is_empty() { !n.starts_with(BLOB_PREFIX) } else { n.starts_with(&format!("{first}.")) };
     let mut params = 0usize;
     let mut dtypes = std::collections::BTreeSet::new();
     for (name, view) in tensors.tensors() {
@@ -46,14 +47,26 @@ pub fn run(a: InfoArgs) -> Result<()> {
     );
     println!(
         "network     {}×{}×{} px, patch {}, D {}, depth {}, heads {}, bottleneck {}, in-context {} from block {}",
-        c.in_channels, c.input_size, c.input_size, c.patch_size, c.hidden_size, c.depth, c.num_heads,
-        c.bottleneck_dim, c.in_context_len, c.in_context_start
+        c.in_channels,
+        c.input_size,
+        c.input_size,
+        c.patch_size,
+        c.hidden_size,
+        c.depth,
+        c.num_heads,
+        c.bottleneck_dim,
+        c.in_context_len,
+        c.in_context_start
     );
     println!("classes     {} {:?}", c.num_classes, meta.class_names);
     println!(
         "diffusion   predict {:?}, loss {:?}, noise_scale {}, t_eps {}, P_mean {}, P_std {}",
-        meta.diffusion.prediction, meta.diffusion.loss, meta.diffusion.noise_scale, meta.diffusion.t_eps,
-        meta.diffusion.p_mean, meta.diffusion.p_std
+        meta.diffusion.prediction,
+        meta.diffusion.loss,
+        meta.diffusion.noise_scale,
+        meta.diffusion.t_eps,
+        meta.diffusion.p_mean,
+        meta.diffusion.p_std
     );
     println!(
         "sampler     {:?}, {} steps, cfg {} in {:?}",

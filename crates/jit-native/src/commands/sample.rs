@@ -11,10 +11,10 @@ use jit_core::{Method, SamplerConfig};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::backend::BackendArgs;
-use crate::model_file;
 use crate::fsutil::write_atomic;
 use crate::generate::{GenerateOptions, generate};
 use crate::images::{HostImages, save_png};
+use crate::model_file;
 
 /// `sample` flags (sampler settings default to those stored in the checkpoint).
 #[derive(Args, Debug)]
@@ -145,7 +145,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if let Some(path) = &a.save_tensor {
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = TensorView::new(Dtype::F32, vec![n, c.in_channels, c.input_size, c.input_size], &bytes)?;
-        let info = HashMap::from([("labels".to_string(), format!("{labels:?}")), ("seed".to_string(), a.seed.to_string())]);
+        let info =
+            HashMap::from([("labels".to_string(), format!("{labels:?}")), ("seed".to_string(), a.seed.to_string())]);
         write_atomic(path, &safetensors::serialize([("samples", view)], Some(info))?)?;
     }
     println!(

@@ -120,9 +120,13 @@ pub fn run(a: ToyArgs) -> Result<()> {
     }
     save_png(&a.out.join("toy.png"), &img)?;
     write_atomic(&a.out.join("toy.json"), serde_json::to_string_pretty(&results)?.as_bytes())?;
-    let mut md = String::from("| prediction | D | SW1 (2-D, ↓) | ‖(I−PPᵀ)x‖ (↓) | final v-loss |\n|---|---|---|---|---|\n");
+    let mut md =
+        String::from("| prediction | D | SW1 (2-D, ↓) | ‖(I−PPᵀ)x‖ (↓) | final v-loss |\n|---|---|---|---|---|\n");
     for r in &results {
-        md += &format!("| {} | {} | {:.3} | {:.3} | {:.4} |\n", r.target, r.dim, r.sliced_w1, r.off_manifold, r.final_loss);
+        md += &format!(
+            "| {} | {} | {:.3} | {:.3} | {:.4} |\n",
+            r.target, r.dim, r.sliced_w1, r.off_manifold, r.final_loss
+        );
     }
     let floor = sliced_w1(&real, &spiral(a.samples, &mut PortableRng::new(a.seed ^ 0x7777)), 64);
     md += &format!("\nReal vs. real (held-out) SW1: {floor:.3}.\n");

@@ -66,7 +66,8 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
         None => {
             let base = match &args.config {
                 Some(p) => {
-                    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+                    let text =
+                        std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
                     settings::from_toml(&text).with_context(|| format!("in config {}", p.display()))?
                 }
                 None => TrainSettings::default(),
@@ -200,7 +201,11 @@ fn default_run_dir() -> PathBuf {
 
 fn last_good(dir: &RunDir) -> String {
     match dir.newest() {
-        Some(p) => format!("Last good checkpoint: {} (lower the learning rate: train --resume {} --lr RATE)", p.display(), dir.path.display()),
+        Some(p) => format!(
+            "Last good checkpoint: {} (lower the learning rate: train --resume {} --lr RATE)",
+            p.display(),
+            dir.path.display()
+        ),
         None => "No checkpoint was written yet (lower the learning rate and start again).".into(),
     }
 }
@@ -257,7 +262,11 @@ fn resume_newest_intact(dir: &RunDir, r: &Resolved, device: &Device, limit: Memo
             Err(e) => {
                 let aside = unusable_name(&f.path);
                 std::fs::rename(&f.path, &aside).with_context(|| format!("cannot rename {}", f.path.display()))?;
-                eprintln!("warning: {} is unusable ({e}); renamed it to {} and trying the previous one", f.path.display(), aside.display());
+                eprintln!(
+                    "warning: {} is unusable ({e}); renamed it to {} and trying the previous one",
+                    f.path.display(),
+                    aside.display()
+                );
             }
         }
     }

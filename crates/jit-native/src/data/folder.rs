@@ -31,7 +31,9 @@ impl ImageFolder {
             bail!("image folder {} does not exist", dir.display());
         }
         if channels != 1 && channels != 3 {
-            bail!("image folders load 1-channel (grey) or 3-channel (RGB) images, not {channels}; use --channels 1 or 3");
+            bail!(
+                "image folders load 1-channel (grey) or 3-channel (RGB) images, not {channels}; use --channels 1 or 3"
+            );
         }
         let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot list {}", dir.display()))?
@@ -109,9 +111,11 @@ impl ImageFolder {
         let img = image::open(path).with_context(|| format!("unreadable image {}", path.display()))?;
         let (w, h) = (img.width(), img.height());
         let side = w.min(h);
-        let img = img
-            .crop_imm((w - side) / 2, (h - side) / 2, side, side)
-            .resize_exact(self.size as u32, self.size as u32, FilterType::CatmullRom);
+        let img = img.crop_imm((w - side) / 2, (h - side) / 2, side, side).resize_exact(
+            self.size as u32,
+            self.size as u32,
+            FilterType::CatmullRom,
+        );
         let img = if self.flip && rng.uniform() < 0.5 { img.fliph() } else { img };
         let s = self.size;
         let mut pixels = vec![0f32; self.channels * s * s];

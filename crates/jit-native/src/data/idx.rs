@@ -37,7 +37,8 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    let hint = if dir == Path::new(FASHION_MNIST_DIR) { " (install it: apt-get install dataset-fashion-mnist)" } else { "" };
+    let hint =
+        if dir == Path::new(FASHION_MNIST_DIR) { " (install it: apt-get install dataset-fashion-mnist)" } else { "" };
     bail!("missing IDX file {stem}[.gz] in {}{hint}", dir.display())
 }
 
@@ -51,7 +52,11 @@ fn read_all(path: &Path) -> Result<Vec<u8>> {
     };
     read.with_context(|| format!("{} is not a readable (gzip) IDX file", path.display()))?;
     if out.len() as u64 > MAX_IDX_BYTES {
-        bail!("{} holds more than {} MiB of data; not an IDX file this loader accepts", path.display(), MAX_IDX_BYTES >> 20);
+        bail!(
+            "{} holds more than {} MiB of data; not an IDX file this loader accepts",
+            path.display(),
+            MAX_IDX_BYTES >> 20
+        );
     }
     Ok(out)
 }
@@ -85,7 +90,11 @@ impl IdxDataset {
             bail!("IDX images are grey: load them with 1 channel or 3 (grey repeated), not {channels}");
         }
         if !dir.is_dir() {
-            let hint = if dir == Path::new(FASHION_MNIST_DIR) { " (install it: apt-get install dataset-fashion-mnist)" } else { "" };
+            let hint = if dir == Path::new(FASHION_MNIST_DIR) {
+                " (install it: apt-get install dataset-fashion-mnist)"
+            } else {
+                ""
+            };
             bail!("dataset directory {} does not exist{hint}", dir.display());
         }
         let prefix = if split == "train" { "train" } else { "t10k" };

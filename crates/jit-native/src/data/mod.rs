@@ -91,7 +91,9 @@ impl DataSource {
     pub fn open(&self, size: usize, channels: usize, flip: bool) -> Result<Box<dyn Dataset>> {
         Ok(match self {
             Self::Shapes => Box::new(shapes::Shapes::new(size, if channels == 0 { 3 } else { channels })?),
-            Self::Idx { dir } => Box::new(idx::IdxDataset::open(dir, "train", size, if channels == 0 { 1 } else { channels })?),
+            Self::Idx { dir } => {
+                Box::new(idx::IdxDataset::open(dir, "train", size, if channels == 0 { 1 } else { channels })?)
+            }
             Self::Folder { dir } => {
                 Box::new(folder::ImageFolder::open(dir, size, if channels == 0 { 3 } else { channels }, flip)?)
             }

@@ -81,7 +81,9 @@ pub fn infer_config(shapes: &HashMap<String, Vec<usize>>, in_context_start: Opti
     let proj1 = shape_of(shapes, "x_embedder.proj1.weight", 4, "(bottleneck, channels, patch, patch)")?;
     let (bottleneck, channels, patch) = (proj1[0], proj1[1], proj1[2]);
     if proj1[3] != patch {
-        bail!("tensor 'net.x_embedder.proj1.weight' has shape {proj1:?}, expected (bottleneck, channels, patch, patch) with a square patch");
+        bail!(
+            "tensor 'net.x_embedder.proj1.weight' has shape {proj1:?}, expected (bottleneck, channels, patch, patch) with a square patch"
+        );
     }
     let proj2 = shape_of(shapes, "x_embedder.proj2.weight", 4, "(hidden, bottleneck, 1, 1)")?;
     let hidden = proj2[0];
@@ -95,11 +97,15 @@ pub fn infer_config(shapes: &HashMap<String, Vec<usize>>, in_context_start: Opti
     }
     let table = shape_of(shapes, "y_embedder.embedding_table.weight", 2, "(classes + 1, hidden)")?;
     if table[0] < 2 || table[1] != hidden {
-        bail!("tensor 'net.y_embedder.embedding_table.weight' has shape {table:?}, expected (classes + 1, {hidden}) with at least one class");
+        bail!(
+            "tensor 'net.y_embedder.embedding_table.weight' has shape {table:?}, expected (classes + 1, {hidden}) with at least one class"
+        );
     }
     let qn = shape_of(shapes, "blocks.0.attn.q_norm.weight", 1, "(head_dim,)")?;
     if hidden % qn[0] != 0 {
-        bail!("tensor 'net.blocks.0.attn.q_norm.weight' has shape {qn:?}, expected (head_dim,) with head_dim dividing hidden {hidden}");
+        bail!(
+            "tensor 'net.blocks.0.attn.q_norm.weight' has shape {qn:?}, expected (head_dim,) with head_dim dividing hidden {hidden}"
+        );
     }
     let w12 = shape_of(shapes, "blocks.0.mlp.w12.weight", 2, "(2 × mlp_hidden, hidden)")?;
     if w12[0] % 2 != 0 || w12[1] != hidden {
@@ -171,7 +177,9 @@ fn check_tensor_set(shapes: &HashMap<String, Vec<usize>>, config: &JitConfig) ->
         match shapes.get(key) {
             None => bail!("checkpoint lacks tensor 'net.{key}' (expected shape {shape:?})"),
             Some(found) if found != shape => {
-                bail!("tensor 'net.{key}' has shape {found:?} but the network its other tensors describe needs {shape:?}")
+                bail!(
+                    "tensor 'net.{key}' has shape {found:?} but the network its other tensors describe needs {shape:?}"
+                )
             }
             Some(_) => {}
         }
@@ -215,9 +223,11 @@ fn import_inner(path: &Path, o: &ImportOptions) -> Result<Imported> {
     };
     let args = args.as_ref();
     let arg_f = |k: &str| args.and_then(|a| a.get(k)).and_then(Py::as_f64);
-    let preset_name = o.model.clone().or_else(|| args.and_then(|a| a.get("model")).and_then(Py::as_str).map(String::from));
+    let preset_name =
+        o.model.clone().or_else(|| args.and_then(|a| a.get("model")).and_then(Py::as_str).map(String::from));
 
-    let reader = PytorchReader::with_top_level_key(path, key).map_err(|e| anyhow!("cannot read tensors of '{key}': {e}"))?;
+    let reader =
+        PytorchReader::with_top_level_key(path, key).map_err(|e| anyhow!("cannot read tensors of '{key}': {e}"))?;
     if reader.len() > MAX_TENSORS {
         bail!("'{key}' holds {} tensors, more than the {MAX_TENSORS} accepted", reader.len());
     }
@@ -297,8 +307,11 @@ fn import_inner(path: &Path, o: &ImportOptions) -> Result<Imported> {
     };
     sampler.validate().context("the sampler settings in args")?;
     let mut meta = CheckpointMeta::new(config, diffusion, sampler);
-    meta.extra.insert("imported_from".into(), serde_json::json!({
-        "file": path.display().to_string(), "copy": key, "epoch": epoch, "model": preset_name,
-    }));
+    meta.extra.insert(
+        "imported_from".into(),
+        serde_json::json!({
+            "file": path.display().to_string(), "copy": key, "epoch": epoch, "model": preset_name,
+        }),
+    );
     Ok(Imported { key, epoch, meta, model })
 }

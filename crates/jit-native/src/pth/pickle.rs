@@ -70,7 +70,11 @@ pub enum Py {
     /// `module.name` of a global.
     Global(String),
     /// An instance of `class` with its constructor arguments and `__setstate__` state.
-    Object { class: String, args: Box<Py>, state: Option<Box<Py>> },
+    Object {
+        class: String,
+        args: Box<Py>,
+        state: Option<Box<Py>>,
+    },
     /// A persistent id (a tensor storage in torch files).
     Persistent(Box<Py>),
 }
@@ -500,7 +504,8 @@ pub fn unpickle_with(bytes: &[u8], lim: &Limits) -> Result<Py> {
             b'b' => {
                 let state = m.pop()?;
                 let obj = m.pop()?;
-                let (depth, nodes, bytes) = (obj.depth.max(state.depth + 1), obj.nodes + state.nodes, obj.bytes + state.bytes);
+                let (depth, nodes, bytes) =
+                    (obj.depth.max(state.depth + 1), obj.nodes + state.nodes, obj.bytes + state.bytes);
                 let v = match (obj.py, state.py) {
                     (Py::Dict(mut d), Py::Dict(s)) => {
                         d.extend(s);
@@ -573,12 +578,12 @@ fn read_data_pkl(path: &Path, lim: &Limits) -> Result<(String, Vec<u8>)> {
     let options = zip::ZipReadOptions::new().ignore_crc32(crc == 0);
     let entry = zip.by_index_with_options(index, options).with_context(|| format!("cannot read zip entry {name}"))?;
     let mut buf = Vec::with_capacity(size as usize);
-    entry
-        .take(lim.max_pickle_bytes + 1)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("cannot read {name}"))?;
+    entry.take(lim.max_pickle_bytes + 1).read_to_end(&mut buf).with_context(|| format!("cannot read {name}"))?;
     if buf.len() as u64 > lim.max_pickle_bytes {
-        bail!("{name} inflates beyond the {} byte limit (its header says {size}): refused as a deflate bomb", lim.max_pickle_bytes);
+        bail!(
+            "{name} inflates beyond the {} byte limit (its header says {size}): refused as a deflate bomb",
+            lim.max_pickle_bytes
+        );
     }
     Ok((name, buf))
 }

@@ -11,10 +11,10 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData, activation::silu};
+use jit_core::TrainState;
 use jit_core::host::read_f32;
 use jit_core::optim::OptimConfig;
 use jit_core::rng::PortableRng;
-use jit_core::TrainState;
 use nalgebra::DMatrix;
 
 use crate::data::idx::IdxDataset;
@@ -91,7 +91,11 @@ pub fn splits(source: &DataSource, size: usize) -> Result<(Split, Split, Split)>
             let train = (0..n).filter(|i| i % 5 != 0).collect();
             let a = (0..n).filter(|i| i % 10 == 0).collect();
             let b = (0..n).filter(|i| i % 10 == 5).collect();
-            Ok((Split { data: data.clone(), indices: train }, Split { data: data.clone(), indices: a }, Split { data, indices: b }))
+            Ok((
+                Split { data: data.clone(), indices: train },
+                Split { data: data.clone(), indices: a },
+                Split { data, indices: b },
+            ))
         }
         DataSource::Shapes => {
             let data: Arc<dyn Dataset> = Arc::from(source.open(size, 3, false)?);
@@ -136,7 +140,13 @@ fn train_classifier(split: &Split, epochs: usize, device: &Device) -> Result<Cla
     Ok(state.model.valid())
 }
 
-pub fn features_and_accuracy(model: &Classifier, x: &[f32], labels: &[i64], shape: [usize; 3], device: &Device) -> Result<(DMatrix<f64>, f64)> {
+pub fn features_and_accuracy(
+    model: &Classifier,
+    x: &[f32],
+    labels: &[i64],
+    shape: [usize; 3],
+    device: &Device,
+) -> Result<(DMatrix<f64>, f64)> {
     let n = labels.len();
     let [c, s, _] = shape;
     let per = c * s * s;
@@ -144,9 +154,16 @@ pub fn features_and_accuracy(model: &Classifier, x: &[f32], labels: &[i64], shap
     let mut correct = 0usize;
     for start in (0..n).step_by(256) {
         let end = (start + 256).min(n);
-        let xb = Tensor::<4>::from_data(TensorData::new(x[start * per..end * per].to_vec(), [end - start, c, s, s]), device);
+        let xb =
+            Tensor::<4>::from_data(TensorData::new(x[start * per..end * per].to_vec(), [end - start, c, s, s]), device);
         let f = model.features(xb);
-        let pred: Vec<i64> = model.head.forward(f.clone()).argmax(1).into_data().convert::<i64>().try_into_vec::<i64>()
+        let pred: Vec<i64> = model
+            .head
+            .forward(f.clone())
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         correct += pred.iter().zip(&labels[start..end]).filter(|(p, l)| p == l).count();
         feats.extend(read_f32(f)?);
@@ -177,6 +194,9 @@ pub fn load_or_train(path: &Path, split: &Split, epochs: usize, device: &Device)
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).ok();
     }
-    model.clone().save_file(path).map_err(|e| anyhow::anyhow!("cannot cache the classifier at {}: {e:?}", path.display()))?;
+    model
+        .clone()
+        .save_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot cache the classifier at {}: {e:?}", path.display()))?;
     Ok(model)
 }

@@ -167,7 +167,8 @@ pub fn run_cell(a: &CellConfig, target: Target, dim: usize) -> Result<(ToyResult
     let model = ToyMlp::new(dim, a.hidden, a.layers, &device);
     let optim = OptimConfig { lr: Some(a.lr), ..OptimConfig::default() };
     let mut state = TrainState::new(model, optim, a.seed);
-    let diffusion = DiffusionConfig { label_drop_prob: 0.0, prediction: target, loss: Target::V, ..DiffusionConfig::default() };
+    let diffusion =
+        DiffusionConfig { label_drop_prob: 0.0, prediction: target, loss: Target::V, ..DiffusionConfig::default() };
     let labels: Tensor<1, Int> = Tensor::zeros([a.batch_size], &device);
     let mut final_loss = f32::NAN;
     for step in 0..a.steps {
@@ -199,7 +200,6 @@ pub fn run_cell(a: &CellConfig, target: Target, dim: usize) -> Result<(ToyResult
     };
     Ok((result, pts))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -51,7 +51,11 @@ impl RunDir {
     /// An existing run folder (for `--resume`).
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join(SETTINGS).is_file() {
-            bail!("{} is not a run folder (no {SETTINGS}); start a run with `train --out {}`", path.display(), path.display());
+            bail!(
+                "{} is not a run folder (no {SETTINGS}); start a run with `train --out {}`",
+                path.display(),
+                path.display()
+            );
         }
         let dir = Self { path: path.to_path_buf() };
         dir.sweep_temp_files();

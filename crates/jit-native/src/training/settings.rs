@@ -155,8 +155,20 @@ impl Default for TrainSettings {
 
 /// Settings that may change when a run is resumed; all others define the run and are fixed.
 pub const RESUMABLE: &[&str] = &[
-    "blr", "lr", "min_lr", "warmup_steps", "warmup_epochs", "schedule", "steps", "epochs", "checkpoint_every",
-    "sample_every", "keep", "sample_steps", "cfg", "grid_images",
+    "blr",
+    "lr",
+    "min_lr",
+    "warmup_steps",
+    "warmup_epochs",
+    "schedule",
+    "steps",
+    "epochs",
+    "checkpoint_every",
+    "sample_every",
+    "keep",
+    "sample_steps",
+    "cfg",
+    "grid_images",
 ];
 
 /// The settings fields given explicitly on the command line (`matches` of `train`).
@@ -250,8 +262,18 @@ pub fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn Dataset>)> {
     macro_rules! set_some {
         ($($f:ident),*) => { $( if let Some(v) = s.$f { net.$f = v; } )* };
     }
-    set_some!(patch_size, hidden_size, depth, num_heads, bottleneck_dim, in_context_len, in_context_start, mlp_ratio,
-        attn_drop, proj_drop);
+    set_some!(
+        patch_size,
+        hidden_size,
+        depth,
+        num_heads,
+        bottleneck_dim,
+        in_context_len,
+        in_context_start,
+        mlp_ratio,
+        attn_drop,
+        proj_drop
+    );
     if net.in_context_len > 0 && net.in_context_start >= net.depth && s.in_context_start.is_none() {
         net.in_context_start = net.depth / 2;
     }

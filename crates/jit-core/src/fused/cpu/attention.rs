@@ -75,7 +75,13 @@ macro_rules! in_row_blocks {
 /// `s[r][j] = Σ_c a[i0 + r][c]·b[j][c]` for `R` rows of `a` `[n, HD]`, from `b_t` = `bᵀ`
 /// `[HD, padded]`, into rows of `padded` values of `s`.
 #[inline(always)]
-fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
+fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
+    s: &mut [f32],
+    a: &[f32],
+    i0: usize,
+    b_t: &[f32],
+    padded: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     if AVX512 && R == super::attention_avx512::ROWS {
         // SAFETY: `AVX512` is only set in the kernel versions that run on CPUs with AVX-512.
@@ -107,7 +113,12 @@ fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
 /// In place: `softmax(scale·x)` over the first `tokens` values of each of `R` rows of `padded`
 /// values in `s`.
 #[inline(always)]
-fn softmax_block<const R: usize, const FMA: bool, const AVX512: bool>(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
+fn softmax_block<const R: usize, const FMA: bool, const AVX512: bool>(
+    s: &mut [f32],
+    padded: usize,
+    tokens: usize,
+    scale: f32,
+) {
     #[cfg(target_arch = "x86_64")]
     if AVX512 && R == super::attention_avx512::ROWS {
         // SAFETY: as in `scores`.
@@ -125,7 +136,12 @@ fn softmax_block<const R: usize, const FMA: bool, const AVX512: bool>(s: &mut [f
 
 /// `o[r] = Σ_j coef[r·rs + j·cs]·rows[j]` for `R` output rows, `rows` `[n, HD]`.
 #[inline(always)]
-fn combine<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(coef: &[f32], rs: usize, cs: usize, rows: &[f32]) -> [[f32; HD]; R] {
+fn combine<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
+    coef: &[f32],
+    rs: usize,
+    cs: usize,
+    rows: &[f32],
+) -> [[f32; HD]; R] {
     #[cfg(target_arch = "x86_64")]
     if AVX512 && R == super::attention_avx512::ROWS {
         // SAFETY: as in `scores`.
@@ -173,7 +189,15 @@ fn transpose<const HD: usize>(t: &mut [f32], m: &[f32], padded: usize) {
 /// The forward pass of one batch element, head width `HD`: `out` `[T, heads·HD]`; with `p`
 /// (`[heads, T, T]`) also the probabilities.
 #[inline(always)]
-fn forward<const HD: usize, const FMA: bool, const AVX512: bool>(out: &mut [f32], mut p: Option<&mut [f32]>, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) {
+fn forward<const HD: usize, const FMA: bool, const AVX512: bool>(
+    out: &mut [f32],
+    mut p: Option<&mut [f32]>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: &AttentionShape,
+    scale: f32,
+) {
     let (tokens, padded) = (shape.tokens, shape.padded());
     let d = shape.heads * HD;
     let mut k_t = vec![0.0f32; HD * padded];
@@ -270,7 +294,11 @@ fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
 /// `N` new buffers of `lens` values, each cut into `batch` equal chunks, filled by
 /// `f(b, the chunks of batch element b)`: one task per batch element (in parallel with the
 /// `rayon` feature). Each chunk is zeroed by the task that fills it.
-fn new_batches<const N: usize>(lens: [usize; N], batch: usize, f: &(dyn Fn(usize, [&mut [f32]; N]) + Sync)) -> [Vec<f32>; N] {
+fn new_batches<const N: usize>(
+    lens: [usize; N],
+    batch: usize,
+    f: &(dyn Fn(usize, [&mut [f32]; N]) + Sync),
+) -> [Vec<f32>; N] {
     if batch == 0 || lens.contains(&0) {
         return lens.map(|len| vec![0.0; len]);
     }
@@ -284,9 +312,7 @@ fn new_batches<const N: usize>(lens: [usize; N], batch: usize, f: &(dyn Fn(usize
     });
     let tasks: Vec<[&mut [MaybeUninit<f32>]; N]> =
         (0..batch).map(|_| chunks.each_mut().map(|c| c.next().expect("a chunk per batch element"))).collect();
-    let task = |(b, chunks): (usize, [&mut [MaybeUninit<f32>]; N])| {
-        f(b, chunks.map(zeroed))
-    };
+    let task = |(b, chunks): (usize, [&mut [MaybeUninit<f32>]; N])| f(b, chunks.map(zeroed));
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
@@ -345,7 +371,13 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale:
 /// memory and read back. `bias` (`3·heads·head_dim` values: the `qkv` layer's, when `qkv` is its
 /// product without it) is added as the rows are read. `head_dim` must be one of
 /// [`attention_supports`].
-pub fn qkv_attention(qkv: &[f32], bias: Option<&[f32]>, layout: &QkvLayout, norm_rope: &QkNormRope, scale: f32) -> Vec<f32> {
+pub fn qkv_attention(
+    qkv: &[f32],
+    bias: Option<&[f32]>,
+    layout: &QkvLayout,
+    norm_rope: &QkNormRope,
+    scale: f32,
+) -> Vec<f32> {
     let (l, n) = (layout, norm_rope);
     let shape = AttentionShape { batch: l.batch, heads: l.heads, tokens: l.tokens, head_dim: l.head_dim };
     let per = shape.per_batch();
@@ -367,7 +399,13 @@ pub fn qkv_attention(qkv: &[f32], bias: Option<&[f32]>, layout: &QkvLayout, norm
 
 /// [`attention`] for training: the output and the probabilities `[B, heads, T, T]`, which
 /// [`attention_backward`] takes.
-pub fn attention_with_probs(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) -> (Vec<f32>, Vec<f32>) {
+pub fn attention_with_probs(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    shape: &AttentionShape,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
     let (per, per_p) = (shape.per_batch(), shape.heads * shape.tokens * shape.tokens);
     let [out, p] = new_batches([shape.batch * per, shape.batch * per_p], shape.batch, &|b, [out, p]| {
         let at = b * per..(b + 1) * per;
@@ -379,7 +417,15 @@ pub fn attention_with_probs(q: &[f32], k: &[f32], v: &[f32], shape: &AttentionSh
 /// The gradients `[dq, dk, dv]` (`[B, heads, T, head_dim]` each) of [`attention`] from the
 /// probabilities `p` of [`attention_with_probs`] and the output gradient `g` `[B, T,
 /// heads·head_dim]`.
-pub fn attention_backward(q: &[f32], k: &[f32], v: &[f32], p: &[f32], g: &[f32], shape: &AttentionShape, scale: f32) -> [Vec<f32>; 3] {
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &[f32],
+    g: &[f32],
+    shape: &AttentionShape,
+    scale: f32,
+) -> [Vec<f32>; 3] {
     let (per, per_p) = (shape.per_batch(), shape.heads * shape.tokens * shape.tokens);
     let n = shape.batch * per;
     new_batches([n; 3], shape.batch, &|b, d| {

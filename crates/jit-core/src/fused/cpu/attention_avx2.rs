@@ -28,7 +28,12 @@ pub const ROWS: usize = 4;
 /// The CPU has AVX2 and FMA.
 #[inline(always)]
 pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
-    assert!(padded.is_multiple_of(2 * LANES) && s.len() >= ROWS * padded && b_t.len() >= HD * padded && a.len() >= (i0 + ROWS) * HD);
+    assert!(
+        padded.is_multiple_of(2 * LANES)
+            && s.len() >= ROWS * padded
+            && b_t.len() >= HD * padded
+            && a.len() >= (i0 + ROWS) * HD
+    );
     let a = a[i0 * HD..].as_ptr();
     let (b_t, s) = (b_t.as_ptr(), s.as_mut_ptr());
     // SAFETY: the assert above bounds every offset; the CPU has AVX2 and FMA.
@@ -69,7 +74,10 @@ unsafe fn exp(x: __m256) -> __m256 {
             p = add(mul(p, r), c(k));
         }
         let er = add(add(mul(mul(p, r), r), r), c(1.0));
-        let bits = _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_castps_si256(round)), _mm256_set1_epi32(127));
+        let bits = _mm256_add_epi32(
+            _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_castps_si256(round)),
+            _mm256_set1_epi32(127),
+        );
         mul(er, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(bits)))
     }
 }
@@ -113,7 +121,8 @@ pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
         let base = s.as_mut_ptr();
         // Lanes of the last used register that hold scores: all ones where `lane < tail`.
         let tail = (tokens - (used - 1) * LANES) as i32;
-        let last = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(tail), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+        let last =
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(tail), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
         let low = _mm256_set1_ps(f32::NEG_INFINITY);
         let mut max = [low; ROWS];
         for b in 0..used {

@@ -15,8 +15,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use core::arch::x86_64::{
-    __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_permute_ps, _mm512_set1_ps, _mm512_setzero_ps,
-    _mm512_storeu_ps,
+    __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_permute_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_storeu_ps,
 };
 use core::mem::MaybeUninit;
 
@@ -34,7 +34,12 @@ pub const ROWS: usize = 4;
 /// The CPU has AVX-512F.
 #[inline(always)]
 pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
-    assert!(padded.is_multiple_of(LANES) && s.len() >= ROWS * padded && b_t.len() >= HD * padded && a.len() >= (i0 + ROWS) * HD);
+    assert!(
+        padded.is_multiple_of(LANES)
+            && s.len() >= ROWS * padded
+            && b_t.len() >= HD * padded
+            && a.len() >= (i0 + ROWS) * HD
+    );
     let a = a[i0 * HD..].as_ptr();
     let (b_t, s) = (b_t.as_ptr(), s.as_mut_ptr());
     let mut jb = 0;
@@ -78,7 +83,12 @@ pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: 
 /// # Safety
 /// The CPU has AVX-512F.
 #[inline(always)]
-pub unsafe fn combine<const HD: usize, const R: usize>(coef: &[f32], rs: usize, cs: usize, rows: &[f32]) -> [[f32; HD]; R] {
+pub unsafe fn combine<const HD: usize, const R: usize>(
+    coef: &[f32],
+    rs: usize,
+    cs: usize,
+    rows: &[f32],
+) -> [[f32; HD]; R] {
     const { assert!(HD.is_multiple_of(LANES) && HD <= 4 * LANES) };
     let v = HD / LANES;
     let sets = if v == 1 { 2 } else { 1 };
@@ -147,7 +157,10 @@ unsafe fn exp(x: __m512) -> __m512 {
             p = add(mul(p, r), c(k));
         }
         let er = add(add(mul(mul(p, r), r), r), c(1.0));
-        let bits = _mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(round)), _mm512_set1_epi32(127));
+        let bits = _mm512_add_epi32(
+            _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(round)),
+            _mm512_set1_epi32(127),
+        );
         mul(er, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)))
     }
 }
@@ -213,14 +226,24 @@ pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
 /// # Safety
 /// The CPU has AVX-512F.
 #[inline(always)]
-pub unsafe fn norm_rope_row<const HD: usize>(o: &mut [MaybeUninit<f32>; HD], x: &[f32; HD], weight: &[f32; HD], cos: &[f32; HD], sin: &[f32; HD], inv: f32) {
+pub unsafe fn norm_rope_row<const HD: usize>(
+    o: &mut [MaybeUninit<f32>; HD],
+    x: &[f32; HD],
+    weight: &[f32; HD],
+    cos: &[f32; HD],
+    sin: &[f32; HD],
+    inv: f32,
+) {
     const { assert!(HD.is_multiple_of(LANES)) };
     let o = o.as_mut_ptr().cast::<f32>();
     // SAFETY: every offset is below HD, the length of each array; the CPU has AVX-512F.
     unsafe {
         let inv = _mm512_set1_ps(inv);
         for c in (0..HD).step_by(LANES) {
-            let n = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(c)), inv), _mm512_loadu_ps(weight.as_ptr().add(c)));
+            let n = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(c)), inv),
+                _mm512_loadu_ps(weight.as_ptr().add(c)),
+            );
             let swapped = _mm512_permute_ps::<0b1011_0001>(n);
             let rotated = _mm512_add_ps(
                 _mm512_mul_ps(n, _mm512_loadu_ps(cos.as_ptr().add(c))),

@@ -150,7 +150,9 @@ mod attention;
 mod attention_avx2;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
-pub use attention::{AttentionShape, attention, attention_backward, attention_supports, attention_with_probs, qkv_attention};
+pub use attention::{
+    AttentionShape, attention, attention_backward, attention_supports, attention_with_probs, qkv_attention,
+};
 
 /// A kernel over a chunk of rows: `(first_row, rows)`.
 type RowKernel<'a, T = f32> = dyn Fn(usize, &mut [T]) + Sync + 'a;
@@ -168,9 +170,7 @@ fn for_rows<T: Send>(out: &mut [T], row_len: usize, kernel: &RowKernel<T>) {
     if out.len() >= PARALLEL_MIN {
         use rayon::prelude::*;
         let rows_per_task = (PARALLEL_MIN / 4).div_ceil(row_len).max(1);
-        out.par_chunks_mut(rows_per_task * row_len)
-            .enumerate()
-            .for_each(|(i, rows)| kernel(i * rows_per_task, rows));
+        out.par_chunks_mut(rows_per_task * row_len).enumerate().for_each(|(i, rows)| kernel(i * rows_per_task, rows));
         return;
     }
     let _ = PARALLEL_MIN;
@@ -194,12 +194,7 @@ pub(super) fn new_rows(len: usize, row_len: usize, kernel: &RowKernel<MaybeUnini
 /// [`for_rows`] for kernels that also accumulate `acc_len` sums (weight gradients): each chunk
 /// of rows adds into its own zeroed accumulator, and the chunks' sums are added in row order,
 /// so the result does not depend on the thread count's timing.
-fn for_rows_sum(
-    out: &mut [f32],
-    row_len: usize,
-    acc_len: usize,
-    kernel: &RowSumKernel,
-) -> Vec<f32> {
+fn for_rows_sum(out: &mut [f32], row_len: usize, acc_len: usize, kernel: &RowSumKernel) -> Vec<f32> {
     let mut total = vec![0.0; acc_len];
     if row_len == 0 || out.is_empty() {
         return total;
@@ -359,10 +354,11 @@ pub fn silu_gate_backward(h: &[f32], g: &[f32], hidden: usize) -> Vec<f32> {
             }
         }
     }
-    assert!(h.len().is_multiple_of((2 * hidden).max(1)) && g.len() * 2 == h.len(), "silu_gate_backward: rows of 2·hidden and hidden values");
-    new_rows(h.len(), 2 * hidden, &|first, rows| {
-        kernel(rows, &h[first * 2 * hidden..], &g[first * hidden..], hidden)
-    })
+    assert!(
+        h.len().is_multiple_of((2 * hidden).max(1)) && g.len() * 2 == h.len(),
+        "silu_gate_backward: rows of 2·hidden and hidden values"
+    );
+    new_rows(h.len(), 2 * hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], &g[first * hidden..], hidden))
 }
 
 /// `1 / sqrt(mean(x²) + eps)` of one row.
@@ -551,7 +547,15 @@ fn head_rows_of<const HD: usize, const AVX512: bool>(out: &mut [MaybeUninit<f32>
 /// The output row of [`head_rows_of`] for batch element `b`, head `h`, token `t`. `biased` holds
 /// `head_dim` values when the part has a bias, `scratch` `2·head_dim` when `HD = 0`.
 #[inline(always)]
-fn head_row<const HD: usize, const AVX512: bool>(o: &mut [MaybeUninit<f32>], b: usize, h: usize, t: usize, p: &HeadPart, biased: &mut [f32], scratch: &mut [f32]) {
+fn head_row<const HD: usize, const AVX512: bool>(
+    o: &mut [MaybeUninit<f32>],
+    b: usize,
+    h: usize,
+    t: usize,
+    p: &HeadPart,
+    biased: &mut [f32],
+    scratch: &mut [f32],
+) {
     let l = p.layout;
     let hd = if HD == 0 { l.head_dim } else { HD };
     let mut src = &p.qkv[(((b * l.tokens + t) * 3 + p.which) * l.heads + h) * hd..][..hd];
@@ -581,7 +585,15 @@ fn head_row<const HD: usize, const AVX512: bool>(o: &mut [MaybeUninit<f32>], b: 
 /// `n = x / rms(x) · weight`. `scratch` holds `2·head_dim` values (n and its swapped pairs), so
 /// that every loop is element-wise and vectorises.
 #[inline(always)]
-fn norm_rope_row(o: &mut [MaybeUninit<f32>], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32, scratch: &mut [f32]) {
+fn norm_rope_row(
+    o: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    weight: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    eps: f32,
+    scratch: &mut [f32],
+) {
     let inv = inv_rms(x, eps);
     let (n, swapped) = scratch.split_at_mut(x.len());
     for ((n, &x), &w) in n.iter_mut().zip(x).zip(weight) {
@@ -600,8 +612,16 @@ fn norm_rope_row(o: &mut [MaybeUninit<f32>], x: &[f32], weight: &[f32], cos: &[f
 /// are a shuffle, so no scratch memory is written and read back (same operations, same
 /// rounding).
 #[inline(always)]
-fn norm_rope_row_of<const HD: usize, const AVX512: bool>(o: &mut [MaybeUninit<f32>], x: &[f32], weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
-    let (o, x): (&mut [MaybeUninit<f32>; HD], &[f32; HD]) = (o.try_into().expect("a row"), x.try_into().expect("a row"));
+fn norm_rope_row_of<const HD: usize, const AVX512: bool>(
+    o: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    weight: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    eps: f32,
+) {
+    let (o, x): (&mut [MaybeUninit<f32>; HD], &[f32; HD]) =
+        (o.try_into().expect("a row"), x.try_into().expect("a row"));
     let (weight, cos, sin): (&[f32; HD], &[f32; HD], &[f32; HD]) =
         (weight[..HD].try_into().expect("a row"), cos.try_into().expect("a row"), sin.try_into().expect("a row"));
     let inv = inv_rms(x, eps);
@@ -650,7 +670,17 @@ fn swapped_pairs(v: &[f32]) -> Vec<f32> {
 /// swapped; `scratch` holds `2·head_dim` values.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // one row's slices, one by one
-fn norm_rope_row_backward(dx: &mut [f32], dw: &mut [f32], x: &[f32], g: &[f32], weight: &[f32], cos: &[f32], sin_pairs: &[f32], eps: f32, scratch: &mut [f32]) {
+fn norm_rope_row_backward(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    x: &[f32],
+    g: &[f32],
+    weight: &[f32],
+    cos: &[f32],
+    sin_pairs: &[f32],
+    eps: f32,
+    scratch: &mut [f32],
+) {
     let (g_pairs, dn) = scratch.split_at_mut(x.len());
     let inv = inv_rms(x, eps);
     for (gp, g) in g_pairs.chunks_exact_mut(2).zip(g.chunks_exact(2)) {
