@@ -1,5 +1,5 @@
 //! Parity with the official PyTorch JiT: every vector set in the golden directory (see
-//! `../shared/golden/README.md`) is checked on the CPU backend (Flex): activations, constants,
+//! `tests/golden/README.md`) is checked on the CPU backend (Flex): activations, constants,
 //! network output, loss, every gradient and every sampler output; and the forward pass of one
 //! set on burn-wgpu.
 
@@ -85,7 +85,7 @@ fn forward_checks(set: &GoldenSet, device: &Device, failures: &mut Vec<String>) 
 
 #[test]
 fn golden_cpu_forward_constants_loss_grads_samplers() {
-    let Some(sets) = golden_sets() else { return };
+    let sets = golden_sets();
     let device = Device::flex();
     let mut failures = Vec::new();
     for set in &sets {
@@ -203,7 +203,7 @@ fn g_samplers(set: &GoldenSet) -> Vec<(String, SamplerConfig)> {
 
 #[test]
 fn golden_wgpu_forward() {
-    let Some(sets) = golden_sets() else { return };
+    let sets = golden_sets();
     let device = wgpu_device();
     let mut failures = Vec::new();
     // The smallest set keeps lavapipe time down; forward and activations only.

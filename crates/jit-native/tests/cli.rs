@@ -144,25 +144,15 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
-fn golden_dir() -> Option<PathBuf> {
-    let explicit = std::env::var_os("JIT_GOLDEN_DIR").map(PathBuf::from);
-    let dir =
-        explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
-    if explicit.is_none() && !dir.is_dir() {
-        eprintln!("SKIP: no golden vectors at {}", dir.display());
-        return None;
-    }
-    Some(dir)
-}
+#[path = "../../../tests/golden/dirs.rs"]
+mod dirs;
 
 #[test]
 fn imports_official_checkpoints_matching_the_reference_ema() {
-    let Some(dir) = golden_dir() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut imported = 0;
-    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).collect();
-    names.sort();
-    for pth in names.iter().filter(|p| p.to_string_lossy().ends_with(".checkpoint-last.pth")) {
+    for pth in dirs::golden_files(".checkpoint-last.pth") {
+        let dir = pth.parent().unwrap();
         let name = pth.file_name().unwrap().to_string_lossy().trim_end_matches(".checkpoint-last.pth").to_string();
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
@@ -203,7 +193,7 @@ fn imports_official_checkpoints_matching_the_reference_ema() {
         assert!(err <= 1e-4, "{name}: {err}");
         imported += 1;
     }
-    assert!(imported > 0, "no NAME.checkpoint-last.pth in {}", dir.display());
+    assert!(imported > 0, "no NAME.checkpoint-last.pth in the golden folders");
 }
 
 #[test]

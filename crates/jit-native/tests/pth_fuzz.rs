@@ -17,6 +17,8 @@ mod convert;
 #[allow(dead_code)]
 #[path = "../src/pth/pickle.rs"]
 mod pickle;
+#[path = "../src/regular.rs"]
+mod regular;
 
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
@@ -31,24 +33,12 @@ use zip::write::SimpleFileOptions;
 // Golden files
 // ---------------------------------------------------------------------------------------------
 
-/// The golden `.pth` files: `None` (skip) when there is no golden folder; a panic when
-/// `JIT_GOLDEN_DIR` names one without any.
-fn golden_pths() -> Option<Vec<PathBuf>> {
-    let explicit = std::env::var_os("JIT_GOLDEN_DIR").map(PathBuf::from);
-    let dir =
-        explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
-    if explicit.is_none() && !dir.is_dir() {
-        eprintln!("SKIP: no golden checkpoints at {}", dir.display());
-        return None;
-    }
-    let mut pths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("JIT_GOLDEN_DIR {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "pth"))
-        .collect();
-    pths.sort();
-    assert!(!pths.is_empty(), "no *.pth in the golden folder {}", dir.display());
-    Some(pths)
+#[path = "../../../tests/golden/dirs.rs"]
+mod dirs;
+
+/// The golden `.pth` files (`tests/golden` and `$JIT_GOLDEN_DIR`); a panic when there are none.
+fn golden_pths() -> Vec<PathBuf> {
+    dirs::golden_files(".pth")
 }
 
 /// `config.in_context_start` from `NAME.json` next to `NAME.checkpoint-last.pth`.
@@ -786,7 +776,7 @@ fn address_space_limit() -> u64 {
 /// limit and a timeout, and fails on a panic, an abort, a timeout or too much memory.
 #[test]
 fn fuzz_mutated_golden_checkpoints() {
-    let Some(_) = golden_pths() else { return };
+    golden_pths();
     let timeout = Duration::from_secs(env_or("JIT_FUZZ_TIMEOUT_S", 600));
     let exe = std::env::current_exe().unwrap();
     let args = ["fuzz_worker", "--exact", "--ignored", "--nocapture", "--test-threads", "1"];
@@ -848,7 +838,7 @@ fn fuzz_worker() {
         eprintln!("fuzz_worker runs inside fuzz_mutated_golden_checkpoints");
         return;
     }
-    let Some(pths) = golden_pths() else { return };
+    let pths = golden_pths();
     let goldens: Vec<Golden> = pths.iter().map(|p| load_golden(p)).collect();
     let iters: u64 = env_or("JIT_FUZZ_ITERS", 12_000);
     let seed: u64 = env_or("JIT_FUZZ_SEED", 0x6a69_745f_6675_7a7a);

@@ -1,8 +1,6 @@
 //! Shared helpers of the integration tests: golden-vector discovery and error metrics.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-
 use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
 use jit_core::host::HostTensor;
 
@@ -13,35 +11,23 @@ pub struct GoldenSet {
     pub bytes: Vec<u8>,
 }
 
-/// The golden sets in `$JIT_GOLDEN_DIR` (default `../shared/golden` beside the checkout).
-/// `None` (skip) when the default directory is absent; panics when `JIT_GOLDEN_DIR` is set but
-/// holds no sets, so a misconfigured CI cannot pass silently.
-pub fn golden_sets() -> Option<Vec<GoldenSet>> {
-    let explicit = std::env::var_os("JIT_GOLDEN_DIR").map(PathBuf::from);
-    let dir =
-        explicit.clone().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden"));
-    if explicit.is_none() && !dir.is_dir() {
-        eprintln!("SKIP: no golden vectors at {} (set JIT_GOLDEN_DIR to run these checks)", dir.display());
-        return None;
-    }
-    let mut sets = Vec::new();
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("JIT_GOLDEN_DIR {}: {e}", dir.display()));
-    let mut names: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    names.sort();
-    for path in names {
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
-        }
-        let st = path.with_extension("safetensors");
-        if !st.is_file() {
-            continue;
-        }
-        let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        sets.push(GoldenSet { name, json, bytes: std::fs::read(&st).unwrap() });
-    }
-    assert!(!sets.is_empty(), "golden directory {} holds no NAME.json + NAME.safetensors sets", dir.display());
-    Some(sets)
+#[path = "../../../../tests/golden/dirs.rs"]
+mod dirs;
+
+/// The golden sets (`NAME.json` + `NAME.safetensors`) of every golden folder (see
+/// `tests/golden/README.md`); a missing folder fails the test.
+pub fn golden_sets() -> Vec<GoldenSet> {
+    let sets: Vec<GoldenSet> = dirs::golden_files(".json")
+        .into_iter()
+        .filter(|json| json.with_extension("safetensors").is_file())
+        .map(|path| GoldenSet {
+            name: path.file_stem().unwrap().to_string_lossy().to_string(),
+            json: serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(),
+            bytes: std::fs::read(path.with_extension("safetensors")).unwrap(),
+        })
+        .collect();
+    assert!(!sets.is_empty(), "the golden folders hold no NAME.json + NAME.safetensors sets");
+    sets
 }
 
 /// ‖a − b‖ / ‖b‖.
