@@ -177,14 +177,23 @@ pub fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>, JitError> {
 pub fn read_meta(bytes: &[u8]) -> Result<CheckpointMeta, JitError> {
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| JitError::NotACheckpoint(format!("{e}")))?;
     let json = metadata.metadata().as_ref().and_then(|m| m.get(META_KEY)).ok_or(JitError::MissingMetadata)?;
-    let meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| JitError::BadMetadata(e.to_string()))?;
+    let mut meta: CheckpointMeta = serde_json::from_str(json).map_err(|e| JitError::BadMetadata(e.to_string()))?;
     if meta.format != FORMAT {
         return Err(JitError::BadMetadata(format!("format '{}' is not '{FORMAT}'", meta.format)));
     }
     meta.network.validate()?;
     meta.diffusion.validate()?;
     meta.sampler.validate()?;
+    for name in &mut meta.class_names {
+        *name = printable(name);
+    }
     Ok(meta)
+}
+
+/// `name` with every control character (escape sequences, newlines, the bell) replaced by
+/// U+FFFD: class names come from files and go to terminals and web pages.
+pub fn printable(name: &str) -> String {
+    name.chars().map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }).collect()
 }
 
 fn prefixed(copy: &str, key: &str) -> String {

@@ -105,8 +105,14 @@ impl MemoryLimit {
         (1..=wanted.min(batch).max(1)).rev().find(|&parts| fits(parts)).unwrap_or(1)
     }
 
-    fn check_bytes(self, what: String, need: u64) -> Result<(), JitError> {
-        if need > self.0 { Err(JitError::TooLarge { what, need, limit: self.0 }) } else { Ok(()) }
+    /// Refuses `need` bytes for `what` (an output image, a grid, a buffer) over the limit.
+    pub fn check_bytes(self, what: impl Into<String>, need: u64) -> Result<(), JitError> {
+        if need > self.0 {
+            let what = what.into();
+            Err(JitError::TooLarge { what, need, limit: self.0 })
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -121,6 +127,20 @@ impl JitConfig {
     /// from 10); H uses 0.2 projection dropout. The small presets are ours: T (depth 4, D 64,
     /// 4 heads) and S (depth 6, D 192, 6 heads), 8 in-context tokens from block 2.
     pub fn preset(name: &str, input_size: usize, in_channels: usize, num_classes: usize) -> Result<Self, JitError> {
+        let config = Self::preset_unchecked(name, input_size, in_channels, num_classes)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Self::preset`] before [`Self::validate`]: for front ends that override some sizes
+    /// (`--patch-size`, `--depth` …) and validate the result, so that a preset whose own sizes
+    /// do not fit the image (T/4 at 1024 px) can still be the base of one that does.
+    pub fn preset_unchecked(
+        name: &str,
+        input_size: usize,
+        in_channels: usize,
+        num_classes: usize,
+    ) -> Result<Self, JitError> {
         let norm = name.trim_start_matches("JiT-").trim_start_matches("jit-").to_ascii_uppercase();
         let (size, patch) = norm.split_once('/').ok_or_else(|| JitError::UnknownPreset(name.to_string()))?;
         let patch_size: usize = patch.parse().map_err(|_| JitError::UnknownPreset(name.to_string()))?;
@@ -147,7 +167,6 @@ impl JitConfig {
             attn_drop: 0.0,
             proj_drop,
         };
-        config.validate()?;
         Ok(config)
     }
 

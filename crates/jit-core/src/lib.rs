@@ -25,6 +25,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod ema;
 pub mod error;
+pub mod flat;
 pub mod fused;
 pub mod host;
 pub mod model;

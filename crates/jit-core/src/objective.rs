@@ -9,7 +9,7 @@
 //! The loss is `mean((target − pred)²)` in the chosen space, with the velocity target
 //! `v = (x − z)/max(1−t, t_eps)` exactly as the reference computes it.
 
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor, activation::sigmoid};
+use burn::tensor::{Device, Distribution, Int, Tensor, activation::sigmoid};
 
 use crate::config::{DiffusionConfig, Target};
 use crate::network::Network;
@@ -106,13 +106,32 @@ pub fn draw_noise(
     labels: Tensor<1, Int>,
     device: &Device,
 ) -> StepNoise {
-    let [b, ..] = x.dims();
-    let t = sigmoid(Tensor::<1>::random([b], Distribution::Normal(cfg.p_mean, cfg.p_std), device));
-    let noise = x.random_like(Distribution::Normal(0.0, cfg.noise_scale));
+    draw_noise_shard(cfg, num_classes, x.dims(), 0, labels, device)
+}
+
+/// [`draw_noise`] for images `offset..offset + b` (b: the length of `labels`) of a global batch
+/// of shape `global` `[B, C, H, W]`: the draws of the whole batch are made, in the same order
+/// as for one process, and this part kept. So a data-parallel rank gets exactly the noise, t and
+/// label dropout its images would get in one process training on the whole batch.
+pub fn draw_noise_shard(
+    cfg: &DiffusionConfig,
+    num_classes: usize,
+    global: [usize; 4],
+    offset: usize,
+    labels: Tensor<1, Int>,
+    device: &Device,
+) -> StepNoise {
+    let [b] = labels.dims();
+    let whole = global[0];
+    assert!(offset + b <= whole, "images {offset}..{} are not in a batch of {whole}", offset + b);
+    let part = offset..offset + b;
+    let t = sigmoid(Tensor::<1>::random([whole], Distribution::Normal(cfg.p_mean, cfg.p_std), device));
+    let noise = Tensor::<4>::random(global, Distribution::Normal(0.0, cfg.noise_scale), device);
+    let (t, noise) = if b == whole { (t, noise) } else { (t.slice(part.clone()), noise.slice(part.clone())) };
     let labels = if cfg.label_drop_prob > 0.0 {
-        let drop: Tensor<1, Bool> =
-            Tensor::<1>::random([b], Distribution::Uniform(0.0, 1.0), device).lower_elem(cfg.label_drop_prob);
-        labels.mask_fill(drop, num_classes as i64)
+        let u = Tensor::<1>::random([whole], Distribution::Uniform(0.0, 1.0), device);
+        let u = if b == whole { u } else { u.slice(part) };
+        labels.mask_fill(u.lower_elem(cfg.label_drop_prob), num_classes as i64)
     } else {
         labels
     };

@@ -16,7 +16,7 @@ use crate::ema::Ema;
 use crate::error::JitError;
 use crate::model::Jit;
 use crate::network::Network;
-use crate::objective::{draw_noise, loss};
+use crate::objective::{draw_noise_shard, loss};
 use crate::optim::OptimConfig;
 use crate::state_dict;
 
@@ -109,39 +109,84 @@ impl<M: Module + Network + Send + 'static> TrainState<M> {
         sizes: &[usize],
         run: impl FnOnce(Vec<PartJob>) -> Vec<(Tensor<1>, GradientsParams)>,
     ) -> Tensor<1> {
+        let shard = Shard::whole(x.dims()[0]);
+        self.train_step_sharded(diffusion, x, labels, sizes, shard, run, |_, grads, loss| (grads, loss))
+    }
+
+    /// One data-parallel step: `x` `[b, C, H, W]` and `labels` `[b]` are images
+    /// `shard.offset..shard.offset + b` of a global batch of `shard.global`, which other
+    /// processes hold the rest of. Each image gets the draws it would get in one process
+    /// training on the whole batch ([`draw_noise_shard`]); the local parts (`sizes`, run by
+    /// `run` as in [`Self::train_step_in_parts`]) weigh their losses by their share of the
+    /// global batch; `reduce` turns this process's summed gradients and loss into the global
+    /// ones (an all-reduce sum over the processes); then every process takes the same AdamW
+    /// and EMA step at the global batch's learning rate. Returns the global loss.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_sharded(
+        &mut self,
+        diffusion: &DiffusionConfig,
+        x: Tensor<4>,
+        labels: Tensor<1, Int>,
+        sizes: &[usize],
+        shard: Shard,
+        run: impl FnOnce(Vec<PartJob>) -> Vec<(Tensor<1>, GradientsParams)>,
+        reduce: impl FnOnce(&M, GradientsParams, Tensor<1>) -> (GradientsParams, Tensor<1>),
+    ) -> Tensor<1> {
         let device = self.device();
-        let [batch, ..] = x.dims();
+        let [batch, c, h, w] = x.dims();
         assert_eq!(sizes.iter().sum::<usize>(), batch, "parts must cover the batch");
         let x = x.to_device(&device);
         let labels = labels.to_device(&device);
         device.seed(self.seed.wrapping_add(self.step));
-        let draw = draw_noise(diffusion, self.model.null_class(), &x, labels, &device);
-        if sizes.len() <= 1 {
-            let loss = loss(&self.model, diffusion, x, draw);
-            self.apply(loss.clone(), batch);
-            return loss.without_autodiff();
-        }
-        let jobs = x
-            .split_with_sizes(sizes.to_vec(), 0)
-            .into_iter()
-            .zip(draw.split(sizes))
-            .zip(sizes)
-            .map(|((x, draw), &part)| {
-                // A fork has the same parameter ids and values, as new leaves of its own graph.
-                let model = self.model.clone().fork(&device);
-                let diffusion = diffusion.clone();
-                let share = part as f64 / batch as f64;
-                Box::new(move || {
-                    let loss = loss(&model, &diffusion, x, draw).mul_scalar(share);
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
-                    (loss.without_autodiff(), grads)
-                }) as PartJob
-            })
-            .collect();
-        let (losses, grads): (Vec<_>, Vec<_>) = run(jobs).into_iter().unzip();
-        let grads = sum_gradients(&self.model, grads);
-        self.apply_gradients(grads, batch);
-        losses.into_iter().reduce(|a, b| a.add(b)).expect("at least two parts")
+        let global = [shard.global, c, h, w];
+        let draw = draw_noise_shard(diffusion, self.model.null_class(), global, shard.offset, labels, &device);
+        let (grads, loss) = if sizes.len() <= 1 {
+            let mut loss = loss(&self.model, diffusion, x, draw);
+            if batch != shard.global {
+                loss = loss.mul_scalar(batch as f64 / shard.global as f64);
+            }
+            (GradientsParams::from_grads(loss.backward(), &self.model), loss.without_autodiff())
+        } else {
+            let jobs = x
+                .split_with_sizes(sizes.to_vec(), 0)
+                .into_iter()
+                .zip(draw.split(sizes))
+                .zip(sizes)
+                .map(|((x, draw), &part)| {
+                    // A fork has the same parameter ids and values, as new leaves of its own graph.
+                    let model = self.model.clone().fork(&device);
+                    let diffusion = diffusion.clone();
+                    let share = part as f64 / shard.global as f64;
+                    Box::new(move || {
+                        let loss = loss(&model, &diffusion, x, draw).mul_scalar(share);
+                        let grads = GradientsParams::from_grads(loss.backward(), &model);
+                        (loss.without_autodiff(), grads)
+                    }) as PartJob
+                })
+                .collect();
+            let (losses, grads): (Vec<_>, Vec<_>) = run(jobs).into_iter().unzip();
+            let loss = losses.into_iter().reduce(|a, b| a.add(b)).expect("at least two parts");
+            (sum_gradients(&self.model, grads), loss)
+        };
+        let (grads, loss) = reduce(&self.model, grads, loss);
+        self.apply_gradients(grads, shard.global);
+        loss
+    }
+}
+
+/// Where one process's images sit in the global batch of a data-parallel step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// Index of this process's first image in the global batch.
+    pub offset: usize,
+    /// Images in the global batch (over all processes).
+    pub global: usize,
+}
+
+impl Shard {
+    /// The whole batch of `batch` images in one process.
+    pub fn whole(batch: usize) -> Self {
+        Self { offset: 0, global: batch }
     }
 }
 

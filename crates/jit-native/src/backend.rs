@@ -3,7 +3,7 @@
 
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::wgpu::{WgpuBackend, wgpu};
-use burn::tensor::{Device, FloatDType};
+use burn::tensor::{Device, DeviceKind, FloatDType};
 use clap::{Args, ValueEnum};
 use jit_core::MemoryLimit;
 use jit_core::config::DEFAULT_MEMORY_LIMIT;
@@ -46,6 +46,10 @@ pub struct BackendArgs {
     /// Precision of the linear layers (mixed precision: f32 weights and accumulation).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// Which GPU: the index among the machine's discrete GPUs. [default: 0; under mpirun or
+    /// srun, the process's rank on its machine]
+    #[arg(long, value_name = "K")]
+    pub device_index: Option<usize>,
     #[command(flatten)]
     pub limit: LimitArgs,
 }
@@ -90,12 +94,18 @@ pub fn compiler(info: &wgpu::AdapterInfo) -> &'static str {
     }
 }
 
-fn describe(info: &wgpu::AdapterInfo) -> String {
-    format!("wgpu on {} ({:?}, {:?}, {} compiler)", info.name, info.backend, info.device_type, compiler(info))
+fn describe(info: &wgpu::AdapterInfo, index: Option<usize>) -> String {
+    let which = index.map_or(String::new(), |k| format!("discrete GPU {k}: "));
+    format!("wgpu on {which}{} ({:?}, {:?}, {} compiler)", info.name, info.backend, info.device_type, compiler(info))
 }
 
-fn init_wgpu(api: WgpuBackend) -> Result<(Device, wgpu::AdapterInfo)> {
-    let (device, setup) = Device::wgpu_options().graphics_api(api).init_with_setup().map_err(|e| anyhow!("{e}"))?;
+fn init_wgpu(api: WgpuBackend, index: Option<usize>) -> Result<(Device, wgpu::AdapterInfo)> {
+    let options = Device::wgpu_options().graphics_api(api);
+    let options = match index {
+        Some(k) => options.device_kind(DeviceKind::DiscreteGpu(k)),
+        None => options,
+    };
+    let (device, setup) = options.init_with_setup().map_err(|e| anyhow!("{e}"))?;
     Ok((device, setup.adapter.get_info()))
 }
 
@@ -112,8 +122,19 @@ impl BackendArgs {
 
     /// [`Self::device`] and its description (adapter, graphics API, shader compiler).
     pub fn device_named(&self) -> Result<(Device, String)> {
+        self.device_for_rank(None, "")
+    }
+
+    /// [`Self::device_named`] for a data-parallel process: `--device-index`, else the GPU of
+    /// the process's rank on its machine (`local_rank`), else the default adapter. `who`
+    /// starts the line that names the device ("rank 1 of 8 (local 1): ").
+    pub fn device_for_rank(&self, local_rank: Option<usize>, who: &str) -> Result<(Device, String)> {
+        let index = self.device_index.or(local_rank);
         let api = match self.backend {
             BackendKind::Cpu => None,
+            // On Linux a GPU that wgpu can compute on has Vulkan; probing OpenGL as well (EGL,
+            // Wayland) only prints errors on headless machines. `--backend wgpu` tries every API.
+            BackendKind::Auto if cfg!(target_os = "linux") => Some(WgpuBackend::Vulkan),
             BackendKind::Auto | BackendKind::Wgpu => Some(WgpuBackend::Auto),
             BackendKind::Vulkan => Some(WgpuBackend::Vulkan),
             BackendKind::Metal => Some(WgpuBackend::Metal),
@@ -125,13 +146,13 @@ impl BackendArgs {
         };
         let (device, name) = match (self.backend, api) {
             (_, None) => cpu(String::new()),
-            (BackendKind::Auto, Some(api)) => match init_wgpu(api) {
-                Ok((device, info)) if info.device_type != wgpu::DeviceType::Cpu => (device, describe(&info)),
+            (BackendKind::Auto, Some(api)) => match init_wgpu(api, index) {
+                Ok((device, info)) if info.device_type != wgpu::DeviceType::Cpu => (device, describe(&info, index)),
                 Ok((_, info)) => cpu(format!("; the only GPU adapter is the software '{}'", info.name)),
                 Err(e) => cpu(format!("; no GPU adapter: {e}")),
             },
             (kind, Some(api)) => {
-                let (device, info) = init_wgpu(api)
+                let (device, info) = init_wgpu(api, index)
                     .map_err(|e| anyhow!("no {kind:?} adapter available ({e}); use --backend auto or --backend cpu"))?;
                 if cfg!(feature = "spirv")
                     && info.device_type == wgpu::DeviceType::Cpu
@@ -142,10 +163,10 @@ impl BackendArgs {
                         info.name
                     );
                 }
-                (device, describe(&info))
+                (device, describe(&info, index))
             }
         };
-        eprintln!("backend: {name}");
+        eprintln!("{who}backend: {name}");
         if device == Device::flex() {
             // burn creates some state (e.g. restored optimizer moments) on `Device::default()`,
             // which is a GPU backend when compiled in; keep it on the CPU backend we chose.

@@ -21,6 +21,9 @@ pub struct GenerateOptions {
     pub sampler: SamplerConfig,
     /// One class per image (K = num_classes gives unconditional samples).
     pub labels: Vec<i64>,
+    /// Index of the first of these images in the seed's batch (its noise is that part of the
+    /// batch's): a process that samples part of a batch gets exactly those images.
+    pub first_image: usize,
 }
 
 /// Runs the sampler; `on_step` sees every step (x̂ previews). Returns `[B, C, H, W]` on the host.
@@ -40,7 +43,8 @@ pub fn generate(
             anyhow::bail!("class {l} does not exist (the model has classes 0..{})", model.config.num_classes - 1);
         }
     }
-    let z0 = initial_noise(&model.config, diffusion, 0..opts.labels.len(), opts.seed, &device);
+    let images = opts.first_image..opts.first_image + opts.labels.len();
+    let z0 = initial_noise(&model.config, diffusion, images, opts.seed, &device);
     let lanes = CpuLanes::new(&device);
     let out =
         lanes.sample(model, diffusion, &opts.sampler, z0, labels_tensor(&opts.labels, &device), None, |step| {

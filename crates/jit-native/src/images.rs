@@ -23,6 +23,14 @@ impl HostImages<'_> {
     }
 
     /// A grid of all images, `cols` wide, 2-pixel gaps, each upscaled ×`scale` (nearest).
+    /// Bytes of [`Self::grid`]'s image (RGB), computed without overflow, for the memory gate.
+    pub fn grid_bytes(&self, cols: usize, scale: u32) -> u64 {
+        let cols = cols.clamp(1, self.count.max(1)) as u64;
+        let rows = self.count.div_ceil(cols as usize) as u64;
+        let cell = (self.size as u64).saturating_mul(scale as u64).saturating_add(2);
+        cols.saturating_mul(cell).saturating_mul(rows.saturating_mul(cell)).saturating_mul(3)
+    }
+
     pub fn grid(&self, cols: usize, scale: u32) -> ImageBuffer<Rgb<u8>, Vec<u8>> {
         let cols = cols.clamp(1, self.count.max(1));
         let rows = self.count.div_ceil(cols);

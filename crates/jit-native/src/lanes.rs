@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use jit_core::sampler::{Sampling, Step};
-use jit_core::train_state::PartJob;
+use jit_core::train_state::{PartJob, Shard};
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, MemoryLimit, Network, SamplerConfig, TrainState};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -156,6 +156,24 @@ impl CpuLanes {
             &sizes,
             |jobs: Vec<PartJob>| -> Vec<(Tensor<1>, GradientsParams)> { self.run(jobs) },
         )
+    }
+
+    /// [`Self::train_step`] for one rank of a data-parallel run: `x` are the images of `shard`
+    /// in the global batch, cut over the lanes as a whole batch would be; `reduce` sums the
+    /// gradients and loss over the ranks (see `TrainState::train_step_sharded`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_sharded(
+        &self,
+        state: &mut TrainState<Jit>,
+        diffusion: &DiffusionConfig,
+        x: Tensor<4>,
+        labels: Tensor<1, Int>,
+        limit: MemoryLimit,
+        shard: Shard,
+        reduce: impl FnOnce(&Jit, GradientsParams, Tensor<1>) -> (GradientsParams, Tensor<1>),
+    ) -> Tensor<1> {
+        let sizes = self.training_sizes(&state.model.config, x.dims()[0], limit);
+        state.train_step_sharded(diffusion, x, labels, &sizes, shard, |jobs| self.run(jobs), reduce)
     }
 
     /// The parts a training batch of `batch` images is cut into: one per lane, as many as the

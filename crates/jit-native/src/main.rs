@@ -12,13 +12,17 @@
 mod backend;
 mod commands;
 mod data;
+mod dist;
+mod exit;
 mod fsutil;
 mod generate;
 mod images;
 mod lanes;
 mod model_file;
 mod pth;
+mod regular;
 mod science;
+mod signals;
 mod training;
 
 use std::process::ExitCode;
@@ -71,7 +75,23 @@ fn keep_freed_memory() {
     }
 }
 
+/// On a machine without a desktop session (a server, a container, a cluster node) the GPU
+/// drivers' window-system code, loaded while wgpu probes adapters, prints "error:
+/// XDG_RUNTIME_DIR is invalid or not set" once per probe: an error of nobody's, before ours.
+/// With no Wayland session to find, pointing that variable at the temporary folder keeps the
+/// probe quiet; `RUST_LOG` (asking for the drivers' logs) leaves everything as it is.
+#[cfg(target_os = "linux")]
+fn quiet_headless_probing() {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if !set("XDG_RUNTIME_DIR") && !set("WAYLAND_DISPLAY") && !set("RUST_LOG") {
+        // SAFETY: called at the start of `main`, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    quiet_headless_probing();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     keep_freed_memory();
     #[cfg(feature = "persistence")]
@@ -91,11 +111,5 @@ fn main() -> ExitCode {
         Command::Toy(a) => toy::run(a),
         Command::Eval(a) => eval::run(a).map(|_| ()),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit::report(result)
 }

@@ -141,6 +141,9 @@ async fn webgpu() -> Result<Device, String> {
 /// only keeps `firstImage + count` within wasm32's `usize`).
 const MAX_FIRST_IMAGE: f64 = (1u64 << 24) as f64;
 
+/// `Number.MAX_SAFE_INTEGER`: the largest seed a JS number holds exactly.
+const MAX_SAFE_INTEGER: f64 = ((1u64 << 53) - 1) as f64;
+
 fn err(msg: impl std::fmt::Display) -> JsValue {
     JsError::new(&msg.to_string()).into()
 }
@@ -150,6 +153,38 @@ fn get(obj: &JsValue, key: &str) -> Option<JsValue> {
         return None;
     }
     Reflect::get(obj, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
+}
+
+/// The largest model file `load` accepts, checked before its bytes are copied into the
+/// module's memory (wasm32 has 4 GiB in all, and the model's tensors need a second copy).
+const MAX_MODEL_BYTES: f64 = (1u64 << 30) as f64;
+
+/// Refuses a model of `len` bytes over [`MAX_MODEL_BYTES`], before anything is copied.
+fn check_model_bytes(len: f64) -> Result<(), JsValue> {
+    if len > MAX_MODEL_BYTES {
+        return Err(err(format!(
+            "the model file is {:.2} GiB, over the {:.0} GiB a browser module can load; export it in f16 (jit-native export --dtype f16) or use a smaller model",
+            len / MAX_MODEL_BYTES,
+            MAX_MODEL_BYTES / (1u64 << 30) as f64
+        )));
+    }
+    Ok(())
+}
+
+/// A view's length in bytes, as JS reports it (`byte_length()` is a u32 and wraps above 4 GiB).
+fn byte_length(bytes: &Uint8Array) -> f64 {
+    Reflect::get(bytes, &"byteLength".into()).ok().and_then(|v| v.as_f64()).unwrap_or(f64::INFINITY)
+}
+
+/// An integer option in `min..=max`: a fraction, NaN or a value out of range is an error (never
+/// rounded or clamped).
+fn get_int(obj: &JsValue, key: &str, min: f64, max: f64) -> Result<Option<f64>, JsValue> {
+    match get_f64(obj, key)? {
+        Some(v) if v.fract() != 0.0 || !(min..=max).contains(&v) => {
+            Err(err(format!("option '{key}' is {v}: it must be an integer from {min} to {max}")))
+        }
+        v => Ok(v),
+    }
 }
 
 fn get_f64(obj: &JsValue, key: &str) -> Result<Option<f64>, JsValue> {
@@ -168,8 +203,12 @@ async fn fetch_bytes(url: &str) -> Result<Vec<u8>, JsValue> {
     if !resp.ok() {
         return Err(err(format!("cannot download {url}: HTTP {}", resp.status())));
     }
+    let length = resp.headers().get("content-length").ok().flatten().and_then(|l| l.parse::<f64>().ok());
+    check_model_bytes(length.unwrap_or(0.0))?;
     let buf = JsFuture::from(resp.array_buffer()?).await?;
-    Ok(Uint8Array::new(&buf).to_vec())
+    let bytes = Uint8Array::new(&buf);
+    check_model_bytes(byte_length(&bytes))?;
+    Ok(bytes.to_vec())
 }
 
 /// Lets the page render and handle input (a worker: its messages, such as a cancel) between
@@ -233,7 +272,9 @@ impl JitGenerator {
             let bytes = if let Some(url) = source.as_string() {
                 fetch_bytes(&url).await?
             } else if source.is_instance_of::<js_sys::ArrayBuffer>() || source.is_instance_of::<Uint8Array>() {
-                Uint8Array::new(&source).to_vec()
+                let bytes = Uint8Array::new(&source);
+                check_model_bytes(byte_length(&bytes))?;
+                bytes.to_vec()
             } else {
                 return Err(err("JitGenerator.load expects a URL, an ArrayBuffer or a Uint8Array"));
             };
@@ -321,7 +362,8 @@ impl JitGenerator {
             };
             let sampler = SamplerConfig {
                 method,
-                steps: get_f64(&options, "steps")?.map_or(d.steps, |v| v as usize),
+                steps: get_int(&options, "steps", 1.0, SamplerConfig::MAX_STEPS as f64)?
+                    .map_or(d.steps, |v| v as usize),
                 cfg: get_f64(&options, "cfg")?.unwrap_or(d.cfg),
                 interval: (
                     get_f64(&options, "intervalLow")?.unwrap_or(d.interval.0),
@@ -329,28 +371,15 @@ impl JitGenerator {
                 ),
             };
             sampler.validate().map_err(err)?;
-            let count = get_f64(&options, "count")?.unwrap_or(1.0);
-            if !(1.0..=256.0).contains(&count) {
-                return Err(err("count must be between 1 and 256"));
-            }
-            let count = count as usize;
+            let count = get_int(&options, "count", 1.0, 256.0)?.unwrap_or(1.0) as usize;
             // Both halves of a guided step run in one batch.
             jit_core::MemoryLimit::default().check(c, 2 * count).map_err(err)?;
-            let label = match get_f64(&options, "classLabel")? {
-                None => c.num_classes as i64,
-                Some(l) if l >= 0.0 && (l as usize) < c.num_classes && l.fract() == 0.0 => l as i64,
-                Some(l) => return Err(err(format!("classLabel {l} does not exist (0..{})", c.num_classes - 1))),
-            };
-            let seed = get_f64(&options, "seed")?.unwrap_or(0.0);
-            if seed < 0.0 || seed.fract() != 0.0 {
-                return Err(err("seed must be a non-negative integer"));
-            }
+            let label = get_int(&options, "classLabel", 0.0, (c.num_classes - 1) as f64)?
+                .map_or(c.num_classes as i64, |l| l as i64);
+            // Every integer up to 2^53 is exact in a JS number; above, two seeds could be one.
+            let seed = get_int(&options, "seed", 0.0, MAX_SAFE_INTEGER)?.unwrap_or(0.0);
             // Where these images start in the seed's noise stream (a batch split over workers).
-            let first = get_f64(&options, "firstImage")?.unwrap_or(0.0);
-            if !(0.0..=MAX_FIRST_IMAGE).contains(&first) || first.fract() != 0.0 {
-                return Err(err(format!("firstImage must be an integer from 0 to {MAX_FIRST_IMAGE}")));
-            }
-            let first = first as usize;
+            let first = get_int(&options, "firstImage", 0.0, MAX_FIRST_IMAGE)?.unwrap_or(0.0) as usize;
             let device = inner.model.devices()[0].clone();
             let started = js_sys::Date::now();
             let z0 = initial_noise(c, &m.diffusion, first..first + count, seed as u64, &device);

@@ -9,6 +9,7 @@ use anyhow::Result;
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Args;
+use clap::builder::RangedU64ValueParser;
 use jit_core::host::{labels as labels_tensor, read_f32};
 use jit_core::optim::OptimConfig;
 use jit_core::rng::PortableRng;
@@ -25,25 +26,25 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "JiT-T/4,JiT-S/4")]
     pub model: Vec<String>,
     /// Image size.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub image_size: usize,
     /// Channels.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub channels: usize,
     /// Classes.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub num_classes: usize,
     /// Training batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub batch_size: usize,
     /// Timed training steps (after 2 warm-up steps); the table shows the median one.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub train_steps: usize,
     /// Images sampled at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub sample_count: usize,
     /// Sampler steps (Heun, CFG 2.9 on (0.1, 1)).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub sample_steps: usize,
     /// Skip sampling (training only).
     #[arg(long)]
@@ -120,6 +121,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for name in &a.model {
         let config = JitConfig::preset(name, a.image_size, a.channels, a.num_classes)?;
         a.backend.memory_limit().check_training(&config, a.batch_size)?;
+        a.backend.memory_limit().check(&config, 2 * a.sample_count)?;
         let model = Jit::new(&config, &device)?.with_matmul_dtype(mm);
         let params = model.num_params();
         let diffusion = DiffusionConfig::default();

@@ -124,8 +124,12 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
             jit_core::SamplerConfig { steps: a.steps, cfg: a.cfg.unwrap_or(meta.sampler.cfg), ..meta.sampler.clone() };
         let mut images = Vec::with_capacity(n * c * size * size);
         for chunk in labels.chunks(250) {
-            let opts =
-                GenerateOptions { seed: 1000 + images.len() as u64, sampler: sampler.clone(), labels: chunk.to_vec() };
+            let opts = GenerateOptions {
+                seed: 1000 + images.len() as u64,
+                sampler: sampler.clone(),
+                labels: chunk.to_vec(),
+                first_image: 0,
+            };
             images.extend(generate(model, &meta.diffusion, &opts, |_| {})?);
         }
         let (fg, acc_g) = features_and_accuracy(&clf, &images, &labels, shape, &device)?;

@@ -9,7 +9,7 @@ use clap::Args;
 use jit_core::checkpoint::{self, StoreDtype, WeightCopy};
 
 use crate::backend::LimitArgs;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{check_output, write_atomic};
 use crate::model_file;
 
 /// `export` flags.
@@ -20,6 +20,9 @@ pub struct ExportArgs {
     /// Output file.
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Replace the output file if it exists (never the input or a file of a training run).
+    #[arg(long)]
+    pub force: bool,
     /// Storage precision: f16 (half the size; the browser converts to f32 on load), bf16 or f32.
     #[arg(long, value_enum, default_value_t = StoreDtype::F16)]
     pub dtype: StoreDtype,
@@ -35,13 +38,14 @@ pub struct ExportArgs {
 
 /// Runs `export`.
 pub fn run(a: ExportArgs) -> Result<()> {
+    check_output(&a.out, &[&a.checkpoint], a.force)?;
     let dtype = a.dtype;
     let (model, mut meta) = model_file::load(&a.checkpoint, a.weights, &Device::flex(), a.limit.get())?;
     if let Some(names) = a.class_names {
         if names.len() != meta.network.num_classes {
             bail!("--class-names has {} names but the model has {} classes", names.len(), meta.network.num_classes);
         }
-        meta.class_names = names;
+        meta.class_names = names.iter().map(|n| checkpoint::printable(n)).collect();
     }
     meta.extra.clear();
     let bytes = checkpoint::save(&meta, &[("", &model)], dtype)?;

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use jit_core::checkpoint::{self, StoreDtype, WeightCopy};
 
-use crate::fsutil::write_atomic;
+use crate::fsutil::{check_output, write_atomic};
 use crate::pth::convert::{ImportOptions, Imported, import};
 
 /// `import` flags.
@@ -18,6 +18,9 @@ pub struct ImportArgs {
     /// Output file (our safetensors format).
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Replace the output file if it exists (never the input or a file of a training run).
+    #[arg(long)]
+    pub force: bool,
     /// Which copy: the first EMA (what the paper samples with), the second, or the raw weights
     /// (`net`, also `raw`).
     #[arg(long, value_enum, default_value_t = WeightCopy::Ema1)]
@@ -41,6 +44,7 @@ pub struct ImportArgs {
 
 /// Runs `import`.
 pub fn run(a: ImportArgs) -> Result<()> {
+    check_output(&a.out, &[&a.pth], a.force)?;
     let dtype = a.dtype;
     let path = &a.pth;
     let options = ImportOptions {
@@ -52,8 +56,8 @@ pub fn run(a: ImportArgs) -> Result<()> {
     let Imported { key, epoch, mut meta, model, .. } = import(path, &options)?;
     let config = meta.network.clone();
     if let Some(p) = &a.class_names {
-        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        meta.class_names = text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+        let text = crate::fsutil::read_text(p, 64 << 20, "class names file")?;
+        meta.class_names = text.lines().map(|l| checkpoint::printable(l.trim())).filter(|l| !l.is_empty()).collect();
         if meta.class_names.len() != config.num_classes {
             bail!(
                 "{} has {} names but the model has {} classes",

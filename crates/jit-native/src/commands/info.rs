@@ -20,7 +20,7 @@ pub struct InfoArgs {
 
 /// Runs `info`.
 pub fn run(a: InfoArgs) -> Result<()> {
-    let bytes = model_file::read(&a.checkpoint)?;
+    let bytes = model_file::read(&a.checkpoint, a.limit.get())?;
     let ctx = || format!("{} is not a JiT checkpoint", a.checkpoint.display());
     let meta = checkpoint::read_meta(&bytes).with_context(ctx)?;
     a.limit.get().check(&meta.network, 1).with_context(ctx)?;

@@ -11,10 +11,12 @@ use jit_core::{Method, SamplerConfig};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::backend::BackendArgs;
-use crate::fsutil::write_atomic;
+use crate::dist::{self, Collective};
+use crate::fsutil::{check_output, write_atomic};
 use crate::generate::{GenerateOptions, generate};
 use crate::images::{HostImages, save_png};
 use crate::model_file;
+use crate::refuse;
 
 /// `sample` flags (sampler settings default to those stored in the checkpoint).
 #[derive(Args, Debug)]
@@ -60,11 +62,19 @@ pub struct SampleArgs {
     /// Also write the float images `[B, C, H, W]` in [-1, 1] as a safetensors tensor `samples`.
     #[arg(long)]
     pub save_tensor: Option<PathBuf>,
-    /// Upscaling of the grid (nearest neighbour).
-    #[arg(long, default_value_t = 4)]
+    /// Upscaling of the grid (nearest neighbour), 1 to 64.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub scale: u32,
+    /// Replace images and files that exist (never a checkpoint or a file of a training run).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
+}
+
+/// The file of image `i` (of class `label`).
+fn sample_name(i: usize, label: i64) -> String {
+    format!("sample-{i:03}-class{label}.png")
 }
 
 fn parse_classes(spec: &[String], names: &[String], k: usize) -> Result<Vec<i64>> {
@@ -90,9 +100,17 @@ fn parse_classes(spec: &[String], names: &[String], k: usize) -> Result<Vec<i64>
     Ok(out)
 }
 
-/// Runs `sample`.
+/// Runs `sample`. Under `mpirun`/`srun` the images are shared out over the processes, each
+/// drawing its images' noise from their place in the seed's batch, and rank 0 writes exactly
+/// the images one process would.
 pub fn run(a: SampleArgs) -> Result<()> {
-    let device = a.backend.device()?;
+    dist::run_on_every_rank(|world| sample(&a, world))
+}
+
+fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
+    let (rank, size) = (world.rank(), world.size());
+    let who = if size > 1 { format!("rank {rank} of {size}: ") } else { String::new() };
+    let (device, _) = a.backend.device_for_rank((size > 1).then(|| world.local_rank()), &who)?;
     let limit = a.backend.memory_limit();
     let (model, meta) = model_file::load(&a.checkpoint, a.weights, &device, limit)?;
     let model = model.with_matmul_dtype(a.backend.matmul_dtype(&device)?);
@@ -113,21 +131,59 @@ pub fn run(a: SampleArgs) -> Result<()> {
     // Both halves of a guided step run in one batch.
     limit.check(c, 2 * n)?;
     let labels: Vec<i64> = per_class.iter().flat_map(|l| std::iter::repeat_n(*l, a.count)).collect();
-    let opts = GenerateOptions { seed: a.seed, sampler: sampler.clone(), labels: labels.clone() };
+    let sizes = HostImages { data: &[], count: n, channels: c.in_channels, size: c.input_size };
+    limit.check_bytes(format!("a grid of {n} images at --scale {}", a.scale), sizes.grid_bytes(8, a.scale))?;
+    if a.out.exists() && !a.out.is_dir() {
+        refuse!("--out {} exists and is not a folder; choose a folder for the images", a.out.display());
+    }
+    if a.previews && size > 1 {
+        refuse!("--previews runs in one process; start it without mpirun");
+    }
+    let mut outputs = vec![a.out.join("grid.png")];
+    if !a.grid_only {
+        outputs.extend(labels.iter().enumerate().map(|(i, label)| a.out.join(sample_name(i, *label))));
+    }
+    if a.previews {
+        outputs.push(a.out.join("previews.png"));
+    }
+    outputs.extend(a.save_tensor.iter().cloned());
+    if rank == 0 {
+        for out in &outputs {
+            check_output(out, &[&a.checkpoint], a.force)?;
+        }
+    }
+    // This process's images: a contiguous part of the batch.
+    let part = rank * n / size..(rank + 1) * n / size;
+    let opts = GenerateOptions {
+        seed: a.seed,
+        sampler: sampler.clone(),
+        labels: labels[part.clone()].to_vec(),
+        first_image: part.start,
+    };
     let mut previews: Vec<Vec<f32>> = Vec::new();
     let t0 = std::time::Instant::now();
-    let data = generate(&model, &meta.diffusion, &opts, |step| {
-        if a.previews {
-            previews.push(read_f32(step.x_hat.clone()).unwrap_or_default());
-        }
-    })?;
+    let mine = if part.is_empty() {
+        Vec::new()
+    } else {
+        generate(&model, &meta.diffusion, &opts, |step| {
+            if a.previews {
+                previews.push(read_f32(step.x_hat.clone()).unwrap_or_default());
+            }
+        })?
+    };
+    let parts = world.gather(mine.iter().flat_map(|v| v.to_le_bytes()).collect())?;
+    if rank != 0 {
+        return Ok(());
+    }
+    let data: Vec<f32> =
+        parts.concat().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
     let secs = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let imgs = HostImages { data: &data, count: n, channels: c.in_channels, size: c.input_size };
     save_png(&a.out.join("grid.png"), &imgs.grid(8, a.scale))?;
     if !a.grid_only {
         for (i, label) in labels.iter().enumerate().take(n) {
-            save_png(&a.out.join(format!("sample-{i:03}-class{label}.png")), &imgs.rgb(i))?;
+            save_png(&a.out.join(sample_name(i, *label)), &imgs.rgb(i))?;
         }
     }
     if a.previews {

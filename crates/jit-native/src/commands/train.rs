@@ -6,25 +6,28 @@
 //! - `metrics.jsonl` — step, loss, lr, images/s;
 //! - `samples-STEP.png` — a grid of EMA samples.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use jit_core::checkpoint::CheckpointMeta;
+use jit_core::train_state::Shard;
 use jit_core::{Jit, JitError, MemoryLimit, TrainState};
 
 use crate::backend::BackendArgs;
 use crate::data::loader::{Batch, Loader};
-use crate::fsutil::write_atomic;
+use crate::dist::{self, Collective};
+use crate::exit::Interrupted;
+use crate::fsutil::{read_text, write_atomic};
 use crate::generate::{GenerateOptions, generate_grid};
 use crate::lanes::CpuLanes;
+use crate::signals::stop_on_signal;
 use crate::training::run_dir::{METRICS, RunDir, SETTINGS};
 use crate::training::settings::{self, Resolved, TrainSettings};
 
@@ -49,149 +52,280 @@ pub struct TrainArgs {
     /// Stop after this many steps in this invocation (the run stays resumable).
     #[arg(long, hide = true)]
     pub stop_after: Option<u64>,
+    /// Where stderr is not a terminal (a log file, a cluster job): a log line (step, loss, lr,
+    /// images/s, ETA) every N steps, and at the first and the last step.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_every: u64,
+    /// Under mpirun/srun: compare a checksum of every rank's weights every N steps (a mismatch
+    /// stops the run, naming the step).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub check_every: u64,
     #[command(flatten)]
     pub settings: TrainSettings,
 }
 
-/// Runs `train`; `matches` are the subcommand's, to tell flags given from defaults.
+/// Runs `train`; `matches` are the subcommand's, to tell flags given from defaults. Under
+/// `mpirun`/`srun` every process runs this as one rank of a data-parallel run (see
+/// [`crate::dist`]); an error on any rank ends every rank.
 pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
+    dist::run_on_every_rank(|world| train(&args, matches, world))
+}
+
+fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Result<()> {
+    let (rank, size) = (world.rank(), world.size());
+    let lead = rank == 0;
+    let who = if size > 1 { format!("rank {rank} of {size} (local {}): ", world.local_rank()) } else { String::new() };
+    if size > 1 {
+        let argv: Vec<u8> = std::env::args_os().flat_map(|a| a.into_encoded_bytes().into_iter().chain([0])).collect();
+        let exe = std::env::current_exe().and_then(std::fs::read).context("cannot read this program's file")?;
+        let hash = dist::settings_hash(&[&argv, env!("CARGO_PKG_VERSION").as_bytes(), &exe]);
+        dist::check_same(world, hash, "was started with other flags or another binary")?;
+    }
     let given = settings::given_on_command_line(matches);
-    let resumed = args.resume.as_deref().map(RunDir::open).transpose()?;
-    let settings = match &resumed {
-        Some(dir) => {
-            let text = std::fs::read_to_string(dir.join(SETTINGS)).context("cannot read settings.json")?;
-            let saved = settings::from_settings_json(&text).with_context(|| format!("in {}", dir.path.display()))?;
-            settings::for_resume(&saved, &args.settings, &given)?
-        }
-        None => {
-            let base = match &args.config {
-                Some(p) => {
-                    let text =
-                        std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
-                    settings::from_toml(&text).with_context(|| format!("in config {}", p.display()))?
-                }
-                None => TrainSettings::default(),
-            };
-            settings::overlay(&base, &args.settings, &given)?
-        }
-    };
+    // Only rank 0 touches the run folder; the settings it resolves go to every rank.
+    let resumed = if lead { args.resume.as_deref().map(RunDir::open).transpose()? } else { None };
+    let mut text = Vec::new();
+    if lead {
+        let settings = match &resumed {
+            Some(dir) => {
+                let text = read_text(&dir.join(SETTINGS), MAX_SETTINGS_BYTES, "settings file")?;
+                let saved =
+                    settings::from_settings_json(&text).with_context(|| format!("in {}", dir.path.display()))?;
+                settings::for_ranks(settings::for_resume(&saved, &args.settings, &given)?, size)?
+            }
+            None => {
+                let base = match &args.config {
+                    Some(p) => {
+                        let text = read_text(p, MAX_SETTINGS_BYTES, "config")?;
+                        settings::from_toml(&text).with_context(|| format!("in config {}", p.display()))?
+                    }
+                    None => TrainSettings::default(),
+                };
+                TrainSettings { ranks: size, ..settings::overlay(&base, &args.settings, &given)? }
+            }
+        };
+        text = serde_json::to_vec(&settings)?;
+    }
+    world.broadcast(&mut text)?;
+    let settings: TrainSettings = serde_json::from_slice(&text).context("settings from rank 0")?;
     let (r, dataset) = settings::resolve(&settings)?;
     if args.dry_run {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        if lead {
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
         return Ok(());
+    }
+    if size > 1 {
+        let names = serde_json::to_vec(&(dataset.len(), &r.class_names))?;
+        dist::check_same(world, dist::settings_hash(&[&names]), "sees another dataset (size or classes)")?;
     }
     let limit = args.backend.memory_limit();
     limit.check_training(&r.network, r.batch_size)?;
-    let is_resume = resumed.is_some();
-    let dir = match resumed {
-        Some(dir) => dir,
-        None => RunDir::create(&args.out.clone().unwrap_or_else(default_run_dir))?,
+    let is_resume = args.resume.is_some();
+    let dir = match (lead, resumed) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(dir),
+        (true, None) => Some(RunDir::create(&args.out.clone().unwrap_or_else(default_run_dir))?),
     };
-    let device = args.backend.device()?;
-    let mut state = match is_resume {
-        false => {
+    let (device, _) = args.backend.device_for_rank((size > 1).then(|| world.local_rank()), &who)?;
+    // Rank 0 picks the checkpoint to resume from; every rank restores the same bytes.
+    let (state, mut bytes) = match (&dir, is_resume) {
+        (Some(dir), true) => resume_newest_intact(dir, &r, &device, limit)?,
+        _ => (None, Vec::new()),
+    };
+    world.broadcast(&mut bytes)?;
+    let mut state = match state {
+        Some(state) => state,
+        None if bytes.is_empty() => {
             device.seed(r.seed);
             TrainState::new(Jit::new(&r.network, &device)?, r.optim.clone(), r.seed)
         }
-        true => resume_newest_intact(&dir, &r, &device, limit)?,
+        None => TrainState::from_checkpoint(&bytes, r.optim.clone(), r.seed, &device, limit)?.0,
     };
+    drop(bytes);
     let mm = args.backend.matmul_dtype(&device)?;
     state.model = state.model.with_matmul_dtype(mm);
     state.ema1.model = state.ema1.model.with_matmul_dtype(mm);
     state.ema2.model = state.ema2.model.with_matmul_dtype(mm);
-    // The settings as they now apply (a resume may have changed the schedule).
-    write_atomic(&dir.join(SETTINGS), serde_json::to_string_pretty(&settings)?.as_bytes())?;
-    eprintln!(
-        "run {} | {} params | {}×{}×{} | {} classes | batch {} | lr {:.2e} | steps {}..{}",
-        dir.path.display(),
-        state.model.num_params(),
-        r.network.in_channels,
-        r.network.input_size,
-        r.network.input_size,
-        r.network.num_classes,
-        r.batch_size,
-        r.optim.peak_lr(r.batch_size),
-        state.step,
-        r.steps
-    );
+    if size > 1 {
+        let sum = jit_core::flat::weights_checksum(&state.model)?;
+        dist::check_same(world, sum, &format!("starts from other weights at step {}", state.step))?;
+    }
+    if let Some(dir) = &dir {
+        // The settings as they now apply (a resume may have changed the schedule or the ranks).
+        write_atomic(&dir.join(SETTINGS), serde_json::to_string_pretty(&settings)?.as_bytes())?;
+        eprintln!(
+            "run {} | {} params | {}×{}×{} | {} classes | batch {} ({} × {size} processes) | lr {:.2e} | steps {}..{}",
+            dir.path.display(),
+            state.model.num_params(),
+            r.network.in_channels,
+            r.network.input_size,
+            r.network.input_size,
+            r.network.num_classes,
+            r.global_batch,
+            r.batch_size,
+            r.optim.peak_lr(r.global_batch),
+            state.step,
+            r.steps
+        );
+    }
     if state.step >= r.steps {
-        eprintln!("already trained for {} steps; pass --steps N to continue further", state.step);
+        if lead {
+            eprintln!("already trained for {} steps; pass --steps N to continue further", state.step);
+        }
         return Ok(());
     }
 
-    let loader = Loader::spawn(dataset, r.batch_size, r.seed, state.step, 4);
-    let bar = ProgressBar::new(r.steps);
+    let part = rank * r.batch_size..(rank + 1) * r.batch_size;
+    let loader = Loader::spawn(dataset, r.global_batch, part.clone(), r.seed, state.step, 4);
+    let bar = if lead { ProgressBar::new(r.steps) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
     bar.set_position(state.step);
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(METRICS))
-        .context("cannot open metrics.jsonl")?;
+    let mut metrics = match &dir {
+        Some(dir) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(METRICS))
+                .context("cannot open metrics.jsonl")?,
+        ),
+        None => None,
+    };
     let stop_at = args.stop_after.map(|n| (state.step + n).min(r.steps)).unwrap_or(r.steps);
-    let interrupted = stop_on_signal();
+    // A rank waiting for one that died would wait for ever: after a signal, the step in flight
+    // gets a bounded time to finish.
+    let interrupted = stop_on_signal((size > 1).then_some(STEP_GRACE));
+    let log = Log::new(lead && !std::io::stderr().is_terminal(), args.log_every, state.step, r.steps);
     let lanes = CpuLanes::new(&device);
     let mut last = Instant::now();
     while state.step < stop_at {
         let (x, y) = to_tensors(&loader.next()?, &r, &state.device());
-        let lr = state.lr(r.batch_size);
-        let loss: f32 = lanes.train_step(&mut state, &r.diffusion, x, y, limit).into_scalar();
+        let lr = state.lr(r.global_batch);
+        let mut signal = interrupted.signal();
+        let loss: f32 = if size == 1 {
+            lanes.train_step(&mut state, &r.diffusion, x, y, limit).into_scalar()
+        } else {
+            let shard = Shard { offset: part.start, global: r.global_batch };
+            let mut reduced = Ok(None);
+            let loss = lanes.train_step_sharded(&mut state, &r.diffusion, x, y, limit, shard, |model, grads, loss| {
+                match all_reduce(world, model, grads, loss, signal) {
+                    Ok((grads, loss, stop)) => {
+                        reduced = Ok(stop);
+                        (grads, loss)
+                    }
+                    Err(e) => {
+                        reduced = Err(e);
+                        (GradientsParams::new(), Tensor::zeros([1], &device))
+                    }
+                }
+            });
+            // Every rank stops after the same step when any of them was asked to.
+            signal = reduced?;
+            loss.into_scalar()
+        };
         let dt = last.elapsed().as_secs_f64();
         last = Instant::now();
+        let step = state.step;
         if !loss.is_finite() {
             bar.abandon();
-            bail!("loss became {loss} at step {}; stopped. {}", state.step, last_good(&dir));
+            bail!("loss became {loss} at step {step}; stopped. {}", dir.as_ref().map_or(String::new(), last_good));
         }
-        let ips = r.batch_size as f64 / dt.max(1e-9);
-        writeln!(metrics, "{}", serde_json::json!({"step": state.step, "loss": loss, "lr": lr, "images_per_s": ips}))?;
-        bar.set_position(state.step);
+        if size > 1 && step % args.check_every == 0 {
+            let sum = jit_core::flat::weights_checksum(&state.model)?;
+            dist::check_same(world, sum, &format!("has other weights after step {step}"))?;
+        }
+        let ips = r.global_batch as f64 / dt.max(1e-9);
+        if let Some(metrics) = &mut metrics {
+            writeln!(metrics, "{}", serde_json::json!({"step": step, "loss": loss, "lr": lr, "images_per_s": ips}))?;
+        }
+        bar.set_position(step);
         bar.set_message(format!("loss {loss:.4} | {ips:.1} img/s"));
-        let step = state.step;
-        // Read once per step: a signal that lands later is seen after the next step.
-        let stop = interrupted.load(Ordering::SeqCst);
-        if stop || step % r.checkpoint_every == 0 || step == r.steps || step == stop_at {
-            save(&dir, &state, &r)?;
+        log.step(step, loss, lr, ips, step == stop_at);
+        if let Some(dir) = &dir {
+            if signal.is_some() || step % r.checkpoint_every == 0 || step == r.steps || step == stop_at {
+                save(dir, &state, &r)?;
+            }
+            if (r.sample_every > 0 && step % r.sample_every == 0) || step == r.steps {
+                sample_grid(&state.ema1.model, &r, &dir.join(&format!("samples-{step:08}.png")))?;
+            }
         }
-        if (r.sample_every > 0 && step % r.sample_every == 0) || step == r.steps {
-            sample_grid(&state.ema1.model, &r, &dir.join(&format!("samples-{step:08}.png")))?;
-        }
-        if stop {
+        if let Some(signal) = signal {
             bar.abandon();
-            metrics.sync_all().ok();
-            eprintln!(
-                "interrupted: saved step {step}; continue with `jit-native train --resume {}`",
-                dir.path.display()
-            );
-            return Ok(());
+            if let Some(metrics) = &metrics {
+                metrics.sync_all().ok();
+            }
+            let message = match &dir {
+                Some(dir) => {
+                    format!("saved step {step}; continue with `jit-native train --resume {}`", dir.path.display())
+                }
+                None => format!("rank {rank} stopped after step {step} (rank 0 saved it)"),
+            };
+            return Err(Interrupted { signal, message }.into());
         }
     }
     bar.finish();
-    metrics.sync_all().ok();
-    eprintln!("done: step {} in {}", state.step, dir.path.display());
+    if let (Some(dir), Some(metrics)) = (&dir, &metrics) {
+        metrics.sync_all().ok();
+        eprintln!("done: step {} in {}", state.step, dir.path.display());
+    }
     Ok(())
 }
 
-/// Ctrl-C (or SIGTERM) asks the loop to stop after the current step and save it; another one
-/// a second or more later exits at once (checkpoints are written atomically, so nothing saved
-/// is lost). Repeats within the second are one request: `timeout` and process managers signal
-/// the process and then its group.
-fn stop_on_signal() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let seen = flag.clone();
-    let first = std::sync::OnceLock::<Instant>::new();
-    let handler = ctrlc::set_handler(move || {
-        let at = *first.get_or_init(Instant::now);
-        if !seen.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupt: finishing this step and saving a checkpoint (Ctrl-C again to quit now)");
-        } else if at.elapsed().as_secs_f64() >= 1.0 {
-            eprintln!("\ninterrupted again: exiting without saving the current step");
-            std::process::exit(130);
-        }
-    });
-    if let Err(e) = handler {
-        eprintln!("warning: Ctrl-C will stop training without saving ({e})");
+/// How long the step in flight of a data-parallel run may take to finish after a signal.
+const STEP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The sum over the ranks of this rank's gradients and loss, in one all-reduce with one more
+/// value: the stop request (1 where a signal arrived), so that every rank stops after
+/// the same step. Returns the global gradients, loss and the stop signal, if any rank had one.
+fn all_reduce(
+    world: &dyn Collective,
+    model: &Jit,
+    mut grads: GradientsParams,
+    loss: Tensor<1>,
+    signal: Option<i32>,
+) -> Result<(GradientsParams, Tensor<1>, Option<i32>)> {
+    let device = loss.device();
+    let mut flat = jit_core::flat::gradients_to_flat(model, &mut grads)?;
+    flat.push(loss.into_scalar());
+    flat.push(if signal.is_some() { 1.0 } else { 0.0 });
+    world.all_reduce_sum(&mut flat)?;
+    let stopping = flat.pop().expect("pushed") > 0.0;
+    let loss = flat.pop().expect("pushed");
+    // A rank that saw no signal itself stops as if terminated (SIGTERM).
+    let stop = stopping.then(|| signal.unwrap_or(15));
+    Ok((jit_core::flat::gradients_from_flat(model, &flat, &device), Tensor::from_data([loss], &device), stop))
+}
+
+/// The most a config or `settings.json` may hold.
+const MAX_SETTINGS_BYTES: u64 = 1 << 20;
+
+/// Progress as log lines where there is no terminal for the bar (`indicatif` hides it there).
+struct Log {
+    on: bool,
+    every: u64,
+    first: u64,
+    total: u64,
+    started: Instant,
+}
+
+impl Log {
+    fn new(on: bool, every: u64, first: u64, total: u64) -> Self {
+        Self { on, every, first, total, started: Instant::now() }
     }
-    flag
+
+    /// Logs `step` if it is the first of this invocation, a multiple of `every`, or `last`.
+    fn step(&self, step: u64, loss: f32, lr: f64, images_per_s: f64, last: bool) {
+        if !self.on || !(step == self.first + 1 || step.is_multiple_of(self.every) || last) {
+            return;
+        }
+        let done = (step - self.first) as f64;
+        let eta = self.started.elapsed().as_secs_f64() / done * (self.total - step) as f64;
+        let (h, m, s) = (eta as u64 / 3600, eta as u64 / 60 % 60, eta as u64 % 60);
+        eprintln!(
+            "step {step}/{} | loss {loss:.4} | lr {lr:.3e} | {images_per_s:.1} img/s | eta {h}:{m:02}:{s:02}",
+            self.total
+        );
+    }
 }
 
 fn default_run_dir() -> PathBuf {
@@ -236,27 +370,33 @@ fn save(dir: &RunDir, state: &TrainState<Jit>, r: &Resolved) -> Result<()> {
     dir.prune(r.keep)
 }
 
-/// The newest checkpoint that loads completely; unusable newer ones are renamed
-/// `….unusable` (kept for inspection, never deleted) with a warning.
-fn resume_newest_intact(dir: &RunDir, r: &Resolved, device: &Device, limit: MemoryLimit) -> Result<TrainState<Jit>> {
+/// The newest checkpoint that loads completely, and its bytes (for the other ranks); unusable
+/// newer ones are renamed `….unusable` (kept for inspection, never deleted) with a warning.
+/// `(None, [])` when the run has no checkpoint yet.
+fn resume_newest_intact(
+    dir: &RunDir,
+    r: &Resolved,
+    device: &Device,
+    limit: MemoryLimit,
+) -> Result<(Option<TrainState<Jit>>, Vec<u8>)> {
     let found = dir.checkpoints()?;
     if found.is_empty() {
         eprintln!("{} holds no checkpoint yet (stopped before the first one): starting at step 0", dir.path.display());
-        device.seed(r.seed);
-        return Ok(TrainState::new(Jit::new(&r.network, device)?, r.optim.clone(), r.seed));
+        return Ok((None, Vec::new()));
     }
     for f in found.iter().rev() {
         let header = crate::training::run_dir::read_header_meta(&f.path)?;
         if header.network != r.network {
             bail!("{} was trained with another network config than settings.json describes", f.path.display());
         }
-        let attempt = std::fs::read(&f.path)
-            .map_err(|e| JitError::NotACheckpoint(e.to_string()))
-            .and_then(|bytes| TrainState::from_checkpoint(&bytes, r.optim.clone(), r.seed, device, limit));
+        let bytes = std::fs::read(&f.path).map_err(|e| JitError::NotACheckpoint(e.to_string()));
+        let attempt = bytes.and_then(|bytes| {
+            TrainState::from_checkpoint(&bytes, r.optim.clone(), r.seed, device, limit).map(|(s, _)| (s, bytes))
+        });
         match attempt {
-            Ok((state, _)) => {
+            Ok((state, bytes)) => {
                 eprintln!("resuming from {} (step {})", f.path.display(), state.step);
-                return Ok(state);
+                return Ok((Some(state), bytes));
             }
             Err(e @ (JitError::TooLarge { .. } | JitError::Backend(_))) => return Err(e.into()),
             Err(e) => {
@@ -281,6 +421,6 @@ fn unusable_name(path: &Path) -> PathBuf {
 
 fn sample_grid(model: &Jit, r: &Resolved, path: &Path) -> Result<()> {
     let labels: Vec<i64> = (0..r.grid_images).map(|i| (i % r.network.num_classes) as i64).collect();
-    let opts = GenerateOptions { seed: r.seed, sampler: r.sampler.clone(), labels };
+    let opts = GenerateOptions { seed: r.seed, sampler: r.sampler.clone(), labels, first_image: 0 };
     generate_grid(model, &r.diffusion, &opts, path, 2)
 }

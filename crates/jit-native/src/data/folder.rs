@@ -47,9 +47,10 @@ impl ImageFolder {
             let mut files: Vec<PathBuf> = std::fs::read_dir(class_dir)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
-                    p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                    p.is_file()
+                        && p.extension()
+                            .and_then(|e| e.to_str())
+                            .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
                 })
                 .collect();
             if files.is_empty() {
@@ -57,7 +58,7 @@ impl ImageFolder {
             }
             files.sort();
             let label = names.len();
-            names.push(class_dir.file_name().unwrap().to_string_lossy().to_string());
+            names.push(jit_core::checkpoint::printable(&class_dir.file_name().unwrap_or_default().to_string_lossy()));
             items.extend(files.into_iter().map(|f| (f, label)));
         }
         if items.is_empty() {
@@ -108,7 +109,12 @@ impl Dataset for ImageFolder {
 impl ImageFolder {
     fn decode(&self, index: usize, rng: &mut PortableRng) -> Result<Sample> {
         let (path, label) = &self.items[index];
-        let img = image::open(path).with_context(|| format!("unreadable image {}", path.display()))?;
+        // Only regular files: a FIFO named like an image would block the loader forever.
+        let (file, _) = crate::fsutil::open_regular(path)?;
+        let img = image::ImageReader::new(std::io::BufReader::new(file))
+            .with_guessed_format()
+            .and_then(|r| r.decode().map_err(std::io::Error::other))
+            .with_context(|| format!("unreadable image {}", path.display()))?;
         let (w, h) = (img.width(), img.height());
         let side = w.min(h);
         let img = img.crop_imm((w - side) / 2, (h - side) / 2, side, side).resize_exact(

@@ -43,7 +43,7 @@ fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
 }
 
 fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (file, _) = crate::fsutil::open_regular(path)?;
     let mut out = Vec::new();
     let read = if path.extension().is_some_and(|e| e == "gz") {
         flate2::read::GzDecoder::new(file).take(MAX_IDX_BYTES + 1).read_to_end(&mut out)

@@ -2,6 +2,7 @@
 //! function of (seed, step): each epoch is a seeded permutation, so a resumed run sees exactly the
 //! batches an uninterrupted one would.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -33,14 +34,16 @@ fn permutation(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
     p
 }
 
-/// The batch for optimizer step `step`.
-pub fn make_batch(data: &dyn Dataset, batch: usize, seed: u64, step: u64) -> Result<Batch> {
+/// Images `part` of the global batch (of `batch` images) of optimizer step `step`: a
+/// data-parallel rank reads only its part, and the parts of all ranks are the one batch a single
+/// process would read.
+pub fn make_batch(data: &dyn Dataset, batch: usize, part: Range<usize>, seed: u64, step: u64) -> Result<Batch> {
     let len = data.len();
-    let mut images = Vec::with_capacity(batch * data.channels() * data.size() * data.size());
-    let mut labels = Vec::with_capacity(batch);
+    let mut images = Vec::with_capacity(part.len() * data.channels() * data.size() * data.size());
+    let mut labels = Vec::with_capacity(part.len());
     let mut perm_epoch = u64::MAX;
     let mut perm = Vec::new();
-    for i in 0..batch {
+    for i in part {
         let pos = step * batch as u64 + i as u64;
         let (epoch, offset) = (pos / len as u64, (pos % len as u64) as usize);
         if epoch != perm_epoch {
@@ -56,12 +59,20 @@ pub fn make_batch(data: &dyn Dataset, batch: usize, seed: u64, step: u64) -> Res
 }
 
 impl Loader {
-    /// Starts producing batches for steps `start_step..` with `prefetch` batches in flight.
-    pub fn spawn(data: Arc<dyn Dataset>, batch: usize, seed: u64, start_step: u64, prefetch: usize) -> Self {
+    /// Starts producing images `part` of the global batches (of `batch` images) of steps
+    /// `start_step..`, with `prefetch` batches in flight.
+    pub fn spawn(
+        data: Arc<dyn Dataset>,
+        batch: usize,
+        part: Range<usize>,
+        seed: u64,
+        start_step: u64,
+        prefetch: usize,
+    ) -> Self {
         let (tx, rx): (SyncSender<Result<Batch>>, _) = sync_channel(prefetch.max(1));
         let worker = std::thread::spawn(move || {
             for step in start_step.. {
-                if tx.send(make_batch(data.as_ref(), batch, seed, step)).is_err() {
+                if tx.send(make_batch(data.as_ref(), batch, part.clone(), seed, step)).is_err() {
                     break;
                 }
             }

@@ -551,7 +551,7 @@ pub fn read_torch_zip_with(path: &Path, lim: &Limits) -> Result<Py> {
 
 /// The name and bytes of the `data.pkl` entry, read within `lim`.
 fn read_data_pkl(path: &Path, lim: &Limits) -> Result<(String, Vec<u8>)> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let (file, _) = crate::regular::open_regular(path)?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
         .context("not a PyTorch zip checkpoint (truncated or another format)")?;
     if zip.len() > lim.max_zip_entries {

@@ -7,6 +7,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+
+use crate::exit::refused;
+use crate::refuse;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, FromArgMatches};
 use jit_core::optim::{OptimConfig, Schedule};
@@ -110,9 +113,13 @@ pub struct TrainSettings {
     /// Second EMA decay (reference 0.9996).
     #[arg(long, default_value_t = 0.9999)]
     pub ema_decay2: f64,
-    /// Images per step.
+    /// Images per step and process: the global batch is this × the processes (mpirun -np N).
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Processes the run was started or last resumed with (the global batch, `batch_size` ×
+    /// `ranks`, defines the run; a resume with another number of processes splits it anew).
+    #[arg(skip = 1usize)]
+    pub ranks: usize,
     /// Optimizer steps.
     #[arg(long, default_value_t = 5000)]
     pub steps: u64,
@@ -153,6 +160,78 @@ impl Default for TrainSettings {
     }
 }
 
+impl TrainSettings {
+    /// Checks every number where it enters (flags, a TOML file, `settings.json`, and again
+    /// after they are merged): finite and in range, naming the flag. NaN and infinities would
+    /// otherwise become JSON `null` when settings are merged and saved, and silently fall back
+    /// to a default.
+    pub fn validate(&self) -> Result<()> {
+        fn real(flag: &str, v: f64, ok: bool, rule: &str) -> Result<()> {
+            if !(v.is_finite() && ok) {
+                refuse!("--{flag} {v}: {rule}");
+            }
+            Ok(())
+        }
+        let unit = |v: f64| (0.0..1.0).contains(&v);
+        if let Some(v) = self.mlp_ratio {
+            real("mlp-ratio", v, v > 0.0 && v <= 64.0, "must be a number in (0, 64]")?;
+        }
+        for (flag, v) in [("attn-drop", self.attn_drop), ("proj-drop", self.proj_drop)] {
+            if let Some(v) = v {
+                real(flag, v, unit(v), "must be a probability in [0, 1)")?;
+            }
+        }
+        real("p-mean", self.p_mean, true, "must be a finite number")?;
+        real("p-std", self.p_std, self.p_std >= 0.0, "must be zero or positive")?;
+        real("noise-scale", self.noise_scale, self.noise_scale > 0.0, "must be positive")?;
+        real("t-eps", self.t_eps, self.t_eps > 0.0 && self.t_eps <= 1.0, "must be in (0, 1]")?;
+        real(
+            "label-drop-prob",
+            self.label_drop_prob,
+            (0.0..=1.0).contains(&self.label_drop_prob),
+            "must be in [0, 1]",
+        )?;
+        real("blr", self.blr, self.blr > 0.0, "must be positive")?;
+        if let Some(v) = self.lr {
+            real("lr", v, v > 0.0, "must be positive")?;
+        }
+        real("min-lr", self.min_lr, self.min_lr >= 0.0, "must be zero or positive")?;
+        if let Some(v) = self.warmup_epochs {
+            real("warmup-epochs", v, v >= 0.0, "must be zero or positive")?;
+        }
+        real("weight-decay", self.weight_decay, self.weight_decay >= 0.0, "must be zero or positive")?;
+        real("ema-decay1", self.ema_decay1, unit(self.ema_decay1), "must be in [0, 1) (the reference's is 0.9999)")?;
+        real("ema-decay2", self.ema_decay2, unit(self.ema_decay2), "must be in [0, 1) (the reference's is 0.9996)")?;
+        if let Some(v) = self.epochs {
+            real("epochs", v, v > 0.0 && v <= 1e9, "must be a positive number of epochs")?;
+        }
+        real("cfg", self.cfg, self.cfg >= 0.0, "must be zero or positive (1: no guidance)")?;
+        for (flag, v, min) in [
+            ("image-size", self.image_size, 1),
+            ("batch-size", self.batch_size, 1),
+            ("keep", self.keep, 1),
+            ("sample-steps", self.sample_steps, 1),
+            ("ranks", self.ranks, 1),
+        ] {
+            if v < min {
+                refuse!("--{flag} {v}: must be at least {min}");
+            }
+        }
+        for (flag, v) in [("steps", self.steps), ("checkpoint-every", self.checkpoint_every)] {
+            if v == 0 {
+                refuse!("--{flag} 0: must be at least 1");
+            }
+        }
+        if let Some(c) = self.channels.filter(|c| !(1..=4).contains(c)) {
+            refuse!("--channels {c}: must be 1 to 4");
+        }
+        if let Some(g) = self.grid_images.filter(|g| !(1..=1024).contains(g)) {
+            refuse!("--grid-images {g}: must be 1 to 1024");
+        }
+        Ok(())
+    }
+}
+
 /// Settings that may change when a run is resumed; all others define the run and are fixed.
 pub const RESUMABLE: &[&str] = &[
     "blr",
@@ -184,12 +263,16 @@ pub fn given_on_command_line(matches: &ArgMatches) -> Vec<String> {
 
 /// `base` with the fields named in `given` taken from `flags`.
 pub fn overlay(base: &TrainSettings, flags: &TrainSettings, given: &[String]) -> Result<TrainSettings> {
+    base.validate()?;
+    flags.validate()?;
     let mut merged = to_map(base);
     let flags = to_map(flags);
     for key in given {
         merged.insert(key.clone(), flags[key].clone());
     }
-    Ok(serde_json::from_value(Value::Object(merged))?)
+    let merged: TrainSettings = serde_json::from_value(Value::Object(merged))?;
+    merged.validate()?;
+    Ok(merged)
 }
 
 fn to_map(s: &TrainSettings) -> Map<String, Value> {
@@ -201,7 +284,10 @@ fn to_map(s: &TrainSettings) -> Map<String, Value> {
 
 /// Reads a `--config` TOML file (unknown keys are errors naming them).
 pub fn from_toml(text: &str) -> Result<TrainSettings> {
-    toml::from_str(text).context("not a valid settings file")
+    let settings: TrainSettings =
+        toml::from_str(text).map_err(|e| refused(format!("not a valid settings file: {e}")))?;
+    settings.validate()?;
+    Ok(settings)
 }
 
 /// Reads a run's `settings.json`. Files written before every setting had a concrete default
@@ -211,7 +297,10 @@ pub fn from_settings_json(text: &str) -> Result<TrainSettings> {
     if let Value::Object(map) = &mut value {
         map.retain(|_, v| !v.is_null());
     }
-    serde_json::from_value(value).context("settings.json does not hold valid settings")
+    let settings: TrainSettings = serde_json::from_value(value)
+        .map_err(|e| refused(format!("settings.json does not hold valid settings: {e}")))?;
+    settings.validate()?;
+    Ok(settings)
 }
 
 /// On `--resume`: the saved settings with the resumable flags applied; any other flag is an
@@ -219,7 +308,7 @@ pub fn from_settings_json(text: &str) -> Result<TrainSettings> {
 pub fn for_resume(saved: &TrainSettings, flags: &TrainSettings, given: &[String]) -> Result<TrainSettings> {
     if let Some(fixed) = given.iter().find(|k| !RESUMABLE.contains(&k.as_str())) {
         let flag = fixed.replace('_', "-");
-        bail!(
+        refuse!(
             "--{flag} cannot change when resuming (it defines the run); start a new run with --out, or leave it out (only {} may change)",
             RESUMABLE.iter().map(|k| format!("--{}", k.replace('_', "-"))).collect::<Vec<_>>().join(", ")
         );
@@ -234,6 +323,21 @@ pub fn for_resume(saved: &TrainSettings, flags: &TrainSettings, given: &[String]
     overlay(saved, &flags, &given)
 }
 
+/// The settings of a resumed run for `ranks` processes: the global batch stays, split anew.
+pub fn for_ranks(mut s: TrainSettings, ranks: usize) -> Result<TrainSettings> {
+    let global = s.batch_size * s.ranks;
+    if global % ranks != 0 {
+        refuse!(
+            "the run's global batch of {global} images ({} per process × {}) does not split over {ranks} processes; resume with a number of processes that divides {global}",
+            s.batch_size,
+            s.ranks
+        );
+    }
+    s.batch_size = global / ranks;
+    s.ranks = ranks;
+    Ok(s)
+}
+
 /// Settings resolved to concrete values (stored in each checkpoint's metadata).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Resolved {
@@ -242,7 +346,10 @@ pub struct Resolved {
     pub diffusion: DiffusionConfig,
     pub optim: OptimConfig,
     pub sampler: SamplerConfig,
+    /// Images per step in this process.
     pub batch_size: usize,
+    /// Images per step over all processes.
+    pub global_batch: usize,
     pub steps: u64,
     pub seed: u64,
     pub checkpoint_every: u64,
@@ -258,7 +365,9 @@ pub fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn Dataset>)> {
     let channels = s.channels.unwrap_or(s.data.natural_channels());
     let dataset: Arc<dyn Dataset> = Arc::from(s.data.open(s.image_size, channels, s.flip)?);
     let num_classes = dataset.class_names().len();
-    let mut net = JitConfig::preset(&s.model, s.image_size, dataset.channels(), num_classes)?;
+    s.validate()?;
+    // The preset's sizes are validated after the overrides: T/4 does not fit 1024 px, T/16 does.
+    let mut net = JitConfig::preset_unchecked(&s.model, s.image_size, dataset.channels(), num_classes)?;
     macro_rules! set_some {
         ($($f:ident),*) => { $( if let Some(v) = s.$f { net.$f = v; } )* };
     }
@@ -288,21 +397,17 @@ pub fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn Dataset>)> {
         loss: s.loss,
     };
     diffusion.validate()?;
-    if s.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let steps_per_epoch = (dataset.len() as f64 / s.batch_size as f64).max(1.0);
+    let global_batch = s.batch_size.checked_mul(s.ranks).context("--batch-size × processes overflows")?;
+    let steps_per_epoch = (dataset.len() as f64 / global_batch as f64).max(1.0);
     let steps = match s.epochs {
-        Some(e) if e.is_finite() && e > 0.0 => (e * steps_per_epoch).ceil() as u64,
-        Some(e) => bail!("--epochs {e} must be a positive number"),
+        Some(e) => (e * steps_per_epoch).ceil().min(u64::MAX as f64) as u64,
         None => s.steps,
     };
     if steps == 0 {
         bail!("--steps/--epochs must give at least one step");
     }
     let warmup_steps = match s.warmup_epochs {
-        Some(e) if e.is_finite() && e >= 0.0 => (e * steps_per_epoch).round() as u64,
-        Some(e) => bail!("--warmup-epochs {e} must be zero or positive"),
+        Some(e) => (e * steps_per_epoch).round().min(u64::MAX as f64) as u64,
         None => s.warmup_steps.unwrap_or(steps / 20),
     };
     let optim = OptimConfig {
@@ -316,9 +421,12 @@ pub fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn Dataset>)> {
         ema_decays: (s.ema_decay1, s.ema_decay2),
         ..OptimConfig::default()
     };
-    let lr = optim.peak_lr(s.batch_size);
+    let lr = optim.peak_lr(global_batch);
     if !(lr.is_finite() && lr > 0.0) {
-        bail!("the learning rate {lr} must be a positive number (--lr or --blr)");
+        refuse!("the learning rate {lr} must be a positive number (--lr or --blr)");
+    }
+    if optim.min_lr > lr {
+        refuse!("--min-lr {} is above the peak learning rate {lr:.3e}; give a smaller --min-lr", optim.min_lr);
     }
     let sampler = SamplerConfig { method: Method::Heun, steps: s.sample_steps, cfg: s.cfg, ..SamplerConfig::default() };
     sampler.validate()?;
@@ -329,12 +437,13 @@ pub fn resolve(s: &TrainSettings) -> Result<(Resolved, Arc<dyn Dataset>)> {
         optim,
         sampler,
         batch_size: s.batch_size,
+        global_batch,
         steps,
         seed: s.seed,
-        checkpoint_every: s.checkpoint_every.max(1),
+        checkpoint_every: s.checkpoint_every,
         sample_every: s.sample_every,
-        keep: s.keep.max(1),
-        grid_images: s.grid_images.unwrap_or((2 * num_classes).min(32)).clamp(1, 1024),
+        keep: s.keep,
+        grid_images: s.grid_images.unwrap_or((2 * num_classes).min(32)),
         flip: s.flip,
         class_names: dataset.class_names().to_vec(),
     };
@@ -375,6 +484,53 @@ mod tests {
         assert_eq!((r.lr, r.steps, r.epochs), (Some(1e-4), 99, None));
         let e = for_resume(&saved, &flags, &["hidden_size".into()]).unwrap_err().to_string();
         assert!(e.contains("--hidden-size cannot change"), "{e}");
+    }
+
+    #[test]
+    fn every_number_is_checked_where_it_enters_and_named() {
+        for (toml, flag) in [
+            ("lr = nan", "--lr NaN"),
+            ("epochs = inf", "--epochs inf"),
+            ("ema_decay1 = 2.0", "--ema-decay1 2"),
+            ("ema_decay2 = -0.5", "--ema-decay2 -0.5"),
+            ("min_lr = -1e-4", "--min-lr -0.0001"),
+            ("checkpoint_every = 0", "--checkpoint-every 0"),
+            ("mlp_ratio = nan", "--mlp-ratio NaN"),
+            ("attn_drop = 1.0", "--attn-drop 1"),
+            ("warmup_epochs = -inf", "--warmup-epochs -inf"),
+            ("keep = 0", "--keep 0"),
+        ] {
+            let e = format!("{:#}", from_toml(toml).unwrap_err());
+            assert!(e.contains(flag), "{toml}: {e}");
+        }
+        // Flags: a NaN given on the command line never reaches the JSON merge.
+        let flags = TrainSettings { lr: Some(f64::NAN), ..TrainSettings::default() };
+        let e = overlay(&TrainSettings::default(), &flags, &["lr".into()]).unwrap_err().to_string();
+        assert!(e.contains("--lr NaN"), "{e}");
+        let e = from_settings_json(r#"{"blr": -1.0}"#).unwrap_err().to_string();
+        assert!(e.contains("--blr -1"), "{e}");
+        TrainSettings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_preset_too_big_for_the_image_may_be_fixed_by_overrides() {
+        let s = TrainSettings { image_size: 1024, patch_size: Some(16), ..TrainSettings::default() };
+        let (r, _) = resolve(&s).unwrap();
+        assert_eq!((r.network.input_size, r.network.patch_size), (1024, 16));
+        let s = TrainSettings { image_size: 1024, ..TrainSettings::default() };
+        assert!(resolve(&s).is_err());
+        let s = TrainSettings { min_lr: 1.0, ..TrainSettings::default() };
+        assert!(resolve(&s).err().expect("refused").to_string().contains("--min-lr"));
+    }
+
+    #[test]
+    fn a_resume_keeps_the_global_batch_over_any_number_of_processes() {
+        let two = TrainSettings { batch_size: 6, ranks: 2, ..TrainSettings::default() };
+        let one = for_ranks(two.clone(), 1).unwrap();
+        assert_eq!((one.batch_size, one.ranks), (12, 1));
+        assert_eq!(for_ranks(one, 3).unwrap().batch_size, 4);
+        let e = for_ranks(two, 5).unwrap_err().to_string();
+        assert!(e.contains("global batch of 12") && e.contains("5 processes"), "{e}");
     }
 
     #[test]

@@ -60,3 +60,11 @@ pub fn losses(run: &Path) -> Vec<(u64, f64)> {
         })
         .collect()
 }
+
+/// Runs a command that must be refused: exit code 2 (nothing was done) and one `error:` line
+/// containing `needle`.
+pub fn refused(args: &[&str], needle: &str) {
+    let out = jit(args);
+    assert_eq!(out.status.code(), Some(2), "jit-native {args:?} should be refused:\n{}", stderr(&out));
+    fails(args, needle);
+}

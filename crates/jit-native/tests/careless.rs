@@ -1,0 +1,243 @@
+//! The runner against careless use: two processes on one run folder, output paths that would
+//! replace a run's files or the command's own input, numbers that must not pass silently
+//! (NaN, infinities, out-of-range decays), files that are not what they claim, and a run in a
+//! log file or stopped by a scheduler. Every refusal is one `error:` line and exit code 2.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::tensor::Device;
+use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
+use jit_core::{DiffusionConfig, Jit, JitConfig, SamplerConfig};
+
+mod common;
+use common::{losses, ok, refused, stderr, stdout};
+
+/// A tiny run on the CPU: `train … --out DIR` plus `extra`.
+fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--backend",
+        "cpu",
+        "--image-size",
+        "16",
+        "--depth",
+        "1",
+        "--hidden-size",
+        "16",
+        "--num-heads",
+        "1",
+        "--in-context-len",
+        "0",
+        "--batch-size",
+        "4",
+        "--sample-every",
+        "0",
+        "--sample-steps",
+        "2",
+        "--grid-images",
+        "2",
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(out.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn spawn(args: &[String]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_jit-native"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start jit-native")
+}
+
+/// Waits (at most 60 s) until `path` exists with content.
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        assert!(start.elapsed() < Duration::from_secs(60), "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_run_one_writer_and_a_signal_ends_it_non_zero_after_saving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    let first = spawn(&train_args(&run, &["--steps", "100000", "--checkpoint-every", "100000"]));
+    wait_for(&run.join("metrics.jsonl"));
+    let pid = first.id().to_string();
+    // A second run into the same folder, and a resume of it, are refused while it trains.
+    let holder = format!("in use by process {pid}");
+    refused(&refs(&train_args(&run, &["--steps", "3"])), &holder);
+    refused(&["train", "--backend", "cpu", "--resume", r, "--steps", "3"], &holder);
+    // SIGTERM (a scheduler's preemption): the step in flight is saved, the exit code is 143.
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let out = first.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{log}");
+    assert!(log.contains("interrupted: saved step"), "{log}");
+    let steps: Vec<u64> = losses(&run).iter().map(|(s, _)| *s).collect();
+    assert!(steps.windows(2).all(|w| w[1] == w[0] + 1), "one writer, no repeated steps: {steps:?}");
+    let saved = *steps.last().unwrap();
+    assert!(run.join(format!("ckpt-{saved:08}.safetensors")).is_file(), "{log}");
+    // The lock went with the process: the run resumes where it stopped.
+    let out = ok(&["train", "--backend", "cpu", "--resume", r, "--steps", &(saved + 1).to_string()]);
+    assert!(stderr(&out).contains(&format!("(step {saved})")), "{}", stderr(&out));
+}
+
+#[test]
+fn outputs_never_replace_a_runs_files_or_their_input_and_others_need_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    ok(&refs(&train_args(&run, &["--steps", "2", "--checkpoint-every", "2"])));
+    let ckpt = run.join("ckpt-00000002.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let before = std::fs::read(&ckpt).unwrap();
+    for target in ["ckpt-00000002.safetensors", "ckpt-00000009.safetensors", "settings.json", "metrics.jsonl"] {
+        let out = run.join(target);
+        refused(&["export", c, "--force", "--out", out.to_str().unwrap()], "file of the training run");
+    }
+    refused(&["sample", c, "--backend", "cpu", "--steps", "1", "--save-tensor", c, "--force"], "training run");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before, "the checkpoint is untouched");
+    // Other files: refused when they exist, replaced with --force; never the input itself.
+    let web = tmp.path().join("web.safetensors");
+    let w = web.to_str().unwrap();
+    ok(&["export", c, "--out", w]);
+    refused(&["export", c, "--out", w], "--force");
+    ok(&["export", c, "--out", w, "--force"]);
+    refused(&["export", w, "--out", w, "--force"], "input");
+    let samples = tmp.path().join("samples");
+    let s = samples.to_str().unwrap();
+    ok(&["sample", w, "--backend", "cpu", "--steps", "1", "--out", s]);
+    refused(&["sample", w, "--backend", "cpu", "--steps", "1", "--out", s], "--force");
+    ok(&["sample", w, "--backend", "cpu", "--steps", "1", "--out", s, "--force"]);
+}
+
+#[test]
+fn every_number_is_checked_where_it_enters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    for (flags, needle) in [
+        (&["--lr", "nan"][..], "--lr NaN"),
+        (&["--epochs", "inf"], "--epochs inf"),
+        (&["--ema-decay1", "2"], "--ema-decay1 2"),
+        (&["--ema-decay2=-0.1"], "--ema-decay2 -0.1"),
+        (&["--min-lr=-1e-4"], "--min-lr -0.0001"),
+        (&["--checkpoint-every", "0"], "--checkpoint-every 0"),
+        (&["--warmup-epochs", "nan"], "--warmup-epochs NaN"),
+        (&["--mlp-ratio", "inf"], "--mlp-ratio inf"),
+    ] {
+        let mut args = train_args(&run, flags);
+        args.push("--dry-run".into());
+        refused(&refs(&args), needle);
+    }
+    // The same numbers in a TOML file.
+    let toml = tmp.path().join("c.toml");
+    std::fs::write(&toml, "lr = nan\n").unwrap();
+    let args = train_args(&run, &["--config", toml.to_str().unwrap(), "--dry-run"]);
+    refused(&refs(&args), "--lr NaN");
+    // A preset whose own patch size does not fit the image, fixed by --patch-size.
+    let out = ok(&["train", "--backend", "cpu", "--image-size", "1024", "--patch-size", "16", "--dry-run"]);
+    assert!(stdout(&out).contains("\"patch_size\": 16"), "{}", stdout(&out));
+    assert!(!run.exists(), "nothing was written by refused or dry runs");
+    // Counts and scales.
+    refused(&["bench", "--backend", "cpu", "--batch-size", "0"], "batch-size");
+    refused(&["bench", "--backend", "cpu", "--sample-count", "0"], "sample-count");
+    refused(&["sample", "x.safetensors", "--scale", "1000000"], "scale");
+}
+
+fn write_model(path: &Path, class_names: Vec<String>) {
+    let config = JitConfig {
+        input_size: 8,
+        patch_size: 4,
+        in_channels: 3,
+        hidden_size: 16,
+        depth: 1,
+        num_heads: 1,
+        mlp_ratio: 4.0,
+        num_classes: 2,
+        bottleneck_dim: 8,
+        in_context_len: 0,
+        in_context_start: 0,
+        attn_drop: 0.0,
+        proj_drop: 0.0,
+    };
+    let net = Jit::new(&config, &Device::flex()).unwrap();
+    let mut meta = CheckpointMeta::new(config, DiffusionConfig::default(), SamplerConfig::default());
+    meta.class_names = class_names;
+    std::fs::write(path, checkpoint::save(&meta, &[("", &net)], StoreDtype::F32).unwrap()).unwrap();
+}
+
+#[test]
+fn files_are_checked_before_they_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    refused(&["info", "/dev/zero"], "not a regular file");
+    refused(&["info", tmp.path().to_str().unwrap()], "not a regular file");
+    // Class names go to the terminal without their control characters.
+    let model = tmp.path().join("m.safetensors");
+    write_model(&model, vec!["\u{1b}[31mred\u{7}".into(), "blue\nline".into()]);
+    let out = ok(&["info", model.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(text.contains("red") && !text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
+    // A model whose grid at --scale would not fit the memory limit is refused before sampling.
+    refused(
+        &[
+            "sample",
+            model.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--scale",
+            "64",
+            "--count",
+            "64",
+            "--max-memory",
+            "0.01",
+        ],
+        "grid",
+    );
+    // A FIFO named like an image in a folder dataset is skipped, not read forever.
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("a")).unwrap();
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10])).save(data.join("a/ok.png")).unwrap();
+    let fifo = data.join("a/x.png");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let run = tmp.path().join("run");
+    let spec = format!("folder:{}", data.display());
+    let out = ok(&refs(&train_args(&run, &["--data", &spec, "--steps", "2"])));
+    assert!(run.join("ckpt-00000002.safetensors").is_file(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_run_without_a_terminal_logs_its_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = ok(&refs(&train_args(&run, &["--steps", "10", "--log-every", "4"])));
+    let log = stderr(&out);
+    for step in ["step 1/10 | loss", "step 4/10 | loss", "step 8/10 | loss", "step 10/10 | loss"] {
+        assert!(log.contains(step), "{step} missing:\n{log}");
+    }
+    assert!(!log.contains("step 5/10"), "{log}");
+    assert!(log.contains("img/s | eta "), "{log}");
+    // Probing for a GPU on a headless machine prints nothing that is not ours.
+    let out = Command::new(env!("CARGO_BIN_EXE_jit-native"))
+        .args(["bench", "--backend", "auto", "--model", "JiT-T/4", "--image-size", "8", "--batch-size", "1"])
+        .args(["--train-steps", "1", "--no-sample"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success() && !log.contains("XDG_RUNTIME_DIR") && !log.contains("error"), "{log}");
+}
