@@ -14,20 +14,28 @@ need_apt=()
 ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers)
 [ -d /usr/share/datasets/fashion-mnist ] || need_apt+=(dataset-fashion-mnist)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# Data-parallel tests (jit-native's `mpi` feature): Open MPI, and libclang for the bindings.
+for pkg in openmpi-bin libopenmpi-dev libclang-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-step "native build and Rust tests"
-cargo test --release --locked --workspace --exclude jit-web -- --test-threads=1
+step "native build and Rust tests (with the mpi feature: its tests run 2 ranks with mpirun)"
+if [ "$(id -u)" = 0 ]; then
+  # Open MPI refuses to start as root unless told it is on purpose (CI runs as root).
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+cargo test --release --locked --workspace --exclude jit-web --features jit-native/mpi -- --test-threads=1
 
 step "formatting (rustfmt.toml; cargo fmt --all fixes it)"
 cargo fmt --all --check
 
 step "lints (clippy on every crate and test, warnings are errors)"
 if cargo clippy --version >/dev/null 2>&1; then
-  cargo clippy --release --locked --workspace --all-targets -- -D warnings
+  cargo clippy --release --locked --workspace --all-targets --features jit-native/mpi -- -D warnings
 else
   echo "SKIP: clippy is not installed (rustup component add clippy)"
 fi

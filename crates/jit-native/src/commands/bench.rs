@@ -17,6 +17,7 @@ use jit_core::sampler::initial_noise;
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, Network, SamplerConfig, TrainState};
 
 use crate::backend::{BackendArgs, Precision};
+use crate::dist::{self, Collective};
 use crate::lanes::CpuLanes;
 
 /// `bench` flags.
@@ -53,6 +54,10 @@ pub struct BenchArgs {
     /// kernels of shaders/), to measure what the kernels gain.
     #[arg(long)]
     pub no_fused: bool,
+    /// Under mpirun/srun: time the all-reduce of each model's gradients (its parameter count in
+    /// f32, summed over the processes) instead of training and sampling.
+    #[arg(long)]
+    pub all_reduce: bool,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -102,6 +107,9 @@ fn rate(flops: f64, secs: f64, peak: Option<f64>) -> String {
 
 /// Runs `bench` and prints a Markdown table.
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.all_reduce {
+        return dist::run_on_every_rank(|world| all_reduce(&a, world));
+    }
     let (device, adapter) = a.backend.device_named()?;
     let mm = a.backend.matmul_dtype(&device)?;
     let peak = peak(&adapter, a.backend.precision);
@@ -195,4 +203,40 @@ fn time_sampling(
     net.images.store(0, Ordering::Relaxed);
     let whole = run(None)?;
     Ok((first, whole, net.images.load(Ordering::Relaxed)))
+}
+
+/// `bench --all-reduce`: one all-reduce of each model's gradients, timed (median of 5 after one
+/// warm-up) on every rank; rank 0 prints the slowest rank's time and the ring all-reduce's bus
+/// bandwidth (2·(N−1)/N · bytes / time, as NCCL's tests report it).
+fn all_reduce(a: &BenchArgs, world: &dyn Collective) -> Result<()> {
+    let n = world.size();
+    if world.rank() == 0 {
+        println!("| model | parameters | MB (f32) | processes | all-reduce (s, median) | bus GB/s |");
+        println!("|---|---|---|---|---|---|");
+    }
+    for name in &a.model {
+        let config = JitConfig::preset(name, a.image_size, a.channels, a.num_classes)?;
+        let params = config.param_count() as usize;
+        a.backend.memory_limit().check_bytes(format!("two gradient buffers of {name}"), 8 * params as u64)?;
+        let mut buf = vec![1f32; params];
+        let mut times = Vec::new();
+        for round in 0..6 {
+            let t0 = Instant::now();
+            world.all_reduce_sum(&mut buf)?;
+            let secs = t0.elapsed().as_secs_f64();
+            // The slowest rank's time is the collective's.
+            let slowest = world.all_gather(secs.to_bits())?.into_iter().map(f64::from_bits).fold(0.0, f64::max);
+            if round > 0 {
+                times.push(slowest);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let bytes = 4.0 * params as f64;
+        let bus = 2.0 * (n as f64 - 1.0) / n as f64 * bytes / median / 1e9;
+        if world.rank() == 0 {
+            println!("| {name} | {params} | {:.0} | {n} | {median:.3} | {bus:.2} |", bytes / 1e6);
+        }
+    }
+    Ok(())
 }

@@ -60,6 +60,9 @@ pub struct TrainArgs {
     /// stops the run, naming the step).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub check_every: u64,
+    /// Threads decoding and augmenting images (folder datasets). [default: this process's cores]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub loader_threads: Option<usize>,
     #[command(flatten)]
     pub settings: TrainSettings,
 }
@@ -177,7 +180,8 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
     }
 
     let part = rank * r.batch_size..(rank + 1) * r.batch_size;
-    let loader = Loader::spawn(dataset, r.global_batch, part.clone(), r.seed, state.step, 4);
+    let threads = args.loader_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let loader = Loader::spawn(dataset, r.global_batch, part.clone(), r.seed, state.step, 4, threads)?;
     let bar = if lead { ProgressBar::new(r.steps) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")?);
     bar.set_position(state.step);

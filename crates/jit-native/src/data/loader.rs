@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use jit_core::rng::PortableRng;
+use rayon::prelude::*;
+use rayon::{ThreadPool, ThreadPoolBuilder};
 
-use super::Dataset;
+use super::{Dataset, Sample};
 
 /// One batch: images `[B, C, H, W]` flattened, labels `[B]`.
 pub struct Batch {
@@ -36,22 +38,39 @@ fn permutation(len: usize, seed: u64, epoch: u64) -> Vec<usize> {
 
 /// Images `part` of the global batch (of `batch` images) of optimizer step `step`: a
 /// data-parallel rank reads only its part, and the parts of all ranks are the one batch a single
-/// process would read.
-pub fn make_batch(data: &dyn Dataset, batch: usize, part: Range<usize>, seed: u64, step: u64) -> Result<Batch> {
-    let len = data.len();
-    let mut images = Vec::with_capacity(part.len() * data.channels() * data.size() * data.size());
-    let mut labels = Vec::with_capacity(part.len());
-    let mut perm_epoch = u64::MAX;
-    let mut perm = Vec::new();
-    for i in part {
-        let pos = step * batch as u64 + i as u64;
-        let (epoch, offset) = (pos / len as u64, (pos % len as u64) as usize);
-        if epoch != perm_epoch {
-            perm = permutation(len, seed, epoch);
-            perm_epoch = epoch;
+/// process would read. The images are decoded on `pool`'s threads; each one's position, and so
+/// its augmentation, depends only on (seed, step, index).
+pub fn make_batch(
+    data: &dyn Dataset,
+    batch: usize,
+    part: Range<usize>,
+    seed: u64,
+    step: u64,
+    pool: &ThreadPool,
+) -> Result<Batch> {
+    let len = data.len() as u64;
+    let positions: Vec<u64> = part.map(|i| step * batch as u64 + i as u64).collect();
+    // At most two epochs meet in one batch: their permutations are made once.
+    let mut perms: Vec<(u64, Vec<usize>)> = Vec::new();
+    for epoch in positions.iter().map(|p| p / len) {
+        if !perms.iter().any(|(e, _)| *e == epoch) {
+            perms.push((epoch, permutation(len as usize, seed, epoch)));
         }
-        let mut aug = PortableRng::new(seed.wrapping_mul(31).wrapping_add(pos));
-        let sample = data.get(perm[offset], &mut aug)?;
+    }
+    let index = |pos: u64| {
+        let perm = &perms.iter().find(|(e, _)| *e == pos / len).expect("made above").1;
+        perm[(pos % len) as usize]
+    };
+    let samples: Vec<Result<Sample>> = pool.install(|| {
+        positions
+            .par_iter()
+            .map(|&pos| data.get(index(pos), &mut PortableRng::new(seed.wrapping_mul(31).wrapping_add(pos))))
+            .collect()
+    });
+    let mut images = Vec::with_capacity(positions.len() * data.channels() * data.size() * data.size());
+    let mut labels = Vec::with_capacity(positions.len());
+    for sample in samples {
+        let sample = sample?;
         images.extend_from_slice(&sample.pixels);
         labels.push(sample.label as i64);
     }
@@ -60,7 +79,7 @@ pub fn make_batch(data: &dyn Dataset, batch: usize, part: Range<usize>, seed: u6
 
 impl Loader {
     /// Starts producing images `part` of the global batches (of `batch` images) of steps
-    /// `start_step..`, with `prefetch` batches in flight.
+    /// `start_step..`, decoded on `threads` threads, with `prefetch` batches in flight.
     pub fn spawn(
         data: Arc<dyn Dataset>,
         batch: usize,
@@ -68,16 +87,22 @@ impl Loader {
         seed: u64,
         start_step: u64,
         prefetch: usize,
-    ) -> Self {
+        threads: usize,
+    ) -> Result<Self> {
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("jit-loader-{i}"))
+            .build()
+            .context("cannot start the data loader's threads")?;
         let (tx, rx): (SyncSender<Result<Batch>>, _) = sync_channel(prefetch.max(1));
         let worker = std::thread::spawn(move || {
             for step in start_step.. {
-                if tx.send(make_batch(data.as_ref(), batch, part.clone(), seed, step)).is_err() {
+                if tx.send(make_batch(data.as_ref(), batch, part.clone(), seed, step, &pool)).is_err() {
                     break;
                 }
             }
         });
-        Self { rx, _worker: worker }
+        Ok(Self { rx, _worker: worker })
     }
 
     /// The next batch (blocks until the worker has it).
