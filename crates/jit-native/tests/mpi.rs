@@ -5,7 +5,7 @@
 //! allow-run-as-root variables). Every run is bounded in steps and by `timeout`.
 #![cfg(feature = "mpi")]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -184,7 +184,7 @@ fn a_rank_killed_ends_the_run_and_the_last_checkpoint_resumes_exactly() {
 
 /// Whether `pid` runs this binary (not `timeout` or `mpirun`, whose command lines hold it too).
 fn is_jit(pid: u32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == PathBuf::from(BIN))
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == Path::new(BIN))
 }
 
 #[test]

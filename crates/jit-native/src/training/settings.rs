@@ -326,7 +326,7 @@ pub fn for_resume(saved: &TrainSettings, flags: &TrainSettings, given: &[String]
 /// The settings of a resumed run for `ranks` processes: the global batch stays, split anew.
 pub fn for_ranks(mut s: TrainSettings, ranks: usize) -> Result<TrainSettings> {
     let global = s.batch_size * s.ranks;
-    if global % ranks != 0 {
+    if !global.is_multiple_of(ranks) {
         refuse!(
             "the run's global batch of {global} images ({} per process × {}) does not split over {ranks} processes; resume with a number of processes that divides {global}",
             s.batch_size,
