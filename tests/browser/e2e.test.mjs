@@ -425,6 +425,32 @@ test("the npm-style package: README's embedding example works as a page", { time
   });
 });
 
+test("the module refuses oversized buffers before copying them and options that are not integers in range", { timeout: TIMEOUT }, async () => {
+  await withPage(false, async (page) => {
+    await page.goto(`${base}/`);
+    const said = await page.evaluate(async () => {
+      const { default: init, JitGenerator } = await import("/pkg/jit_web.js");
+      await init();
+      const message = async (f) => { try { await f(); return "accepted"; } catch (e) { return String(e?.message ?? e); } };
+      const big = await message(() => JitGenerator.load(new Uint8Array(2 ** 30 + 1), { backend: "cpu" }));
+      const g = await JitGenerator.load("/model.safetensors", { backend: "cpu" });
+      const opts = (o) => message(() => g.generate({ classLabel: 1, count: 1, ...o }));
+      return {
+        big,
+        steps: await opts({ steps: 2.7 }),
+        hugeSteps: await opts({ steps: 1e12 }),
+        seed: await opts({ seed: 1e300 }),
+        count: await opts({ count: 1.5 }),
+        label: await opts({ classLabel: 0.5 }),
+        ok: await opts({ steps: 2, seed: 3 }),
+      };
+    });
+    assert.match(said.big, /over the 1 GiB/, said.big);
+    for (const k of ["steps", "hugeSteps", "seed", "count", "label"]) assert.match(said[k], /must be an integer/, `${k}: ${said[k]}`);
+    assert.equal(said.ok, "accepted");
+  });
+});
+
 test("the package's TypeScript declarations type-check", { timeout: 120000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jit-ts-"));
   try {

@@ -47,7 +47,8 @@ export interface LoadOptions { backend?: BackendChoice; precision?: PrecisionCho
 export interface NetworkConfig {
   input_size: number; patch_size: number; in_channels: number; hidden_size: number; depth: number;
   num_heads: number; mlp_ratio: number; num_classes: number; bottleneck_dim: number;
-  in_context_len: number; in_context_start: number; [key: string]: unknown;
+  in_context_len: number; in_context_start: number; attn_drop: number; proj_drop: number;
+  [key: string]: unknown;
 }
 /** Sampler defaults stored with a checkpoint. */
 export interface SamplerDefaults { method: "heun" | "euler"; steps: number; cfg: number; interval: [number, number] }
@@ -73,8 +74,10 @@ export interface ModelInfo {
 export interface GenerateOptions {
   /** Class index, or null/omitted for unconditional samples. */
   classLabel?: number | null;
-  /** Non-negative integer; the same seed gives the same images everywhere. */
+  /** Integer from 0 to Number.MAX_SAFE_INTEGER; the same seed gives the same images everywhere. */
   seed?: number;
+  /** ODE steps, an integer from 1 to 10000. Integer options that are fractional or out of range
+   *  are refused, never rounded. */
   steps?: number;
   sampler?: "heun" | "euler";
   cfg?: number;
