@@ -22,7 +22,6 @@ impl HostImages<'_> {
         ImageBuffer::from_raw(s as u32, s as u32, rgb).expect("H·W·3 bytes")
     }
 
-    /// A grid of all images, `cols` wide, 2-pixel gaps, each upscaled ×`scale` (nearest).
     /// Bytes of [`Self::grid`]'s image (RGB), computed without overflow, for the memory gate.
     pub fn grid_bytes(&self, cols: usize, scale: u32) -> u64 {
         let cols = cols.clamp(1, self.count.max(1)) as u64;
@@ -31,6 +30,7 @@ impl HostImages<'_> {
         cols.saturating_mul(cell).saturating_mul(rows.saturating_mul(cell)).saturating_mul(3)
     }
 
+    /// A grid of all images, `cols` wide, 2-pixel gaps, each upscaled ×`scale` (nearest).
     pub fn grid(&self, cols: usize, scale: u32) -> ImageBuffer<Rgb<u8>, Vec<u8>> {
         let cols = cols.clamp(1, self.count.max(1));
         let rows = self.count.div_ceil(cols);

@@ -36,9 +36,10 @@ pub struct EvalArgs {
     /// Image size (default: the checkpoint's, else 32).
     #[arg(long)]
     pub image_size: Option<usize>,
-    /// Generated images (and real images per split).
-    #[arg(long, default_value_t = 1000)]
-    pub count: usize,
+    /// Generated images (and real images per split) [default: 1000; with --fid-inception, 50
+    /// per class].
+    #[arg(long)]
+    pub count: Option<usize>,
     /// Sampler steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
@@ -58,6 +59,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
+    pub fid: super::fid::FidArgs,
+    #[command(flatten)]
     pub backend: BackendArgs,
 }
 
@@ -69,8 +72,14 @@ pub struct Row {
     pub class_accuracy: f64,
 }
 
-/// Runs `eval`; prints a Markdown table.
+/// Runs `eval`; prints a Markdown table (or, with `--fid-inception`, FID and IS).
 pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
+    if a.fid.fid_inception.is_some() || a.fid.make_stats.is_some() {
+        let (ckpt, steps) = (a.checkpoint.as_deref(), Some(a.steps));
+        super::fid::run(&a.fid, ckpt, a.count, steps, a.cfg, a.weights, a.image_size, &a.backend)?;
+        return Ok(Vec::new());
+    }
+    let count = a.count.unwrap_or(1000);
     let device = a.backend.device()?;
     let source = a.data.clone();
     let loaded = match &a.checkpoint {
@@ -97,7 +106,7 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
     let cache = a.classifier.clone().unwrap_or_else(|| default_cache(&source, size));
     let clf = load_or_train(&cache, &train, a.classifier_epochs, &device)?;
     let shape = [c, size, size];
-    let n = a.count.min(test_a.indices.len()).min(test_b.indices.len());
+    let n = count.min(test_a.indices.len()).min(test_b.indices.len());
     if n < 2 {
         bail!("need at least 2 test images per split (have {})", test_a.indices.len().min(test_b.indices.len()));
     }

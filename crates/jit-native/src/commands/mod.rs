@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod eval;
 pub mod export;
+pub mod fid;
 pub mod import;
 pub mod info;
 pub mod sample;

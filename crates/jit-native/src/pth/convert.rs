@@ -56,13 +56,67 @@ fn read_f32(name: &str, t: &burn::store::pytorch_reader::Tensor) -> Result<Vec<f
         DType::F64 => StoredFloat::F64,
         DType::F16 => StoredFloat::F16,
         DType::BF16 => StoredFloat::BF16,
-        other => bail!("tensor 'net.{name}' has dtype {other:?}, expected a float type"),
+        other => bail!("tensor '{name}' has dtype {other:?}, expected a float type"),
     };
-    let bytes = t.read().with_context(|| format!("cannot read tensor 'net.{name}'"))?;
+    let bytes = t.read().with_context(|| format!("cannot read tensor '{name}'"))?;
     if bytes.len() != t.num_elements() * format.size() {
-        bail!("tensor 'net.{name}' read {} bytes, expected {}", bytes.len(), t.num_elements() * format.size());
+        bail!("tensor '{name}' read {} bytes, expected {}", bytes.len(), t.num_elements() * format.size());
     }
-    format.decode(&bytes).with_context(|| format!("tensor 'net.{name}' is truncated"))
+    format.decode(&bytes).with_context(|| format!("tensor '{name}' is truncated"))
+}
+
+/// Checks a set of tensors before any of their data is read: float types only, and no more
+/// bytes than the file holds (only broadcast or overlapping views could declare more, and
+/// those would be materialised in full) or than [`MAX_F32_BYTES`] as f32. `what` names them.
+fn check_tensors<'a>(
+    tensors: impl Iterator<Item = (&'a String, &'a burn::store::pytorch_reader::Tensor)>,
+    file_len: u64,
+    what: &str,
+) -> Result<()> {
+    let (mut declared, mut as_f32) = (0u64, 0u64);
+    for (name, t) in tensors {
+        if !matches!(t.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+            bail!("tensor '{name}' has dtype {:?}, expected a float type", t.dtype());
+        }
+        declared = declared.saturating_add(t.byte_len() as u64);
+        as_f32 = as_f32.saturating_add((t.num_elements() as u64).saturating_mul(4));
+    }
+    if declared > file_len {
+        bail!(
+            "the tensors of {what} declare {declared} bytes but the file holds only {file_len}: broadcast (stride-0) or overlapping tensor views are not accepted"
+        );
+    }
+    if as_f32 > MAX_F32_BYTES {
+        bail!("the tensors of {what} take {as_f32} bytes as f32, above the {MAX_F32_BYTES} byte limit");
+    }
+    Ok(())
+}
+
+/// The float tensors of a plain state dict (`torch.save(module.state_dict())`, as
+/// torch-fidelity's Inception weights) as f32, read as data with the limits of [`import`];
+/// integer entries (BatchNorm's `num_batches_tracked`) are left out.
+pub fn read_state_dict(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    let inner = || -> Result<HashMap<String, HostTensor>> {
+        let file_len = crate::regular::open_regular(path)?.1;
+        if !matches!(read_torch_zip(path)?, Py::Dict(_)) {
+            bail!("not a state dict: its top level is not a dictionary");
+        }
+        let reader = PytorchReader::new(path).map_err(|e| anyhow!("cannot read its tensors: {e}"))?;
+        if reader.len() > MAX_TENSORS {
+            bail!("it holds {} tensors, more than the {MAX_TENSORS} accepted", reader.len());
+        }
+        let tensors: HashMap<String, burn::store::pytorch_reader::Tensor> = reader
+            .into_tensors()
+            .into_iter()
+            .filter(|(_, t)| matches!(t.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16))
+            .collect();
+        check_tensors(tensors.iter(), file_len, "the state dict")?;
+        tensors
+            .iter()
+            .map(|(name, t)| Ok((name.clone(), HostTensor { shape: t.shape().to_vec(), data: read_f32(name, t)? })))
+            .collect()
+    };
+    inner().map_err(|e| anyhow!(one_line(&format!("cannot read {}: {e:#}", path.display()))))
 }
 
 /// The shape of `net.{key}`, which must have `rank` non-zero sizes (`form` says which).
@@ -238,25 +292,9 @@ fn import_inner(path: &Path, o: &ImportOptions) -> Result<Imported> {
         .collect();
 
     // Names, dtypes, shapes and sizes, all before any tensor data is read.
-    let (mut declared, mut as_f32) = (0u64, 0u64);
-    for (name, t) in &net {
-        if !matches!(t.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
-            bail!("tensor 'net.{name}' has dtype {:?}, expected a float type", t.dtype());
-        }
-        declared = declared.saturating_add(t.byte_len() as u64);
-        as_f32 = as_f32.saturating_add((t.num_elements() as u64).saturating_mul(4));
-    }
-    // Every tensor of a state dict has storage of its own in the file, so their bytes cannot
-    // exceed it; only broadcast (stride-0) or overlapping views could, and those would be
-    // materialised in full.
-    if declared > file_len {
-        bail!(
-            "the tensors of '{key}' declare {declared} bytes but the file holds only {file_len}: broadcast (stride-0) or overlapping tensor views are not accepted"
-        );
-    }
-    if as_f32 > MAX_F32_BYTES {
-        bail!("the tensors of '{key}' take {as_f32} bytes as f32, above the {MAX_F32_BYTES} byte limit");
-    }
+    let prefixed: Vec<(String, &burn::store::pytorch_reader::Tensor)> =
+        net.iter().map(|(k, t)| (format!("net.{k}"), t)).collect();
+    check_tensors(prefixed.iter().map(|(k, t)| (k, *t)), file_len, &format!("'{key}'"))?;
     let shapes: HashMap<String, Vec<usize>> = net.iter().map(|(k, t)| (k.clone(), t.shape().to_vec())).collect();
     let ic_start = match (o.in_context_start, &preset_name) {
         (Some(s), _) => Some(s),
@@ -268,7 +306,7 @@ fn import_inner(path: &Path, o: &ImportOptions) -> Result<Imported> {
 
     let mut host: HashMap<String, HostTensor> = HashMap::with_capacity(net.len());
     for (name, t) in &net {
-        host.insert(name.clone(), HostTensor { shape: t.shape().to_vec(), data: read_f32(name, t)? });
+        host.insert(name.clone(), HostTensor { shape: t.shape().to_vec(), data: read_f32(&format!("net.{name}"), t)? });
     }
     drop(net);
     let model = state_dict::load(Jit::new(&config, &Device::flex())?, |k| host.remove(k))?;

@@ -1,0 +1,326 @@
+//! `jit-native eval --fid-inception PTH …`: FID and Inception Score as the paper's evaluation
+//! computes them (torch-fidelity's `inception-v3-compat` network and formulas), of a checkpoint's
+//! samples (50 per class by default, labels `arange(K).repeat(count / K)` as the official
+//! `engine_jit.py`), of a folder of PNGs, or — with `--make-stats` — the reference statistics of
+//! a real dataset.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use jit_core::SamplerConfig;
+use jit_core::checkpoint::WeightCopy;
+use jit_core::host::{HostTensor, to_rgb8};
+use jit_core::rng::PortableRng;
+
+use crate::backend::BackendArgs;
+use crate::data::DataSource;
+use crate::fsutil::{check_output, write_atomic};
+use crate::generate::{GenerateOptions, generate};
+use crate::model_file;
+use crate::refuse;
+use crate::science::fid::{Statistics, fid, inception_score};
+use crate::science::inception::{CLASSES, FEATURES, Inception, Weights};
+
+/// The flags of `eval` that measure FID and IS.
+#[derive(Args, Debug, Clone)]
+pub struct FidArgs {
+    /// torch-fidelity's Inception weights (`weights-inception-2015-12-05-6726825d.pth`): FID and
+    /// IS as the paper measures them, instead of the small-dataset classifier.
+    #[arg(long, value_name = "PTH")]
+    pub fid_inception: Option<PathBuf>,
+    /// Reference statistics, a .npz with `mu` and `sigma` (the official `jit_in256_stats.npz`,
+    /// or one written by `--make-stats`).
+    #[arg(long, value_name = "NPZ")]
+    pub fid_stats: Option<PathBuf>,
+    /// Score the PNG images of this folder instead of sampling the checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// Write the statistics of this real dataset (`folder:DIR`, `fashion-mnist`, …) to
+    /// `--stats-out` instead of scoring.
+    #[arg(long, value_name = "DATA")]
+    pub make_stats: Option<DataSource>,
+    /// Where `--make-stats` writes its .npz.
+    #[arg(long, value_name = "NPZ")]
+    pub stats_out: Option<PathBuf>,
+    /// Images per batch, for sampling and for the Inception network.
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub fid_batch: usize,
+    /// Noise seed of the samples.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Replace `--stats-out` if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Features and logits gathered batch by batch.
+#[derive(Default)]
+struct Gathered {
+    features: Vec<f32>,
+    logits: Vec<f32>,
+    count: usize,
+}
+
+impl Gathered {
+    fn add(&mut self, net: &Inception, rgb: &[u8], n: usize, size: usize) -> Result<()> {
+        let out = net.run(rgb, n, size, size)?;
+        self.features.extend(out.features);
+        self.logits.extend(out.logits_unbiased);
+        self.count += n;
+        Ok(())
+    }
+}
+
+/// Loads torch-fidelity's Inception on `device` from its `.pth` (a zip), or from the same
+/// tensors in a `.safetensors` file.
+pub fn load_inception(path: &Path, device: &Device) -> Result<Inception> {
+    let mut magic = [0u8; 4];
+    let (mut file, _) = crate::regular::open_regular(path)?;
+    std::io::Read::read(&mut file, &mut magic).with_context(|| format!("cannot read {}", path.display()))?;
+    let tensors = if &magic == b"PK\x03\x04" {
+        crate::pth::convert::read_state_dict(path).map_err(|e| crate::exit::refused(format!("{e:#}")))?
+    } else {
+        read_safetensors(path)?
+    };
+    Inception::new(Weights::new(tensors, device))
+        .map_err(|e| crate::exit::refused(format!("{}: {e:#}", path.display())))
+}
+
+/// The f32 tensors of a `.safetensors` file.
+fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    let bytes = crate::fsutil::read_regular(path, 1 << 30, "weights file")?;
+    let not =
+        |e: String| crate::exit::refused(format!("{} is neither a .pth nor a .safetensors file ({e})", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not(e.to_string()))?;
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(not(format!("'{name}' is {:?}, not F32", view.dtype())));
+            }
+            let data =
+                view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+            Ok((name, HostTensor { shape: view.shape().to_vec(), data }))
+        })
+        .collect()
+}
+
+fn bar(n: usize, what: &str) -> Result<ProgressBar> {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(ProgressStyle::with_template(&format!(
+        "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}]"
+    ))?);
+    Ok(bar)
+}
+
+/// Runs the FID/IS evaluation; `checkpoint`, `count`, `steps`, `cfg`, `weights` and
+/// `image_size` are `eval`'s own flags.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    f: &FidArgs,
+    checkpoint: Option<&Path>,
+    count: Option<usize>,
+    steps: Option<usize>,
+    cfg: Option<f64>,
+    weights: WeightCopy,
+    image_size: Option<usize>,
+    backend: &BackendArgs,
+) -> Result<()> {
+    let started = Instant::now();
+    let Some(weights_path) = &f.fid_inception else {
+        refuse!(
+            "FID and IS need torch-fidelity's Inception weights: --fid-inception weights-inception-2015-12-05-6726825d.pth"
+        );
+    };
+    if let (Some(_), Some(out)) = (&f.make_stats, &f.stats_out) {
+        check_output(out, &[weights_path], f.force)?;
+    }
+    let reference = match (&f.make_stats, &f.fid_stats) {
+        (Some(_), _) => None,
+        (None, Some(p)) => Some(Statistics::read(p)?),
+        (None, None) => {
+            refuse!("give the reference statistics (--fid-stats NPZ), or write them with --make-stats DATA")
+        }
+    };
+    let device = backend.device()?;
+    let net = load_inception(weights_path, &device)?;
+    let mut got = Gathered::default();
+    if let Some(source) = &f.make_stats {
+        let Some(out) = &f.stats_out else { refuse!("--make-stats needs --stats-out FILE.npz") };
+        let size = image_size.unwrap_or(256);
+        let data = source.open(size, 3, false)?;
+        let n = count.unwrap_or(data.len()).min(data.len());
+        let bar = bar(n, "real images")?;
+        let mut rng = PortableRng::new(0);
+        for start in (0..n).step_by(f.fid_batch) {
+            let end = (start + f.fid_batch).min(n);
+            let mut pixels = Vec::with_capacity((end - start) * 3 * size * size);
+            for i in start..end {
+                pixels.extend(data.get(i, &mut rng)?.pixels);
+            }
+            got.add(&net, &to_rgb8(&pixels, 3, size), end - start, size)?;
+            bar.set_position(end as u64);
+        }
+        bar.finish_and_clear();
+        let stats = Statistics::of(&got.features, got.count, FEATURES);
+        write_atomic(out, &stats.to_npz()?)?;
+        println!("wrote the statistics of {n} images to {} ({:.1} s)", out.display(), started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    if let Some(dir) = &f.images {
+        score_folder(dir, &net, f.fid_batch, &mut got)?;
+    } else if let Some(ckpt) = checkpoint {
+        let (model, meta) = model_file::load(ckpt, weights, &device, backend.memory_limit())?;
+        let model = model.with_matmul_dtype(backend.matmul_dtype(&device)?);
+        let (k, size) = (meta.network.num_classes, meta.network.input_size);
+        let n = count.unwrap_or(50 * k);
+        if n == 0 || !n.is_multiple_of(k) {
+            refuse!(
+                "--count {n} must be a positive multiple of the {k} classes (the evaluation samples count / classes per class)"
+            );
+        }
+        let labels: Vec<i64> = (0..k as i64).flat_map(|c| std::iter::repeat_n(c, n / k)).collect();
+        let sampler = SamplerConfig {
+            steps: steps.unwrap_or(meta.sampler.steps),
+            cfg: cfg.unwrap_or(meta.sampler.cfg),
+            ..meta.sampler.clone()
+        };
+        sampler.validate()?;
+        backend.memory_limit().check(&meta.network, 2 * f.fid_batch)?;
+        let bar = bar(n, "sampling")?;
+        for start in (0..n).step_by(f.fid_batch) {
+            let end = (start + f.fid_batch).min(n);
+            let opts = GenerateOptions {
+                seed: f.seed,
+                sampler: sampler.clone(),
+                labels: labels[start..end].to_vec(),
+                first_image: start,
+            };
+            let images = generate(&model, &meta.diffusion, &opts, |_| {})?;
+            got.add(&net, &to_rgb8(&images, meta.network.in_channels, size), end - start, size)?;
+            bar.set_position(end as u64);
+        }
+        bar.finish_and_clear();
+    } else {
+        refuse!("score a checkpoint (eval CKPT --fid-inception …) or a folder of PNGs (--images DIR)");
+    }
+    let stats = Statistics::of(&got.features, got.count, FEATURES);
+    let reference = reference.expect("checked above");
+    let score = fid(&stats, &reference)?;
+    let (is_mean, is_std) = inception_score(&got.logits, got.count, CLASSES, 10)?;
+    println!(
+        "FID {score:.4} | IS {is_mean:.3} ± {is_std:.3} | {} images | {:.1} s",
+        got.count,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The PNGs of `dir` (sorted by name, all of one size) through the network.
+fn score_folder(dir: &Path, net: &Inception, batch: usize, got: &mut Gathered) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        refuse!("{} holds no .png images", dir.display());
+    }
+    let bar = bar(files.len(), "images")?;
+    let mut size = None;
+    for chunk in files.chunks(batch) {
+        let mut rgb = Vec::new();
+        for path in chunk {
+            let (file, _) = crate::regular::open_regular(path)?;
+            let img = image::ImageReader::with_format(std::io::BufReader::new(file), image::ImageFormat::Png)
+                .decode()
+                .with_context(|| format!("cannot decode {}", path.display()))?
+                .to_rgb8();
+            let (w, h) = img.dimensions();
+            if w != h || *size.get_or_insert(w) != w {
+                refuse!("{} is {w}×{h}; every image must be square and of one size", path.display());
+            }
+            rgb.extend_from_slice(img.as_raw());
+        }
+        got.add(net, &rgb, chunk.len(), size.unwrap_or(0) as usize)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::science::inception::tests::formula_weights;
+
+    #[test]
+    fn statistics_of_a_folder_then_fid_and_is_of_png_images_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
+        // The golden network's weights, in the safetensors form `--fid-inception` also reads.
+        let weights: Vec<(String, Vec<usize>, Vec<u8>)> = formula_weights()
+            .into_iter()
+            .map(|(k, t)| (k, t.shape, t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = weights
+            .iter()
+            .map(|(k, shape, bytes)| {
+                (
+                    k.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).unwrap(),
+                )
+            })
+            .collect();
+        let wpath = dir.path().join("inception.safetensors");
+        std::fs::write(&wpath, safetensors::serialize(views, None).unwrap()).unwrap();
+        // A dataset folder and a folder of PNGs, 12 images of 32×32 each.
+        let (data, pngs) = (dir.path().join("data"), dir.path().join("pngs"));
+        for (i, class) in ["a", "b", "c"].iter().cycle().take(12).enumerate() {
+            std::fs::create_dir_all(data.join(class)).unwrap();
+            std::fs::create_dir_all(&pngs).unwrap();
+            let img =
+                image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, (i * 20) as u8]));
+            img.save(data.join(class).join(format!("{i}.png"))).unwrap();
+            img.save(pngs.join(format!("{i:02}.png"))).unwrap();
+        }
+        let stats = dir.path().join("stats.npz");
+        let backend = BackendArgs {
+            backend: crate::backend::BackendKind::Cpu,
+            precision: crate::backend::Precision::F32,
+            device_index: None,
+            limit: crate::backend::LimitArgs { max_memory: 16.0 },
+        };
+        let mut f = FidArgs {
+            fid_inception: Some(wpath.clone()),
+            fid_stats: None,
+            images: None,
+            make_stats: Some(format!("folder:{}", data.display()).parse().unwrap()),
+            stats_out: Some(stats.clone()),
+            fid_batch: 5,
+            seed: 0,
+            force: false,
+        };
+        run(&f, None, None, None, None, WeightCopy::Ema1, Some(32), &backend).unwrap();
+        let s = Statistics::read(&stats).unwrap();
+        assert_eq!((s.mu.len(), s.sigma.nrows()), (FEATURES, FEATURES));
+        // The same images as PNGs against their own statistics: FID ≈ 0.
+        let e = run(&f, None, None, None, None, WeightCopy::Ema1, Some(32), &backend).unwrap_err().to_string();
+        assert!(e.contains("--force"), "{e}");
+        f.make_stats = None;
+        f.fid_stats = Some(stats.clone());
+        f.images = Some(pngs);
+        run(&f, None, None, None, None, WeightCopy::Ema1, None, &backend).unwrap();
+        // Files that are not weights are refused.
+        for (file, needle) in [(stats, "not a torch.save checkpoint"), (data.join("a/0.png"), "neither a .pth nor")] {
+            f.fid_inception = Some(file);
+            let e = run(&f, None, None, None, None, WeightCopy::Ema1, None, &backend).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+}
