@@ -51,7 +51,7 @@ trap 'rm -rf "$work"' EXIT
 "$bin" train --backend cpu --model JiT-T/4 --image-size 16 --depth 2 --hidden-size 32 --num-heads 2 \
   --batch-size 16 --steps 40 --checkpoint-every 40 --sample-every 0 --lr 2e-3 --out "$work/run" 2>&1 | tail -n 2
 # raw weights: after 40 steps the EMA is still close to the zero-initialised output layer
-"$bin" export "$work/run/ckpt-00000040.safetensors" --weights net --out dist/model.safetensors
+"$bin" export "$work/run/ckpt-00000040.safetensors" --weights net --force --out dist/model.safetensors
 "$bin" sample dist/model.safetensors --backend cpu --class 1 --count 2 --seed 7 --steps 4 --sampler heun \
   --cfg 2.0 --interval-low 0.1 --interval-high 1.0 --out "$work/samples" --save-tensor "$work/ref.safetensors"
 JIT_DIST="$PWD/dist" JIT_REF="$work/ref.safetensors" \

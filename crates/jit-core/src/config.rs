@@ -455,10 +455,62 @@ impl Default for SamplerConfig {
     }
 }
 
+/// What a front end may change of a checkpoint's sampler settings (`None`: keep the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplerOverrides {
+    pub method: Option<Method>,
+    pub steps: Option<usize>,
+    pub cfg: Option<f64>,
+    pub interval_low: Option<f64>,
+    pub interval_high: Option<f64>,
+}
+
 impl SamplerConfig {
     /// Most sampler steps accepted (the reference uses 50): bounds the time and the time grid a
     /// file or a flag can ask for.
     pub const MAX_STEPS: usize = 10_000;
+
+    /// Most images one sampling request may ask for.
+    pub const MAX_IMAGES: usize = 1 << 20;
+
+    /// These settings with `o` applied, validated: the one place the CLI and the browser turn
+    /// their options into a sampler.
+    pub fn with(&self, o: SamplerOverrides) -> Result<Self, JitError> {
+        let s = Self {
+            method: o.method.unwrap_or(self.method),
+            steps: o.steps.unwrap_or(self.steps),
+            cfg: o.cfg.unwrap_or(self.cfg),
+            interval: (o.interval_low.unwrap_or(self.interval.0), o.interval_high.unwrap_or(self.interval.1)),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks a request to sample images of `labels` with `network`: [`Self::check_labels`], and
+    /// both halves of a guided step within the memory `limit`.
+    pub fn check_request(network: &JitConfig, labels: &[i64], limit: MemoryLimit) -> Result<(), JitError> {
+        Self::check_labels(network, labels)?;
+        limit.check(network, 2 * labels.len())
+    }
+
+    /// 1 to [`Self::MAX_IMAGES`] labels, each a class of `network` or its null class K.
+    pub fn check_labels(network: &JitConfig, labels: &[i64]) -> Result<(), JitError> {
+        if labels.is_empty() || labels.len() > Self::MAX_IMAGES {
+            return Err(JitError::InvalidConfig(format!(
+                "{} images requested: from 1 to {} at a time",
+                labels.len(),
+                Self::MAX_IMAGES
+            )));
+        }
+        let k = network.num_classes;
+        if let Some(&l) = labels.iter().find(|&&l| l < 0 || l as usize > k) {
+            return Err(JitError::InvalidConfig(format!(
+                "class {l} does not exist (the model has classes 0..{}, and {k} for unconditional samples)",
+                k - 1
+            )));
+        }
+        Ok(())
+    }
 
     /// Checks 1 ≤ steps ≤ [`Self::MAX_STEPS`], cfg finite and a sane interval.
     pub fn validate(&self) -> Result<(), JitError> {

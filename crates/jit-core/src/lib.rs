@@ -37,7 +37,7 @@ pub mod sampler;
 pub mod state_dict;
 pub mod train_state;
 
-pub use config::{DiffusionConfig, JitConfig, MemoryLimit, Method, SamplerConfig, Target};
+pub use config::{DiffusionConfig, JitConfig, MemoryLimit, Method, SamplerConfig, SamplerOverrides, Target};
 pub use error::JitError;
 pub use model::Jit;
 pub use network::Network;

@@ -415,3 +415,22 @@ fn a_step_is_split_only_as_far_as_the_memory_limit_allows() {
     assert_eq!(MemoryLimit(u64::MAX).training_parts(&config, 3, 8), 3);
     assert_eq!(MemoryLimit(u64::MAX).training_parts(&config, 32, 0), 1);
 }
+
+#[test]
+fn sampler_overrides_and_sampling_requests_are_checked_in_one_place() {
+    use jit_core::{MemoryLimit, SamplerOverrides};
+    let d = SamplerConfig::default();
+    let s = d.with(SamplerOverrides { steps: Some(7), cfg: Some(1.5), ..Default::default() }).unwrap();
+    assert_eq!((s.steps, s.cfg, s.method, s.interval), (7, 1.5, d.method, d.interval));
+    assert!(d.with(SamplerOverrides { steps: Some(0), ..Default::default() }).is_err());
+    assert!(
+        d.with(SamplerOverrides { interval_low: Some(0.9), interval_high: Some(0.1), ..Default::default() }).is_err()
+    );
+    let net = JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap();
+    SamplerConfig::check_request(&net, &[0, 9, 10], MemoryLimit::default()).unwrap();
+    for bad in [&[11i64][..], &[-1], &[]] {
+        assert!(SamplerConfig::check_labels(&net, bad).is_err(), "{bad:?}");
+    }
+    let e = SamplerConfig::check_request(&net, &[0; 64], MemoryLimit(1000)).unwrap_err().to_string();
+    assert!(e.contains("memory limit"), "{e}");
+}

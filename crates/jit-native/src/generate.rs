@@ -35,14 +35,7 @@ pub fn generate(
 ) -> Result<Vec<f32>> {
     use burn::module::Module;
     let device = model.devices()[0].clone();
-    if opts.labels.is_empty() {
-        anyhow::bail!("nothing to generate: give at least one label");
-    }
-    for &l in &opts.labels {
-        if l < 0 || l as usize > model.config.num_classes {
-            anyhow::bail!("class {l} does not exist (the model has classes 0..{})", model.config.num_classes - 1);
-        }
-    }
+    SamplerConfig::check_labels(&model.config, &opts.labels)?;
     let images = opts.first_image..opts.first_image + opts.labels.len();
     let z0 = initial_noise(&model.config, diffusion, images, opts.seed, &device);
     let lanes = CpuLanes::new(&device);

@@ -525,3 +525,68 @@ fn bench_prints_a_table_with_and_without_the_fused_kernels() {
         assert!(train_ips > 0.0 && sample_ips > 0.0 && mean_train_ips > 0.0, "{row}");
     }
 }
+
+#[test]
+fn sample_writes_the_adm_evaluators_npz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    ok(&[
+        "train",
+        "--backend",
+        "cpu",
+        "--image-size",
+        "16",
+        "--depth",
+        "1",
+        "--hidden-size",
+        "16",
+        "--num-heads",
+        "1",
+        "--in-context-len",
+        "0",
+        "--sample-every",
+        "0",
+        "--steps",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        r,
+    ]);
+    let ckpt = run.join("ckpt-00000002.safetensors");
+    let (out, npz) = (tmp.path().join("s"), tmp.path().join("samples.npz"));
+    ok(&[
+        "sample",
+        ckpt.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--class",
+        "1",
+        "--count",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--npz",
+        npz.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&npz).unwrap();
+    // One stored zip entry `arr_0.npy`: a .npy v1.0 header as np.save writes it, then the pixels.
+    assert_eq!(&bytes[..4], b"PK\x03\x04");
+    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 0, "stored, not compressed");
+    let name_len = u16::from_le_bytes([bytes[26], bytes[27]]) as usize;
+    let extra_len = u16::from_le_bytes([bytes[28], bytes[29]]) as usize;
+    assert_eq!(&bytes[30..30 + name_len], b"arr_0.npy");
+    let npy = &bytes[30 + name_len + extra_len..];
+    assert_eq!(&npy[..8], b"\x93NUMPY\x01\x00");
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    assert_eq!((10 + header_len) % 64, 0);
+    let header = std::str::from_utf8(&npy[10..10 + header_len]).unwrap();
+    assert!(header.starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 16, 16, 3), }"), "{header}");
+    // The pixels are the PNGs' (NHWC, RGB).
+    let pixels = &npy[10 + header_len..10 + header_len + 2 * 16 * 16 * 3];
+    let png = image::open(out.join("sample-001-class1.png")).unwrap().to_rgb8();
+    assert_eq!(&pixels[16 * 16 * 3..], png.as_raw().as_slice());
+}

@@ -26,7 +26,7 @@ use burn::tensor::{Device, FloatDType};
 use jit_core::checkpoint::{self, CheckpointMeta};
 use jit_core::host::{self, to_rgb8};
 use jit_core::sampler::{Progress, Sampling, initial_noise};
-use jit_core::{Jit, Method, SamplerConfig};
+use jit_core::{Jit, Method, SamplerConfig, SamplerOverrides};
 use js_sys::{Array, Float32Array, Function, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
@@ -358,27 +358,25 @@ impl JitGenerator {
         future_to_promise(async move {
             let m = &inner.meta;
             let c = &m.network;
-            let d = &m.sampler;
             let method = match get(&options, "sampler").and_then(|v| v.as_string()) {
-                Some(s) => s.parse::<Method>().map_err(err)?,
-                None => d.method,
+                Some(s) => Some(s.parse::<Method>().map_err(err)?),
+                None => None,
             };
-            let sampler = SamplerConfig {
-                method,
-                steps: get_int(&options, "steps", 1.0, SamplerConfig::MAX_STEPS as f64)?
-                    .map_or(d.steps, |v| v as usize),
-                cfg: get_f64(&options, "cfg")?.unwrap_or(d.cfg),
-                interval: (
-                    get_f64(&options, "intervalLow")?.unwrap_or(d.interval.0),
-                    get_f64(&options, "intervalHigh")?.unwrap_or(d.interval.1),
-                ),
-            };
-            sampler.validate().map_err(err)?;
+            let sampler = m
+                .sampler
+                .with(SamplerOverrides {
+                    method,
+                    steps: get_int(&options, "steps", 1.0, SamplerConfig::MAX_STEPS as f64)?.map(|v| v as usize),
+                    cfg: get_f64(&options, "cfg")?,
+                    interval_low: get_f64(&options, "intervalLow")?,
+                    interval_high: get_f64(&options, "intervalHigh")?,
+                })
+                .map_err(err)?;
             let count = get_int(&options, "count", 1.0, 256.0)?.unwrap_or(1.0) as usize;
-            // Both halves of a guided step run in one batch.
-            jit_core::MemoryLimit::default().check(c, 2 * count).map_err(err)?;
             let label = get_int(&options, "classLabel", 0.0, (c.num_classes - 1) as f64)?
                 .map_or(c.num_classes as i64, |l| l as i64);
+            let labels = vec![label; count];
+            SamplerConfig::check_request(c, &labels, jit_core::MemoryLimit::default()).map_err(err)?;
             // Every integer up to 2^53 is exact in a JS number; above, two seeds could be one.
             let seed = get_int(&options, "seed", 0.0, MAX_SAFE_INTEGER)?.unwrap_or(0.0);
             // Where these images start in the seed's noise stream (a batch split over workers).
@@ -386,7 +384,7 @@ impl JitGenerator {
             let device = inner.model.devices()[0].clone();
             let started = js_sys::Date::now();
             let z0 = initial_noise(c, &m.diffusion, first..first + count, seed as u64, &device);
-            let labels = host::labels(&vec![label; count], &device);
+            let labels = host::labels(&labels, &device);
             let mut run = Sampling::new(&inner.model, &m.diffusion, &sampler, z0, labels).map_err(err)?;
             // The flag is checked before every network evaluation (two per Heun step), after
             // the GPU has finished the previous one, and again after a preview is read back, so

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use jit_core::checkpoint::WeightCopy;
 use jit_core::host::read_f32;
-use jit_core::{Method, SamplerConfig};
+use jit_core::{Method, SamplerConfig, SamplerOverrides};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::backend::BackendArgs;
@@ -17,6 +17,7 @@ use crate::generate::{GenerateOptions, generate};
 use crate::images::{HostImages, save_png};
 use crate::model_file;
 use crate::refuse;
+use crate::science::npz::{self, Array, Values};
 
 /// `sample` flags (sampler settings default to those stored in the checkpoint).
 #[derive(Args, Debug)]
@@ -62,6 +63,9 @@ pub struct SampleArgs {
     /// Also write the float images `[B, C, H, W]` in [-1, 1] as a safetensors tensor `samples`.
     #[arg(long)]
     pub save_tensor: Option<PathBuf>,
+    /// Also write the images as the ADM evaluator's `.npz`: `arr_0`, uint8 `[N, H, W, 3]`.
+    #[arg(long, value_name = "NPZ")]
+    pub npz: Option<PathBuf>,
     /// Upscaling of the grid (nearest neighbour), 1 to 64.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub scale: u32,
@@ -115,22 +119,23 @@ fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
     let (model, meta) = model_file::load(&a.checkpoint, a.weights, &device, limit)?;
     let model = model.with_matmul_dtype(a.backend.matmul_dtype(&device)?);
     let c = &meta.network;
-    let defaults = &meta.sampler;
-    let sampler = SamplerConfig {
-        method: a.sampler.unwrap_or(defaults.method),
-        steps: a.steps.unwrap_or(defaults.steps),
-        cfg: a.cfg.unwrap_or(defaults.cfg),
-        interval: (a.interval_low.unwrap_or(defaults.interval.0), a.interval_high.unwrap_or(defaults.interval.1)),
-    };
-    sampler.validate()?;
+    let sampler = meta.sampler.with(SamplerOverrides {
+        method: a.sampler,
+        steps: a.steps,
+        cfg: a.cfg,
+        interval_low: a.interval_low,
+        interval_high: a.interval_high,
+    })?;
     if a.count == 0 {
-        bail!("--count must be at least 1");
+        refuse!("--count must be at least 1");
     }
     let per_class = parse_classes(&a.classes, &meta.class_names, c.num_classes)?;
-    let n = per_class.len().checked_mul(a.count).filter(|&n| n <= 1 << 20).context("--count is too large")?;
-    // Both halves of a guided step run in one batch.
-    limit.check(c, 2 * n)?;
+    let n = per_class.len().checked_mul(a.count).context("--count is too large")?;
+    if n > SamplerConfig::MAX_IMAGES {
+        refuse!("--count × classes is {n} images, more than the {} of one request", SamplerConfig::MAX_IMAGES);
+    }
     let labels: Vec<i64> = per_class.iter().flat_map(|l| std::iter::repeat_n(*l, a.count)).collect();
+    SamplerConfig::check_request(c, &labels, limit)?;
     let sizes = HostImages { data: &[], count: n, channels: c.in_channels, size: c.input_size };
     limit.check_bytes(format!("a grid of {n} images at --scale {}", a.scale), sizes.grid_bytes(8, a.scale))?;
     if a.out.exists() && !a.out.is_dir() {
@@ -147,6 +152,7 @@ fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
         outputs.push(a.out.join("previews.png"));
     }
     outputs.extend(a.save_tensor.iter().cloned());
+    outputs.extend(a.npz.iter().cloned());
     if rank == 0 {
         for out in &outputs {
             check_output(out, &[&a.checkpoint], a.force)?;
@@ -197,6 +203,11 @@ fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
         }
         let all = HostImages { data: &strip, count: n * previews.len(), channels: c.in_channels, size: c.input_size };
         save_png(&a.out.join("previews.png"), &all.grid(previews.len(), a.scale.min(2)))?;
+    }
+    if let Some(path) = &a.npz {
+        let (s, rgb) = (c.input_size, jit_core::host::to_rgb8(&data, c.in_channels, c.input_size));
+        let arr = Array { shape: vec![n, s, s, 3], values: Values::U8(rgb) };
+        write_atomic(path, &npz::write(std::io::Cursor::new(Vec::new()), &[("arr_0", &arr)])?.into_inner())?;
     }
     if let Some(path) = &a.save_tensor {
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -9,17 +9,15 @@ use anyhow::{Context, Result, bail};
 use image::imageops::FilterType;
 use jit_core::rng::PortableRng;
 
-use super::{Dataset, Sample};
+use super::{Dataset, Layout, Sample};
 
 const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
 
 /// Paths and labels; images are decoded on demand (on the loader thread).
 pub struct ImageFolder {
-    size: usize,
-    channels: usize,
+    layout: Layout,
     flip: bool,
     items: Vec<(PathBuf, usize)>,
-    names: Vec<String>,
     /// Indices of images that failed to decode (each is warned about once and then skipped).
     bad: Mutex<HashSet<usize>>,
 }
@@ -67,7 +65,7 @@ impl ImageFolder {
                 dir.display()
             );
         }
-        Ok(Self { size, channels, flip, items, names, bad: Mutex::new(HashSet::new()) })
+        Ok(Self { layout: Layout { size, channels, names }, flip, items, bad: Mutex::new(HashSet::new()) })
     }
 }
 
@@ -75,14 +73,8 @@ impl Dataset for ImageFolder {
     fn len(&self) -> usize {
         self.items.len()
     }
-    fn channels(&self) -> usize {
-        self.channels
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn class_names(&self) -> &[String] {
-        &self.names
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
     /// Image `index`; an image that cannot be decoded is skipped with a warning (once per
     /// file) and the next readable one is used instead, so one bad file does not stop a run.
@@ -118,14 +110,14 @@ impl ImageFolder {
         let (w, h) = (img.width(), img.height());
         let side = w.min(h);
         let img = img.crop_imm((w - side) / 2, (h - side) / 2, side, side).resize_exact(
-            self.size as u32,
-            self.size as u32,
+            self.layout.size as u32,
+            self.layout.size as u32,
             FilterType::CatmullRom,
         );
         let img = if self.flip && rng.uniform() < 0.5 { img.fliph() } else { img };
-        let s = self.size;
-        let mut pixels = vec![0f32; self.channels * s * s];
-        if self.channels == 1 {
+        let s = self.layout.size;
+        let mut pixels = vec![0f32; self.layout.channels * s * s];
+        if self.layout.channels == 1 {
             for (o, p) in pixels.iter_mut().zip(img.to_luma8().pixels()) {
                 *o = p.0[0] as f32 / 127.5 - 1.0;
             }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use image::{GrayImage, imageops::FilterType};
 use jit_core::rng::PortableRng;
 
-use super::{Dataset, Sample};
+use super::{Dataset, Layout, Sample};
 
 /// Where Debian's `dataset-fashion-mnist` installs the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
@@ -24,11 +24,9 @@ const MAX_IDX_SIDE: usize = 4096;
 /// An IDX image/label pair loaded in memory, converted to `[-1, 1]` at `size` pixels with
 /// `channels` channels (1, or 3 with the grey value repeated).
 pub struct IdxDataset {
-    size: usize,
-    channels: usize,
+    layout: Layout,
     images: Vec<Vec<f32>>,
     labels: Vec<usize>,
-    names: Vec<String>,
 }
 
 fn find(dir: &Path, stem: &str) -> Result<PathBuf> {
@@ -121,7 +119,7 @@ impl IdxDataset {
         let names = (0..classes)
             .map(|c| if fashion && classes == 10 { FASHION_NAMES[c].to_string() } else { c.to_string() })
             .collect();
-        Ok(Self { size, channels, images, labels, names })
+        Ok(Self { layout: Layout { size, channels, names }, images, labels })
     }
 }
 
@@ -150,17 +148,11 @@ impl Dataset for IdxDataset {
     fn len(&self) -> usize {
         self.images.len()
     }
-    fn channels(&self) -> usize {
-        self.channels
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn class_names(&self) -> &[String] {
-        &self.names
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
     fn get(&self, index: usize, _rng: &mut PortableRng) -> Result<Sample> {
         let grey = &self.images[index];
-        Ok(Sample { pixels: grey.repeat(self.channels), label: self.labels[index] })
+        Ok(Sample { pixels: grey.repeat(self.layout.channels), label: self.labels[index] })
     }
 }

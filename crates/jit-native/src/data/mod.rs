@@ -17,18 +17,38 @@ pub struct Sample {
     pub label: usize,
 }
 
+/// What every dataset's images are: their side, channels and classes.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Image side in pixels.
+    pub size: usize,
+    /// Image channels C.
+    pub channels: usize,
+    /// One name per class.
+    pub names: Vec<String>,
+}
+
 /// A labelled image dataset at a fixed size.
 pub trait Dataset: Send + Sync {
     /// Number of images in one epoch.
     fn len(&self) -> usize;
-    /// Image channels C.
-    fn channels(&self) -> usize;
-    /// Image side in pixels.
-    fn size(&self) -> usize;
-    /// One name per class.
-    fn class_names(&self) -> &[String];
+    /// The images' size, channels and classes.
+    fn layout(&self) -> &Layout;
     /// Image `index`; `rng` drives augmentation (random flips).
     fn get(&self, index: usize, rng: &mut PortableRng) -> Result<Sample>;
+
+    /// Image channels C.
+    fn channels(&self) -> usize {
+        self.layout().channels
+    }
+    /// Image side in pixels.
+    fn size(&self) -> usize {
+        self.layout().size
+    }
+    /// One name per class.
+    fn class_names(&self) -> &[String] {
+        &self.layout().names
+    }
 }
 
 /// Which dataset to train on; written as `shapes`, `idx:DIR` or `folder:DIR` on the command

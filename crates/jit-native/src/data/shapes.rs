@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use jit_core::rng::PortableRng;
 
-use super::{Dataset, Sample};
+use super::{Dataset, Layout, Sample};
 
 const NAMES: [&str; 6] = ["circle", "square", "triangle", "ring", "cross", "diamond"];
 /// Images per epoch.
@@ -12,9 +12,7 @@ const LEN: usize = 60_000;
 
 /// Procedural shapes at `size × size`.
 pub struct Shapes {
-    size: usize,
-    channels: usize,
-    names: Vec<String>,
+    layout: Layout,
 }
 
 impl Shapes {
@@ -26,7 +24,7 @@ impl Shapes {
         if channels != 1 && channels != 3 {
             bail!("the shapes dataset makes 1- or 3-channel images (got {channels})");
         }
-        Ok(Self { size, channels, names: NAMES.iter().map(|s| s.to_string()).collect() })
+        Ok(Self { layout: Layout { size, channels, names: NAMES.iter().map(|s| s.to_string()).collect() } })
     }
 }
 
@@ -63,19 +61,13 @@ impl Dataset for Shapes {
     fn len(&self) -> usize {
         LEN
     }
-    fn channels(&self) -> usize {
-        self.channels
-    }
-    fn size(&self) -> usize {
-        self.size
-    }
-    fn class_names(&self) -> &[String] {
-        &self.names
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
     fn get(&self, index: usize, _rng: &mut PortableRng) -> Result<Sample> {
         let mut r = PortableRng::new(0x5EED_0000_0000 ^ index as u64);
         let class = index % NAMES.len();
-        let n = self.size as f32;
+        let n = self.layout.size as f32;
         let radius = n * (0.22 + 0.16 * r.uniform() as f32);
         let cx = n / 2.0 + (r.uniform() as f32 - 0.5) * (n - 2.0 * radius).max(0.0);
         let cy = n / 2.0 + (r.uniform() as f32 - 0.5) * (n - 2.0 * radius).max(0.0);
@@ -85,8 +77,8 @@ impl Dataset for Shapes {
             let a = (r.uniform() as f32 - 0.5) * 0.5;
             (a.cos(), a.sin())
         };
-        let s = self.size;
-        let mut pixels = vec![0f32; self.channels * s * s];
+        let s = self.layout.size;
+        let mut pixels = vec![0f32; self.layout.channels * s * s];
         for py in 0..s {
             for px in 0..s {
                 // 2×2 supersampling for smooth edges
@@ -97,7 +89,7 @@ impl Dataset for Shapes {
                     cover += inside(class, x, y) as u8 as f32 * 0.25;
                 }
                 let rgb: Vec<f32> = (0..3).map(|c| bg[c] + (fg[c] - bg[c]) * cover).collect();
-                if self.channels == 1 {
+                if self.layout.channels == 1 {
                     pixels[py * s + px] = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]) * 2.0 - 1.0;
                 } else {
                     for c in 0..3 {
