@@ -12,10 +12,10 @@ use anyhow::{Context, Result};
 use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use jit_core::SamplerConfig;
 use jit_core::checkpoint::WeightCopy;
 use jit_core::host::{HostTensor, to_rgb8};
 use jit_core::rng::PortableRng;
+use jit_core::{DiffusionConfig, Jit, SamplerConfig};
 
 use crate::backend::BackendArgs;
 use crate::data::DataSource;
@@ -177,35 +177,14 @@ pub fn run(
     } else if let Some(ckpt) = checkpoint {
         let (model, meta) = model_file::load(ckpt, weights, &device, backend.memory_limit())?;
         let model = model.with_matmul_dtype(backend.matmul_dtype(&device)?);
-        let (k, size) = (meta.network.num_classes, meta.network.input_size);
-        let n = count.unwrap_or(50 * k);
-        if n == 0 || !n.is_multiple_of(k) {
-            refuse!(
-                "--count {n} must be a positive multiple of the {k} classes (the evaluation samples count / classes per class)"
-            );
-        }
-        let labels: Vec<i64> = (0..k as i64).flat_map(|c| std::iter::repeat_n(c, n / k)).collect();
         let sampler = SamplerConfig {
             steps: steps.unwrap_or(meta.sampler.steps),
             cfg: cfg.unwrap_or(meta.sampler.cfg),
             ..meta.sampler.clone()
         };
-        sampler.validate()?;
+        let n = count.unwrap_or(50 * meta.network.num_classes);
         backend.memory_limit().check(&meta.network, 2 * f.fid_batch)?;
-        let bar = bar(n, "sampling")?;
-        for start in (0..n).step_by(f.fid_batch) {
-            let end = (start + f.fid_batch).min(n);
-            let opts = GenerateOptions {
-                seed: f.seed,
-                sampler: sampler.clone(),
-                labels: labels[start..end].to_vec(),
-                first_image: start,
-            };
-            let images = generate(&model, &meta.diffusion, &opts, |_| {})?;
-            got.add(&net, &to_rgb8(&images, meta.network.in_channels, size), end - start, size)?;
-            bar.set_position(end as u64);
-        }
-        bar.finish_and_clear();
+        got = sample_features(&model, &meta.diffusion, &sampler, n, f.fid_batch, f.seed, &net, true)?;
     } else {
         refuse!("score a checkpoint (eval CKPT --fid-inception …) or a folder of PNGs (--images DIR)");
     }
@@ -219,6 +198,58 @@ pub fn run(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Samples `n` images of `model` (`n / K` per class, in class order, as the official
+/// evaluation) in batches of `batch`, each image's noise from its place in `seed`'s stream, and
+/// runs them through the Inception network.
+#[allow(clippy::too_many_arguments)]
+fn sample_features(
+    model: &Jit,
+    diffusion: &DiffusionConfig,
+    sampler: &SamplerConfig,
+    n: usize,
+    batch: usize,
+    seed: u64,
+    net: &Inception,
+    progress: bool,
+) -> Result<Gathered> {
+    let (k, size, channels) = (model.config.num_classes, model.config.input_size, model.config.in_channels);
+    if n == 0 || !n.is_multiple_of(k) {
+        refuse!(
+            "--count {n} must be a positive multiple of the {k} classes (the evaluation samples count / classes per class)"
+        );
+    }
+    sampler.validate()?;
+    let labels: Vec<i64> = (0..k as i64).flat_map(|c| std::iter::repeat_n(c, n / k)).collect();
+    let bar = if progress { bar(n, "sampling")? } else { ProgressBar::hidden() };
+    let mut got = Gathered::default();
+    for start in (0..n).step_by(batch) {
+        let end = (start + batch).min(n);
+        let opts =
+            GenerateOptions { seed, sampler: sampler.clone(), labels: labels[start..end].to_vec(), first_image: start };
+        let images = generate(model, diffusion, &opts, |_| {})?;
+        got.add(net, &to_rgb8(&images, channels, size), end - start, size)?;
+        bar.set_position(end as u64);
+    }
+    bar.finish_and_clear();
+    Ok(got)
+}
+
+/// FID against `reference` and IS (mean, std) of `n` samples of `model`: the online evaluation
+/// `train --eval-every` logs.
+pub fn score_model(
+    model: &Jit,
+    diffusion: &DiffusionConfig,
+    sampler: &SamplerConfig,
+    n: usize,
+    net: &Inception,
+    reference: &Statistics,
+) -> Result<(f64, f64, f64)> {
+    let got = sample_features(model, diffusion, sampler, n, 32, 0, net, false)?;
+    let score = fid(&Statistics::of(&got.features, got.count, FEATURES), reference)?;
+    let (mean, std) = inception_score(&got.logits, got.count, CLASSES, 10)?;
+    Ok((score, mean, std))
 }
 
 /// The PNGs of `dir` (sorted by name, all of one size) through the network.
@@ -260,10 +291,8 @@ mod tests {
     use super::*;
     use crate::science::inception::tests::formula_weights;
 
-    #[test]
-    fn statistics_of_a_folder_then_fid_and_is_of_png_images_end_to_end() {
-        let dir = tempfile::tempdir().unwrap();
-        // The golden network's weights, in the safetensors form `--fid-inception` also reads.
+    /// The golden network's weights, in the safetensors form `--fid-inception` also reads.
+    fn write_formula_weights(path: &Path) {
         let weights: Vec<(String, Vec<usize>, Vec<u8>)> = formula_weights()
             .into_iter()
             .map(|(k, t)| (k, t.shape, t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
@@ -277,8 +306,71 @@ mod tests {
                 )
             })
             .collect();
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn training_logs_fid_and_is_every_eval_every_steps() {
+        use clap::{Args, FromArgMatches};
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("inception.safetensors");
+        write_formula_weights(&weights);
+        let d = FEATURES;
+        let reference = Statistics { mu: nalgebra::DVector::zeros(d), sigma: nalgebra::DMatrix::identity(d, d) };
+        let stats = dir.path().join("ref.npz");
+        std::fs::write(&stats, reference.to_npz().unwrap()).unwrap();
+        let run = dir.path().join("run");
+        let argv = [
+            "train",
+            "--backend",
+            "cpu",
+            "--image-size",
+            "16",
+            "--depth",
+            "1",
+            "--hidden-size",
+            "16",
+            "--num-heads",
+            "1",
+            "--in-context-len",
+            "0",
+            "--sample-every",
+            "0",
+            "--sample-steps",
+            "2",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-count",
+            "12",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain(["--fid-inception", weights.to_str().unwrap(), "--fid-stats", stats.to_str().unwrap()].map(String::from))
+        .chain(["--out".to_string(), run.display().to_string()]);
+        let matches = super::super::train::TrainArgs::augment_args(clap::Command::new("train")).get_matches_from(argv);
+        let args = super::super::train::TrainArgs::from_arg_matches(&matches).unwrap();
+        super::super::train::run(args, &matches).unwrap();
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let evals: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v.get("fid").is_some())
+            .collect();
+        assert_eq!(evals.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4], "{text}");
+        for v in &evals {
+            // Against N(0, I): FID ≈ Tr I = 2048 plus the features' spread and mean.
+            assert!(v["fid"].as_f64().unwrap() > 1000.0 && v["is_mean"].as_f64().unwrap() >= 1.0, "{v}");
+            assert_eq!(v["eval_images"], 12);
+        }
+    }
+
+    #[test]
+    fn statistics_of_a_folder_then_fid_and_is_of_png_images_end_to_end() {
+        let dir = tempfile::tempdir().unwrap();
         let wpath = dir.path().join("inception.safetensors");
-        std::fs::write(&wpath, safetensors::serialize(views, None).unwrap()).unwrap();
+        write_formula_weights(&wpath);
         // A dataset folder and a folder of PNGs, 12 images of 32×32 each.
         let (data, pngs) = (dir.path().join("data"), dir.path().join("pngs"));
         for (i, class) in ["a", "b", "c"].iter().cycle().take(12).enumerate() {

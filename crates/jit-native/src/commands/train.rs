@@ -27,6 +27,8 @@ use crate::exit::Interrupted;
 use crate::fsutil::{read_text, write_atomic};
 use crate::generate::{GenerateOptions, generate_grid};
 use crate::lanes::CpuLanes;
+use crate::refuse;
+use crate::science::fid::Statistics;
 use crate::signals::stop_on_signal;
 use crate::training::run_dir::{METRICS, RunDir, SETTINGS};
 use crate::training::settings::{self, Resolved, TrainSettings};
@@ -60,6 +62,19 @@ pub struct TrainArgs {
     /// stops the run, naming the step).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub check_every: u64,
+    /// Every N steps, FID and Inception Score of `--eval-count` EMA-1 samples, logged to
+    /// metrics.jsonl (the official online evaluation); needs --fid-inception and --fid-stats.
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Images of each online evaluation (a multiple of the classes). [default: 10 per class]
+    #[arg(long)]
+    pub eval_count: Option<usize>,
+    /// torch-fidelity's Inception weights, for --eval-every.
+    #[arg(long, value_name = "PTH")]
+    pub fid_inception: Option<PathBuf>,
+    /// Reference statistics (.npz with mu, sigma), for --eval-every.
+    #[arg(long, value_name = "NPZ")]
+    pub fid_stats: Option<PathBuf>,
     /// Threads decoding and augmenting images (folder datasets). [default: this process's cores]
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub loader_threads: Option<usize>,
@@ -179,6 +194,18 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
         return Ok(());
     }
 
+    // The online evaluation's network and reference, loaded (and checked) before training.
+    let evaluator = match (lead && args.eval_every > 0, &args.fid_inception, &args.fid_stats) {
+        (false, ..) => None,
+        (true, Some(w), Some(s)) => {
+            let n = args.eval_count.unwrap_or(10 * r.network.num_classes);
+            if n == 0 || !n.is_multiple_of(r.network.num_classes) {
+                refuse!("--eval-count {n} must be a positive multiple of the {} classes", r.network.num_classes);
+            }
+            Some((super::fid::load_inception(w, &device)?, Statistics::read(s)?, n))
+        }
+        (true, ..) => refuse!("--eval-every needs --fid-inception PTH and --fid-stats NPZ (see docs/fid.md)"),
+    };
     let part = rank * r.batch_size..(rank + 1) * r.batch_size;
     let threads = args.loader_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let loader = Loader::spawn(dataset, r.global_batch, part.clone(), r.seed, state.step, 4, threads)?;
@@ -251,6 +278,18 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
             }
             if (r.sample_every > 0 && step % r.sample_every == 0) || step == r.steps {
                 sample_grid(&state.ema1.model, &r, &dir.join(&format!("samples-{step:08}.png")))?;
+            }
+            if let Some((net, reference, n)) = &evaluator
+                && step % args.eval_every == 0
+            {
+                let model = &state.ema1.model;
+                let (fid, is_mean, is_std) =
+                    super::fid::score_model(model, &r.diffusion, &r.sampler, *n, net, reference)?;
+                bar.println(format!("step {step}: FID {fid:.4} | IS {is_mean:.3} ± {is_std:.3} ({n} EMA-1 samples)"));
+                if let Some(metrics) = &mut metrics {
+                    let line = serde_json::json!({"step": step, "fid": fid, "is_mean": is_mean, "is_std": is_std, "eval_images": n});
+                    writeln!(metrics, "{line}")?;
+                }
             }
         }
         if let Some(signal) = signal {

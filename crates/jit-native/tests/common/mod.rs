@@ -48,15 +48,17 @@ pub fn fails(args: &[&str], needle: &str) {
     assert!(errors[0].contains(needle), "error should mention '{needle}':\n{stderr}");
 }
 
-/// `(step, loss)` of every whole line of a run's `metrics.jsonl` (none when it does not exist).
+/// `(step, loss)` of every whole training line of a run's `metrics.jsonl` (none when it does
+/// not exist).
 /// A run that is still writing may have its last line half written: that one is left out.
 pub fn losses(run: &Path) -> Vec<(u64, f64)> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
     text[..text.rfind('\n').map_or(0, |i| i + 1)]
         .lines()
-        .map(|l| {
+        .filter_map(|l| {
+            // (lines of the online evaluation carry FID and IS instead of a loss)
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            Some((v["step"].as_u64().unwrap(), v.get("loss")?.as_f64().unwrap()))
         })
         .collect()
 }
