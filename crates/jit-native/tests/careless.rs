@@ -12,44 +12,11 @@ use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
 use jit_core::{DiffusionConfig, Jit, JitConfig, SamplerConfig};
 
 mod common;
-use common::{losses, ok, refused, stderr, stdout};
+use common::{losses, ok, refs, refused, stderr, stdout, tiny_train_args};
 
-/// A tiny run on the CPU: `train … --out DIR` plus `extra`.
+/// A tiny run of 4 images per step: `train … --out DIR` plus `extra`.
 fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "train",
-        "--backend",
-        "cpu",
-        "--image-size",
-        "16",
-        "--depth",
-        "1",
-        "--hidden-size",
-        "16",
-        "--num-heads",
-        "1",
-        "--in-context-len",
-        "0",
-        "--batch-size",
-        "4",
-        "--sample-every",
-        "0",
-        "--sample-steps",
-        "2",
-        "--grid-images",
-        "2",
-        "--out",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push(out.display().to_string());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+    tiny_train_args(out, 4, extra)
 }
 
 fn spawn(args: &[String]) -> Child {

@@ -530,30 +530,7 @@ fn bench_prints_a_table_with_and_without_the_fused_kernels() {
 fn sample_writes_the_adm_evaluators_npz() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let r = run.to_str().unwrap();
-    ok(&[
-        "train",
-        "--backend",
-        "cpu",
-        "--image-size",
-        "16",
-        "--depth",
-        "1",
-        "--hidden-size",
-        "16",
-        "--num-heads",
-        "1",
-        "--in-context-len",
-        "0",
-        "--sample-every",
-        "0",
-        "--steps",
-        "2",
-        "--checkpoint-every",
-        "2",
-        "--out",
-        r,
-    ]);
+    ok(&common::refs(&common::tiny_train_args(&run, 4, &["--steps", "2", "--checkpoint-every", "2"])));
     let ckpt = run.join("ckpt-00000002.safetensors");
     let (out, npz) = (tmp.path().join("s"), tmp.path().join("samples.npz"));
     ok(&[

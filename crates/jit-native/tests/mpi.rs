@@ -12,20 +12,14 @@ use std::time::{Duration, Instant};
 use jit_core::checkpoint;
 
 mod common;
-use common::{losses, ok, stderr};
+use common::{losses, ok, refs, stderr, tiny_train_args};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jit-native");
 
-/// A tiny training command for `out`, `batch` images per process, then `extra`.
+/// A tiny training command for `out`, `batch` images per process, then `extra` (weights compared
+/// every step).
 fn train_args(out: &Path, batch: usize, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = "train --backend cpu --image-size 16 --depth 1 --hidden-size 16 --num-heads 1 \
-         --in-context-len 0 --sample-every 0 --sample-steps 2 --grid-images 2 --lr 2e-3 --check-every 1"
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    args.extend(["--batch-size".into(), batch.to_string(), "--out".into(), out.display().to_string()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    tiny_train_args(out, batch, &[&["--lr", "2e-3", "--check-every", "1"][..], extra].concat())
 }
 
 /// `mpirun -np N jit-native ARGS`, within two minutes.
@@ -39,10 +33,6 @@ fn mpirun(np: usize, args: &[String]) -> Output {
         eprintln!("mpirun {args:?}:\n{}", stderr(&out));
     }
     out
-}
-
-fn refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// The `net` weights of a checkpoint, by name.

@@ -70,3 +70,21 @@ pub fn refused(args: &[&str], needle: &str) {
     assert_eq!(out.status.code(), Some(2), "jit-native {args:?} should be refused:\n{}", stderr(&out));
     fails(args, needle);
 }
+
+/// A tiny training run on the CPU (16² images, one block of width 16, `batch` images per
+/// process), written to `out`, then `extra`.
+pub fn tiny_train_args(out: &Path, batch: usize, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = "train --backend cpu --image-size 16 --depth 1 --hidden-size 16 --num-heads 1 \
+         --in-context-len 0 --sample-every 0 --sample-steps 2 --grid-images 2"
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    args.extend(["--batch-size".into(), batch.to_string(), "--out".into(), out.display().to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// `args` as the `&str`s `jit` takes.
+pub fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
