@@ -7,10 +7,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::tensor::Device;
-use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
-use jit_core::{DiffusionConfig, Jit, JitConfig, SamplerConfig};
-
 mod common;
 use common::{losses, ok, refs, refused, stderr, stdout, tiny_train_args};
 
@@ -126,28 +122,6 @@ fn every_number_is_checked_where_it_enters() {
     refused(&["sample", "x.safetensors", "--scale", "1000000"], "scale");
 }
 
-fn write_model(path: &Path, class_names: Vec<String>) {
-    let config = JitConfig {
-        input_size: 8,
-        patch_size: 4,
-        in_channels: 3,
-        hidden_size: 16,
-        depth: 1,
-        num_heads: 1,
-        mlp_ratio: 4.0,
-        num_classes: 2,
-        bottleneck_dim: 8,
-        in_context_len: 0,
-        in_context_start: 0,
-        attn_drop: 0.0,
-        proj_drop: 0.0,
-    };
-    let net = Jit::new(&config, &Device::flex()).unwrap();
-    let mut meta = CheckpointMeta::new(config, DiffusionConfig::default(), SamplerConfig::default());
-    meta.class_names = class_names;
-    std::fs::write(path, checkpoint::save(&meta, &[("", &net)], StoreDtype::F32).unwrap()).unwrap();
-}
-
 #[test]
 fn files_are_checked_before_they_are_read() {
     let tmp = tempfile::tempdir().unwrap();
@@ -155,7 +129,7 @@ fn files_are_checked_before_they_are_read() {
     refused(&["info", tmp.path().to_str().unwrap()], "not a regular file");
     // Class names go to the terminal without their control characters.
     let model = tmp.path().join("m.safetensors");
-    write_model(&model, vec!["\u{1b}[31mred\u{7}".into(), "blue\nline".into()]);
+    common::write_model(&model, &common::small_config(3), vec!["\u{1b}[31mred\u{7}".into(), "blue\nline".into()]);
     let out = ok(&["info", model.to_str().unwrap()]);
     let text = stdout(&out);
     assert!(text.contains("red") && !text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use burn::tensor::Device;
-use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
+use jit_core::JitConfig;
+use jit_core::checkpoint;
 use jit_core::rng::PortableRng;
-use jit_core::{DiffusionConfig, Jit, JitConfig, SamplerConfig};
 
 mod common;
 use common::{fails, losses, ok, stderr};
@@ -56,27 +55,11 @@ fn refs(v: &[String]) -> Vec<&str> {
 }
 
 fn small(channels: usize) -> JitConfig {
-    JitConfig {
-        input_size: 8,
-        patch_size: 4,
-        in_channels: channels,
-        hidden_size: 16,
-        depth: 1,
-        num_heads: 1,
-        mlp_ratio: 4.0,
-        num_classes: 2,
-        bottleneck_dim: 8,
-        in_context_len: 0,
-        in_context_start: 0,
-        attn_drop: 0.0,
-        proj_drop: 0.0,
-    }
+    common::small_config(channels)
 }
 
 fn write_model(path: &Path, config: &JitConfig) {
-    let net = Jit::new(config, &Device::flex()).unwrap();
-    let meta = CheckpointMeta::new(config.clone(), DiffusionConfig::default(), SamplerConfig::default());
-    std::fs::write(path, checkpoint::save(&meta, &[("", &net)], StoreDtype::F32).unwrap()).unwrap();
+    common::write_model(path, config, Vec::new());
 }
 
 /// The file with its JiT metadata's network field `field` set to `value` (raw JSON).

@@ -88,3 +88,31 @@ pub fn tiny_train_args(out: &Path, batch: usize, extra: &[&str]) -> Vec<String> 
 pub fn refs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
+
+/// A model small enough to build in milliseconds: 8² images of `channels` channels, 2 classes.
+pub fn small_config(channels: usize) -> jit_core::JitConfig {
+    jit_core::JitConfig {
+        input_size: 8,
+        patch_size: 4,
+        in_channels: channels,
+        hidden_size: 16,
+        depth: 1,
+        num_heads: 1,
+        mlp_ratio: 4.0,
+        num_classes: 2,
+        bottleneck_dim: 8,
+        in_context_len: 0,
+        in_context_start: 0,
+        attn_drop: 0.0,
+        proj_drop: 0.0,
+    }
+}
+
+/// Writes a freshly initialised model of `config` with `class_names` to `path` (an export).
+pub fn write_model(path: &Path, config: &jit_core::JitConfig, class_names: Vec<String>) {
+    use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
+    let net = jit_core::Jit::new(config, &burn::tensor::Device::flex()).unwrap();
+    let mut meta = CheckpointMeta::new(config.clone(), Default::default(), Default::default());
+    meta.class_names = class_names;
+    std::fs::write(path, checkpoint::save(&meta, &[("", &net)], StoreDtype::F32).unwrap()).unwrap();
+}
