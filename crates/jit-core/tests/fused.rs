@@ -1,9 +1,12 @@
 //! The fused CPU operations (`jit_core::fused`) against the tensor-op path they replace, on the
 //! same inputs: values on burn's Flex device (kernels on the values), gradients on its autodiff
 //! device (custom autodiff operations), and the reference on the autodiff device with gradient
-//! checkpointing, which the fused operations leave to the tensor ops.
+//! checkpointing, which the fused operations leave to the tensor ops. Every comparison runs once
+//! per kernel variant this CPU can run (baseline, AVX2, AVX-512: `fused::cpu::isa`), forced.
 
 mod common;
+
+use std::sync::Mutex;
 
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{DropoutConfig, Linear};
@@ -11,6 +14,7 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use common::rel_l2;
 use jit_core::JitConfig;
 use jit_core::fused;
+use jit_core::fused::cpu::isa;
 use jit_core::model::MatmulDtype;
 use jit_core::model::norm::RmsNorm;
 use jit_core::model::rope::Rope;
@@ -41,12 +45,43 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32], tol: f64) {
     assert!(err <= tol, "{what}: rel. L2 {err:e} > {tol:e}");
 }
 
+/// One test at a time forces the kernel variants (the level is process-wide).
+static LEVELS: Mutex<()> = Mutex::new(());
+
+/// Lifts the forced kernel level when dropped, also when a check fails.
+struct Unforce;
+
+impl Drop for Unforce {
+    fn drop(&mut self) {
+        isa::force(None).expect("no cap is a valid cap");
+    }
+}
+
+/// Runs `f(level name)` once per kernel variant this CPU can run, each forced.
+fn each_level(f: impl Fn(&str)) {
+    let _one = LEVELS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _unforce = Unforce;
+    for level in isa::Level::available() {
+        isa::force(Some(level.name())).expect("a level this CPU has");
+        f(level.name());
+    }
+}
+
 /// Runs `op` on the three devices with gradients of `Σ out·r` (fixed random `r`) for every
-/// input, and checks that values and gradients agree with the tensor ops.
+/// input, and checks that values and gradients agree with the tensor ops, for every kernel
+/// variant.
 fn check<const D: usize, const O: usize, const N: usize>(
     what: &str,
     inputs: [[Tensor<D>; 3]; N],
     op: impl Fn(&[Tensor<D>; N]) -> Tensor<O>,
+) {
+    each_level(|level| check_once(&format!("{what} [{level} kernels]"), &inputs, &op));
+}
+
+fn check_once<const D: usize, const O: usize, const N: usize>(
+    what: &str,
+    inputs: &[[Tensor<D>; 3]; N],
+    op: &impl Fn(&[Tensor<D>; N]) -> Tensor<O>,
 ) {
     let [on_values, on_autodiff, reference] = devices();
     let pick = |k: usize, grad: bool| -> [Tensor<D>; N] {
@@ -130,12 +165,14 @@ fn linear_layers_match_in_values_and_gradients() {
 fn the_ema_update_rounds_as_the_tensor_ops_do() {
     let [ema, _, ema_ref] = random([3, 1000], 1.0, 19);
     let [theta, _, theta_ref] = random([3, 1000], 1.0, 20);
-    for decay in [0.9999, 0.9996, 0.5] {
-        let ours = values(fused::ema_blend(ema.clone(), theta.clone(), decay));
-        let reference = values(fused::ema_blend(ema_ref.clone(), theta_ref.clone(), decay));
-        assert!(fused::runs_fused(&ema) && !fused::runs_fused(&ema_ref));
-        assert_eq!(ours, reference, "decay {decay}");
-    }
+    each_level(|level| {
+        for decay in [0.9999, 0.9996, 0.5] {
+            let ours = values(fused::ema_blend(ema.clone(), theta.clone(), decay));
+            let reference = values(fused::ema_blend(ema_ref.clone(), theta_ref.clone(), decay));
+            assert!(fused::runs_fused(&ema) && !fused::runs_fused(&ema_ref));
+            assert_eq!(ours, reference, "decay {decay}, {level} kernels");
+        }
+    });
 }
 
 #[test]

@@ -10,7 +10,10 @@
 
 use core::mem::MaybeUninit;
 
-use super::{HeadPart, QkNormRope, QkvLayout, head_rows, mul_add, softmax_row, sum_by_pairs};
+use super::elementwise::softmax_row;
+use super::heads::{HeadPart, QkNormRope, QkvLayout, head_rows};
+use super::isa::Isa;
+use super::math::sum_by_pairs;
 
 /// Shapes of [`attention`]: `q`, `k`, `v` `[B, heads, T, head_dim]`.
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +78,8 @@ macro_rules! in_row_blocks {
 /// `s[r][j] = Σ_c a[i0 + r][c]·b[j][c]` for `R` rows of `a` `[n, HD]`, from `b_t` = `bᵀ`
 /// `[HD, padded]`, into rows of `padded` values of `s`.
 #[inline(always)]
-fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
+fn scores<const HD: usize, const R: usize, I: Isa>(
+    isa: I,
     s: &mut [f32],
     a: &[f32],
     i0: usize,
@@ -83,14 +87,16 @@ fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
     padded: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if AVX512 && R == super::attention_avx512::ROWS {
-        // SAFETY: `AVX512` is only set in the kernel versions that run on CPUs with AVX-512.
-        return unsafe { super::attention_avx512::scores::<HD>(s, a, i0, b_t, padded) };
+    if let Some(avx512) = isa.avx512()
+        && R == super::attention_avx512::ROWS
+    {
+        return super::attention_avx512::scores::<HD>(avx512, s, a, i0, b_t, padded);
     }
     #[cfg(target_arch = "x86_64")]
-    if FMA && R == super::attention_avx2::ROWS {
-        // SAFETY: on x86-64, `FMA` without `AVX512` is the kernel version for AVX2 + FMA.
-        return unsafe { super::attention_avx2::scores::<HD>(s, a, i0, b_t, padded) };
+    if let Some(avx2) = isa.avx2()
+        && R == super::attention_avx2::ROWS
+    {
+        return super::attention_avx2::scores::<HD>(avx2, s, a, i0, b_t, padded);
     }
     let rows: [&[f32; HD]; R] = std::array::from_fn(|r| a[(i0 + r) * HD..][..HD].try_into().expect("HD values"));
     for jb in (0..padded).step_by(BLOCK) {
@@ -100,7 +106,7 @@ fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
             for r in 0..R {
                 let ac = rows[r][c];
                 for j in 0..BLOCK {
-                    acc[r][j] = mul_add::<FMA>(ac, bc[j], acc[r][j]);
+                    acc[r][j] = isa.mul_add(ac, bc[j], acc[r][j]);
                 }
             }
         }
@@ -113,22 +119,21 @@ fn scores<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
 /// In place: `softmax(scale·x)` over the first `tokens` values of each of `R` rows of `padded`
 /// values in `s`.
 #[inline(always)]
-fn softmax_block<const R: usize, const FMA: bool, const AVX512: bool>(
-    s: &mut [f32],
-    padded: usize,
-    tokens: usize,
-    scale: f32,
-) {
+fn softmax_block<const R: usize, I: Isa>(isa: I, s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if AVX512 && R == super::attention_avx512::ROWS {
-        // SAFETY: as in `scores`.
-        return unsafe { super::attention_avx512::softmax(s, padded, tokens, scale) };
+    if let Some(avx512) = isa.avx512()
+        && R == super::attention_avx512::ROWS
+    {
+        return super::attention_avx512::softmax(avx512, s, padded, tokens, scale);
     }
     #[cfg(target_arch = "x86_64")]
-    if FMA && R == super::attention_avx2::ROWS {
-        // SAFETY: as in `scores`.
-        return unsafe { super::attention_avx2::softmax(s, padded, tokens, scale) };
+    if let Some(avx2) = isa.avx2()
+        && R == super::attention_avx2::ROWS
+    {
+        return super::attention_avx2::softmax(avx2, s, padded, tokens, scale);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     for row in s.chunks_exact_mut(padded).take(R) {
         softmax_row(&mut row[..tokens], scale);
     }
@@ -136,29 +141,31 @@ fn softmax_block<const R: usize, const FMA: bool, const AVX512: bool>(
 
 /// `o[r] = Σ_j coef[r·rs + j·cs]·rows[j]` for `R` output rows, `rows` `[n, HD]`.
 #[inline(always)]
-fn combine<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>(
+fn combine<const HD: usize, const R: usize, I: Isa>(
+    isa: I,
     coef: &[f32],
     rs: usize,
     cs: usize,
     rows: &[f32],
 ) -> [[f32; HD]; R] {
     #[cfg(target_arch = "x86_64")]
-    if AVX512 && R == super::attention_avx512::ROWS {
-        // SAFETY: as in `scores`.
-        return unsafe { super::attention_avx512::combine::<HD, R>(coef, rs, cs, rows) };
+    if let Some(avx512) = isa.avx512()
+        && R == super::attention_avx512::ROWS
+    {
+        return super::attention_avx512::combine::<HD, R>(avx512, coef, rs, cs, rows);
     }
     // AVX2 has 16 vector registers of 8 lanes: four rows of width 32 or 64 (16 or 32
     // accumulators) were spilled to the stack. Two rows of width 32, or one of 64, keep 8.
     #[cfg(target_arch = "x86_64")]
-    if FMA && R == 4 && HD >= 32 {
+    if isa.avx2().is_some() && R == 4 && HD >= 32 {
         let mut o = [[0.0f32; HD]; R];
         if HD == 32 {
             for g in [0, 2] {
-                [o[g], o[g + 1]] = combine::<HD, 2, FMA, AVX512>(&coef[g * rs..], rs, cs, rows);
+                [o[g], o[g + 1]] = combine::<HD, 2, I>(isa, &coef[g * rs..], rs, cs, rows);
             }
         } else {
             for (g, o) in o.iter_mut().enumerate() {
-                [*o] = combine::<HD, 1, FMA, AVX512>(&coef[g * rs..], rs, cs, rows);
+                [*o] = combine::<HD, 1, I>(isa, &coef[g * rs..], rs, cs, rows);
             }
         }
         return o;
@@ -169,7 +176,7 @@ fn combine<const HD: usize, const R: usize, const FMA: bool, const AVX512: bool>
         for r in 0..R {
             let p = coef[r * rs + j * cs];
             for c in 0..HD {
-                o[r][c] = mul_add::<FMA>(p, row[c], o[r][c]);
+                o[r][c] = isa.mul_add(p, row[c], o[r][c]);
             }
         }
     }
@@ -189,7 +196,9 @@ fn transpose<const HD: usize>(t: &mut [f32], m: &[f32], padded: usize) {
 /// The forward pass of one batch element, head width `HD`: `out` `[T, heads·HD]`; with `p`
 /// (`[heads, T, T]`) also the probabilities.
 #[inline(always)]
-fn forward<const HD: usize, const FMA: bool, const AVX512: bool>(
+#[allow(clippy::too_many_arguments)] // the kernel variant, the output, the probabilities and the inputs
+fn forward<const HD: usize, I: Isa>(
+    isa: I,
     out: &mut [f32],
     mut p: Option<&mut [f32]>,
     q: &[f32],
@@ -207,15 +216,15 @@ fn forward<const HD: usize, const FMA: bool, const AVX512: bool>(
         let (q, k, v) = (&q[at.clone()], &k[at.clone()], &v[at]);
         transpose::<HD>(&mut k_t, k, padded);
         in_row_blocks!(tokens, |i0, R| {
-            scores::<HD, R, FMA, AVX512>(&mut s, q, i0, &k_t, padded);
-            softmax_block::<R, FMA, AVX512>(&mut s, padded, tokens, scale);
+            scores::<HD, R, I>(isa, &mut s, q, i0, &k_t, padded);
+            softmax_block::<R, I>(isa, &mut s, padded, tokens, scale);
             for r in 0..R {
                 let row = &mut s[r * padded..][..tokens];
                 if let Some(p) = p.as_deref_mut() {
                     p[(h * tokens + i0 + r) * tokens..][..tokens].copy_from_slice(row);
                 }
             }
-            let o = combine::<HD, R, FMA, AVX512>(&s, padded, 1, v);
+            let o = combine::<HD, R, I>(isa, &s, padded, 1, v);
             for (r, o) in o.iter().enumerate() {
                 out[(i0 + r) * d + h * HD..][..HD].copy_from_slice(o);
             }
@@ -228,7 +237,8 @@ fn forward<const HD: usize, const FMA: bool, const AVX512: bool>(
 /// `dv = pᵀ·g`, `ds = scale·p·(g·vᵀ − Σ_row (g·vᵀ)·p)`, `dq = ds·k`, `dk = dsᵀ·q`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // the forward pass's inputs, its probabilities and the output gradient
-fn backward<const HD: usize, const FMA: bool, const AVX512: bool>(
+fn backward<const HD: usize, I: Isa>(
+    isa: I,
     [dq, dk, dv]: [&mut [f32]; 3],
     q: &[f32],
     k: &[f32],
@@ -254,14 +264,14 @@ fn backward<const HD: usize, const FMA: bool, const AVX512: bool>(
         transpose::<HD>(&mut v_t, v, padded);
         // dv[j] = Σ_i p[i][j]·g[i]
         in_row_blocks!(tokens, |j0, R| {
-            let o = combine::<HD, R, FMA, AVX512>(&p[j0..], 1, tokens, &gh);
+            let o = combine::<HD, R, I>(isa, &p[j0..], 1, tokens, &gh);
             for (r, o) in o.iter().enumerate() {
                 dv[(j0 + r) * HD..][..HD].copy_from_slice(o);
             }
         });
         // ds rows: the probabilities' gradient g·vᵀ, then softmax's backward (with the scale).
         in_row_blocks!(tokens, |i0, R| {
-            scores::<HD, R, FMA, AVX512>(&mut ds[i0 * padded..], &gh, i0, &v_t, padded);
+            scores::<HD, R, I>(isa, &mut ds[i0 * padded..], &gh, i0, &v_t, padded);
         });
         for (row, p) in ds.chunks_exact_mut(padded).zip(p.chunks_exact(tokens)) {
             let row = &mut row[..tokens];
@@ -270,13 +280,13 @@ fn backward<const HD: usize, const FMA: bool, const AVX512: bool>(
         }
         // dq[i] = Σ_j ds[i][j]·k[j];  dk[j] = Σ_i ds[i][j]·q[i]
         in_row_blocks!(tokens, |i0, R| {
-            let o = combine::<HD, R, FMA, AVX512>(&ds[i0 * padded..], padded, 1, k);
+            let o = combine::<HD, R, I>(isa, &ds[i0 * padded..], padded, 1, k);
             for (r, o) in o.iter().enumerate() {
                 dq[(i0 + r) * HD..][..HD].copy_from_slice(o);
             }
         });
         in_row_blocks!(tokens, |j0, R| {
-            let o = combine::<HD, R, FMA, AVX512>(&ds[j0..], 1, padded, q);
+            let o = combine::<HD, R, I>(isa, &ds[j0..], 1, padded, q);
             for (r, o) in o.iter().enumerate() {
                 dk[(j0 + r) * HD..][..HD].copy_from_slice(o);
             }
@@ -329,11 +339,11 @@ fn new_batches<const N: usize>(
 
 multiversion! {
     /// [`forward`] for one batch element, dispatched on the head width.
-    fn forward_kernel(out: &mut [f32], p: Option<&mut [f32]>, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) {
+    fn forward_kernel[isa](out: &mut [f32], p: Option<&mut [f32]>, q: &[f32], k: &[f32], v: &[f32], shape: &AttentionShape, scale: f32) {
         match shape.head_dim {
-            16 => forward::<16, FMA, AVX512>(out, p, q, k, v, shape, scale),
-            32 => forward::<32, FMA, AVX512>(out, p, q, k, v, shape, scale),
-            64 => forward::<64, FMA, AVX512>(out, p, q, k, v, shape, scale),
+            16 => forward::<16, _>(isa, out, p, q, k, v, shape, scale),
+            32 => forward::<32, _>(isa, out, p, q, k, v, shape, scale),
+            64 => forward::<64, _>(isa, out, p, q, k, v, shape, scale),
             _ => unreachable!("attention_supports"),
         }
     }
@@ -341,11 +351,11 @@ multiversion! {
 
 multiversion! {
     /// [`backward`] for one batch element, dispatched on the head width.
-    fn backward_kernel(d: [&mut [f32]; 3], q: &[f32], k: &[f32], v: &[f32], p: &[f32], g: &[f32], shape: &AttentionShape, scale: f32) {
+    fn backward_kernel[isa](d: [&mut [f32]; 3], q: &[f32], k: &[f32], v: &[f32], p: &[f32], g: &[f32], shape: &AttentionShape, scale: f32) {
         match shape.head_dim {
-            16 => backward::<16, FMA, AVX512>(d, q, k, v, p, g, shape, scale),
-            32 => backward::<32, FMA, AVX512>(d, q, k, v, p, g, shape, scale),
-            64 => backward::<64, FMA, AVX512>(d, q, k, v, p, g, shape, scale),
+            16 => backward::<16, _>(isa, d, q, k, v, p, g, shape, scale),
+            32 => backward::<32, _>(isa, d, q, k, v, p, g, shape, scale),
+            64 => backward::<64, _>(isa, d, q, k, v, p, g, shape, scale),
             _ => unreachable!("attention_supports"),
         }
     }

@@ -1,6 +1,6 @@
 //! The register blocks and the softmax of [`super::attention`], and the qk-norm + RoPE rows
 //! that feed it, written with AVX-512 intrinsics, for the kernel versions that `multiversion!`
-//! compiles for AVX-512 (`AVX512`).
+//! compiles for AVX-512.
 //!
 //! The portable blocks have four chains of additions, half of what this CPU's two FMA units
 //! need to stay busy (4 cycles latency each); with more, LLVM spilled their plain-array
@@ -8,8 +8,8 @@
 //! by constants, which stay in the 32 vector registers: eight chains in [`scores`], and eight
 //! or more in [`combine`].
 //!
-//! Callers must run on a CPU with AVX-512F: these are `unsafe` for that alone; every slice
-//! access is checked before the pointer loops.
+//! Each function takes an [`Avx512`] token, the proof that the CPU has AVX-512, so they are safe
+//! to call; every slice access is checked before the pointer loops.
 
 // The loops index several register arrays by the same constant; iterators would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -20,6 +20,9 @@ use core::arch::x86_64::{
 };
 use core::mem::MaybeUninit;
 
+use super::isa::Avx512;
+use super::math::{Lanes, exp};
+
 /// Lanes of one register.
 const LANES: usize = 16;
 
@@ -29,11 +32,8 @@ pub const ROWS: usize = 4;
 /// `s[r·padded + j] = Σ_c a[(i0 + r)·HD + c]·b_t[c·padded + j]` for [`ROWS`] rows and all
 /// `padded` columns (a multiple of 16): two blocks of 16 columns at a time (eight chains), then
 /// one.
-///
-/// # Safety
-/// The CPU has AVX-512F.
 #[inline(always)]
-pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
+pub fn scores<const HD: usize>(_: Avx512, s: &mut [f32], a: &[f32], i0: usize, b_t: &[f32], padded: usize) {
     assert!(
         padded.is_multiple_of(LANES)
             && s.len() >= ROWS * padded
@@ -43,7 +43,8 @@ pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: 
     let a = a[i0 * HD..].as_ptr();
     let (b_t, s) = (b_t.as_ptr(), s.as_mut_ptr());
     let mut jb = 0;
-    // SAFETY (both loops): the assert above bounds every offset; the CPU has AVX-512F.
+    // SAFETY (both loops): the assert above bounds every offset; the token proves the CPU has
+    // AVX-512F.
     unsafe {
         while jb + 2 * LANES <= padded {
             let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
@@ -79,11 +80,9 @@ pub unsafe fn scores<const HD: usize>(s: &mut [f32], a: &[f32], i0: usize, b_t: 
 /// `o[r] = Σ_j coef[r·rs + j·cs]·rows[j]` for `R` output rows, `rows` `[n, HD]` (`HD` 16, 32
 /// or 64). At width 16 (one register per row) even and odd `j` go to two sets of accumulators,
 /// so there are always at least eight chains.
-///
-/// # Safety
-/// The CPU has AVX-512F.
 #[inline(always)]
-pub unsafe fn combine<const HD: usize, const R: usize>(
+pub fn combine<const HD: usize, const R: usize>(
+    _: Avx512,
     coef: &[f32],
     rs: usize,
     cs: usize,
@@ -99,7 +98,7 @@ pub unsafe fn combine<const HD: usize, const R: usize>(
     let (coef, rows) = (coef.as_ptr(), rows.as_ptr());
     let mut o = [[0.0f32; HD]; R];
     // SAFETY: `j < n` keeps `rows` reads in bounds, the assert above the `coef` reads, `o` has
-    // `R × HD` values; the CPU has AVX-512F.
+    // `R × HD` values; the token proves the CPU has AVX-512F.
     unsafe {
         let mut acc: [[[__m512; 4]; R]; 2] = [[[_mm512_setzero_ps(); 4]; R]; 2];
         let mut j = 0;
@@ -138,47 +137,60 @@ pub unsafe fn combine<const HD: usize, const R: usize>(
     o
 }
 
-/// `e^x` on 16 lanes: [`super::exp`]'s steps, each rounded as there (products and sums apart),
-/// so both give the same values.
-#[inline(always)]
-unsafe fn exp(x: __m512) -> __m512 {
-    use core::arch::x86_64::*;
-    // SAFETY: register-only arithmetic; the CPU has AVX-512F.
-    unsafe {
-        let c = _mm512_set1_ps;
-        let (mul, add) = (_mm512_mul_ps, _mm512_add_ps);
-        let x = _mm512_min_ps(_mm512_max_ps(x, c(-87.3)), c(88.3));
-        let round = c(12_582_912.0);
-        let shifted = add(mul(x, c(std::f32::consts::LOG2_E)), round);
-        let n = _mm512_sub_ps(shifted, round);
-        let r = _mm512_sub_ps(_mm512_sub_ps(x, mul(n, c(0.693_359_4))), mul(n, c(-2.121_944_4e-4)));
-        let mut p = c(1.987_569_1e-4);
-        for k in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_66, 0.5] {
-            p = add(mul(p, r), c(k));
-        }
-        let er = add(add(mul(mul(p, r), r), r), c(1.0));
-        let bits = _mm512_add_epi32(
-            _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(round)),
-            _mm512_set1_epi32(127),
-        );
-        mul(er, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits)))
+/// 16 lanes for [`exp`]; only an [`Avx512`] token makes one.
+#[derive(Clone, Copy)]
+struct F32x16(__m512, Avx512);
+
+// SAFETY (every method): register-only arithmetic; the token in each value proves the CPU has
+// AVX-512F.
+impl Lanes for F32x16 {
+    #[inline(always)]
+    fn splat(self, v: f32) -> Self {
+        F32x16(unsafe { _mm512_set1_ps(v) }, self.1)
+    }
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        F32x16(unsafe { _mm512_add_ps(self.0, o.0) }, self.1)
+    }
+    #[inline(always)]
+    fn sub(self, o: Self) -> Self {
+        F32x16(unsafe { core::arch::x86_64::_mm512_sub_ps(self.0, o.0) }, self.1)
+    }
+    #[inline(always)]
+    fn mul(self, o: Self) -> Self {
+        F32x16(unsafe { _mm512_mul_ps(self.0, o.0) }, self.1)
+    }
+    #[inline(always)]
+    fn clamp(self, lo: f32, hi: f32) -> Self {
+        use core::arch::x86_64::{_mm512_max_ps, _mm512_min_ps};
+        F32x16(unsafe { _mm512_min_ps(_mm512_max_ps(self.0, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)) }, self.1)
+    }
+    #[inline(always)]
+    fn pow2_of_shifted(self, round: Self) -> Self {
+        use core::arch::x86_64::*;
+        let pow2 = unsafe {
+            let bits = _mm512_add_epi32(
+                _mm512_sub_epi32(_mm512_castps_si512(self.0), _mm512_castps_si512(round.0)),
+                _mm512_set1_epi32(127),
+            );
+            _mm512_castsi512_ps(_mm512_slli_epi32::<23>(bits))
+        };
+        F32x16(pow2, self.1)
     }
 }
 
 /// In place: `softmax(scale·x)` over the first `tokens` values of each of [`ROWS`] rows of
 /// `padded` values in `s` (the rest of each row is left undefined).
-///
-/// # Safety
-/// The CPU has AVX-512F.
 #[inline(always)]
-pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
+pub fn softmax(isa: Avx512, s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
     use core::arch::x86_64::*;
     assert!(padded.is_multiple_of(LANES) && tokens <= padded && tokens > 0 && s.len() >= ROWS * padded);
     let blocks = padded / LANES;
     // Lanes of the last block that hold scores.
     let last: __mmask16 = if tokens.is_multiple_of(LANES) { !0 } else { (1 << (tokens % LANES)) - 1 };
     let used = tokens.div_ceil(LANES);
-    // SAFETY: `r·padded + b·16 + 16 ≤ ROWS·padded` for `b < blocks`; the CPU has AVX-512F.
+    // SAFETY: `r·padded + b·16 + 16 ≤ ROWS·padded` for `b < blocks`; the token proves the CPU
+    // has AVX-512F.
     // The rows go through each pass together: four independent chains of dependent steps.
     unsafe {
         let base = s.as_mut_ptr();
@@ -201,7 +213,7 @@ pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
         for b in 0..used {
             let mask = if b + 1 == used { last } else { !0 };
             for r in 0..ROWS {
-                let e = exp(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row(r, b)), max[r]), scale));
+                let e = exp(F32x16(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row(r, b)), max[r]), scale), isa)).0;
                 _mm512_storeu_ps(row(r, b), e);
                 sum[r] = _mm512_mask_add_ps(sum[r], mask, sum[r], e);
             }
@@ -219,14 +231,12 @@ pub unsafe fn softmax(s: &mut [f32], padded: usize, tokens: usize, scale: f32) {
 }
 
 /// One row of qk-norm then RoPE, `o = n·cos + swap_pairs(n)·sin`, `n = x·inv·weight` (the
-/// AVX-512 form of `super::norm_rope_row_of`, same operations and rounding; `HD` a multiple of
+/// AVX-512 form of `super::norm::norm_rope_row_of`, same operations and rounding; `HD` a multiple of
 /// 16). The pair swap is one lane permutation: indexed as `n[i ^ 1]`, LLVM made it four gathers
 /// per row, half of the whole split's time.
-///
-/// # Safety
-/// The CPU has AVX-512F.
 #[inline(always)]
-pub unsafe fn norm_rope_row<const HD: usize>(
+pub fn norm_rope_row<const HD: usize>(
+    _: Avx512,
     o: &mut [MaybeUninit<f32>; HD],
     x: &[f32; HD],
     weight: &[f32; HD],
@@ -236,7 +246,8 @@ pub unsafe fn norm_rope_row<const HD: usize>(
 ) {
     const { assert!(HD.is_multiple_of(LANES)) };
     let o = o.as_mut_ptr().cast::<f32>();
-    // SAFETY: every offset is below HD, the length of each array; the CPU has AVX-512F.
+    // SAFETY: every offset is below HD, the length of each array; the token proves the CPU has
+    // AVX-512F.
     unsafe {
         let inv = _mm512_set1_ps(inv);
         for c in (0..HD).step_by(LANES) {

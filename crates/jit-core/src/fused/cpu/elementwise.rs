@@ -1,0 +1,165 @@
+//! Element-wise and row-wise kernels: softmax (and its gradient), the CFG mix, the EMA update,
+//! SiLU and SwiGLU's gate (and its gradient).
+
+use core::mem::MaybeUninit;
+
+use super::math::{exp, max_of, silu, sum_by, sum_by_pairs};
+use super::rows::{for_rows, new_rows};
+
+/// In place, row by row: `softmax(scale·x)` over rows of `row_len` values (`scale > 0`).
+pub fn softmax_rows(x: &mut [f32], row_len: usize, scale: f32) {
+    multiversion! {
+        fn rows_kernel(rows: &mut [f32], row_len: usize, scale: f32) {
+            for row in rows.chunks_exact_mut(row_len) {
+                softmax_row(row, scale);
+            }
+        }
+    }
+    for_rows(x, row_len, &|_, rows| rows_kernel(rows, row_len, scale));
+}
+
+/// One row of [`softmax_rows`], in place.
+#[inline(always)]
+pub(super) fn softmax_row(row: &mut [f32], scale: f32) {
+    let max = max_of(row);
+    row.iter_mut().for_each(|v| *v = exp((*v - max) * scale));
+    let inv = 1.0 / sum_by(row, |v| v);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Gradient of [`softmax_rows`]: from the probabilities `p` and the output gradient `g`,
+/// `scale·p·(g − Σ g·p)` per row.
+pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [MaybeUninit<f32>], p: &[f32], g: &[f32], row_len: usize, scale: f32) {
+            let rows = out.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)).zip(g.chunks_exact(row_len));
+            for ((o, p), g) in rows {
+                let dot = sum_by_pairs(p, g);
+                for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+                    o.write(scale * p * (g - dot));
+                }
+            }
+        }
+    }
+    new_rows(p.len(), row_len, &|first, rows| {
+        let at = first * row_len..first * row_len + rows.len();
+        kernel(rows, &p[at.clone()], &g[at], row_len, scale)
+    })
+}
+
+/// Classifier-free guidance: from velocities `v` `[2B, …]` (conditional half first, then the
+/// unconditional half), `v_u + scale·(v_c − v_u)` `[B, …]`.
+pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [MaybeUninit<f32>], cond: &[f32], uncond: &[f32], scale: f32) {
+            for ((o, &c), &u) in out.iter_mut().zip(cond).zip(uncond) {
+                o.write(u + scale * (c - u));
+            }
+        }
+    }
+    let half = v.len() / 2;
+    let (cond, uncond) = v.split_at(half);
+    new_rows(half, 1, &|first, rows| {
+        let at = first..first + rows.len();
+        kernel(rows, &cond[at.clone()], &uncond[at], scale)
+    })
+}
+
+/// The EMA update `ema·decay + θ·(1 − decay)`, with the two products rounded as burn's
+/// separate `mul_scalar`s round them (the factors are given in f32: `decay` and `1 − decay`).
+pub fn ema_blend(ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [MaybeUninit<f32>], ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) {
+            for ((o, &e), &t) in out.iter_mut().zip(ema).zip(theta) {
+                o.write(e * decay + t * one_minus_decay);
+            }
+        }
+    }
+    assert_eq!(ema.len(), theta.len(), "ema_blend: one value of θ per EMA value");
+    new_rows(ema.len(), 1, &|first, rows| {
+        let at = first..first + rows.len();
+        kernel(rows, &ema[at.clone()], &theta[at], decay, one_minus_decay)
+    })
+}
+
+/// In place: `x ← SiLU(x)`.
+pub fn silu_inplace(x: &mut [f32]) {
+    multiversion! {
+        fn kernel(xs: &mut [f32]) {
+            xs.iter_mut().for_each(|v| *v = silu(*v));
+        }
+    }
+    for_rows(x, 1, &|_, xs| kernel(xs));
+}
+
+/// SwiGLU's gate: rows of `2·hidden` values `(x1, x2)` → rows of `hidden` values `SiLU(x1)·x2`,
+/// with `bias` (`2·hidden` values: the `w12` layer's, when `h` is its product without it) added
+/// to each row first.
+pub fn silu_gate(h: &[f32], hidden: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [MaybeUninit<f32>], h: &[f32], hidden: usize, bias: Option<&[f32]>) {
+            for (o, x) in out.chunks_exact_mut(hidden).zip(h.chunks_exact(2 * hidden)) {
+                let (x1, x2) = x.split_at(hidden);
+                match bias {
+                    None => {
+                        for ((o, &a), &b) in o.iter_mut().zip(x1).zip(x2) {
+                            o.write(silu(a) * b);
+                        }
+                    }
+                    Some(bias) => {
+                        let (b1, b2) = bias.split_at(hidden);
+                        for ((((o, &a), &b), &ba), &bb) in o.iter_mut().zip(x1).zip(x2).zip(b1).zip(b2) {
+                            o.write(silu(a + ba) * (b + bb));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Every output value is written (the contract of `new_rows`): whole rows only.
+    assert_eq!(h.len() % (2 * hidden).max(1), 0, "silu_gate: rows of 2·hidden values");
+    assert!(bias.is_none_or(|b| b.len() == 2 * hidden), "silu_gate: a bias of 2·hidden values");
+    new_rows(h.len() / 2, hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], hidden, bias))
+}
+
+/// Gradient of [`silu_gate`] with respect to `h` (rows of `2·hidden`), from the output gradient
+/// `g` (rows of `hidden`): `(g·x2·SiLU'(x1), g·SiLU(x1))`, `SiLU'(a) = σ(a)·(1 + a·(1 − σ(a)))`.
+pub fn silu_gate_backward(h: &[f32], g: &[f32], hidden: usize) -> Vec<f32> {
+    multiversion! {
+        fn kernel(out: &mut [MaybeUninit<f32>], h: &[f32], g: &[f32], hidden: usize) {
+            let rows = out.chunks_exact_mut(2 * hidden).zip(h.chunks_exact(2 * hidden)).zip(g.chunks_exact(hidden));
+            for ((o, x), g) in rows {
+                let (d1, d2) = o.split_at_mut(hidden);
+                let (x1, x2) = x.split_at(hidden);
+                for ((((d1, d2), &a), &b), &g) in d1.iter_mut().zip(d2).zip(x1).zip(x2).zip(g) {
+                    let sig = 1.0 / (1.0 + exp(-a));
+                    d1.write(g * b * sig * (1.0 + a * (1.0 - sig)));
+                    d2.write(g * a * sig);
+                }
+            }
+        }
+    }
+    assert!(
+        h.len().is_multiple_of((2 * hidden).max(1)) && g.len() * 2 == h.len(),
+        "silu_gate_backward: rows of 2·hidden and hidden values"
+    );
+    new_rows(h.len(), 2 * hidden, &|first, rows| kernel(rows, &h[first * 2 * hidden..], &g[first * hidden..], hidden))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_follow_the_definition() {
+        let mut x: Vec<f32> = (0..3 * 70).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7).collect();
+        let orig = x.clone();
+        softmax_rows(&mut x, 70, 0.25);
+        for (row, o) in x.chunks(70).zip(orig.chunks(70)) {
+            let z: f64 = o.iter().map(|&v| (0.25 * v as f64).exp()).sum();
+            for (&p, &v) in row.iter().zip(o) {
+                assert!((p as f64 - (0.25 * v as f64).exp() / z).abs() < 1e-7);
+            }
+        }
+    }
+}
