@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: bash scripts/demo-models.sh OUT_DIR [SECONDS] [BACKEND]}
 seconds=${2:-3600}
 backend=${3:-auto}
-JIT=${JIT:-${CARGO_TARGET_DIR:-$HOME/.cache/jit-target}/release/jit-native}
+JIT=${JIT:-${CARGO_TARGET_DIR:-target}/release/jit-native}
 FASHION=${FASHION:-/usr/share/datasets/fashion-mnist}
 EMOJI=${EMOJI:-data/emoji}
 mkdir -p "$out"

@@ -43,7 +43,7 @@ fi
 step "web build (jit-core and jit-web for wasm32)"
 bash scripts/build-web.sh
 
-step "browser end-to-end test"
+step "browser end-to-end test (scripts/build-web.sh's site)"
 (cd tests/browser && npm ci --no-audit --no-fund --silent)
 bin="$CARGO_TARGET_DIR/release/jit-native"
 work=$(mktemp -d)
@@ -57,14 +57,27 @@ trap 'rm -rf "$work"' EXIT
 JIT_DIST="$PWD/dist" JIT_REF="$work/ref.safetensors" \
 JIT_QUERY="class=1&count=2&seed=7&steps=4&sampler=heun&cfg=2&low=0.1&high=1" \
   node --test --test-concurrency=1 tests/browser/e2e.test.mjs
-step "Trunk site (trunk build --release) in the browser"
-if command -v trunk >/dev/null 2>&1; then
-  TRUNK_SKIP_VERSION_CHECK=true trunk build --release --offline 2>&1 | tail -n 3
-  cp dist/model.safetensors dist-trunk/model.safetensors  # the test's model, as in dist/
-  JIT_DIST="$PWD/dist-trunk" JIT_REF="$work/ref.safetensors" \
-  JIT_QUERY="class=1&count=2&seed=7&steps=4&sampler=heun&cfg=2&low=0.1&high=1" \
-    node --test --test-concurrency=1 --test-name-pattern="WebGPU backend|CPU fallback|split over workers" tests/browser/e2e.test.mjs
-else
-  echo "SKIP: trunk is not installed, so the Trunk site is not tested (cargo install trunk --version 0.21.14 --locked)"
+step "Trunk site (trunk build --release): the same pkg/ as scripts/build-web.sh, and the whole browser suite on it"
+trunk_version=0.21.14
+trunk=trunk
+if [ "$(trunk --version 2>/dev/null)" != "trunk $trunk_version" ]; then
+  trunk="$HOME/.cache/jit-tools/bin/trunk"
+  if [ "$("$trunk" --version 2>/dev/null)" != "trunk $trunk_version" ]; then
+    # Built once into a cache outside the clone, as a user would install it, without the fat LTO
+    # of Trunk's release profile (the test only has it copy files and run its build hook).
+    env -u CARGO_TARGET_DIR CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+      cargo install trunk --version "$trunk_version" --locked --root "$HOME/.cache/jit-tools"
+  fi
 fi
+rm -rf dist-trunk
+TRUNK_SKIP_VERSION_CHECK=true "$trunk" build --release --offline 2>&1 | tail -n 3
+# Trunk's build hook runs scripts/web-pkg.sh, as build-web.sh does: the same files, byte for byte.
+diff -r dist/pkg dist-trunk/pkg
+for f in jit_web_bg.wasm jit_web_relaxed_bg.wasm; do
+  echo "$f: dist $(stat -c %s "dist/pkg/$f") bytes, dist-trunk $(stat -c %s "dist-trunk/pkg/$f") bytes, $(gzip -9 -c "dist/pkg/$f" | wc -c) gzipped"
+done
+cp dist/model.safetensors dist-trunk/model.safetensors  # the test's model, as in dist/
+JIT_DIST="$PWD/dist-trunk" JIT_REF="$work/ref.safetensors" JIT_ARTIFACTS="$JIT_ARTIFACTS/trunk" \
+JIT_QUERY="class=1&count=2&seed=7&steps=4&sampler=heun&cfg=2&low=0.1&high=1" \
+  node --test --test-concurrency=1 tests/browser/e2e.test.mjs
 step "done; screenshots in $JIT_ARTIFACTS"

@@ -5,7 +5,11 @@
 //! - [`rms_norm_modulate`]: RMSNorm + adaLN modulate (two per block);
 //! - [`qkv_heads`]: the `qkv` projection split into heads, qk-norm and the 2-D RoPE (one per
 //!   block; the unfused chain is a permute copy and ~12 element-wise kernels);
+//! - [`silu_gate`]: SwiGLU's gate `SiLU(x1)·x2` (one per block);
+//! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block);
 //! - [`cfg_mix`]: classifier-free guidance in the sampler.
+//!
+//! [`launches::count`] counts the kernels some work launches.
 //!
 //! [`ShaderOps`] is a burn backend extension: `jit-core`'s `fused` module calls it on the
 //! `Dispatch` backend for f32 GPU tensors outside autodiff (sampling), and the model files'
@@ -16,9 +20,12 @@
 extern crate alloc;
 
 mod cfg_mix;
+mod gated_residual;
+pub mod launches;
 mod qkv_heads;
 mod reduce;
 mod rms_norm_modulate;
+mod silu_gate;
 
 use burn::backend::Backend;
 use burn::backend::backend_extension;
@@ -61,6 +68,14 @@ pub trait ShaderOps: Backend {
     /// `[B, …]`.
     #[fusion(dtype = v, shape = half_batch_shape(v))]
     fn cfg_mix(v: FloatTensor<Self>, scale: f32) -> FloatTensor<Self>;
+
+    /// `h` `[…, 2·hidden]` → `SiLU(x1)·x2` `[…, hidden]` (`x1`, `x2` the halves of each row).
+    #[fusion(dtype = h, shape = half_last_shape(h))]
+    fn silu_gate(h: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// `x + gate·y` for `x`, `y` `[B, T, D]` and `gate` `[B, 1, D]` → `[B, T, D]`.
+    #[fusion(dtype = x, shape = x)]
+    fn gated_residual(x: FloatTensor<Self>, gate: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 #[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
@@ -71,6 +86,15 @@ fn qkv_heads_shape(qkv: &Shape, heads: &usize) -> Shape {
 #[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
 fn half_batch_shape(v: &Shape) -> Shape {
     Shape::from(cfg_mix::half_batch(v))
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn half_last_shape(h: &Shape) -> Shape {
+    let mut dims = h.to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last /= 2;
+    }
+    Shape::from(dims)
 }
 
 impl ShaderOps for CubeBackend {
@@ -98,6 +122,14 @@ impl ShaderOps for CubeBackend {
 
     fn cfg_mix(v: CubeTensor, scale: f32) -> CubeTensor {
         cfg_mix::cfg_mix(v, scale)
+    }
+
+    fn silu_gate(h: CubeTensor) -> CubeTensor {
+        silu_gate::silu_gate(h)
+    }
+
+    fn gated_residual(x: CubeTensor, gate: CubeTensor, y: CubeTensor) -> CubeTensor {
+        gated_residual::gated_residual(x, gate, y)
     }
 }
 

@@ -72,7 +72,7 @@ before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://127.0.0.1");
-    if (url.pathname.endsWith("_bg.wasm")) { // jit_web_bg.wasm, jit_web_relaxed_bg.wasm, or Trunk's jit-web_bg.wasm
+    if (url.pathname.endsWith("_bg.wasm")) { // jit_web_bg.wasm or jit_web_relaxed_bg.wasm
       wasmDownloads++;
       wasmFiles.push(path.basename(url.pathname));
     }
@@ -175,9 +175,8 @@ test("without WebGPU the CPU fallback gives the same images and says so", { time
 });
 
 test("the CPU fallback runs the relaxed-SIMD module where the browser has it, the plain one on request, with the same images", { timeout: TIMEOUT }, async () => {
-  // Trunk's site (dist-trunk) has only the plain module; scripts/build-web.sh's has both.
-  const trunk = fs.existsSync(path.join(DIST, "pkg/jit-web_bg.wasm"));
-  assert.ok(trunk || fs.existsSync(path.join(DIST, "pkg/jit_web_relaxed_bg.wasm")), "scripts/build-web.sh built the relaxed-SIMD module");
+  // Both sites (scripts/build-web.sh's and Trunk's) ship both modules.
+  assert.ok(fs.existsSync(path.join(DIST, "pkg/jit_web_relaxed_bg.wasm")), "the site has the relaxed-SIMD module");
   await withPage(false, async (page) => {
     const runs = {};
     for (const simd of ["auto", "simd128"]) {
@@ -189,12 +188,12 @@ test("the CPU fallback runs the relaxed-SIMD module where the browser has it, th
       };
     }
     const engineHas = await page.evaluate((probe) => WebAssembly.validate(new Uint8Array(probe)), RELAXED_PROBE);
-    const expected = !trunk && engineHas ? "relaxed" : "simd128";
+    const expected = engineHas ? "relaxed" : "simd128";
     assert.equal(runs.auto.simd, expected, `the module for this browser (relaxed SIMD: ${engineHas})`);
-    assert.deepEqual(runs.auto.files, [expected === "relaxed" ? "jit_web_relaxed_bg.wasm" : trunk ? "jit-web_bg.wasm" : "jit_web_bg.wasm"]);
+    assert.deepEqual(runs.auto.files, [expected === "relaxed" ? "jit_web_relaxed_bg.wasm" : "jit_web_bg.wasm"]);
     assert.equal(/relaxed SIMD/.test(runs.auto.status), expected === "relaxed", `the status says which: ${runs.auto.status}`);
     assert.equal(runs.simd128.simd, "simd128", "?simd=simd128 takes the plain module");
-    assert.deepEqual(runs.simd128.files, [trunk ? "jit-web_bg.wasm" : "jit_web_bg.wasm"]);
+    assert.deepEqual(runs.simd128.files, ["jit_web_bg.wasm"]);
     assert.doesNotMatch(runs.simd128.status, /relaxed/);
     const ref = readTensor(REF, "samples");
     for (const [simd, run] of Object.entries(runs)) {

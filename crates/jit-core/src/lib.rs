@@ -17,7 +17,8 @@
 //! - [`objective`]: the training loss (the reference's `Denoiser.forward`).
 //! - [`sampler`]: Euler/Heun with CFG (the reference's `Denoiser.generate`), step by step.
 //! - [`optim`]: AdamW and the learning-rate schedule; [`ema`]: weight averages;
-//!   [`train_state`]: network + AdamW + EMAs + step, the training step, save/resume.
+//!   [`train_state`]: network + AdamW + EMAs + step, the training step, save/resume (these
+//!   three, and the fused kernels' backward passes, with the default `train` feature).
 //! - [`checkpoint`] and [`state_dict`]: weights in and out, named as the reference names them.
 //! - [`host`]: reading tensors back, label tensors, 8-bit images; [`rng`]: portable noise.
 
@@ -25,20 +26,28 @@ pub mod checkpoint;
 pub mod config;
 pub mod ema;
 pub mod error;
+#[cfg(feature = "train")]
 pub mod flat;
 pub mod fused;
 pub mod host;
 pub mod model;
 pub mod network;
 pub mod objective;
+#[cfg(feature = "train")]
 pub mod optim;
 pub mod rng;
 pub mod sampler;
 pub mod state_dict;
+#[cfg(feature = "train")]
 pub mod train_state;
+
+/// Counting the GPU kernels some work launches (`jit-native bench`'s launch columns).
+#[cfg(feature = "wgpu")]
+pub use jit_shaders::launches;
 
 pub use config::{DiffusionConfig, JitConfig, MemoryLimit, Method, SamplerConfig, SamplerOverrides, Target};
 pub use error::JitError;
 pub use model::Jit;
 pub use network::Network;
+#[cfg(feature = "train")]
 pub use train_state::TrainState;

@@ -124,6 +124,35 @@ fn cfg_mix_matches_the_tensor_ops() {
 }
 
 #[test]
+fn silu_gate_matches_the_tensor_ops() {
+    // More values than one cube, a hidden width that is not a power of two, large inputs.
+    for device in [wgpu_device(), Device::flex()] {
+        for &(b, t, hidden) in &[(2, 9, 37), (3, 70, 384)] {
+            let h = random([b, t, 2 * hidden], 4.0, hidden as u64, &device);
+            let ours = fused::silu_gate(h.clone());
+            let halves = h.chunk(2, 2);
+            let reference = burn::tensor::activation::silu(halves[0].clone()).mul(halves[1].clone());
+            let what = format!("silu_gate {b}×{t}×{hidden} on {device:?}");
+            assert_close(&what, ours.unsqueeze(), reference.unsqueeze(), 1e-6);
+        }
+    }
+}
+
+/// The gate is a chunk of the adaLN output (a strided view), as the block passes it.
+#[test]
+fn gated_residual_matches_the_tensor_ops() {
+    let device = wgpu_device();
+    for &(b, t, d) in &[(2, 17, 48), (3, 70, 300)] {
+        let m = random([b, 3 * d], 1.0, d as u64, &device);
+        let gate = m.chunk(3, 1)[1].clone().unsqueeze_dim::<3>(1);
+        let (x, y) = (random([b, t, d], 1.0, 1, &device), random([b, t, d], 2.0, 2, &device));
+        let ours = fused::gated_residual(x.clone(), gate.clone(), y.clone());
+        let reference = x.add(gate.mul(y));
+        assert_close(&format!("gated_residual {b}×{t}×{d}"), ours.unsqueeze(), reference.unsqueeze(), 1e-7);
+    }
+}
+
+#[test]
 fn turned_off_every_op_takes_the_tensor_ops() {
     // The only test in this binary that changes the switch; the others compare against the
     // tensor ops called directly, so they hold either way.

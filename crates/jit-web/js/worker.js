@@ -102,19 +102,17 @@ async function compileUrl(url) {
  * The module compiled here, and which it is: "relaxed" (built with relaxed SIMD, whose fused
  * multiply-adds make the CPU fallback's matrix products ≈ 1.3× faster) where the engine has
  * relaxed SIMD, `simd` is not "simd128" and the file is there; else "simd128". The files are
- * wasm-bindgen's, beside this worker; a layout that names its module otherwise (`wasmUrl`,
- * Trunk's) has only the plain one.
+ * wasm-bindgen's, beside this worker.
  */
 async function compile(simd) {
-  if (simd !== "simd128" && !jitWeb.wasmUrl && hasRelaxedSimd()) {
+  if (simd !== "simd128" && hasRelaxedSimd()) {
     try {
       return { module: await compileUrl(new URL("./jit_web_relaxed_bg.wasm", import.meta.url)), simd: "relaxed" };
     } catch (e) {
       console.warn("JiT worker: the relaxed-SIMD module did not load; taking the plain one:", e);
     }
   }
-  const url = jitWeb.wasmUrl ?? new URL("./jit_web_bg.wasm", import.meta.url);
-  return { module: await compileUrl(url), simd: "simd128" };
+  return { module: await compileUrl(new URL("./jit_web_bg.wasm", import.meta.url)), simd: "simd128" };
 }
 
 // The first message: a module another worker compiled (and its kind, `simd`), or none to

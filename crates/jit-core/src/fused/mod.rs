@@ -15,14 +15,14 @@
 //!
 //! - On GPUs (burn's cubecl backend, f32, outside autodiff: sampling, the browser on WebGPU):
 //!   the project's CubeCL kernels in `shaders/` (crate `jit-shaders`) for RMSNorm + modulate,
-//!   qk-norm + RoPE and the CFG mix, and burn's attention op (flash attention where autotune
-//!   picks it).
+//!   qk-norm + RoPE, SwiGLU's gate, the gated residual and the CFG mix, and burn's attention op
+//!   (flash attention where autotune picks it).
 //!
 //! Each function takes the path its input's device and autodiff state select; the results agree
 //! to float rounding (tests/fused.rs and tests/shaders.rs compare them on every op).
 //! [`set_enabled`]`(false)` sends everything to the tensor ops (for benchmarks).
 
-#[cfg(feature = "flex")]
+#[cfg(all(feature = "flex", feature = "train"))]
 mod autodiff;
 pub mod cpu;
 #[cfg(feature = "flex")]
@@ -66,7 +66,11 @@ pub fn enabled() -> bool {
 /// GPU outside autodiff.
 pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
-    if flex::read(x).is_some() || autodiff::accepts(x) {
+    if flex::read(x).is_some() {
+        return true;
+    }
+    #[cfg(all(feature = "flex", feature = "train"))]
+    if autodiff::accepts(x) {
         return true;
     }
     #[cfg(feature = "wgpu")]
@@ -84,8 +88,8 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         if let Some((out, _)) = product_on_flex(layer, &x, true) {
             return out;
         }
-        let bias = layer.bias.as_ref().map(|b| b.val());
-        if let Some(out) = autodiff::linear(&x, &layer.weight.val(), bias.as_ref()) {
+        #[cfg(feature = "train")]
+        if let Some(out) = autodiff::linear(&x, &layer.weight.val(), layer.bias.as_ref().map(|b| b.val()).as_ref()) {
             return out;
         }
     }
@@ -103,7 +107,7 @@ pub fn softmax(scores: Tensor<4>, scale: f64) -> Tensor<4> {
         }
         Err(scores) => scores,
     };
-    #[cfg(feature = "flex")]
+    #[cfg(all(feature = "flex", feature = "train"))]
     if let Some(p) = autodiff::softmax(&scores, scale as f32) {
         return p;
     }
@@ -145,7 +149,7 @@ pub fn qkv_attention(
     scale: f64,
     attn_drop: &Dropout,
 ) -> Tensor<3> {
-    #[cfg(feature = "flex")]
+    #[cfg(all(feature = "flex", feature = "train"))]
     if attn_drop.prob == 0.0
         && let Some(out) = autodiff::qkv_attention(
             &qkv,
@@ -326,14 +330,32 @@ pub fn silu_gate(h: Tensor<3>) -> Tensor<3> {
         let [b, n, two_hidden] = h.dims();
         return flex::wrap(cpu::silu_gate(t.values(), two_hidden / 2, None), [b, n, two_hidden / 2]);
     }
-    #[cfg(feature = "flex")]
+    #[cfg(all(feature = "flex", feature = "train"))]
     if let Some(out) = autodiff::silu_gate(&h) {
         return out;
+    }
+    #[cfg(feature = "wgpu")]
+    if gpu::accepts(&h) {
+        return Tensor::from_dispatch(Dispatch::silu_gate(h.into_dispatch()));
     }
     let mut halves = h.chunk(2, 2);
     let x2 = halves.pop().expect("two halves");
     let x1 = halves.pop().expect("two halves");
     burn::tensor::activation::silu(x1).mul(x2)
+}
+
+/// adaLN-Zero's gated residual `x + gate·y` for `x`, `y` `[B, T, D]` and `gate` `[B, 1, D]`.
+/// On a GPU outside autodiff one kernel (`shaders/`), instead of a product and a sum.
+pub fn gated_residual(x: Tensor<3>, gate: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "wgpu")]
+    if [&x, &gate, &y].into_iter().all(gpu::accepts) {
+        return Tensor::from_dispatch(Dispatch::gated_residual(
+            x.into_dispatch(),
+            gate.into_dispatch(),
+            y.into_dispatch(),
+        ));
+    }
+    x.add(gate.mul(y))
 }
 
 /// `modulate(norm(x), shift, scale)` for `x` `[B, T, D]` and `shift`, `scale` `[B, 1, D]`.
@@ -345,7 +367,7 @@ pub fn rms_norm_modulate(norm: &RmsNorm, x: Tensor<3>, shift: Tensor<3>, scale: 
         let out = cpu::rms_norm_modulate(xs.values(), xs.dims[1], w.values(), sh.values(), sc.values(), RMS_EPS);
         return flex::wrap(out, x.dims());
     }
-    #[cfg(feature = "flex")]
+    #[cfg(all(feature = "flex", feature = "train"))]
     if let Some(out) = autodiff::rms_norm_modulate(&x, &norm.weight.val(), &shift, &scale, RMS_EPS) {
         return out;
     }
@@ -399,7 +421,7 @@ pub fn qkv_heads(
 
 /// `rope(norm(x))` for queries or keys `x` `[B, heads, T, head_dim]`.
 pub fn rms_norm_rope(norm: &RmsNorm, rope: &Rope, x: Tensor<4>) -> Tensor<4> {
-    #[cfg(feature = "flex")]
+    #[cfg(all(feature = "flex", feature = "train"))]
     if let Some(out) = autodiff::rms_norm_rope(&x, &norm.weight.val(), &rope.cos, &rope.sin_signed, RMS_EPS) {
         return out;
     }

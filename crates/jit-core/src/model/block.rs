@@ -59,8 +59,8 @@ impl JitBlock {
         let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
             <[Tensor<3>; 6]>::try_from(m).expect("six chunks");
         let h = fused::rms_norm_modulate(&self.norm1, x.clone(), shift_msa, scale_msa);
-        let x = x.add(gate_msa.mul(self.attn.forward(h, rope, mm)));
+        let x = fused::gated_residual(x, gate_msa, self.attn.forward(h, rope, mm));
         let h = fused::rms_norm_modulate(&self.norm2, x.clone(), shift_mlp, scale_mlp);
-        x.clone().add(gate_mlp.mul(self.mlp.forward(h, mm)))
+        fused::gated_residual(x, gate_mlp, self.mlp.forward(h, mm))
     }
 }

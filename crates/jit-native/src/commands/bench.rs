@@ -50,6 +50,11 @@ pub struct BenchArgs {
     /// Skip sampling (training only).
     #[arg(long)]
     pub no_sample: bool,
+    /// Blocks per model (default: the preset's): a shallower model of the same width, for
+    /// counting launches per block on a slow adapter. The in-context tokens then join at block
+    /// `min(preset's, depth − 1)`.
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub depth: Option<usize>,
     /// Run the model's plain tensor ops instead of the fused kernels (CPU kernels, and the GPU
     /// kernels of shaders/), to measure what the kernels gain.
     #[arg(long)]
@@ -121,13 +126,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.no_fused { "off" } else { "on" }
     );
     println!(
-        "| model | params | image | batch | first step (s) | train step (s, median) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s | train img/s (mean step) |",
+        "| model | params | image | batch | first step (s) | train step (s, median) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s | train img/s (mean step) | launches / train step | launches / sample step |",
         a.sample_steps
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let lanes = CpuLanes::new(&device);
     for name in &a.model {
-        let config = JitConfig::preset(name, a.image_size, a.channels, a.num_classes)?;
+        let mut config = JitConfig::preset_unchecked(name, a.image_size, a.channels, a.num_classes)?;
+        if let Some(depth) = a.depth {
+            config.depth = depth;
+            config.in_context_start = config.in_context_start.min(depth - 1);
+        }
+        config.validate()?;
         a.backend.memory_limit().check_training(&config, a.batch_size)?;
         a.backend.memory_limit().check(&config, 2 * a.sample_count)?;
         let model = Jit::new(&config, &device)?.with_matmul_dtype(mm);
@@ -155,19 +165,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
             })
             .collect();
         let mean_step = times.iter().sum::<f64>() / times.len() as f64;
+        // Kernel launches of one more step (issued ones: the loss is read back).
+        let train_launches = launches(|| {
+            step();
+        });
         times.sort_by(f64::total_cmp);
         let per_step = times[times.len() / 2];
         let train_flops = 3.0 * config.forward_flops(a.batch_size);
-        let (first_sample, sample_ips, sample_rate) = if a.no_sample {
-            ("—".into(), "—".into(), "—".into())
+        let (first_sample, sample_ips, sample_rate, sample_launches) = if a.no_sample {
+            ("—".into(), "—".into(), "—".into(), "—".into())
         } else {
             let ema = state.ema1.model.clone();
-            let (first, secs, images) = time_sampling(&lanes, &ema, &diffusion, &a, &device)?;
+            let (first, secs, images, launches) = time_sampling(&lanes, &ema, &diffusion, &a, &device)?;
             let flops = config.forward_flops(images);
-            (format!("{first:.3}"), format!("{:.2}", a.sample_count as f64 / secs), rate(flops, secs, peak))
+            (format!("{first:.3}"), format!("{:.2}", a.sample_count as f64 / secs), rate(flops, secs, peak), launches)
         };
         println!(
-            "| {name} | {:.2}M | {}×{}×{} | {} | {first:.2} | {per_step:.4} | {:.1} | {} | {first_sample} | {sample_ips} | {sample_rate} | {:.1} |",
+            "| {name} | {:.2}M | {}×{}×{} | {} | {first:.2} | {per_step:.4} | {:.1} | {} | {first_sample} | {sample_ips} | {sample_rate} | {:.1} | {train_launches} | {sample_launches} |",
             params as f64 / 1e6,
             a.channels,
             a.image_size,
@@ -181,15 +195,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The GPU kernels `work` launches (cubecl's launch observer), as a table cell: "—" where it
+/// launches none (the CPU backend).
+fn launches(work: impl FnOnce()) -> String {
+    let ((), counted) = jit_core::launches::count(work);
+    match counted.total() {
+        0 => "—".into(),
+        n => n.to_string(),
+    }
+}
+
 /// Times the first sampler step apart, then a whole run; returns (first step s, whole run s,
-/// images the network evaluated in the whole run).
+/// images the network evaluated in the whole run, kernel launches of one more sampler step).
 fn time_sampling(
     lanes: &CpuLanes,
     ema: &Jit,
     diffusion: &DiffusionConfig,
     a: &BenchArgs,
     device: &Device,
-) -> Result<(f64, f64, usize)> {
+) -> Result<(f64, f64, usize, String)> {
     let sampler = SamplerConfig { steps: a.sample_steps, ..SamplerConfig::default() };
     let labels: Vec<i64> = (0..a.sample_count).map(|i| (i % a.num_classes) as i64).collect();
     let net = Counting { net: ema, images: AtomicUsize::new(0) };
@@ -202,7 +226,11 @@ fn time_sampling(
     let first = run(Some(1))?;
     net.images.store(0, Ordering::Relaxed);
     let whole = run(None)?;
-    Ok((first, whole, net.images.load(Ordering::Relaxed)))
+    let images = net.images.load(Ordering::Relaxed);
+    let mut step = Ok(0.0);
+    let counted = launches(|| step = run(Some(1)));
+    step?;
+    Ok((first, whole, images, counted))
 }
 
 /// `bench --all-reduce`: one all-reduce of each model's gradients, timed (median of 5 after one

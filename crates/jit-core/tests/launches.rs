@@ -1,0 +1,41 @@
+//! The launch counter (`jit_core::launches`) on wgpu (Mesa lavapipe on CI): it sees each launch
+//! of a fused operation's kernel, and the tensor ops' kernels (burn's own, or the one burn's
+//! `fusion` makes of them where the build has it). One test in its own binary, since the counter
+//! watches every launch of the process.
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{to_vec, wgpu_device};
+use jit_core::fused;
+
+#[test]
+fn the_launch_counter_sees_each_kernel() {
+    let device = wgpu_device();
+    let values: Vec<f32> = (0..4 * 3 * 8 * 8).map(|i| (i % 17) as f32 - 8.0).collect();
+    let v = Tensor::<4>::from_data(TensorData::new(values, [4, 3, 8, 8]), &device);
+    // Compile both paths' kernels first; then count.
+    let mix = || to_vec(fused::cfg_mix(v.clone(), 2.0));
+    let ops = || {
+        let halves = v.clone().chunk(2, 0);
+        let (c, u) = (halves[0].clone(), halves[1].clone());
+        to_vec(u.clone().add(c.sub(u).mul_scalar(2.0)))
+    };
+    let (fused_values, ops_values) = (mix(), ops());
+    let (again, fused_count) = jit_core::launches::count(|| [mix(), mix(), mix()]);
+    let (_, ops_count) = jit_core::launches::count(ops);
+    assert!(again.iter().all(|v| *v == fused_values), "the same values when counted");
+    let cfg_mix_launches: usize =
+        fused_count.by_kernel.iter().filter(|(name, _)| name.contains("cfg_mix")).map(|(_, n)| n).sum();
+    assert_eq!(cfg_mix_launches, 3, "one cfg_mix kernel per call: {:?}", fused_count.by_kernel);
+    assert!(ops_count.total() >= 1, "the tensor ops launch kernels too");
+    assert!(
+        !ops_count.by_kernel.iter().any(|(name, _)| name.contains("cfg_mix")),
+        "only what ran is counted: {:?}",
+        ops_count.by_kernel
+    );
+    let err = common::rel_l2(&fused_values, &ops_values);
+    assert!(err < 1e-6, "cfg_mix and the tensor ops agree: {err:e}");
+    let (_, none) = jit_core::launches::count(|| ());
+    assert_eq!(none.total(), 0);
+}
