@@ -450,6 +450,38 @@ test("the module refuses oversized buffers before copying them and options that 
   });
 });
 
+/** The field names `interface NAME { … }` of a .d.ts declares (comments and index signatures aside). */
+function declaredFields(dts, name) {
+  const start = dts.indexOf(`export interface ${name} {`);
+  assert.ok(start >= 0, `the .d.ts declares ${name}`);
+  let depth = 0, end = start;
+  for (let i = dts.indexOf("{", start); i < dts.length; i++) {
+    if (dts[i] === "{") depth++;
+    if (dts[i] === "}" && --depth === 0) { end = i; break; }
+  }
+  const body = dts.slice(dts.indexOf("{", start) + 1, end).replace(/\/\*[\s\S]*?\*\//g, "").replace(/\/\/.*$/gm, "");
+  return [...body.matchAll(/(?:^|[;{\s])(\w+)\??\s*:/g)].map((m) => m[1]).sort();
+}
+
+test("the package's TypeScript declarations name exactly the fields the module returns", { timeout: TIMEOUT }, async () => {
+  const dts = fs.readFileSync(path.join(DIST, "pkg/jit_web.d.ts"), "utf8");
+  await withPage(false, async (page) => {
+    await page.goto(`${base}/`);
+    const keys = await page.evaluate(async () => {
+      const { default: init, JitGenerator } = await import("/pkg/jit_web.js");
+      await init();
+      const g = await JitGenerator.load("/model.safetensors", { backend: "cpu" });
+      const info = g.info();
+      const out = await g.generate({ classLabel: 1, count: 1, steps: 1 });
+      const names = (o) => Object.keys(o).sort();
+      return { ModelInfo: names(info), NetworkConfig: names(info.config), SamplerDefaults: names(info.sampler), GenerateResult: names(out) };
+    });
+    for (const [name, runtime] of Object.entries(keys)) {
+      assert.deepEqual(declaredFields(dts, name), runtime, `${name}: the .d.ts against what the module returns`);
+    }
+  });
+});
+
 test("the package's TypeScript declarations type-check", { timeout: 120000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "jit-ts-"));
   try {
