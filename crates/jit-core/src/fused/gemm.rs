@@ -121,9 +121,7 @@ pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d_in: usize, d_ou
     // The bias rows, then the product added onto them inside gemm's kernels.
     let mut out = new_rows(rows * d_out, d_out, &|_, chunk| {
         for row in chunk.chunks_exact_mut(d_out) {
-            row.iter_mut().zip(bias).for_each(|(o, &v)| {
-                o.write(v);
-            });
+            row.copy_from_slice(bias);
         }
     });
     // SAFETY: `out` holds rows·d_out initialised values.

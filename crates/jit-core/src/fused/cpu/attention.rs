@@ -8,12 +8,14 @@
 //! output is written straight in token order `[B, T, heads·head_dim]` (the `proj` layer's
 //! input), and its gradient is read from there, so no transposed copies are made.
 
+use core::cell::RefCell;
 use core::mem::MaybeUninit;
 
 use super::elementwise::softmax_row;
 use super::heads::{HeadPart, QkNormRope, QkvLayout, head_rows};
 use super::isa::Isa;
 use super::math::sum_by_pairs;
+use super::rows::zeroed;
 
 /// Shapes of [`attention`]: `q`, `k`, `v` `[B, heads, T, head_dim]`.
 #[derive(Debug, Clone, Copy)]
@@ -294,13 +296,6 @@ fn backward<const HD: usize, I: Isa>(
     }
 }
 
-/// `values` set to zero, as initialised floats.
-fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    values.fill(MaybeUninit::new(0.0));
-    // SAFETY: every value was just written; `MaybeUninit<f32>` has `f32`'s layout.
-    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
 /// `N` new buffers of `lens` values, each cut into `batch` equal chunks, filled by
 /// `f(b, the chunks of batch element b)`: one task per batch element (in parallel with the
 /// `rayon` feature). Each chunk is zeroed by the task that fills it.
@@ -394,17 +389,32 @@ pub fn qkv_attention(
     let parts = [(0, Some((n.q_weight, n.eps))), (1, Some((n.k_weight, n.eps))), (2, None)]
         .map(|(which, norm)| HeadPart { qkv, bias, layout, which, norm, cos: n.cos, sin_signed: n.sin_signed });
     let [out] = new_batches([l.batch * per], l.batch, &|b, [out]| {
-        let mut heads = Vec::with_capacity(3 * per);
-        for (part, rows) in parts.iter().zip(heads.spare_capacity_mut().chunks_exact_mut(per)) {
-            head_rows(rows, b * l.heads * l.tokens, part);
-        }
-        // SAFETY: `head_rows` wrote all `per` values of each of the three chunks.
-        unsafe { heads.set_len(3 * per) };
-        let (q, kv) = heads.split_at(per);
-        let (k, v) = kv.split_at(per);
-        forward_kernel(out, None, q, k, v, &shape, scale)
+        // This thread's scratch, kept between calls (zeroed once, not per image); a fresh one
+        // should the thread already be using it.
+        HEADS.with(|scratch| {
+            let mut fresh = Vec::new();
+            let mut kept = scratch.try_borrow_mut();
+            let heads = match kept.as_deref_mut() {
+                Ok(kept) => kept,
+                Err(_) => &mut fresh,
+            };
+            if heads.len() < 3 * per {
+                heads.resize(3 * per, 0.0);
+            }
+            for (part, rows) in parts.iter().zip(heads.chunks_exact_mut(per)) {
+                head_rows(rows, b * l.heads * l.tokens, part);
+            }
+            let (q, kv) = heads.split_at(per);
+            let (k, v) = kv[..2 * per].split_at(per);
+            forward_kernel(out, None, q, k, v, &shape, scale)
+        })
     });
     out
+}
+
+thread_local! {
+    /// [`qkv_attention`]'s per-thread scratch: one batch element's queries, keys and values.
+    static HEADS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`attention`] for training: the output and the probabilities `[B, heads, T, T]`, which

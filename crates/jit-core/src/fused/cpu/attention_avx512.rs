@@ -18,7 +18,6 @@ use core::arch::x86_64::{
     __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_permute_ps, _mm512_set1_ps,
     _mm512_setzero_ps, _mm512_storeu_ps,
 };
-use core::mem::MaybeUninit;
 
 use super::isa::Avx512;
 use super::math::{Lanes, exp};
@@ -237,7 +236,7 @@ pub fn softmax(isa: Avx512, s: &mut [f32], padded: usize, tokens: usize, scale: 
 #[inline(always)]
 pub fn norm_rope_row<const HD: usize>(
     _: Avx512,
-    o: &mut [MaybeUninit<f32>; HD],
+    o: &mut [f32; HD],
     x: &[f32; HD],
     weight: &[f32; HD],
     cos: &[f32; HD],
@@ -245,7 +244,7 @@ pub fn norm_rope_row<const HD: usize>(
     inv: f32,
 ) {
     const { assert!(HD.is_multiple_of(LANES)) };
-    let o = o.as_mut_ptr().cast::<f32>();
+    let o = o.as_mut_ptr();
     // SAFETY: every offset is below HD, the length of each array; the token proves the CPU has
     // AVX-512F.
     unsafe {

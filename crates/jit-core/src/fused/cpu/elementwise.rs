@@ -1,8 +1,6 @@
 //! Element-wise and row-wise kernels: softmax (and its gradient), the CFG mix, the EMA update,
 //! SiLU and SwiGLU's gate (and its gradient).
 
-use core::mem::MaybeUninit;
-
 use super::math::{exp, max_of, silu, sum_by, sum_by_pairs};
 use super::rows::{for_rows, new_rows};
 
@@ -31,12 +29,12 @@ pub(super) fn softmax_row(row: &mut [f32], scale: f32) {
 /// `scale·p·(g − Σ g·p)` per row.
 pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [MaybeUninit<f32>], p: &[f32], g: &[f32], row_len: usize, scale: f32) {
+        fn kernel(out: &mut [f32], p: &[f32], g: &[f32], row_len: usize, scale: f32) {
             let rows = out.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)).zip(g.chunks_exact(row_len));
             for ((o, p), g) in rows {
                 let dot = sum_by_pairs(p, g);
                 for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                    o.write(scale * p * (g - dot));
+                    *o = scale * p * (g - dot);
                 }
             }
         }
@@ -51,9 +49,9 @@ pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -
 /// unconditional half), `v_u + scale·(v_c − v_u)` `[B, …]`.
 pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [MaybeUninit<f32>], cond: &[f32], uncond: &[f32], scale: f32) {
+        fn kernel(out: &mut [f32], cond: &[f32], uncond: &[f32], scale: f32) {
             for ((o, &c), &u) in out.iter_mut().zip(cond).zip(uncond) {
-                o.write(u + scale * (c - u));
+                *o = u + scale * (c - u);
             }
         }
     }
@@ -69,9 +67,9 @@ pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
 /// separate `mul_scalar`s round them (the factors are given in f32: `decay` and `1 − decay`).
 pub fn ema_blend(ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [MaybeUninit<f32>], ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) {
+        fn kernel(out: &mut [f32], ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) {
             for ((o, &e), &t) in out.iter_mut().zip(ema).zip(theta) {
-                o.write(e * decay + t * one_minus_decay);
+                *o = e * decay + t * one_minus_decay;
             }
         }
     }
@@ -97,19 +95,19 @@ pub fn silu_inplace(x: &mut [f32]) {
 /// to each row first.
 pub fn silu_gate(h: &[f32], hidden: usize, bias: Option<&[f32]>) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [MaybeUninit<f32>], h: &[f32], hidden: usize, bias: Option<&[f32]>) {
+        fn kernel(out: &mut [f32], h: &[f32], hidden: usize, bias: Option<&[f32]>) {
             for (o, x) in out.chunks_exact_mut(hidden).zip(h.chunks_exact(2 * hidden)) {
                 let (x1, x2) = x.split_at(hidden);
                 match bias {
                     None => {
                         for ((o, &a), &b) in o.iter_mut().zip(x1).zip(x2) {
-                            o.write(silu(a) * b);
+                            *o = silu(a) * b;
                         }
                     }
                     Some(bias) => {
                         let (b1, b2) = bias.split_at(hidden);
                         for ((((o, &a), &b), &ba), &bb) in o.iter_mut().zip(x1).zip(x2).zip(b1).zip(b2) {
-                            o.write(silu(a + ba) * (b + bb));
+                            *o = silu(a + ba) * (b + bb);
                         }
                     }
                 }
@@ -126,15 +124,15 @@ pub fn silu_gate(h: &[f32], hidden: usize, bias: Option<&[f32]>) -> Vec<f32> {
 /// `g` (rows of `hidden`): `(g·x2·SiLU'(x1), g·SiLU(x1))`, `SiLU'(a) = σ(a)·(1 + a·(1 − σ(a)))`.
 pub fn silu_gate_backward(h: &[f32], g: &[f32], hidden: usize) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [MaybeUninit<f32>], h: &[f32], g: &[f32], hidden: usize) {
+        fn kernel(out: &mut [f32], h: &[f32], g: &[f32], hidden: usize) {
             let rows = out.chunks_exact_mut(2 * hidden).zip(h.chunks_exact(2 * hidden)).zip(g.chunks_exact(hidden));
             for ((o, x), g) in rows {
                 let (d1, d2) = o.split_at_mut(hidden);
                 let (x1, x2) = x.split_at(hidden);
                 for ((((d1, d2), &a), &b), &g) in d1.iter_mut().zip(d2).zip(x1).zip(x2).zip(g) {
                     let sig = 1.0 / (1.0 + exp(-a));
-                    d1.write(g * b * sig * (1.0 + a * (1.0 - sig)));
-                    d2.write(g * a * sig);
+                    *d1 = g * b * sig * (1.0 + a * (1.0 - sig));
+                    *d2 = g * a * sig;
                 }
             }
         }

@@ -1,8 +1,6 @@
 //! The `qkv` projection split into heads, with the per-head qk-norm + RoPE of queries and keys
 //! (the reference's `Attention.forward` before the scores), and its gradient.
 
-use core::mem::MaybeUninit;
-
 use super::isa::Isa;
 use super::norm::{norm_rope_row, norm_rope_row_backward, norm_rope_row_of, swapped_pairs};
 use super::rows::{for_rows_sum, new_rows};
@@ -37,7 +35,7 @@ pub(super) struct HeadPart<'a> {
 
 multiversion! {
     /// The rows `first..` of one part of [`qkv_heads`] into `out`, every value written.
-    pub(super) fn head_rows[isa](out: &mut [MaybeUninit<f32>], first: usize, p: &HeadPart) {
+    pub(super) fn head_rows[isa](out: &mut [f32], first: usize, p: &HeadPart) {
         match p.layout.head_dim {
             16 => head_rows_of::<16, _>(isa, out, first, p),
             32 => head_rows_of::<32, _>(isa, out, first, p),
@@ -53,7 +51,7 @@ multiversion! {
 /// 1.1–1.6 → 0.63–0.70 ms (the scratch row it replaced was written as scalars and read back as
 /// vectors).
 #[inline(always)]
-fn head_rows_of<const HD: usize, I: Isa>(isa: I, out: &mut [MaybeUninit<f32>], first: usize, p: &HeadPart) {
+fn head_rows_of<const HD: usize, I: Isa>(isa: I, out: &mut [f32], first: usize, p: &HeadPart) {
     let l = p.layout;
     let hd = if HD == 0 { l.head_dim } else { HD };
     let mut scratch = vec![0.0f32; if HD == 0 { 2 * hd } else { 0 }];
@@ -95,7 +93,7 @@ fn head_rows_of<const HD: usize, I: Isa>(isa: I, out: &mut [MaybeUninit<f32>], f
 #[allow(clippy::too_many_arguments)] // one row's place and buffers, one by one
 fn head_row<const HD: usize, I: Isa>(
     isa: I,
-    o: &mut [MaybeUninit<f32>],
+    o: &mut [f32],
     b: usize,
     h: usize,
     t: usize,
@@ -115,7 +113,7 @@ fn head_row<const HD: usize, I: Isa>(
     }
     match p.norm {
         None => {
-            o.write_copy_of_slice(src);
+            o.copy_from_slice(src);
         }
         Some((weight, eps)) => {
             let (cos, sin) = (&p.cos[t * hd..][..hd], &p.sin_signed[t * hd..][..hd]);

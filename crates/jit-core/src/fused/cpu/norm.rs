@@ -1,8 +1,6 @@
 //! RMSNorm kernels: RMSNorm + adaLN modulation (the blocks' and the final layer's norms), and
 //! the per-head qk-norm + RoPE of attention, each with its gradient.
 
-use core::mem::MaybeUninit;
-
 use super::isa::Isa;
 use super::math::{inv_rms, sum_by_pairs};
 use super::rows::{for_rows_sum, new_rows};
@@ -12,14 +10,14 @@ use super::rows::{for_rows_sum, new_rows};
 /// `scale` `[B, D]`.
 pub fn rms_norm_modulate(x: &[f32], tokens: usize, weight: &[f32], shift: &[f32], scale: &[f32], eps: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [MaybeUninit<f32>], x: &[f32], first: usize, tokens: usize, weight: &[f32], shift: &[f32], scale: &[f32], eps: f32) {
+        fn kernel(out: &mut [f32], x: &[f32], first: usize, tokens: usize, weight: &[f32], shift: &[f32], scale: &[f32], eps: f32) {
             let d = weight.len();
             for (r, (o, xs)) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
                 let b = (first + r) / tokens;
                 let (sh, sc) = (&shift[b * d..][..d], &scale[b * d..][..d]);
                 let inv = inv_rms(xs, eps);
                 for ((((o, &v), &w), &sh), &sc) in o.iter_mut().zip(xs).zip(weight).zip(sh).zip(sc) {
-                    o.write(v * inv * w * (1.0 + sc) + sh);
+                    *o = v * inv * w * (1.0 + sc) + sh;
                 }
             }
         }
@@ -92,7 +90,7 @@ pub(super) fn rms_norm_input_grad(dx: &mut [f32], dn: &[f32], x: &[f32], inv: f3
 /// that every loop is element-wise and vectorises.
 #[inline(always)]
 pub(super) fn norm_rope_row(
-    o: &mut [MaybeUninit<f32>],
+    o: &mut [f32],
     x: &[f32],
     weight: &[f32],
     cos: &[f32],
@@ -110,7 +108,7 @@ pub(super) fn norm_rope_row(
         s[1] = n[0];
     }
     for ((((o, &n), &s), &c), &sn) in o.iter_mut().zip(n.iter()).zip(swapped.iter()).zip(cos).zip(sin) {
-        o.write(n * c + s * sn);
+        *o = n * c + s * sn;
     }
 }
 
@@ -120,15 +118,14 @@ pub(super) fn norm_rope_row(
 #[inline(always)]
 pub(super) fn norm_rope_row_of<const HD: usize, I: Isa>(
     isa: I,
-    o: &mut [MaybeUninit<f32>],
+    o: &mut [f32],
     x: &[f32],
     weight: &[f32],
     cos: &[f32],
     sin: &[f32],
     eps: f32,
 ) {
-    let (o, x): (&mut [MaybeUninit<f32>; HD], &[f32; HD]) =
-        (o.try_into().expect("a row"), x.try_into().expect("a row"));
+    let (o, x): (&mut [f32; HD], &[f32; HD]) = (o.try_into().expect("a row"), x.try_into().expect("a row"));
     let (weight, cos, sin): (&[f32; HD], &[f32; HD], &[f32; HD]) =
         (weight[..HD].try_into().expect("a row"), cos.try_into().expect("a row"), sin.try_into().expect("a row"));
     let inv = inv_rms(x, eps);
@@ -145,7 +142,7 @@ pub(super) fn norm_rope_row_of<const HD: usize, I: Isa>(
         n[i] = x[i] * inv * weight[i];
     }
     for i in 0..HD {
-        o[i].write(n[i] * cos[i] + n[i ^ 1] * sin[i]);
+        o[i] = n[i] * cos[i] + n[i ^ 1] * sin[i];
     }
 }
 
@@ -154,7 +151,7 @@ pub(super) fn norm_rope_row_of<const HD: usize, I: Isa>(
 /// own, for training.
 pub fn rms_norm_rope(x: &[f32], tokens: usize, weight: &[f32], cos: &[f32], sin_signed: &[f32], eps: f32) -> Vec<f32> {
     multiversion! {
-        fn kernel(out: &mut [MaybeUninit<f32>], x: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
+        fn kernel(out: &mut [f32], x: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
             let hd = weight.len();
             let mut scratch = vec![0.0f32; 2 * hd];
             let mut t = first % tokens;
