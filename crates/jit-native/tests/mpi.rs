@@ -1,6 +1,7 @@
 //! Data-parallel runs under `mpirun -np 2` on this machine (CPU backend, a tiny model): the
 //! same losses and weights as one process training on the whole global batch, resumes across
-//! world sizes, a rank killed with `kill -9`, ranks started differently, and sharded sampling.
+//! world sizes, a rank killed with `kill -9`, Ctrl-C on `mpirun`, ranks started differently, and
+//! sharded sampling.
 //! Needs Open MPI's `mpirun` (scripts/test.sh installs it and, as root, sets its
 //! allow-run-as-root variables). Every run is bounded in steps and by `timeout`.
 #![cfg(feature = "mpi")]
@@ -170,6 +171,61 @@ fn a_rank_killed_ends_the_run_and_the_last_checkpoint_resumes_exactly() {
     // A step logged before the kill and again after the resume: the resumed one counts.
     let got: std::collections::BTreeMap<u64, f64> = losses(&run).into_iter().collect();
     assert_close_losses(&got.into_iter().collect::<Vec<_>>(), &reference, "killed and resumed");
+}
+
+#[test]
+fn ctrl_c_on_mpirun_saves_the_step_in_flight_once_and_ends_every_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let constant = ["--warmup-steps", "0", "--schedule", "constant"];
+    let run = tmp.path().join("interrupted");
+    // mpirun itself gets the signal, as from a terminal; checkpoints only when asked.
+    let mut job = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", "2", BIN])
+        .args(train_args(&run, 4, &[&constant[..], &["--steps", "100000", "--checkpoint-every", "100000"]].concat()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun (install openmpi-bin)");
+    let start = Instant::now();
+    while losses(&run).len() < 12 {
+        if start.elapsed() > Duration::from_secs(60) {
+            job.kill().ok();
+            panic!("the run did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank0: u32 = std::fs::read_to_string(run.join(".lock")).unwrap().trim().parse().unwrap();
+    assert!(Command::new("kill").args(["-INT", &job.id().to_string()]).status().unwrap().success());
+    let interrupted = Instant::now();
+    while job.try_wait().unwrap().is_none() {
+        if interrupted.elapsed() > Duration::from_secs(60) {
+            job.kill().ok();
+            panic!("mpirun still runs a minute after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = stderr(&job.wait_with_output().unwrap());
+    while Path::new(&format!("/proc/{rank0}")).exists() {
+        assert!(interrupted.elapsed() < Duration::from_secs(60), "rank 0 still runs after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // One checkpoint, of the last step logged: the step in flight, saved once, by rank 0.
+    let logged = losses(&run);
+    let last = logged.last().expect("steps were logged").0;
+    let checkpoints: Vec<String> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("ckpt-"))
+        .collect();
+    assert_eq!(checkpoints, [format!("ckpt-{last:08}.safetensors")], "{log}");
+    assert!(log.contains("saving a checkpoint"), "the run said it saves:\n{log}");
+    // Resumed (one process, same global batch) for 10 more steps: the losses of a run that was
+    // never interrupted.
+    let end = (last + 10).to_string();
+    ok(&["train", "--backend", "cpu", "--resume", run.to_str().unwrap(), "--steps", &end]);
+    let whole = tmp.path().join("whole");
+    ok(&refs(&train_args(&whole, 8, &[&constant[..], &["--steps", &end, "--checkpoint-every", &end]].concat())));
+    assert_close_losses(&losses(&run), &losses(&whole), "interrupted and resumed");
 }
 
 /// Whether `pid` runs this binary (not `timeout` or `mpirun`, whose command lines hold it too).
