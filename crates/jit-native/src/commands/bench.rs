@@ -17,6 +17,8 @@ use jit_core::sampler::initial_noise;
 use jit_core::{DiffusionConfig, Jit, JitConfig, JitError, Network, SamplerConfig, TrainState};
 
 use crate::backend::{BackendArgs, Precision};
+use crate::data::DataSource;
+use crate::data::loader::Loader;
 use crate::dist::{self, Collective};
 use crate::lanes::CpuLanes;
 
@@ -63,6 +65,14 @@ pub struct BenchArgs {
     /// f32, summed over the processes) instead of training and sampling.
     #[arg(long)]
     pub all_reduce: bool,
+    /// Times the training data loader instead of the models: decoded, augmented images per
+    /// second from DATA (`folder:DIR`, …) at --image-size, in batches of --batch-size, for
+    /// --train-steps batches after one warm-up batch.
+    #[arg(long, value_name = "DATA")]
+    pub loader: Option<DataSource>,
+    /// The loader's decoding threads (default: the machine's cores).
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub loader_threads: Option<usize>,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -114,6 +124,9 @@ fn rate(flops: f64, secs: f64, peak: Option<f64>) -> String {
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.all_reduce {
         return dist::run_on_every_rank(|world| all_reduce(&a, world));
+    }
+    if let Some(data) = &a.loader {
+        return loader(&a, data);
     }
     let (device, adapter) = a.backend.device_named()?;
     let mm = a.backend.matmul_dtype(&device)?;
@@ -231,6 +244,33 @@ fn time_sampling(
     let counted = launches(|| step = run(Some(1)));
     step?;
     Ok((first, whole, images, counted))
+}
+
+/// `bench --loader DATA`: the training loader's decoded images/s (what `train` gets), as a
+/// Markdown row.
+fn loader(a: &BenchArgs, data: &DataSource) -> Result<()> {
+    let threads = a.loader_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let dataset: std::sync::Arc<dyn crate::data::Dataset> = data.open(a.image_size, a.channels, true)?.into();
+    let loader = Loader::spawn(dataset.clone(), a.batch_size, 0..a.batch_size, 0, 0, 2, threads)?;
+    loader.next()?;
+    let t0 = Instant::now();
+    for _ in 0..a.train_steps {
+        loader.next()?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("| loader | images | image | batch | threads | batches | images/s |");
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| jit-native ({data}) | {} | {}×{}×{} | {} | {threads} | {} | {:.1} |",
+        dataset.len(),
+        a.channels,
+        a.image_size,
+        a.image_size,
+        a.batch_size,
+        a.train_steps,
+        (a.train_steps * a.batch_size) as f64 / secs
+    );
+    Ok(())
 }
 
 /// `bench --all-reduce`: one all-reduce of each model's gradients, timed (median of 5 after one

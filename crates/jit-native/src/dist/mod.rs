@@ -72,6 +72,7 @@ pub fn launched_size() -> Option<usize> {
 
 /// This process's rank on its machine as the launcher gives it (`OMPI_COMM_WORLD_LOCAL_RANK`,
 /// `SLURM_LOCALID`, `MPI_LOCALRANKID`, `PMI_LOCAL_RANK`).
+#[cfg(feature = "mpi")]
 pub fn launched_local_rank() -> Option<usize> {
     ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"]
         .iter()
