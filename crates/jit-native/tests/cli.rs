@@ -549,6 +549,30 @@ fn sample_writes_the_adm_evaluators_npz() {
         "--npz",
         npz.to_str().unwrap(),
     ]);
+    // The same images named as the official evaluation names them.
+    let official = tmp.path().join("official");
+    let (c, o) = (ckpt.to_str().unwrap(), official.to_str().unwrap());
+    ok(&[
+        "sample",
+        c,
+        "--backend",
+        "cpu",
+        "--class",
+        "1",
+        "--count",
+        "2",
+        "--steps",
+        "2",
+        "--names",
+        "official",
+        "--out",
+        o,
+    ]);
+    for i in 0..2 {
+        let ours = image::open(out.join(format!("sample-{i:03}-class1.png"))).unwrap().to_rgb8();
+        assert_eq!(image::open(official.join(format!("{i:05}.png"))).unwrap().to_rgb8(), ours);
+    }
+    assert!(!official.join("sample-000-class1.png").exists());
     let bytes = std::fs::read(&npz).unwrap();
     // One stored zip entry `arr_0.npy`: a .npy v1.0 header as np.save writes it, then the pixels.
     assert_eq!(&bytes[..4], b"PK\x03\x04");

@@ -51,9 +51,14 @@ pub struct SampleArgs {
     /// Which weights of a training checkpoint.
     #[arg(long, value_enum, default_value_t = WeightCopy::Ema1)]
     pub weights: WeightCopy,
-    /// Output folder for `sample-NNN.png` and `grid.png`.
+    /// Output folder for the images and `grid.png`.
     #[arg(long, default_value = "samples")]
     pub out: PathBuf,
+    /// How the images are named: `ours` (`sample-NNN-classK.png`) or `official` (`NNNNN.png`, the
+    /// image's index zero-padded to five digits, as the official evaluation saves the images it
+    /// scores; with `--class all --count 50` image i is of class i / 50, as there).
+    #[arg(long, value_enum, default_value_t = Names::Ours)]
+    pub names: Names,
     /// Grid only, no single images.
     #[arg(long)]
     pub grid_only: bool,
@@ -76,9 +81,21 @@ pub struct SampleArgs {
     pub backend: BackendArgs,
 }
 
+/// How `sample` names the image files.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Names {
+    /// `sample-NNN-classK.png`.
+    Ours,
+    /// `NNNNN.png`, as the official code's evaluation writes them.
+    Official,
+}
+
 /// The file of image `i` (of class `label`).
-fn sample_name(i: usize, label: i64) -> String {
-    format!("sample-{i:03}-class{label}.png")
+fn sample_name(names: Names, i: usize, label: i64) -> String {
+    match names {
+        Names::Ours => format!("sample-{i:03}-class{label}.png"),
+        Names::Official => format!("{i:05}.png"),
+    }
 }
 
 fn parse_classes(spec: &[String], names: &[String], k: usize) -> Result<Vec<i64>> {
@@ -146,7 +163,7 @@ fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
     }
     let mut outputs = vec![a.out.join("grid.png")];
     if !a.grid_only {
-        outputs.extend(labels.iter().enumerate().map(|(i, label)| a.out.join(sample_name(i, *label))));
+        outputs.extend(labels.iter().enumerate().map(|(i, label)| a.out.join(sample_name(a.names, i, *label))));
     }
     if a.previews {
         outputs.push(a.out.join("previews.png"));
@@ -189,7 +206,7 @@ fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
     save_png(&a.out.join("grid.png"), &imgs.grid(8, a.scale))?;
     if !a.grid_only {
         for (i, label) in labels.iter().enumerate().take(n) {
-            save_png(&a.out.join(sample_name(i, *label)), &imgs.rgb(i))?;
+            save_png(&a.out.join(sample_name(a.names, i, *label)), &imgs.rgb(i))?;
         }
     }
     if a.previews {
