@@ -1,10 +1,9 @@
 //! Classifier-free guidance, one unit per output value: `v_u + scale·(v_c − v_u)`.
 
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use crate::{buffer, contiguous, empty_like};
+use crate::{buffer, contiguous, elementwise_grid, empty_like};
 
 #[cube(launch_unchecked)]
 fn cfg_mix_kernel<F: Float>(v: &[F], out: &mut [F], len: usize, scale: f32) {
@@ -21,17 +20,9 @@ pub fn cfg_mix(v: CubeTensor, scale: f32) -> CubeTensor {
     let shape = half_batch(v.meta.shape());
     let len: usize = shape.iter().product();
     let out = empty_like(&v, shape);
-    let cube_dim = CubeDim::new(&v.client, len);
+    let (cube_count, cube_dim) = elementwise_grid(&v, len);
     unsafe {
-        cfg_mix_kernel::launch_unchecked::<f32>(
-            &v.client,
-            calculate_cube_count_elemwise(&v.client, len, cube_dim),
-            cube_dim,
-            buffer(&v),
-            buffer(&out),
-            len,
-            scale,
-        );
+        cfg_mix_kernel::launch_unchecked::<f32>(&v.client, cube_count, cube_dim, buffer(&v), buffer(&out), len, scale);
     }
     out
 }

@@ -2,10 +2,9 @@
 //! and `gate` `[B, 1, D]` (one gate per batch element and channel).
 
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use crate::{buffer, contiguous, empty_like};
+use crate::{buffer, contiguous, elementwise_grid, empty_like};
 
 #[cube(launch_unchecked)]
 fn gated_residual_kernel<F: Float>(x: &[F], gate: &[F], y: &[F], out: &mut [F], len: usize, tokens: usize, dim: usize) {
@@ -24,13 +23,13 @@ pub fn gated_residual(x: CubeTensor, gate: CubeTensor, y: CubeTensor) -> CubeTen
     let (tokens, dim) = (shape[1], shape[2]);
     let len: usize = shape.iter().product();
     let out = empty_like(&x, shape);
-    let cube_dim = CubeDim::new(&x.client, len);
+    let (cube_count, cube_dim) = elementwise_grid(&x, len);
     // SAFETY: `x`, `y` and `out` are row-major with `len` values and `gate` with `len / tokens`;
     // the kernel touches index `i < len` of those and `(row / tokens)·dim + c` of `gate`.
     unsafe {
         gated_residual_kernel::launch_unchecked::<f32>(
             &x.client,
-            calculate_cube_count_elemwise(&x.client, len, cube_dim),
+            cube_count,
             cube_dim,
             buffer(&x),
             buffer(&gate),

@@ -143,6 +143,13 @@ fn empty_like(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), Shape::from(shape), like.dtype)
 }
 
+/// The cubes and their size for a kernel with one unit per value of `len` values on `like`'s
+/// device (the element-wise kernels: `cfg_mix`, `silu_gate`, `gated_residual`).
+fn elementwise_grid(like: &CubeTensor, len: usize) -> (cubecl::prelude::CubeCount, cubecl::prelude::CubeDim) {
+    let cube_dim = cubecl::prelude::CubeDim::new(&like.client, len);
+    (cubecl::calculate_cube_count_elemwise(&like.client, len, cube_dim), cube_dim)
+}
+
 /// A contiguous tensor as a kernel's flat buffer argument.
 fn buffer(t: &CubeTensor) -> BufferArg {
     // SAFETY: `t` is row-major (made so by `contiguous` or created by `empty_like`), so its

@@ -2,10 +2,9 @@
 //! `hidden` values `SiLU(x1)·x2`, `SiLU(a) = a / (1 + e^−a)`.
 
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use crate::{buffer, contiguous, empty_like};
+use crate::{buffer, contiguous, elementwise_grid, empty_like};
 
 #[cube(launch_unchecked)]
 fn silu_gate_kernel<F: Float>(h: &[F], out: &mut [F], len: usize, hidden: usize) {
@@ -27,13 +26,13 @@ pub fn silu_gate(h: CubeTensor) -> CubeTensor {
     let hidden = shape[last];
     let len: usize = shape.iter().product();
     let out = empty_like(&h, shape);
-    let cube_dim = CubeDim::new(&h.client, len);
+    let (cube_count, cube_dim) = elementwise_grid(&h, len);
     // SAFETY: `h` and `out` are row-major with `2·len` and `len` values, and the kernel reads
     // `h` at `row·2·hidden + c (+ hidden)` and writes `out` at `i` only for `i < len`.
     unsafe {
         silu_gate_kernel::launch_unchecked::<f32>(
             &h.client,
-            calculate_cube_count_elemwise(&h.client, len, cube_dim),
+            cube_count,
             cube_dim,
             buffer(&h),
             buffer(&out),
