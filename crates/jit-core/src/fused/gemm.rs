@@ -45,6 +45,28 @@ impl<'a> Operand<'a> {
 /// # Safety
 /// `out` must be valid for writes of `m·n` values (and reads, with `accumulate`).
 unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: bool, a: Operand, b: Operand) {
+    // SAFETY: the caller's contract, with rows n values apart.
+    unsafe { product_into_strided(out, n, m, n, k, accumulate, true, a, b) }
+}
+
+/// [`product_into`] with `out`'s rows `out_stride ≥ n` values apart; split over threads only
+/// where `may_split` (and the product is large).
+///
+/// # Safety
+/// `out` must be valid for writes (and reads, with `accumulate`) of the `m` rows of `n` values
+/// that start `out_stride` values apart.
+#[allow(clippy::too_many_arguments)] // a strided product's dimensions and operands
+unsafe fn product_into_strided(
+    out: *mut f32,
+    out_stride: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    may_split: bool,
+    a: Operand,
+    b: Operand,
+) {
     a.check(m, k);
     b.check(k, n);
     // In the browser (wasm32 with SIMD128) products with consecutive columns, all that
@@ -56,7 +78,7 @@ unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: 
         return unsafe {
             gemm_simd128::product_into::<Simd128>(
                 out,
-                n,
+                out_stride,
                 m,
                 n,
                 k,
@@ -70,9 +92,10 @@ unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: 
     }
     // Large products split over rayon's pool, small ones stay on one thread (Flex's threshold).
     #[cfg(feature = "rayon")]
-    let parallelism = if m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    let parallelism =
+        if may_split && m * n * k >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     #[cfg(not(feature = "rayon"))]
-    let parallelism = gemm::Parallelism::None;
+    let (parallelism, _) = (gemm::Parallelism::None, may_split);
     // SAFETY: the operands were bounds-checked above; `out` is the caller's contract.
     unsafe {
         gemm::gemm(
@@ -81,7 +104,7 @@ unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: 
             k,
             out,
             1,
-            n as isize,
+            out_stride as isize,
             accumulate,
             a.values.as_ptr(),
             a.col_stride as isize,
@@ -97,6 +120,22 @@ unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: 
             parallelism,
         )
     }
+}
+
+/// `out[i·out_stride + j] ← Σ_l a[i·k + l]·b[l·n + j]` for `a` `[m, k]` and `b` `[k, n]`
+/// row-major (m = `a.len() / k`), on the calling thread: a block of rows, and of columns
+/// `0..n` of rows `out_stride` wide (one branch's channels of a channels-last tensor).
+/// Callers split the rows over threads themselves.
+pub fn product_rows(out: &mut [f32], out_stride: usize, a: &[f32], k: usize, b: &[f32], n: usize) {
+    let m = a.len().checked_div(k).unwrap_or(0);
+    assert!(n <= out_stride && b.len() == k * n, "product_rows: b is [{k}, {n}], rows {out_stride} wide");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(out.len() >= (m - 1) * out_stride + n, "product_rows: {m} rows of {out_stride} do not fit");
+    let (a, b) = (Operand::rows(a, k), Operand::rows(b, n));
+    // SAFETY: `out` holds the m rows of n values `out_stride` apart (checked above).
+    unsafe { product_into_strided(out.as_mut_ptr(), out_stride, m, n, k, false, false, a, b) }
 }
 
 /// `a·b` `[m, n]` in a new buffer.

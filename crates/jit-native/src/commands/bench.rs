@@ -21,6 +21,7 @@ use crate::data::DataSource;
 use crate::data::loader::Loader;
 use crate::dist::{self, Collective};
 use crate::lanes::CpuLanes;
+use crate::science::inception::batch_bytes;
 
 /// `bench` flags.
 #[derive(Args, Debug)]
@@ -70,6 +71,12 @@ pub struct BenchArgs {
     /// --train-steps batches after one warm-up batch.
     #[arg(long, value_name = "DATA")]
     pub loader: Option<DataSource>,
+    /// Times the evaluator's Inception (torch-fidelity's `inception-v3-compat`, weights from
+    /// FILE) instead of the models: images/s of features and logits for uint8 images of
+    /// --image-size (resized to 299² inside, as for FID), in batches of --batch-size, for
+    /// --train-steps batches after one warm-up batch.
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<std::path::PathBuf>,
     /// The loader's decoding threads (default: the machine's cores).
     #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub loader_threads: Option<usize>,
@@ -128,10 +135,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(data) = &a.loader {
         return loader(&a, data);
     }
+    jit_core::fused::set_enabled(!a.no_fused);
+    if let Some(weights) = &a.inception {
+        return inception(&a, weights);
+    }
     let (device, adapter) = a.backend.device_named()?;
     let mm = a.backend.matmul_dtype(&device)?;
     let peak = peak(&adapter, a.backend.precision);
-    jit_core::fused::set_enabled(!a.no_fused);
     println!(
         "device: {adapter} | precision {:?} | peak {} | fused kernels {}",
         a.backend.precision,
@@ -269,6 +279,30 @@ fn loader(a: &BenchArgs, data: &DataSource) -> Result<()> {
         a.batch_size,
         a.train_steps,
         (a.train_steps * a.batch_size) as f64 / secs
+    );
+    Ok(())
+}
+
+/// `bench --inception FILE`: the FID extractor's images/s on random images.
+fn inception(a: &BenchArgs, weights: &std::path::Path) -> Result<()> {
+    let (device, adapter) = a.backend.device_named()?;
+    let net = crate::commands::fid::load_inception(weights, &device)?;
+    let (n, side) = (a.batch_size, a.image_size);
+    a.backend.memory_limit().check_bytes("the Inception's activations (--batch-size)", batch_bytes(n))?;
+    let mut rng = PortableRng::new(1);
+    let images: Vec<u8> = (0..n * side * side * 3).map(|_| (rng.next_u64() >> 56) as u8).collect();
+    net.run(&images, n, side, side)?;
+    let t0 = Instant::now();
+    for _ in 0..a.train_steps {
+        net.run(&images, n, side, side)?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!("| extractor | device | image | batch | batches | images/s |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| jit-native inception-v3-compat | {adapter} | 3×{side}×{side} | {n} | {} | {:.2} |",
+        a.train_steps,
+        (a.train_steps * n) as f64 / secs
     );
     Ok(())
 }

@@ -24,7 +24,7 @@ use crate::generate::{GenerateOptions, generate};
 use crate::model_file;
 use crate::refuse;
 use crate::science::fid::{Statistics, fid, inception_score};
-use crate::science::inception::{CLASSES, FEATURES, Inception, Weights};
+use crate::science::inception::{self, CLASSES, FEATURES, Inception, Weights};
 
 /// The flags of `eval` that measure FID and IS.
 #[derive(Args, Debug, Clone)]
@@ -148,6 +148,9 @@ pub fn run(
         }
     };
     let device = backend.device()?;
+    backend
+        .memory_limit()
+        .check_bytes("the Inception's activations for one batch (--fid-batch)", inception::batch_bytes(f.fid_batch))?;
     let net = load_inception(weights_path, &device)?;
     let mut got = Gathered::default();
     if let Some(source) = &f.make_stats {

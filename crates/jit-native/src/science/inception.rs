@@ -10,8 +10,13 @@
 //!    `pool3 · fcᵀ` (without the bias: torch-fidelity's `logits_unbiased`) is what Inception
 //!    Score takes the softmax of.
 //!
-//! BatchNorm runs in inference form and is folded into each convolution's output as a scale
-//! and shift (eps 0.001, as the TF weights were trained with).
+//! BatchNorm runs in inference form, folded into each convolution's weights and bias (eps
+//! 0.001, as the TF weights were trained with).
+//!
+//! The block structure is written once, generic over an [`Exec`]: on burn tensors (any device;
+//! the reference, [`TensorExec`]), or on the CPU backend channels-last on f32 slices
+//! ([`super::channels_last`]: each convolution one matrix product per tile of output pixels
+//! with the bias and ReLU applied as the tile is written, as oneDNN runs torch's).
 
 use std::collections::HashMap;
 
@@ -20,6 +25,8 @@ use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use jit_core::host::HostTensor;
+
+use super::channels_last::ChannelsLast;
 
 /// Side of the network's input.
 pub const INPUT_SIZE: usize = 299;
@@ -30,20 +37,118 @@ pub const CLASSES: usize = 1008;
 /// BatchNorm's eps in the TF-Inception.
 const BN_EPS: f32 = 0.001;
 
-/// A convolution without bias, BatchNorm (folded) and ReLU: torch-fidelity's `BasicConv2d`.
-struct BasicConv {
-    weight: Tensor<4>,
-    scale: Tensor<4>,
-    shift: Tensor<4>,
-    stride: usize,
-    padding: [usize; 2],
+/// One `BasicConv2d` of torch-fidelity (convolution without bias, BatchNorm, ReLU) with the
+/// BatchNorm folded in: `relu(conv(x, weight) + bias)`, `weight` `[cout, cin, kh, kw]`.
+pub struct ConvSpec {
+    /// The folded weights, `[cout, cin, kh, kw]`.
+    pub weight: Vec<f32>,
+    /// The folded bias, `[cout]`.
+    pub bias: Vec<f32>,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Stride on both axes.
+    pub stride: usize,
+    /// Zero padding, rows and columns.
+    pub padding: [usize; 2],
 }
 
-impl BasicConv {
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new([self.stride; 2], self.padding, [1, 1], 1);
-        let y = conv2d(x, self.weight.clone(), None, options);
-        y.mul(self.scale.clone()).add(self.shift.clone()).clamp_min(0.0)
+/// How the network's layers run. `Act` is an activation, `[N, C, H, W]` in the executor's own
+/// layout.
+pub trait Exec {
+    /// A convolution, prepared for this executor.
+    type Conv;
+    /// An activation.
+    type Act;
+    /// The classifier, prepared.
+    type Fc;
+    /// Prepares a convolution.
+    fn conv_layer(&self, spec: ConvSpec) -> Self::Conv;
+    /// Prepares the classifier from `fc.weight` `[1008, 2048]`.
+    fn fc_layer(&self, weight: Vec<f32>) -> Self::Fc;
+    /// The network's input from `[N, 3, 299, 299]` values.
+    fn input(&self, nchw: Vec<f32>, n: usize) -> Self::Act;
+    /// `relu(conv(x) + bias)`.
+    fn conv(&self, c: &Self::Conv, x: &Self::Act) -> Self::Act;
+    /// The channels of `parts`, in order.
+    fn cat(&self, parts: Vec<Self::Act>) -> Self::Act;
+    /// 3×3 average pooling, stride 1, padding 1, the padding not counted (TF's `SAME`).
+    fn avg_pool_same(&self, x: &Self::Act) -> Self::Act;
+    /// 3×3 max pooling.
+    fn max_pool(&self, x: &Self::Act, stride: usize, padding: usize) -> Self::Act;
+    /// `pool3` (the mean over the pixels) and its logits.
+    fn outputs(&self, x: Self::Act, fc: &Self::Fc) -> Result<Outputs>;
+}
+
+/// [`Exec`] on burn tensors, NCHW, on the weights' device: the reference.
+pub struct TensorExec {
+    device: Device,
+}
+
+impl TensorExec {
+    /// The executor on `device`.
+    pub fn new(device: &Device) -> Self {
+        Self { device: device.clone() }
+    }
+}
+
+/// A convolution as burn tensors.
+pub struct TensorConv {
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    options: ConvOptions<2>,
+}
+
+impl Exec for TensorExec {
+    type Conv = TensorConv;
+    type Act = Tensor<4>;
+    type Fc = Tensor<2>;
+
+    fn conv_layer(&self, s: ConvSpec) -> TensorConv {
+        let weight = TensorData::new(s.weight, [s.cout, s.cin, s.kernel[0], s.kernel[1]]);
+        TensorConv {
+            weight: Tensor::from_data(weight, &self.device),
+            bias: Tensor::from_data(TensorData::new(s.bias, [s.cout]), &self.device),
+            options: ConvOptions::new([s.stride; 2], s.padding, [1, 1], 1),
+        }
+    }
+
+    fn fc_layer(&self, weight: Vec<f32>) -> Tensor<2> {
+        Tensor::<2>::from_data(TensorData::new(weight, [CLASSES, FEATURES]), &self.device).transpose()
+    }
+
+    fn input(&self, nchw: Vec<f32>, n: usize) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(nchw, [n, 3, INPUT_SIZE, INPUT_SIZE]), &self.device)
+    }
+
+    fn conv(&self, c: &TensorConv, x: &Tensor<4>) -> Tensor<4> {
+        conv2d(x.clone(), c.weight.clone(), Some(c.bias.clone()), c.options.clone()).clamp_min(0.0)
+    }
+
+    fn cat(&self, parts: Vec<Tensor<4>>) -> Tensor<4> {
+        Tensor::cat(parts, 1)
+    }
+
+    fn avg_pool_same(&self, x: &Tensor<4>) -> Tensor<4> {
+        let options = AvgPoolOptions::new([3, 3]).with_stride([1, 1]).with_padding([1, 1]);
+        avg_pool2d(x.clone(), options.with_count_include_pad(false))
+    }
+
+    fn max_pool(&self, x: &Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
+        max_pool2d(x.clone(), MaxPoolOptions::new([3, 3]).with_stride([stride; 2]).with_padding([padding; 2]))
+    }
+
+    fn outputs(&self, x: Tensor<4>, fc_t: &Tensor<2>) -> Result<Outputs> {
+        let [n, c, h, w] = x.dims();
+        let pool3 = x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
+        let unbiased = pool3.clone().matmul(fc_t.clone());
+        let read = |t: Tensor<2>| -> Result<Vec<f32>> {
+            t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("cannot read back: {e:?}"))
+        };
+        Ok(Outputs { features: read(pool3)?, logits_unbiased: read(unbiased)? })
     }
 }
 
@@ -70,31 +175,30 @@ impl Weights {
         Ok(t.data)
     }
 
-    fn conv(
+    /// `name`'s convolution and BatchNorm, folded: `weight·γ/√(var + eps)` and
+    /// `β − mean·γ/√(var + eps)` per output channel.
+    #[allow(clippy::too_many_arguments)] // a convolution's geometry
+    fn conv<E: Exec>(
         &mut self,
+        e: &E,
         name: &str,
         cin: usize,
         cout: usize,
         kernel: [usize; 2],
         stride: usize,
         padding: [usize; 2],
-    ) -> Result<BasicConv> {
-        let w = self.take(&format!("{name}.conv.weight"), &[cout, cin, kernel[0], kernel[1]])?;
+    ) -> Result<E::Conv> {
+        let mut weight = self.take(&format!("{name}.conv.weight"), &[cout, cin, kernel[0], kernel[1]])?;
         let gamma = self.take(&format!("{name}.bn.weight"), &[cout])?;
         let beta = self.take(&format!("{name}.bn.bias"), &[cout])?;
         let mean = self.take(&format!("{name}.bn.running_mean"), &[cout])?;
         let var = self.take(&format!("{name}.bn.running_var"), &[cout])?;
         let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + BN_EPS).sqrt()).collect();
-        let shift: Vec<f32> = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
-        let d = &self.device;
-        let per_channel = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, cout, 1, 1]), d);
-        Ok(BasicConv {
-            weight: Tensor::from_data(TensorData::new(w, [cout, cin, kernel[0], kernel[1]]), d),
-            scale: per_channel(scale),
-            shift: per_channel(shift),
-            stride,
-            padding,
-        })
+        let bias = beta.iter().zip(&mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+        for (filter, s) in weight.chunks_exact_mut(cin * kernel[0] * kernel[1]).zip(&scale) {
+            filter.iter_mut().for_each(|w| *w *= s);
+        }
+        Ok(e.conv_layer(ConvSpec { weight, bias, cin, cout, kernel, stride, padding }))
     }
 
     /// The keys that no layer took (a different network, or extra entries).
@@ -106,201 +210,267 @@ impl Weights {
     }
 }
 
-fn cat(parts: Vec<Tensor<4>>) -> Tensor<4> {
-    Tensor::cat(parts, 1)
-}
-
-/// 3×3 average pooling, stride 1, padding 1, the padding not counted (TF's `SAME` pooling).
-fn avg_pool_same(x: Tensor<4>) -> Tensor<4> {
-    avg_pool2d(x, AvgPoolOptions::new([3, 3]).with_stride([1, 1]).with_padding([1, 1]).with_count_include_pad(false))
-}
-
-fn max_pool(x: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
-    max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([stride; 2]).with_padding([padding; 2]))
-}
-
 /// `Mixed_5b/c/d`.
-struct InceptionA {
-    b1: BasicConv,
-    b5: [BasicConv; 2],
-    b3: [BasicConv; 3],
-    pool: BasicConv,
+struct InceptionA<C> {
+    b1: C,
+    b5: [C; 2],
+    b3: [C; 3],
+    pool: C,
 }
 
-impl InceptionA {
-    fn new(w: &mut Weights, name: &str, cin: usize, pool_features: usize) -> Result<Self> {
-        let c = |w: &mut Weights, b: &str, i, o, k: usize, p: usize| {
-            w.conv(&format!("{name}.{b}"), i, o, [k, k], 1, [p, p])
-        };
+impl<C> InceptionA<C> {
+    fn new<E: Exec<Conv = C>>(e: &E, w: &mut Weights, name: &str, cin: usize, pool_features: usize) -> Result<Self> {
+        let mut c = |b: &str, i, o, k: usize, p: usize| w.conv(e, &format!("{name}.{b}"), i, o, [k, k], 1, [p, p]);
         Ok(Self {
-            b1: c(w, "branch1x1", cin, 64, 1, 0)?,
-            b5: [c(w, "branch5x5_1", cin, 48, 1, 0)?, c(w, "branch5x5_2", 48, 64, 5, 2)?],
+            b1: c("branch1x1", cin, 64, 1, 0)?,
+            b5: [c("branch5x5_1", cin, 48, 1, 0)?, c("branch5x5_2", 48, 64, 5, 2)?],
             b3: [
-                c(w, "branch3x3dbl_1", cin, 64, 1, 0)?,
-                c(w, "branch3x3dbl_2", 64, 96, 3, 1)?,
-                c(w, "branch3x3dbl_3", 96, 96, 3, 1)?,
+                c("branch3x3dbl_1", cin, 64, 1, 0)?,
+                c("branch3x3dbl_2", 64, 96, 3, 1)?,
+                c("branch3x3dbl_3", 96, 96, 3, 1)?,
             ],
-            pool: c(w, "branch_pool", cin, pool_features, 1, 0)?,
+            pool: c("branch_pool", cin, pool_features, 1, 0)?,
         })
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let b5 = self.b5[1].forward(self.b5[0].forward(x.clone()));
-        let b3 = self.b3[2].forward(self.b3[1].forward(self.b3[0].forward(x.clone())));
-        let pool = self.pool.forward(avg_pool_same(x.clone()));
-        cat(vec![self.b1.forward(x), b5, b3, pool])
+    fn forward<E: Exec<Conv = C>>(&self, e: &E, x: &E::Act) -> E::Act {
+        let b1 = e.conv(&self.b1, x);
+        let b5 = chain(e, &self.b5, x);
+        let b3 = chain(e, &self.b3, x);
+        let pool = e.conv(&self.pool, &e.avg_pool_same(x));
+        e.cat(vec![b1, b5, b3, pool])
     }
+}
+
+/// `convs` one after the other on `x`.
+fn chain<E: Exec>(e: &E, convs: &[E::Conv], x: &E::Act) -> E::Act {
+    let (first, rest) = convs.split_first().expect("a chain of at least one convolution");
+    rest.iter().fold(e.conv(first, x), |y, c| e.conv(c, &y))
 }
 
 /// `Mixed_6a`.
-struct InceptionB {
-    b3: BasicConv,
-    b3dbl: [BasicConv; 3],
+struct InceptionB<C> {
+    b3: C,
+    b3dbl: [C; 3],
 }
 
-impl InceptionB {
-    fn new(w: &mut Weights, name: &str, cin: usize) -> Result<Self> {
+impl<C> InceptionB<C> {
+    fn new<E: Exec<Conv = C>>(e: &E, w: &mut Weights, name: &str, cin: usize) -> Result<Self> {
         let n = |b: &str| format!("{name}.{b}");
         Ok(Self {
-            b3: w.conv(&n("branch3x3"), cin, 384, [3, 3], 2, [0, 0])?,
+            b3: w.conv(e, &n("branch3x3"), cin, 384, [3, 3], 2, [0, 0])?,
             b3dbl: [
-                w.conv(&n("branch3x3dbl_1"), cin, 64, [1, 1], 1, [0, 0])?,
-                w.conv(&n("branch3x3dbl_2"), 64, 96, [3, 3], 1, [1, 1])?,
-                w.conv(&n("branch3x3dbl_3"), 96, 96, [3, 3], 2, [0, 0])?,
+                w.conv(e, &n("branch3x3dbl_1"), cin, 64, [1, 1], 1, [0, 0])?,
+                w.conv(e, &n("branch3x3dbl_2"), 64, 96, [3, 3], 1, [1, 1])?,
+                w.conv(e, &n("branch3x3dbl_3"), 96, 96, [3, 3], 2, [0, 0])?,
             ],
         })
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let d = self.b3dbl[2].forward(self.b3dbl[1].forward(self.b3dbl[0].forward(x.clone())));
-        cat(vec![self.b3.forward(x.clone()), d, max_pool(x, 2, 0)])
+    fn forward<E: Exec<Conv = C>>(&self, e: &E, x: &E::Act) -> E::Act {
+        e.cat(vec![e.conv(&self.b3, x), chain(e, &self.b3dbl, x), e.max_pool(x, 2, 0)])
     }
 }
 
 /// `Mixed_6b/c/d/e`: factorised 7×7 convolutions.
-struct InceptionC {
-    b1: BasicConv,
-    b7: [BasicConv; 3],
-    b7dbl: [BasicConv; 5],
-    pool: BasicConv,
+struct InceptionC<C> {
+    b1: C,
+    b7: [C; 3],
+    b7dbl: [C; 5],
+    pool: C,
 }
 
-impl InceptionC {
-    fn new(w: &mut Weights, name: &str, cin: usize, c7: usize) -> Result<Self> {
+impl<C> InceptionC<C> {
+    fn new<E: Exec<Conv = C>>(e: &E, w: &mut Weights, name: &str, cin: usize, c7: usize) -> Result<Self> {
         let n = |b: &str| format!("{name}.{b}");
         let (row, col) = (([1, 7], [0, 3]), ([7, 1], [3, 0]));
         Ok(Self {
-            b1: w.conv(&n("branch1x1"), cin, 192, [1, 1], 1, [0, 0])?,
+            b1: w.conv(e, &n("branch1x1"), cin, 192, [1, 1], 1, [0, 0])?,
             b7: [
-                w.conv(&n("branch7x7_1"), cin, c7, [1, 1], 1, [0, 0])?,
-                w.conv(&n("branch7x7_2"), c7, c7, row.0, 1, row.1)?,
-                w.conv(&n("branch7x7_3"), c7, 192, col.0, 1, col.1)?,
+                w.conv(e, &n("branch7x7_1"), cin, c7, [1, 1], 1, [0, 0])?,
+                w.conv(e, &n("branch7x7_2"), c7, c7, row.0, 1, row.1)?,
+                w.conv(e, &n("branch7x7_3"), c7, 192, col.0, 1, col.1)?,
             ],
             b7dbl: [
-                w.conv(&n("branch7x7dbl_1"), cin, c7, [1, 1], 1, [0, 0])?,
-                w.conv(&n("branch7x7dbl_2"), c7, c7, col.0, 1, col.1)?,
-                w.conv(&n("branch7x7dbl_3"), c7, c7, row.0, 1, row.1)?,
-                w.conv(&n("branch7x7dbl_4"), c7, c7, col.0, 1, col.1)?,
-                w.conv(&n("branch7x7dbl_5"), c7, 192, row.0, 1, row.1)?,
+                w.conv(e, &n("branch7x7dbl_1"), cin, c7, [1, 1], 1, [0, 0])?,
+                w.conv(e, &n("branch7x7dbl_2"), c7, c7, col.0, 1, col.1)?,
+                w.conv(e, &n("branch7x7dbl_3"), c7, c7, row.0, 1, row.1)?,
+                w.conv(e, &n("branch7x7dbl_4"), c7, c7, col.0, 1, col.1)?,
+                w.conv(e, &n("branch7x7dbl_5"), c7, 192, row.0, 1, row.1)?,
             ],
-            pool: w.conv(&n("branch_pool"), cin, 192, [1, 1], 1, [0, 0])?,
+            pool: w.conv(e, &n("branch_pool"), cin, 192, [1, 1], 1, [0, 0])?,
         })
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let b7 = self.b7.iter().fold(x.clone(), |y, c| c.forward(y));
-        let b7dbl = self.b7dbl.iter().fold(x.clone(), |y, c| c.forward(y));
-        let pool = self.pool.forward(avg_pool_same(x.clone()));
-        cat(vec![self.b1.forward(x), b7, b7dbl, pool])
+    fn forward<E: Exec<Conv = C>>(&self, e: &E, x: &E::Act) -> E::Act {
+        let b1 = e.conv(&self.b1, x);
+        let b7 = chain(e, &self.b7, x);
+        let b7dbl = chain(e, &self.b7dbl, x);
+        let pool = e.conv(&self.pool, &e.avg_pool_same(x));
+        e.cat(vec![b1, b7, b7dbl, pool])
     }
 }
 
 /// `Mixed_7a`.
-struct InceptionD {
-    b3: [BasicConv; 2],
-    b7x3: [BasicConv; 4],
+struct InceptionD<C> {
+    b3: [C; 2],
+    b7x3: [C; 4],
 }
 
-impl InceptionD {
-    fn new(w: &mut Weights, name: &str, cin: usize) -> Result<Self> {
+impl<C> InceptionD<C> {
+    fn new<E: Exec<Conv = C>>(e: &E, w: &mut Weights, name: &str, cin: usize) -> Result<Self> {
         let n = |b: &str| format!("{name}.{b}");
         Ok(Self {
             b3: [
-                w.conv(&n("branch3x3_1"), cin, 192, [1, 1], 1, [0, 0])?,
-                w.conv(&n("branch3x3_2"), 192, 320, [3, 3], 2, [0, 0])?,
+                w.conv(e, &n("branch3x3_1"), cin, 192, [1, 1], 1, [0, 0])?,
+                w.conv(e, &n("branch3x3_2"), 192, 320, [3, 3], 2, [0, 0])?,
             ],
             b7x3: [
-                w.conv(&n("branch7x7x3_1"), cin, 192, [1, 1], 1, [0, 0])?,
-                w.conv(&n("branch7x7x3_2"), 192, 192, [1, 7], 1, [0, 3])?,
-                w.conv(&n("branch7x7x3_3"), 192, 192, [7, 1], 1, [3, 0])?,
-                w.conv(&n("branch7x7x3_4"), 192, 192, [3, 3], 2, [0, 0])?,
+                w.conv(e, &n("branch7x7x3_1"), cin, 192, [1, 1], 1, [0, 0])?,
+                w.conv(e, &n("branch7x7x3_2"), 192, 192, [1, 7], 1, [0, 3])?,
+                w.conv(e, &n("branch7x7x3_3"), 192, 192, [7, 1], 1, [3, 0])?,
+                w.conv(e, &n("branch7x7x3_4"), 192, 192, [3, 3], 2, [0, 0])?,
             ],
         })
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let b3 = self.b3.iter().fold(x.clone(), |y, c| c.forward(y));
-        let b7 = self.b7x3.iter().fold(x.clone(), |y, c| c.forward(y));
-        cat(vec![b3, b7, max_pool(x, 2, 0)])
+    fn forward<E: Exec<Conv = C>>(&self, e: &E, x: &E::Act) -> E::Act {
+        e.cat(vec![chain(e, &self.b3, x), chain(e, &self.b7x3, x), e.max_pool(x, 2, 0)])
     }
 }
 
 /// `Mixed_7b` (average pooling in its pool branch) and `Mixed_7c` (max pooling: the TF graph's
 /// quirk that torch-fidelity keeps).
-struct InceptionE {
-    b1: BasicConv,
-    b3_1: BasicConv,
-    b3_2: [BasicConv; 2],
-    b3dbl_12: [BasicConv; 2],
-    b3dbl_3: [BasicConv; 2],
-    pool: BasicConv,
+struct InceptionE<C> {
+    b1: C,
+    b3_1: C,
+    b3_2: [C; 2],
+    b3dbl_12: [C; 2],
+    b3dbl_3: [C; 2],
+    pool: C,
     max_pool: bool,
 }
 
-impl InceptionE {
-    fn new(w: &mut Weights, name: &str, cin: usize, max_pool: bool) -> Result<Self> {
+impl<C> InceptionE<C> {
+    fn new<E: Exec<Conv = C>>(e: &E, w: &mut Weights, name: &str, cin: usize, max_pool: bool) -> Result<Self> {
         let n = |b: &str| format!("{name}.{b}");
         Ok(Self {
-            b1: w.conv(&n("branch1x1"), cin, 320, [1, 1], 1, [0, 0])?,
-            b3_1: w.conv(&n("branch3x3_1"), cin, 384, [1, 1], 1, [0, 0])?,
+            b1: w.conv(e, &n("branch1x1"), cin, 320, [1, 1], 1, [0, 0])?,
+            b3_1: w.conv(e, &n("branch3x3_1"), cin, 384, [1, 1], 1, [0, 0])?,
             b3_2: [
-                w.conv(&n("branch3x3_2a"), 384, 384, [1, 3], 1, [0, 1])?,
-                w.conv(&n("branch3x3_2b"), 384, 384, [3, 1], 1, [1, 0])?,
+                w.conv(e, &n("branch3x3_2a"), 384, 384, [1, 3], 1, [0, 1])?,
+                w.conv(e, &n("branch3x3_2b"), 384, 384, [3, 1], 1, [1, 0])?,
             ],
             b3dbl_12: [
-                w.conv(&n("branch3x3dbl_1"), cin, 448, [1, 1], 1, [0, 0])?,
-                w.conv(&n("branch3x3dbl_2"), 448, 384, [3, 3], 1, [1, 1])?,
+                w.conv(e, &n("branch3x3dbl_1"), cin, 448, [1, 1], 1, [0, 0])?,
+                w.conv(e, &n("branch3x3dbl_2"), 448, 384, [3, 3], 1, [1, 1])?,
             ],
             b3dbl_3: [
-                w.conv(&n("branch3x3dbl_3a"), 384, 384, [1, 3], 1, [0, 1])?,
-                w.conv(&n("branch3x3dbl_3b"), 384, 384, [3, 1], 1, [1, 0])?,
+                w.conv(e, &n("branch3x3dbl_3a"), 384, 384, [1, 3], 1, [0, 1])?,
+                w.conv(e, &n("branch3x3dbl_3b"), 384, 384, [3, 1], 1, [1, 0])?,
             ],
-            pool: w.conv(&n("branch_pool"), cin, 192, [1, 1], 1, [0, 0])?,
+            pool: w.conv(e, &n("branch_pool"), cin, 192, [1, 1], 1, [0, 0])?,
             max_pool,
         })
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let b3 = self.b3_1.forward(x.clone());
-        let b3 = cat(vec![self.b3_2[0].forward(b3.clone()), self.b3_2[1].forward(b3)]);
-        let d = self.b3dbl_12[1].forward(self.b3dbl_12[0].forward(x.clone()));
-        let d = cat(vec![self.b3dbl_3[0].forward(d.clone()), self.b3dbl_3[1].forward(d)]);
-        let pooled = if self.max_pool { max_pool(x.clone(), 1, 1) } else { avg_pool_same(x.clone()) };
-        cat(vec![self.b1.forward(x), b3, d, self.pool.forward(pooled)])
+    fn forward<E: Exec<Conv = C>>(&self, e: &E, x: &E::Act) -> E::Act {
+        let b1 = e.conv(&self.b1, x);
+        let b3 = e.conv(&self.b3_1, x);
+        let b3 = e.cat(vec![e.conv(&self.b3_2[0], &b3), e.conv(&self.b3_2[1], &b3)]);
+        let d = chain(e, &self.b3dbl_12, x);
+        let d = e.cat(vec![e.conv(&self.b3dbl_3[0], &d), e.conv(&self.b3dbl_3[1], &d)]);
+        let pooled = if self.max_pool { e.max_pool(x, 1, 1) } else { e.avg_pool_same(x) };
+        e.cat(vec![b1, b3, d, e.conv(&self.pool, &pooled)])
     }
+}
+
+/// The layers on one executor.
+struct Layers<E: Exec> {
+    exec: E,
+    stem: Vec<E::Conv>,
+    mixed_5: [InceptionA<E::Conv>; 3],
+    mixed_6a: InceptionB<E::Conv>,
+    mixed_6: [InceptionC<E::Conv>; 4],
+    mixed_7a: InceptionD<E::Conv>,
+    mixed_7: [InceptionE<E::Conv>; 2],
+    fc: E::Fc,
+}
+
+impl<E: Exec> Layers<E> {
+    /// Builds the network from torch-fidelity's state dict (every key used, every shape checked).
+    fn new(e: E, mut w: Weights) -> Result<Self> {
+        let mut s =
+            |name: &str, cin, cout, k: usize, stride, p: usize| w.conv(&e, name, cin, cout, [k, k], stride, [p, p]);
+        let stem = vec![
+            s("Conv2d_1a_3x3", 3, 32, 3, 2, 0)?,
+            s("Conv2d_2a_3x3", 32, 32, 3, 1, 0)?,
+            s("Conv2d_2b_3x3", 32, 64, 3, 1, 1)?,
+            s("Conv2d_3b_1x1", 64, 80, 1, 1, 0)?,
+            s("Conv2d_4a_3x3", 80, 192, 3, 1, 0)?,
+        ];
+        let mixed_5 = [
+            InceptionA::new(&e, &mut w, "Mixed_5b", 192, 32)?,
+            InceptionA::new(&e, &mut w, "Mixed_5c", 256, 64)?,
+            InceptionA::new(&e, &mut w, "Mixed_5d", 288, 64)?,
+        ];
+        let mixed_6a = InceptionB::new(&e, &mut w, "Mixed_6a", 288)?;
+        let mixed_6 = [
+            InceptionC::new(&e, &mut w, "Mixed_6b", 768, 128)?,
+            InceptionC::new(&e, &mut w, "Mixed_6c", 768, 160)?,
+            InceptionC::new(&e, &mut w, "Mixed_6d", 768, 160)?,
+            InceptionC::new(&e, &mut w, "Mixed_6e", 768, 192)?,
+        ];
+        let mixed_7a = InceptionD::new(&e, &mut w, "Mixed_7a", 768)?;
+        let mixed_7 = [
+            InceptionE::new(&e, &mut w, "Mixed_7b", 1280, false)?,
+            InceptionE::new(&e, &mut w, "Mixed_7c", 2048, true)?,
+        ];
+        let fc = w.take("fc.weight", &[CLASSES, FEATURES])?;
+        // The classifier's bias is part of the file but not of IS's logits.
+        w.take("fc.bias", &[CLASSES])?;
+        let left = w.leftover();
+        if !left.is_empty() {
+            bail!("the weights hold entries the inception-v3-compat network has no use for ({}…)", left[0]);
+        }
+        let fc = e.fc_layer(fc);
+        Ok(Self { exec: e, stem, mixed_5, mixed_6a, mixed_6, mixed_7a, mixed_7, fc })
+    }
+
+    fn run(&self, nchw: Vec<f32>, n: usize) -> Result<Outputs> {
+        let e = &self.exec;
+        let mut x = e.input(nchw, n);
+        for (i, conv) in self.stem.iter().enumerate() {
+            x = e.conv(conv, &x);
+            // MaxPool_1 after Conv2d_2b, MaxPool_2 after Conv2d_4a.
+            if i == 2 || i == 4 {
+                x = e.max_pool(&x, 2, 0);
+            }
+        }
+        for m in &self.mixed_5 {
+            x = m.forward(e, &x);
+        }
+        x = self.mixed_6a.forward(e, &x);
+        for m in &self.mixed_6 {
+            x = m.forward(e, &x);
+        }
+        x = self.mixed_7a.forward(e, &x);
+        for m in &self.mixed_7 {
+            x = m.forward(e, &x);
+        }
+        e.outputs(x, &self.fc)
+    }
+}
+
+/// The network on its executor.
+enum Net {
+    Tensors(Box<Layers<TensorExec>>),
+    ChannelsLast(Box<Layers<ChannelsLast>>),
 }
 
 /// The network, ready to compute features of 299×299 inputs.
 pub struct Inception {
-    stem: Vec<BasicConv>,
-    mixed_5: [InceptionA; 3],
-    mixed_6a: InceptionB,
-    mixed_6: [InceptionC; 4],
-    mixed_7a: InceptionD,
-    mixed_7: [InceptionE; 2],
-    /// `fc.weight` transposed, `[2048, 1008]`.
-    fc_t: Tensor<2>,
-    device: Device,
+    net: Net,
 }
 
 /// What the network computes for a batch.
@@ -312,44 +482,31 @@ pub struct Outputs {
     pub logits_unbiased: Vec<f32>,
 }
 
+/// An upper bound of the memory one batch of `n` images takes in [`Inception::run`], in bytes:
+/// four of its largest activation (64×147² f32 per image, after `Conv2d_2b`) alive at once
+/// (a convolution's input and output, a block's branches and their concatenation).
+pub fn batch_bytes(n: usize) -> u64 {
+    4 * 4 * 64 * 147 * 147 * n as u64
+}
+
 impl Inception {
-    /// Builds the network from torch-fidelity's state dict (every key used, every shape checked).
-    pub fn new(mut w: Weights) -> Result<Self> {
-        let s = |w: &mut Weights, name: &str, cin, cout, k: usize, stride, p: usize| {
-            w.conv(name, cin, cout, [k, k], stride, [p, p])
-        };
-        let stem = vec![
-            s(&mut w, "Conv2d_1a_3x3", 3, 32, 3, 2, 0)?,
-            s(&mut w, "Conv2d_2a_3x3", 32, 32, 3, 1, 0)?,
-            s(&mut w, "Conv2d_2b_3x3", 32, 64, 3, 1, 1)?,
-            s(&mut w, "Conv2d_3b_1x1", 64, 80, 1, 1, 0)?,
-            s(&mut w, "Conv2d_4a_3x3", 80, 192, 3, 1, 0)?,
-        ];
-        let mixed_5 = [
-            InceptionA::new(&mut w, "Mixed_5b", 192, 32)?,
-            InceptionA::new(&mut w, "Mixed_5c", 256, 64)?,
-            InceptionA::new(&mut w, "Mixed_5d", 288, 64)?,
-        ];
-        let mixed_6a = InceptionB::new(&mut w, "Mixed_6a", 288)?;
-        let mixed_6 = [
-            InceptionC::new(&mut w, "Mixed_6b", 768, 128)?,
-            InceptionC::new(&mut w, "Mixed_6c", 768, 160)?,
-            InceptionC::new(&mut w, "Mixed_6d", 768, 160)?,
-            InceptionC::new(&mut w, "Mixed_6e", 768, 192)?,
-        ];
-        let mixed_7a = InceptionD::new(&mut w, "Mixed_7a", 768)?;
-        let mixed_7 =
-            [InceptionE::new(&mut w, "Mixed_7b", 1280, false)?, InceptionE::new(&mut w, "Mixed_7c", 2048, true)?];
-        let fc = w.take("fc.weight", &[CLASSES, FEATURES])?;
-        // The classifier's bias is part of the file but not of IS's logits.
-        w.take("fc.bias", &[CLASSES])?;
-        let left = w.leftover();
-        if !left.is_empty() {
-            bail!("the weights hold entries the inception-v3-compat network has no use for ({}…)", left[0]);
-        }
-        let device = w.device.clone();
-        let fc_t = Tensor::<2>::from_data(TensorData::new(fc, [CLASSES, FEATURES]), &device).transpose();
-        Ok(Self { stem, mixed_5, mixed_6a, mixed_6, mixed_7a, mixed_7, fc_t, device })
+    /// Builds the network from torch-fidelity's state dict (every key used, every shape checked):
+    /// channels-last on the CPU backend (unless `jit_core::fused` is off), on burn's tensor ops
+    /// elsewhere.
+    pub fn new(w: Weights) -> Result<Self> {
+        let channels_last = w.device == Device::flex() && jit_core::fused::enabled();
+        if channels_last { Self::channels_last(w) } else { Self::on_tensors(w) }
+    }
+
+    /// The network on burn's tensor ops, on the weights' device (the reference).
+    pub fn on_tensors(w: Weights) -> Result<Self> {
+        let exec = TensorExec::new(&w.device);
+        Ok(Self { net: Net::Tensors(Box::new(Layers::new(exec, w)?)) })
+    }
+
+    /// The network channels-last on the CPU.
+    pub fn channels_last(w: Weights) -> Result<Self> {
+        Ok(Self { net: Net::ChannelsLast(Box::new(Layers::new(ChannelsLast, w)?)) })
     }
 
     /// Features and logits of `images`: `n` uint8 RGB images of `height`×`width`, NHWC (as PNG
@@ -359,33 +516,10 @@ impl Inception {
             bail!("{} bytes are not {n} RGB images of {height}×{width}", images.len());
         }
         let x = preprocess(images, n, height, width);
-        let x = Tensor::<4>::from_data(TensorData::new(x, [n, 3, INPUT_SIZE, INPUT_SIZE]), &self.device);
-        let mut x = x;
-        for (i, conv) in self.stem.iter().enumerate() {
-            x = conv.forward(x);
-            // MaxPool_1 after Conv2d_2b, MaxPool_2 after Conv2d_4a.
-            if i == 2 || i == 4 {
-                x = max_pool(x, 2, 0);
-            }
+        match &self.net {
+            Net::Tensors(l) => l.run(x, n),
+            Net::ChannelsLast(l) => l.run(x, n),
         }
-        for m in &self.mixed_5 {
-            x = m.forward(x);
-        }
-        x = self.mixed_6a.forward(x);
-        for m in &self.mixed_6 {
-            x = m.forward(x);
-        }
-        x = self.mixed_7a.forward(x);
-        for m in &self.mixed_7 {
-            x = m.forward(x);
-        }
-        let [_, c, h, w] = x.dims();
-        let pool3 = x.reshape([n, c, h * w]).mean_dim(2).reshape([n, c]);
-        let unbiased = pool3.clone().matmul(self.fc_t.clone());
-        let read = |t: Tensor<2>| -> Result<Vec<f32>> {
-            t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| anyhow::anyhow!("cannot read back: {e:?}"))
-        };
-        Ok(Outputs { features: read(pool3)?, logits_unbiased: read(unbiased)? })
     }
 }
 
@@ -500,8 +634,11 @@ pub mod tests {
             other => panic!("{k}: {other:?}"),
         };
         let device = Device::flex();
-        let net = Inception::new(Weights::new(formula_weights(), &device)).unwrap();
-        for size in [64usize, 256, 299] {
+        type Build = fn(Weights) -> Result<Inception>;
+        let nets: [(&str, Build); 2] =
+            [("channels-last", Inception::channels_last), ("tensor ops", Inception::on_tensors)];
+        for ((path, build), size) in nets.iter().flat_map(|n| [64usize, 256, 299].map(|s| (n, s))) {
+            let net = build(Weights::new(formula_weights(), &device)).unwrap();
             let images = &golden[&format!("images_{size}")];
             let Values::U8(pixels) = &images.values else { panic!("uint8 images") };
             let n = images.shape[0];
@@ -517,14 +654,14 @@ pub mod tests {
                 rel_l2(&out.features, &f32s(&format!("features_{size}"))),
                 rel_l2(&out.logits_unbiased, &f32s(&format!("logits_unbiased_{size}"))),
             );
-            println!("{size}px: features rel L2 {fe:.2e}, logits {le:.2e}");
-            assert!(fe <= 1e-4 && le <= 1e-4, "{size}px: features {fe:.2e}, logits {le:.2e}");
+            println!("{path}, {size}px: features rel L2 {fe:.2e}, logits {le:.2e}");
+            assert!(fe <= 1e-4 && le <= 1e-4, "{path}, {size}px: features {fe:.2e}, logits {le:.2e}");
             // With these weights the features depend on the image only weakly (≈ 1e-4 of their
             // size): the difference between the two images' features must match as well.
             let theirs = f32s(&format!("features_{size}"));
             let diff = |f: &[f32]| f[..FEATURES].iter().zip(&f[FEATURES..]).map(|(a, b)| a - b).collect::<Vec<f32>>();
             let de = rel_l2(&diff(&out.features), &diff(&theirs));
-            assert!(de <= 0.02, "{size}px: the difference between the images' features is off by {de:.2e}");
+            assert!(de <= 0.02, "{path}, {size}px: the difference between the images' features is off by {de:.2e}");
         }
     }
 

@@ -2,6 +2,7 @@
 //! Fréchet distance behind `eval` for small datasets, and the paper's own measures (FID and
 //! Inception Score with torch-fidelity's Inception, statistics in NumPy's .npz).
 
+pub mod channels_last;
 pub mod classifier;
 pub mod fid;
 pub mod frechet;
