@@ -70,11 +70,12 @@ run() {
   bench "S4-spirv-f16" 45 gpu "${s4[@]}" --precision f16
   bench "S4-spirv-f32" 45 gpu "${s4[@]}"
   bench "S4-wgsl-f32" 45 wgsl "${s4[@]}"
-  # What the kernels of shaders/ gain (sampling; training keeps the tensor ops on GPUs).
+  # What the kernels of shaders/ gain (sampling, and training's tracked chains).
   bench "S4-wgsl-f32-no-fused" 45 wgsl "${s4[@]}" --no-fused
   bench "S4-spirv-f32-no-fused" 45 gpu "${s4[@]}" --no-fused
   bench "B16-spirv-f16-second-run" 60 gpu "${b16[@]}" --precision f16 --no-sample
   bench "B16-spirv-f32-no-fused" 120 gpu "${b16[@]}" --no-fused
+  bench "B16-spirv-bf16" 120 gpu "${b16[@]}" --precision bf16 --no-sample
   echo "total ${SECONDS} s"
 }
 

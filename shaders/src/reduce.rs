@@ -9,7 +9,7 @@ use cubecl::prelude::*;
 /// Every unit of the cube must call it (it synchronises the cube): guard the reads before it,
 /// not the call.
 #[cube]
-fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
+pub fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
     let mut partial = Shared::<[F]>::new_slice(units);
     let unit = UNIT_POS as usize;
     partial[unit] = value;

@@ -9,6 +9,7 @@ use common::*;
 use jit_core::TrainState;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
 use jit_core::host::labels as labels_tensor;
+use jit_core::objective::StepNoise;
 use jit_core::optim::OptimConfig;
 use jit_core::rng::PortableRng;
 use jit_core::sampler::{Progress, Sampling, initial_noise, sample};
@@ -433,4 +434,32 @@ fn sampler_overrides_and_sampling_requests_are_checked_in_one_place() {
     }
     let e = SamplerConfig::check_request(&net, &[0; 64], MemoryLimit(1000)).unwrap_err().to_string();
     assert!(e.contains("memory limit"), "{e}");
+}
+
+/// A training step on wgpu (the block's chains as tracked operations with the backward kernels
+/// of `shaders/`) follows the same step on the CPU (its own kernels): loss, weights, EMA.
+#[test]
+fn a_training_step_on_wgpu_follows_the_cpu_step() {
+    let config = tiny(true);
+    // ε = 1 makes AdamW's first update g/(|g| + 1), so the weights after one step compare the
+    // gradients (with the default ε it is ±lr·sign(g)).
+    let optim = OptimConfig { lr: Some(1.0), epsilon: 1.0, ..OptimConfig::default() };
+    let step = |device: &Device| {
+        let mut state = TrainState::new(randomized(&config, device, 5), optim.clone(), 11);
+        let ad = state.device();
+        let (x, labels) = batch(&config, 3, &ad);
+        let draw = StepNoise {
+            t: Tensor::<1>::from_data(TensorData::new(vec![0.2f32, 0.6, 0.9], [3]), &ad),
+            noise: PortableRng::new(4).noise([3, 1, 8, 8], 1.0, &ad),
+            labels: labels_tensor(&labels, &ad),
+        };
+        let l = jit_core::objective::loss(&state.model, &DiffusionConfig::default(), x, draw);
+        let value: f32 = l.clone().without_autodiff().into_scalar();
+        state.apply(l, 3);
+        (value, all_params(&state.model.valid()), all_params(&state.ema1.model))
+    };
+    let (cpu, gpu) = (step(&Device::flex()), step(&wgpu_device()));
+    assert!(((cpu.0 - gpu.0) / cpu.0).abs() <= 1e-5, "loss {} on the CPU, {} on wgpu", cpu.0, gpu.0);
+    let (w, e) = (rel_l2(&gpu.1, &cpu.1), rel_l2(&gpu.2, &cpu.2));
+    assert!(w <= 1e-5 && e <= 1e-5, "weights after the step differ by rel. L2 {w:e} (EMA {e:e})");
 }

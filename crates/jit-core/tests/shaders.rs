@@ -12,10 +12,18 @@ use jit_core::model::block::modulate;
 use jit_core::model::norm::RmsNorm;
 use jit_core::model::rope::Rope;
 
-fn random<const D: usize>(shape: [usize; D], std: f32, seed: u64, device: &Device) -> Tensor<D> {
-    let values: Vec<f32> =
-        jit_core::rng::PortableRng::new(seed).normals(shape.iter().product()).into_iter().map(|v| v * std).collect();
+/// [`random`] around `mean`, as a leaf tensor (of an autodiff device too).
+fn random_leaf<const D: usize>(shape: [usize; D], mean: f32, std: f32, seed: u64, device: &Device) -> Tensor<D> {
+    let values: Vec<f32> = jit_core::rng::PortableRng::new(seed)
+        .normals(shape.iter().product())
+        .into_iter()
+        .map(|v| mean + v * std)
+        .collect();
     Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+fn random<const D: usize>(shape: [usize; D], std: f32, seed: u64, device: &Device) -> Tensor<D> {
+    random_leaf(shape, 0.0, std, seed, device)
 }
 
 /// A norm with random gains.
@@ -34,13 +42,119 @@ fn assert_close(what: &str, ours: Tensor<4>, reference: Tensor<4>, tol: f64) {
 }
 
 #[test]
-fn the_kernels_are_taken_for_gpu_f32_tensors_outside_autodiff() {
+fn the_kernels_are_taken_for_gpu_f32_tensors_in_and_outside_autodiff() {
     let device = wgpu_device();
     let x = Tensor::<2>::zeros([2, 3], &device);
     assert!(fused::runs_fused(&x));
     assert!(!fused::runs_fused(&x.clone().cast(burn::tensor::FloatDType::F16)));
     let tracked = Tensor::<2>::zeros([2, 3], &device.clone().autodiff()).require_grad();
-    assert!(!fused::runs_fused(&tracked));
+    assert!(fused::runs_fused(&tracked), "training takes the kernels with their backward passes");
+}
+
+/// The gradients of `inputs` under `loss = Σ f(inputs)·r` for a fixed random `r`: the fused op
+/// (`ours`) against the tensor ops (`reference`), on wgpu under autodiff, every input tracked.
+fn assert_same_gradients<const N: usize, const D: usize>(
+    what: &str,
+    inputs: [Tensor<D>; N],
+    ours: impl Fn([Tensor<D>; N]) -> Tensor<4>,
+    reference: impl Fn([Tensor<D>; N]) -> Tensor<4>,
+) {
+    let grads = |f: &dyn Fn([Tensor<D>; N]) -> Tensor<4>| {
+        let tracked = inputs.clone().map(|t| t.require_grad());
+        let out = f(tracked.clone());
+        let r = random(out.dims(), 1.0, 77, &out.device());
+        let g = out.mul(r).sum().backward();
+        tracked.map(|t| to_vec(t.grad(&g).expect("every input gets a gradient")))
+    };
+    let (ours, reference) = (grads(&ours), grads(&reference));
+    for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
+        assert!(a.iter().all(|v| v.is_finite()), "{what}: input {i}'s gradient is not finite");
+        let err = rel_l2(a, b);
+        assert!(err <= 1e-5, "{what}: input {i}'s gradient off by rel. L2 {err:e}");
+    }
+}
+
+#[test]
+fn rms_norm_modulate_gradients_match_the_tensor_ops() {
+    let device = wgpu_device().autodiff();
+    for (seed, &(b, t, d)) in NORM_SHAPES[..2].iter().enumerate() {
+        let seed = seed as u64 * 10;
+        let inputs = [
+            random([b, t, d], 2.0, seed, &device),
+            random_leaf([1, 1, d], 1.0, 0.5, seed + 3, &device),
+            random([b, 1, d], 1.0, seed + 1, &device),
+            random([b, 1, d], 0.5, seed + 2, &device),
+        ];
+        let with_norm = |[x, w, shift, scale]: [Tensor<3>; 4], fused_path: bool| {
+            let mut norm = RmsNorm::new(d, &x.device());
+            norm.weight = burn::module::Param::initialized(burn::module::ParamId::new(), w.reshape([d]));
+            let out = if fused_path {
+                fused::rms_norm_modulate(&norm, x, shift, scale)
+            } else {
+                modulate(norm.forward(x), shift, scale)
+            };
+            out.unsqueeze()
+        };
+        let what = format!("rms_norm_modulate {b}×{t}×{d}");
+        assert_same_gradients(&what, inputs, |i| with_norm(i, true), |i| with_norm(i, false));
+    }
+}
+
+#[test]
+fn qkv_heads_gradients_match_the_tensor_ops() {
+    let device = wgpu_device().autodiff();
+    for &(b, h, hd, grid, prefix) in &[(2, 3, 16, 3, 0), (1, 2, 64, 2, 4)] {
+        let t = prefix + grid * grid;
+        let rope = Rope::new(hd, grid, prefix, &device);
+        let inputs = [
+            random([b, t, 3 * h * hd], 1.5, hd as u64, &device),
+            random_leaf([1, 1, hd], 1.0, 0.5, 1, &device),
+            random_leaf([1, 1, hd], 1.0, 0.5, 2, &device),
+        ];
+        let heads = |[qkv, qw, kw]: [Tensor<3>; 3], fused_path: bool| {
+            let norm = |w: Tensor<3>| {
+                let mut n = RmsNorm::new(hd, &w.device());
+                n.weight = burn::module::Param::initialized(burn::module::ParamId::new(), w.reshape([hd]));
+                n
+            };
+            let (q_norm, k_norm) = (norm(qw), norm(kw));
+            let (q, k, v) = if fused_path {
+                fused::qkv_heads(qkv, h, &q_norm, &k_norm, &rope)
+            } else {
+                let parts = qkv.reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]).chunk(3, 0);
+                let part = |i: usize| parts[i].clone().squeeze_dim::<4>(0);
+                (rope.forward(q_norm.forward(part(0))), rope.forward(k_norm.forward(part(1))), part(2))
+            };
+            Tensor::cat(vec![q, k, v], 0)
+        };
+        let what = format!("qkv_heads {b}×{t}, {h} heads of {hd}");
+        assert_same_gradients(&what, inputs, |i| heads(i, true), |i| heads(i, false));
+    }
+}
+
+#[test]
+fn silu_gate_and_gated_residual_gradients_match_the_tensor_ops() {
+    let device = wgpu_device().autodiff();
+    let (b, t, hidden) = (2, 9, 37);
+    let h = random([b, t, 2 * hidden], 3.0, 5, &device);
+    assert_same_gradients(
+        "silu_gate",
+        [h],
+        |[h]| fused::silu_gate(h).unsqueeze(),
+        |[h]| {
+            let halves = h.chunk(2, 2);
+            burn::tensor::activation::silu(halves[0].clone()).mul(halves[1].clone()).unsqueeze()
+        },
+    );
+    let (b, t, d) = (3, 17, 48);
+    let inputs =
+        [random([b, t, d], 1.0, 1, &device), random([b, 1, d], 1.0, 2, &device), random([b, t, d], 2.0, 3, &device)];
+    assert_same_gradients(
+        "gated_residual",
+        inputs,
+        |[x, gate, y]| fused::gated_residual(x, gate, y).unsqueeze(),
+        |[x, gate, y]| x.add(gate.mul(y)).unsqueeze(),
+    );
 }
 
 /// `(batch, tokens, dim)`: rows past one cube's 256 units, a width that is not a power of two,
@@ -149,6 +263,18 @@ fn gated_residual_matches_the_tensor_ops() {
         let ours = fused::gated_residual(x.clone(), gate.clone(), y.clone());
         let reference = x.add(gate.mul(y));
         assert_close(&format!("gated_residual {b}×{t}×{d}"), ours.unsqueeze(), reference.unsqueeze(), 1e-7);
+    }
+}
+
+#[test]
+fn ema_blend_matches_the_tensor_ops() {
+    for device in [wgpu_device(), Device::flex()] {
+        let (ema, theta) = (random([3, 5, 7, 11], 1.0, 1, &device), random([3, 5, 7, 11], 1.0, 2, &device));
+        for decay in [0.9999, 0.9996, 0.5] {
+            let ours = fused::ema_blend(ema.clone(), theta.clone(), decay);
+            let reference = ema.clone().mul_scalar(decay).add(theta.clone().mul_scalar(1.0 - decay));
+            assert_close(&format!("ema_blend {decay} on {device:?}"), ours, reference, 1e-7);
+        }
     }
 }
 

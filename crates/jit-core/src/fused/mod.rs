@@ -13,10 +13,12 @@
 //!   moving memory, in scalar `expf` and in serial work on the calling thread than in the
 //!   matrix products (docs/cpu.md).
 //!
-//! - On GPUs (burn's cubecl backend, f32, outside autodiff: sampling, the browser on WebGPU):
-//!   the project's CubeCL kernels in `shaders/` (crate `jit-shaders`) for RMSNorm + modulate,
-//!   qk-norm + RoPE, SwiGLU's gate, the gated residual and the CFG mix, and burn's attention op
-//!   (flash attention where autotune picks it).
+//! - On GPUs (burn's cubecl backend, f32): the project's CubeCL kernels in `shaders/` (crate
+//!   `jit-shaders`) for RMSNorm + modulate, qk-norm + RoPE, SwiGLU's gate, the gated residual
+//!   and the CFG mix; in training (the `train` feature) the block's chains are tracked
+//!   operations with backward kernels (`jit_shaders`' autodiff module). Outside autodiff
+//!   (sampling, the browser on WebGPU) attention is burn's attention op (flash attention where
+//!   autotune picks it); in training, its tensor ops.
 //!
 //! Each function takes the path its input's device and autodiff state select; the results agree
 //! to float rounding (tests/fused.rs and tests/shaders.rs compare them on every op).
@@ -63,7 +65,7 @@ pub fn enabled() -> bool {
 
 /// Whether the operations here take a kernel for `x`: an f32 tensor on Flex (outside autodiff,
 /// or in autodiff without gradient checkpointing), or, for the GPU kernels, an f32 tensor on a
-/// GPU outside autodiff.
+/// GPU (under autodiff too, in builds with the `train` feature: the block's chains).
 pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
     if flex::read(x).is_some() {
@@ -74,7 +76,7 @@ pub fn runs_fused<const D: usize>(x: &Tensor<D>) -> bool {
         return true;
     }
     #[cfg(feature = "wgpu")]
-    if gpu::accepts(x) {
+    if gpu::accepts_tracked(x) {
         return true;
     }
     let _ = x;
@@ -307,6 +309,11 @@ pub fn ema_blend<const D: usize>(ema: Tensor<D>, theta: Tensor<D>, decay: f64) -
         let out = cpu::ema_blend(e.values(), t.values(), decay as f32, (1.0 - decay) as f32);
         return flex::wrap(out, ema.dims());
     }
+    #[cfg(feature = "wgpu")]
+    if gpu::accepts(&ema) && gpu::accepts(&theta) {
+        let (decay, rest) = (decay as f32, (1.0 - decay) as f32);
+        return Tensor::from_dispatch(Dispatch::ema_blend(ema.into_dispatch(), theta.into_dispatch(), decay, rest));
+    }
     ema.mul_scalar(decay).add(theta.mul_scalar(1.0 - decay))
 }
 
@@ -335,7 +342,7 @@ pub fn silu_gate(h: Tensor<3>) -> Tensor<3> {
         return out;
     }
     #[cfg(feature = "wgpu")]
-    if gpu::accepts(&h) {
+    if gpu::accepts_tracked(&h) {
         return Tensor::from_dispatch(Dispatch::silu_gate(h.into_dispatch()));
     }
     let mut halves = h.chunk(2, 2);
@@ -345,10 +352,10 @@ pub fn silu_gate(h: Tensor<3>) -> Tensor<3> {
 }
 
 /// adaLN-Zero's gated residual `x + gate·y` for `x`, `y` `[B, T, D]` and `gate` `[B, 1, D]`.
-/// On a GPU outside autodiff one kernel (`shaders/`), instead of a product and a sum.
+/// On a GPU one kernel (`shaders/`; in training a tracked operation), not a product and a sum.
 pub fn gated_residual(x: Tensor<3>, gate: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
     #[cfg(feature = "wgpu")]
-    if [&x, &gate, &y].into_iter().all(gpu::accepts) {
+    if [&x, &gate, &y].into_iter().all(gpu::accepts_tracked) {
         return Tensor::from_dispatch(Dispatch::gated_residual(
             x.into_dispatch(),
             gate.into_dispatch(),
@@ -372,7 +379,7 @@ pub fn rms_norm_modulate(norm: &RmsNorm, x: Tensor<3>, shift: Tensor<3>, scale: 
         return out;
     }
     #[cfg(feature = "wgpu")]
-    if [&x, &shift, &scale].into_iter().all(gpu::accepts) && gpu::accepts(&norm.weight.val()) {
+    if [&x, &shift, &scale].into_iter().all(gpu::accepts_tracked) && gpu::accepts_tracked(&norm.weight.val()) {
         let (x, w, shift, scale) =
             (x.into_dispatch(), norm.weight.val().into_dispatch(), shift.into_dispatch(), scale.into_dispatch());
         return Tensor::from_dispatch(Dispatch::rms_norm_modulate(x, w, shift, scale, RMS_EPS));
@@ -397,9 +404,9 @@ pub fn qkv_heads(
         return (flex::wrap(q, shape), flex::wrap(k, shape), flex::wrap(v, shape));
     }
     #[cfg(feature = "wgpu")]
-    if gpu::accepts(&qkv)
-        && [&q_norm.weight.val(), &k_norm.weight.val()].into_iter().all(gpu::accepts)
-        && [&rope.cos, &rope.sin_signed].into_iter().all(gpu::accepts)
+    if gpu::accepts_tracked(&qkv)
+        && [&q_norm.weight.val(), &k_norm.weight.val()].into_iter().all(gpu::accepts_tracked)
+        && [&rope.cos, &rope.sin_signed].into_iter().all(gpu::accepts_tracked)
     {
         let out = Dispatch::qkv_heads(
             qkv.into_dispatch(),
@@ -437,12 +444,29 @@ mod gpu {
     /// Whether `t` is an f32 tensor on burn's cubecl backend (a GPU through wgpu) outside
     /// autodiff, and the fused paths are on.
     pub fn accepts<const D: usize>(t: &Tensor<D>) -> bool {
+        on_gpu(t, false)
+    }
+
+    /// [`accepts`], or the same under autodiff where the kernels have a backward pass (the
+    /// `train` feature): the ops of a training step.
+    pub fn accepts_tracked<const D: usize>(t: &Tensor<D>) -> bool {
+        on_gpu(t, cfg!(feature = "train"))
+    }
+
+    fn on_gpu<const D: usize>(t: &Tensor<D>, tracked_too: bool) -> bool {
         super::enabled()
             && t.dtype() == DType::F32
-            && matches!(
-                t.clone().into_dispatch(),
-                DispatchTensor { kind: DispatchTensorKind::Cube(_), autodiff: DispatchAutodiffContext::Disabled }
-            )
+            && match t.clone().into_dispatch() {
+                DispatchTensor { kind: DispatchTensorKind::Cube(_), autodiff } => {
+                    tracked_too || autodiff == DispatchAutodiffContext::Disabled
+                }
+                #[cfg(feature = "train")]
+                DispatchTensor { kind: DispatchTensorKind::Autodiff(inner), .. } => {
+                    tracked_too && matches!(*inner, DispatchTensorKind::Cube(_))
+                }
+                #[allow(unreachable_patterns)] // builds with the cubecl backend only
+                _ => false,
+            }
     }
 }
 

@@ -1,0 +1,184 @@
+//! The gradients of [`crate::qkv_heads`] from the gradient `g` of its output `[3, B, heads, T,
+//! hd]` and the RMS of each `qkv` row of `hd` values (`rms_rows`): for a query or key row,
+//! RoPE's transpose `ĝ[i] = g[i]·cos[t, i] + g[i ^ 1]·sin_signed[t, i ^ 1]`, then RMSNorm's
+//!
+//! - `dqkv = (ĝ·w − x̂·mean(ĝ·w·x̂)) / rms` with `x̂ = x / rms` (values: `g` moved back), one cube
+//!   per row, written in `qkv`'s layout `[B, T, 3·heads·hd]`;
+//! - `dw[i] = Σ_rows ĝ[i]·x̂[i]` for the queries' and the keys' gains, one unit per (part, i).
+
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
+use crate::{buffer, contiguous, elementwise_grid, empty_like};
+
+/// `ĝ[i]`: RoPE's transpose of the output gradient at `dst` (the row's start) for channel `i`.
+#[cube]
+fn rope_transpose<F: Float>(grad: &[F], cos: &[F], sin_signed: &[F], dst: usize, table: usize, i: usize) -> F {
+    let pair = i ^ 1;
+    grad[dst + i] * cos[table + i] + grad[dst + pair] * sin_signed[table + pair]
+}
+
+#[cube(launch_unchecked)]
+fn qkv_heads_dx_kernel<F: Float>(
+    qkv: &[F],
+    q_weight: &[F],
+    k_weight: &[F],
+    cos: &[F],
+    sin_signed: &[F],
+    grad: &[F],
+    rms: &[F],
+    dqkv: &mut [F],
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    #[comptime] units: usize,
+) {
+    // Rows of `qkv` viewed as [B, T, 3, heads, head_dim], as the forward kernel.
+    let row = cube_index();
+    let rows = batch * tokens * 3 * heads;
+    let len = if row < rows { head_dim } else { 0usize };
+    let start = row * head_dim;
+    let head = row % heads;
+    let part = (row / heads) % 3;
+    let bt = row / (3 * heads);
+    let t = bt % tokens;
+    let b = bt / tokens;
+    let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
+    let table = t * head_dim;
+    let r = if row < rows { rms[row] } else { F::new(1.0) };
+    let mut dot = F::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < len && part < 2 {
+        let w = if part == 0 { q_weight[i] } else { k_weight[i] };
+        dot += rope_transpose::<F>(grad, cos, sin_signed, dst, table, i) * w * qkv[start + i] / r;
+        i += units;
+    }
+    let mean = cube_sum::<F>(dot, units) / F::cast_from(head_dim);
+    let mut i = UNIT_POS as usize;
+    while i < len {
+        if part == 2 {
+            dqkv[start + i] = grad[dst + i];
+        } else {
+            let w = if part == 0 { q_weight[i] } else { k_weight[i] };
+            let g_hat = rope_transpose::<F>(grad, cos, sin_signed, dst, table, i) * w;
+            dqkv[start + i] = (g_hat - qkv[start + i] / r * mean) / r;
+        }
+        i += units;
+    }
+}
+
+#[cube(launch_unchecked)]
+fn qkv_heads_dweight_kernel<F: Float>(
+    qkv: &[F],
+    cos: &[F],
+    sin_signed: &[F],
+    grad: &[F],
+    rms: &[F],
+    dweight: &mut [F],
+    batch: usize,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+) {
+    let unit = ABSOLUTE_POS;
+    if unit < 2 * head_dim {
+        let (part, i) = (unit / head_dim, unit % head_dim);
+        let mut sum = F::new(0.0);
+        for b in 0..batch {
+            for t in 0..tokens {
+                for head in 0..heads {
+                    let row = ((b * tokens + t) * 3 + part) * heads + head;
+                    let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
+                    let g_hat = rope_transpose::<F>(grad, cos, sin_signed, dst, t * head_dim, i);
+                    sum += g_hat * qkv[row * head_dim + i] / rms[row];
+                }
+            }
+        }
+        dweight[unit] = sum;
+    }
+}
+
+/// `dqkv` `[B, T, 3·heads·hd]` from the forward's inputs, the output's gradient
+/// `[3, B, heads, T, hd]` and the `qkv` rows' RMS `[B·T·3·heads]` (f32).
+#[allow(clippy::too_many_arguments)] // the forward's inputs and the gradient
+pub fn qkv_heads_dx(
+    qkv: CubeTensor,
+    q_weight: CubeTensor,
+    k_weight: CubeTensor,
+    cos: CubeTensor,
+    sin_signed: CubeTensor,
+    grad: CubeTensor,
+    rms: CubeTensor,
+    heads: usize,
+) -> CubeTensor {
+    let [qkv, q_weight, k_weight, cos, sin_signed, grad, rms] =
+        [qkv, q_weight, k_weight, cos, sin_signed, grad, rms].map(contiguous);
+    let shape = qkv.meta.shape().to_vec();
+    let (batch, tokens) = (shape[0], shape[1]);
+    let head_dim = shape[2] / 3 / heads;
+    let dqkv = empty_like(&qkv, shape);
+    let units = units_for(head_dim);
+    // SAFETY: the operands are row-major in the layouts above; row `row < B·T·3·heads` reads and
+    // writes `head_dim` values at `row·head_dim` in `qkv`/`dqkv` and at its per-head place in
+    // `grad`, the tables at token `t`'s row, the gains below `head_dim`.
+    unsafe {
+        qkv_heads_dx_kernel::launch_unchecked::<f32>(
+            &qkv.client,
+            cube_count(batch * tokens * 3 * heads),
+            CubeDim::new_1d(units as u32),
+            buffer(&qkv),
+            buffer(&q_weight),
+            buffer(&k_weight),
+            buffer(&cos),
+            buffer(&sin_signed),
+            buffer(&grad),
+            buffer(&rms),
+            buffer(&dqkv),
+            batch,
+            tokens,
+            heads,
+            head_dim,
+            units,
+        );
+    }
+    dqkv
+}
+
+/// `[2, hd]`: the gradients of the queries' and the keys' RMSNorm gains.
+pub fn qkv_heads_dweight(
+    qkv: CubeTensor,
+    cos: CubeTensor,
+    sin_signed: CubeTensor,
+    grad: CubeTensor,
+    rms: CubeTensor,
+    heads: usize,
+) -> CubeTensor {
+    let [qkv, cos, sin_signed, grad, rms] = [qkv, cos, sin_signed, grad, rms].map(contiguous);
+    let shape = qkv.meta.shape().to_vec();
+    let (batch, tokens) = (shape[0], shape[1]);
+    let head_dim = shape[2] / 3 / heads;
+    let dweight = empty_like(&qkv, vec![2, head_dim]);
+    let (count, cube_dim) = elementwise_grid(&qkv, 2 * head_dim);
+    // SAFETY: one unit per (part, i) < 2·head_dim (checked in the kernel) reads every query or
+    // key row of `qkv`, `grad` and `rms` within their layouts and writes `dweight` at its index.
+    unsafe {
+        qkv_heads_dweight_kernel::launch_unchecked::<f32>(
+            &qkv.client,
+            count,
+            cube_dim,
+            buffer(&qkv),
+            buffer(&cos),
+            buffer(&sin_signed),
+            buffer(&grad),
+            buffer(&rms),
+            buffer(&dweight),
+            batch,
+            tokens,
+            heads,
+            head_dim,
+        );
+    }
+    dweight
+}

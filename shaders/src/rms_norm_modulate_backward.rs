@@ -1,0 +1,141 @@
+//! The gradients of [`crate::rms_norm_modulate`], `out = x̂·w·(1 + scale) + shift` with
+//! `x̂ = x / rms`, from the output's gradient `g` `[B, T, D]` and the rows' RMS (`rms_rows`):
+//!
+//! - `dx = (ĝ − x̂·mean(ĝ·x̂)) / rms` with `ĝ = g·(1 + scale)·w`, one cube per row;
+//! - per batch image and channel, `Σ_t g` (= `dshift`) and `Σ_t g·x̂`, one unit per (b, d):
+//!   `dscale = w·Σ_t g·x̂` and `dweight = Σ_b (1 + scale)·Σ_t g·x̂` follow from them.
+
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
+use crate::{buffer, contiguous, elementwise_grid, empty_like};
+
+#[cube(launch_unchecked)]
+fn rms_norm_modulate_dx_kernel<F: Float>(
+    x: &[F],
+    weight: &[F],
+    scale: &[F],
+    grad: &[F],
+    rms: &[F],
+    dx: &mut [F],
+    rows: usize,
+    dim: usize,
+    tokens: usize,
+    #[comptime] units: usize,
+) {
+    let row = cube_index();
+    let len = if row < rows { dim } else { 0usize };
+    let start = row * dim;
+    let batch = (row / tokens) * dim;
+    let r = if row < rows { rms[row] } else { F::new(1.0) };
+    let mut dot = F::new(0.0);
+    let mut i = UNIT_POS as usize;
+    while i < len {
+        let g_hat = grad[start + i] * (F::new(1.0) + scale[batch + i]) * weight[i];
+        dot += g_hat * x[start + i] / r;
+        i += units;
+    }
+    let mean = cube_sum::<F>(dot, units) / F::cast_from(dim);
+    let mut i = UNIT_POS as usize;
+    while i < len {
+        let g_hat = grad[start + i] * (F::new(1.0) + scale[batch + i]) * weight[i];
+        dx[start + i] = (g_hat - x[start + i] / r * mean) / r;
+        i += units;
+    }
+}
+
+#[cube(launch_unchecked)]
+fn rms_norm_modulate_sums_kernel<F: Float>(
+    x: &[F],
+    grad: &[F],
+    rms: &[F],
+    sums: &mut [F],
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+) {
+    let unit = ABSOLUTE_POS;
+    if unit < batch * dim {
+        let (b, d) = (unit / dim, unit % dim);
+        let mut sum_g = F::new(0.0);
+        let mut sum_gx = F::new(0.0);
+        for t in 0..tokens {
+            let row = b * tokens + t;
+            let g = grad[row * dim + d];
+            sum_g += g;
+            sum_gx += g * x[row * dim + d] / rms[row];
+        }
+        // [B, 2, D]: Σ g, then Σ g·x̂.
+        sums[(b * 2) * dim + d] = sum_g;
+        sums[(b * 2 + 1) * dim + d] = sum_gx;
+    }
+}
+
+/// `dx` `[B, T, D]` from `x`, the norm's `weight` `[D]`, `scale` `[B, 1, D]`, the output's
+/// gradient and the rows' RMS `[B·T]` (f32).
+pub fn rms_norm_modulate_dx(
+    x: CubeTensor,
+    weight: CubeTensor,
+    scale: CubeTensor,
+    grad: CubeTensor,
+    rms: CubeTensor,
+) -> CubeTensor {
+    let [x, weight, scale, grad, rms] = [x, weight, scale, grad, rms].map(contiguous);
+    let shape = x.meta.shape().to_vec();
+    let (tokens, dim) = (shape[1], shape[2]);
+    let rows = shape[0] * tokens;
+    let dx = empty_like(&x, shape);
+    let units = units_for(dim);
+    // SAFETY: all operands are row-major with the shapes above; the kernel reads and writes row
+    // `row < rows` at `row·dim + i`, `i < dim`, and the modulation at `b·dim + i`.
+    unsafe {
+        rms_norm_modulate_dx_kernel::launch_unchecked::<f32>(
+            &x.client,
+            cube_count(rows),
+            CubeDim::new_1d(units as u32),
+            buffer(&x),
+            buffer(&weight),
+            buffer(&scale),
+            buffer(&grad),
+            buffer(&rms),
+            buffer(&dx),
+            rows,
+            dim,
+            tokens,
+            units,
+        );
+    }
+    dx
+}
+
+/// `[B, 2, D]`: `Σ_t grad` and `Σ_t grad·x/rms` for `x` and `grad` `[B, T, D]`, `rms` `[B·T]`.
+pub fn rms_norm_modulate_sums(x: CubeTensor, grad: CubeTensor, rms: CubeTensor) -> CubeTensor {
+    let [x, grad, rms] = [x, grad, rms].map(contiguous);
+    let shape = x.meta.shape().to_vec();
+    let (batch, tokens, dim) = (shape[0], shape[1], shape[2]);
+    let sums = empty_like(&x, sums_shape(&shape));
+    let (count, cube_dim) = elementwise_grid(&x, batch * dim);
+    // SAFETY: one unit per (b, d) < batch·dim (checked in the kernel) reads rows b·T..(b+1)·T
+    // of `x` and `grad` at column d, `rms` at those rows, and writes `sums` at (b, 0|1, d).
+    unsafe {
+        rms_norm_modulate_sums_kernel::launch_unchecked::<f32>(
+            &x.client,
+            count,
+            cube_dim,
+            buffer(&x),
+            buffer(&grad),
+            buffer(&rms),
+            buffer(&sums),
+            batch,
+            tokens,
+            dim,
+        );
+    }
+    sums
+}
+
+/// The shape of [`rms_norm_modulate_sums`] for `x` of `shape` `[B, T, D]`.
+pub fn sums_shape(shape: &[usize]) -> Vec<usize> {
+    vec![shape[0], 2, shape[2]]
+}
