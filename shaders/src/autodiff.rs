@@ -117,8 +117,10 @@ impl<B: ShaderOps> Backward<B, 3> for QkvHeads {
         let head_dim = qkv.shape()[2] / 3 / self.heads;
         let rms = B::rms_rows(qkv.clone(), head_dim, self.eps);
         if pq.is_some() || pk.is_some() {
-            let dw = B::qkv_heads_dweight(qkv.clone(), cos.clone(), sin.clone(), g.clone(), rms.clone(), self.heads);
-            let part = |i| B::float_reshape(select::<B>(dw.clone(), 0, i), Shape::from(vec![head_dim]));
+            let partial =
+                B::qkv_heads_dweight(qkv.clone(), cos.clone(), sin.clone(), g.clone(), rms.clone(), self.heads);
+            let dw = B::float_sum_dim(partial, 0);
+            let part = |i| B::float_reshape(select::<B>(dw.clone(), 1, i), Shape::from(vec![head_dim]));
             register::<B>(grads, pq, || part(0));
             register::<B>(grads, pk, || part(1));
         }

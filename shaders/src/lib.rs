@@ -131,7 +131,8 @@ pub trait ShaderOps: Backend {
         heads: usize,
     ) -> FloatTensor<Self>;
 
-    /// `[2, hd]`: the gradients of [`ShaderOps::qkv_heads`]'s query and key gains.
+    /// `[chunks, 2, hd]`: partial sums (over chunks of rows) of the gradients of
+    /// [`ShaderOps::qkv_heads`]'s query and key gains; their sum over the chunks is the gradient.
     #[fusion(dtype = qkv, shape = dweight_shape(qkv, heads))]
     fn qkv_heads_dweight(
         qkv: FloatTensor<Self>,
@@ -155,7 +156,7 @@ fn sums_shape(x: &Shape) -> Shape {
 
 #[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
 fn dweight_shape(qkv: &Shape, heads: &usize) -> Shape {
-    Shape::from(vec![2, qkv[2] / 3 / heads])
+    Shape::from(qkv_heads_backward::dweight_partials_shape(qkv, *heads))
 }
 
 #[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata

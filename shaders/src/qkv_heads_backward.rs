@@ -4,7 +4,9 @@
 //!
 //! - `dqkv = (ĝ·w − x̂·mean(ĝ·w·x̂)) / rms` with `x̂ = x / rms` (values: `g` moved back), one cube
 //!   per row, written in `qkv`'s layout `[B, T, 3·heads·hd]`;
-//! - `dw[i] = Σ_rows ĝ[i]·x̂[i]` for the queries' and the keys' gains, one unit per (part, i).
+//! - `dw[i] = Σ_rows ĝ[i]·x̂[i]` for the queries' and the keys' gains: partial sums over chunks of
+//!   [`ROWS_PER_CHUNK`] rows, one unit per (chunk, part, i), which the caller adds up (a
+//!   B/16 batch of 128 has 393 216 query rows: one unit per (part, i) would loop over all).
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -69,6 +71,9 @@ fn qkv_heads_dx_kernel<F: Float>(
     }
 }
 
+/// Query (or key) rows per partial sum of [`qkv_heads_dweight`].
+pub const ROWS_PER_CHUNK: usize = 256;
+
 #[cube(launch_unchecked)]
 fn qkv_heads_dweight_kernel<F: Float>(
     qkv: &[F],
@@ -76,27 +81,31 @@ fn qkv_heads_dweight_kernel<F: Float>(
     sin_signed: &[F],
     grad: &[F],
     rms: &[F],
-    dweight: &mut [F],
+    partial: &mut [F],
     batch: usize,
     tokens: usize,
     heads: usize,
     head_dim: usize,
+    chunks: usize,
+    #[comptime] rows_per_chunk: usize,
 ) {
     let unit = ABSOLUTE_POS;
-    if unit < 2 * head_dim {
-        let (part, i) = (unit / head_dim, unit % head_dim);
+    if unit < chunks * 2 * head_dim {
+        let chunk = unit / (2 * head_dim);
+        let (part, i) = ((unit / head_dim) % 2, unit % head_dim);
+        let rows = batch * tokens * heads;
+        let first = chunk * rows_per_chunk;
+        let end = if first + rows_per_chunk < rows { first + rows_per_chunk } else { rows };
         let mut sum = F::new(0.0);
-        for b in 0..batch {
-            for t in 0..tokens {
-                for head in 0..heads {
-                    let row = ((b * tokens + t) * 3 + part) * heads + head;
-                    let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
-                    let g_hat = rope_transpose::<F>(grad, cos, sin_signed, dst, t * head_dim, i);
-                    sum += g_hat * qkv[row * head_dim + i] / rms[row];
-                }
-            }
+        for r in first..end {
+            // r enumerates (b, t, head) of this part.
+            let (b, t, head) = (r / (tokens * heads), (r / heads) % tokens, r % heads);
+            let row = ((b * tokens + t) * 3 + part) * heads + head;
+            let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
+            let g_hat = rope_transpose::<F>(grad, cos, sin_signed, dst, t * head_dim, i);
+            sum += g_hat * qkv[row * head_dim + i] / rms[row];
         }
-        dweight[unit] = sum;
+        partial[unit] = sum;
     }
 }
 
@@ -146,7 +155,8 @@ pub fn qkv_heads_dx(
     dqkv
 }
 
-/// `[2, hd]`: the gradients of the queries' and the keys' RMSNorm gains.
+/// `[chunks, 2, hd]`: partial sums of the gradients of the queries' and the keys' RMSNorm gains,
+/// over chunks of [`ROWS_PER_CHUNK`] rows (their sum over the first dimension is the gradient).
 pub fn qkv_heads_dweight(
     qkv: CubeTensor,
     cos: CubeTensor,
@@ -158,11 +168,13 @@ pub fn qkv_heads_dweight(
     let [qkv, cos, sin_signed, grad, rms] = [qkv, cos, sin_signed, grad, rms].map(contiguous);
     let shape = qkv.meta.shape().to_vec();
     let (batch, tokens) = (shape[0], shape[1]);
-    let head_dim = shape[2] / 3 / heads;
-    let dweight = empty_like(&qkv, vec![2, head_dim]);
-    let (count, cube_dim) = elementwise_grid(&qkv, 2 * head_dim);
-    // SAFETY: one unit per (part, i) < 2·head_dim (checked in the kernel) reads every query or
-    // key row of `qkv`, `grad` and `rms` within their layouts and writes `dweight` at its index.
+    let out_shape = dweight_partials_shape(&shape, heads);
+    let (chunks, head_dim) = (out_shape[0], out_shape[2]);
+    let partial = empty_like(&qkv, out_shape);
+    let (count, cube_dim) = elementwise_grid(&qkv, chunks * 2 * head_dim);
+    // SAFETY: one unit per (chunk, part, i) < chunks·2·head_dim (checked in the kernel) reads
+    // the query or key rows of its chunk in `qkv`, `grad` and `rms` within their layouts and
+    // writes `partial` at its index.
     unsafe {
         qkv_heads_dweight_kernel::launch_unchecked::<f32>(
             &qkv.client,
@@ -173,12 +185,20 @@ pub fn qkv_heads_dweight(
             buffer(&sin_signed),
             buffer(&grad),
             buffer(&rms),
-            buffer(&dweight),
+            buffer(&partial),
             batch,
             tokens,
             heads,
             head_dim,
+            chunks,
+            ROWS_PER_CHUNK,
         );
     }
-    dweight
+    partial
+}
+
+/// The shape of [`qkv_heads_dweight`]'s partial sums for `qkv` of `shape` `[B, T, 3·heads·hd]`.
+pub fn dweight_partials_shape(shape: &[usize], heads: usize) -> Vec<usize> {
+    let rows = shape[0] * shape[1] * heads;
+    vec![rows.div_ceil(ROWS_PER_CHUNK).max(1), 2, shape[2] / 3 / heads]
 }
