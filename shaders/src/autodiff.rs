@@ -66,10 +66,11 @@ fn sum_dims<B: Backend>(t: FloatTensor<B>, dims: &[usize]) -> FloatTensor<B> {
     dims.iter().fold(t, |t, &d| B::float_sum_dim(t, d))
 }
 
-/// `t`'s index `i` of dimension `dim`, the dimension kept (size 1).
-fn select<B: Backend>(t: FloatTensor<B>, dim: usize, i: usize) -> FloatTensor<B> {
+/// `t`'s indices `range` of dimension `dim` (the dimension kept).
+fn narrow<B: Backend>(t: FloatTensor<B>, dim: usize, range: core::ops::Range<usize>) -> FloatTensor<B> {
     let rank = t.shape().num_dims();
-    let slices: Vec<Slice> = (0..rank).map(|d| if d == dim { Slice::from(i..i + 1) } else { Slice::full() }).collect();
+    let slices: Vec<Slice> =
+        (0..rank).map(|d| if d == dim { Slice::from(range.clone()) } else { Slice::full() }).collect();
     B::float_slice(t, &slices)
 }
 
@@ -89,7 +90,7 @@ impl<B: ShaderOps> Backward<B, 4> for RmsNormModulate {
         let d = x.shape()[2];
         let rms = B::rms_rows(x.clone(), d, self.eps);
         let sums = B::rms_norm_modulate_sums(x.clone(), g.clone(), rms.clone());
-        let (dshift, gx) = (select::<B>(sums.clone(), 1, 0), select::<B>(sums, 1, 1));
+        let (dshift, gx) = (narrow::<B>(sums.clone(), 1, 0..1), narrow::<B>(sums, 1, 1..2));
         register::<B>(grads, px, || B::rms_norm_modulate_dx(x, weight.clone(), scale.clone(), g, rms));
         register::<B>(grads, pw, || {
             let one_plus = B::float_add_scalar(scale.clone(), Scalar::from(1.0f32));
@@ -120,7 +121,7 @@ impl<B: ShaderOps> Backward<B, 3> for QkvHeads {
             let partial =
                 B::qkv_heads_dweight(qkv.clone(), cos.clone(), sin.clone(), g.clone(), rms.clone(), self.heads);
             let dw = B::float_sum_dim(partial, 0);
-            let part = |i| B::float_reshape(select::<B>(dw.clone(), 1, i), Shape::from(vec![head_dim]));
+            let part = |i| B::float_reshape(narrow::<B>(dw.clone(), 1, i..i + 1), Shape::from(vec![head_dim]));
             register::<B>(grads, pq, || part(0));
             register::<B>(grads, pk, || part(1));
         }
@@ -143,12 +144,7 @@ impl<B: ShaderOps> Backward<B, 1> for SiluGate {
             // d/dx1 SiLU(x1)·x2 = x2·σ(x1)·(1 + x1·(1 − σ(x1))); d/dx2 = SiLU(x1).
             let rank = h.shape().num_dims();
             let hidden = h.shape()[rank - 1] / 2;
-            let half = |i: usize| {
-                let slices: Vec<Slice> = (0..rank)
-                    .map(|d| if d == rank - 1 { Slice::from(i * hidden..(i + 1) * hidden) } else { Slice::full() })
-                    .collect();
-                B::float_slice(h.clone(), &slices)
-            };
+            let half = |i: usize| narrow::<B>(h.clone(), rank - 1, i * hidden..(i + 1) * hidden);
             let (x1, x2) = (half(0), half(1));
             let sig = B::sigmoid(x1.clone());
             let one_minus = B::float_add_scalar(B::float_neg(sig.clone()), Scalar::from(1.0f32));

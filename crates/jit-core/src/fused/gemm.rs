@@ -40,25 +40,14 @@ impl<'a> Operand<'a> {
 }
 
 /// `out ← a·b` (or `out ← out + a·b` with `accumulate`) for `a` `[m, k]`, `b` `[k, n]` and
-/// `out` row-major `[m, n]` behind a raw pointer: written without being read otherwise.
+/// `out` row-major `[m, n]` behind a raw pointer: written without being read otherwise. Split
+/// over threads only where `may_split` (and the product is large).
 ///
 /// # Safety
 /// `out` must be valid for writes of `m·n` values (and reads, with `accumulate`).
-unsafe fn product_into(out: *mut f32, m: usize, n: usize, k: usize, accumulate: bool, a: Operand, b: Operand) {
-    // SAFETY: the caller's contract, with rows n values apart.
-    unsafe { product_into_strided(out, n, m, n, k, accumulate, true, a, b) }
-}
-
-/// [`product_into`] with `out`'s rows `out_stride ≥ n` values apart; split over threads only
-/// where `may_split` (and the product is large).
-///
-/// # Safety
-/// `out` must be valid for writes (and reads, with `accumulate`) of the `m` rows of `n` values
-/// that start `out_stride` values apart.
-#[allow(clippy::too_many_arguments)] // a strided product's dimensions and operands
-unsafe fn product_into_strided(
+#[allow(clippy::too_many_arguments)] // a product's dimensions, operands and two switches
+unsafe fn product_into(
     out: *mut f32,
-    out_stride: usize,
     m: usize,
     n: usize,
     k: usize,
@@ -78,7 +67,7 @@ unsafe fn product_into_strided(
         return unsafe {
             gemm_simd128::product_into::<Simd128>(
                 out,
-                out_stride,
+                n,
                 m,
                 n,
                 k,
@@ -104,7 +93,7 @@ unsafe fn product_into_strided(
             k,
             out,
             1,
-            out_stride as isize,
+            n as isize,
             accumulate,
             a.values.as_ptr(),
             a.col_stride as isize,
@@ -122,20 +111,17 @@ unsafe fn product_into_strided(
     }
 }
 
-/// `out[i·out_stride + j] ← Σ_l a[i·k + l]·b[l·n + j]` for `a` `[m, k]` and `b` `[k, n]`
-/// row-major (m = `a.len() / k`), on the calling thread: a block of rows, and of columns
-/// `0..n` of rows `out_stride` wide (one branch's channels of a channels-last tensor).
-/// Callers split the rows over threads themselves.
-pub fn product_rows(out: &mut [f32], out_stride: usize, a: &[f32], k: usize, b: &[f32], n: usize) {
+/// `out ← a·b` for `a` `[m, k]` and `b` `[k, n]` row-major (m = `a.len() / k`) into `out`
+/// `[m, n]`, on the calling thread: callers that split rows over threads themselves (the FID
+/// extractor's tiles of output pixels).
+pub fn product_rows(out: &mut [f32], a: &[f32], k: usize, b: &[f32], n: usize) {
     let m = a.len().checked_div(k).unwrap_or(0);
-    assert!(n <= out_stride && b.len() == k * n, "product_rows: b is [{k}, {n}], rows {out_stride} wide");
+    assert!(b.len() == k * n && out.len() == m * n, "product_rows: [{m}, {k}]·[{k}, {n}] into {} values", out.len());
     if m == 0 || n == 0 {
         return;
     }
-    assert!(out.len() >= (m - 1) * out_stride + n, "product_rows: {m} rows of {out_stride} do not fit");
-    let (a, b) = (Operand::rows(a, k), Operand::rows(b, n));
-    // SAFETY: `out` holds the m rows of n values `out_stride` apart (checked above).
-    unsafe { product_into_strided(out.as_mut_ptr(), out_stride, m, n, k, false, false, a, b) }
+    // SAFETY: `out` holds the m·n values (checked above).
+    unsafe { product_into(out.as_mut_ptr(), m, n, k, false, false, Operand::rows(a, k), Operand::rows(b, n)) }
 }
 
 /// `a·b` `[m, n]` in a new buffer.
@@ -144,7 +130,7 @@ fn product(m: usize, n: usize, k: usize, a: Operand, b: Operand) -> Vec<f32> {
     // SAFETY: the buffer has room for m·n values, which gemm writes without reading
     // (`accumulate` off; with k = 0 it writes zeros).
     unsafe {
-        product_into(out.as_mut_ptr(), m, n, k, false, a, b);
+        product_into(out.as_mut_ptr(), m, n, k, false, true, a, b);
         out.set_len(m * n);
     }
     out
@@ -164,7 +150,7 @@ pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d_in: usize, d_ou
         }
     });
     // SAFETY: `out` holds rows·d_out initialised values.
-    unsafe { product_into(out.as_mut_ptr(), rows, d_out, d_in, true, a, b) };
+    unsafe { product_into(out.as_mut_ptr(), rows, d_out, d_in, true, true, a, b) };
     out
 }
 

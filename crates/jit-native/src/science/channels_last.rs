@@ -118,7 +118,7 @@ impl Exec for ChannelsLast {
                 }
                 patches
             };
-            product_rows(o, cout, a, k, &conv.weight, cout);
+            product_rows(o, a, k, &conv.weight, cout);
             for row in o.chunks_exact_mut(cout) {
                 row.iter_mut().zip(&conv.bias).for_each(|(v, b)| *v = (*v + b).max(0.0));
             }
@@ -197,7 +197,7 @@ impl Exec for ChannelsLast {
             f.iter_mut().for_each(|s| *s /= pixels as f32);
         });
         let mut logits_unbiased = vec![0.0; x.n * CLASSES];
-        product_rows(&mut logits_unbiased, CLASSES, &features, FEATURES, fc_t, CLASSES);
+        product_rows(&mut logits_unbiased, &features, FEATURES, fc_t, CLASSES);
         Ok(Outputs { features, logits_unbiased })
     }
 }
