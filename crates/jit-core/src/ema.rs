@@ -47,7 +47,7 @@ impl ModuleMapper for Blend {
         let decay = self.decay;
         param.map(|ema| {
             let theta = source.reshape(ema.dims());
-            crate::fused::ema_blend(ema, theta, decay)
+            crate::ops::ema_blend(ema, theta, decay)
         })
     }
 }

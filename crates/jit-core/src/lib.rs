@@ -11,14 +11,15 @@
 //! Where things are:
 //! - [`config`]: the network ([`JitConfig`], presets, size bounds, memory limit), the
 //!   objective ([`DiffusionConfig`]) and sampler defaults ([`SamplerConfig`]).
-//! - [`model`]: the network ([`Jit`]), one file per reference class; [`fused`]: its hot
-//!   element-wise chains as single CPU passes; [`network`]: the
-//!   [`Network`] trait the diffusion math drives (JiT, the toy MLP).
+//! - [`model`]: the network ([`Jit`]), one file per reference class, calling [`ops`]: the op
+//!   layer (one burn backend extension; reference bodies, the CPU kernels of [`fused`], the GPU
+//!   kernels of `shaders/`, tracked operations under autodiff); [`network`]: the [`Network`]
+//!   trait the diffusion math drives (JiT, the toy MLP).
 //! - [`objective`]: the training loss (the reference's `Denoiser.forward`).
 //! - [`sampler`]: Euler/Heun with CFG (the reference's `Denoiser.generate`), step by step.
 //! - [`optim`]: AdamW and the learning-rate schedule; [`ema`]: weight averages;
 //!   [`train_state`]: network + AdamW + EMAs + step, the training step, save/resume (these
-//!   three, and the fused kernels' backward passes, with the default `train` feature).
+//!   three, and the op layer's tracked operations, with the default `train` feature).
 //! - [`checkpoint`] and [`state_dict`]: weights in and out, named as the reference names them.
 //! - [`host`]: reading tensors back, label tensors, 8-bit images; [`rng`]: portable noise.
 
@@ -33,6 +34,7 @@ pub mod host;
 pub mod model;
 pub mod network;
 pub mod objective;
+pub mod ops;
 #[cfg(feature = "train")]
 pub mod optim;
 pub mod rng;

@@ -64,7 +64,7 @@ pub fn guided_velocity<N: Network>(
         let zz = Tensor::cat(vec![z.clone(), z.clone()], 0);
         let out = net.predict(zz.clone(), tt.clone(), Tensor::cat(vec![labels, null], 0));
         let v = Prediction::new(out, zz, tt, diffusion.prediction, diffusion.t_eps).v();
-        crate::fused::cfg_mix(v, scale)
+        crate::ops::cfg_mix(v, scale)
     };
     let x_hat = z.add(v.clone().mul_scalar(1.0 - t as f64));
     (v, x_hat)

@@ -1,28 +1,29 @@
-//! The fused CPU operations (`jit_core::fused`) against the tensor-op path they replace, on the
-//! same inputs: values on burn's Flex device (kernels on the values), gradients on its autodiff
-//! device (custom autodiff operations), and the reference on the autodiff device with gradient
-//! checkpointing, which the fused operations leave to the tensor ops. Every comparison runs once
-//! per kernel variant this CPU can run (baseline, AVX2, AVX-512: `fused::cpu::isa`), forced.
+//! The op layer on the CPU (`jit_core::ops` on burn's Flex, with the kernels of
+//! `jit_core::fused`) against its reference bodies (`ops::reference`, op by op under autodiff),
+//! on the same inputs: values on Flex (kernels on the values), gradients on its autodiff device
+//! without and with gradient checkpointing (tracked operations whose backward passes run the
+//! gradient kernels). Every comparison runs once per kernel variant this CPU can run (baseline,
+//! AVX2, AVX-512: `fused::cpu::isa`), forced; the reference runs with the kernels turned off.
 
 mod common;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
-use burn::module::{Module, Param, ParamId};
-use burn::nn::{DropoutConfig, Linear};
-use burn::tensor::{Device, Distribution, Int, Tensor};
-use common::rel_l2;
+use burn::backend::Dispatch;
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
+use common::{from_prim, prim as p, rel_l2};
 use jit_core::JitConfig;
-use jit_core::fused;
 use jit_core::fused::cpu::isa;
-use jit_core::model::MatmulDtype;
-use jit_core::model::norm::RmsNorm;
+use jit_core::model::norm::RMS_EPS;
 use jit_core::model::rope::Rope;
+use jit_core::ops::{self, reference};
 
-/// (kernels on values, kernels as autodiff ops, tensor ops).
-fn devices() -> [Device; 3] {
+/// (kernels on values, tracked kernels, tracked kernels with gradient checkpointing, the
+/// reference: tracked tensor ops with the kernels off).
+fn devices() -> [Device; 4] {
     let flex = Device::flex();
-    [flex.clone(), flex.clone().autodiff(), flex.autodiff().gradient_checkpointing()]
+    [flex.clone(), flex.clone().autodiff(), flex.clone().autodiff().gradient_checkpointing(), flex.autodiff()]
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -30,7 +31,7 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 /// One random tensor, copied onto each device.
-fn random<const D: usize>(shape: [usize; D], std: f64, seed: u64) -> [Tensor<D>; 3] {
+fn random<const D: usize>(shape: [usize; D], std: f64, seed: u64) -> [Tensor<D>; 4] {
     let host: Vec<f32> = jit_core::rng::PortableRng::new(seed)
         .normals(shape.iter().product())
         .into_iter()
@@ -45,8 +46,33 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32], tol: f64) {
     assert!(err <= tol, "{what}: rel. L2 {err:e} > {tol:e}");
 }
 
-/// One test at a time forces the kernel variants (the level is process-wide).
-static LEVELS: Mutex<()> = Mutex::new(());
+/// One test at a time: the kernel variants are forced, the kernels turned off for the reference
+/// and their runs counted process-wide.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `f()` and whether it ran a kernel ([`ops::kernels_run`]).
+fn ran_kernels<R>(f: impl FnOnce() -> R) -> (R, bool) {
+    let before = ops::kernels_run();
+    let out = f();
+    (out, ops::kernels_run() > before)
+}
+
+/// `f()` with the kernels turned off: the reference bodies.
+fn on_reference<R>(f: impl FnOnce() -> R) -> R {
+    struct On;
+    impl Drop for On {
+        fn drop(&mut self) {
+            ops::set_enabled(true);
+        }
+    }
+    let _on = On;
+    ops::set_enabled(false);
+    f()
+}
 
 /// Lifts the forced kernel level when dropped, also when a check fails.
 struct Unforce;
@@ -59,7 +85,7 @@ impl Drop for Unforce {
 
 /// Runs `f(level name)` once per kernel variant this CPU can run, each forced.
 fn each_level(f: impl Fn(&str)) {
-    let _one = LEVELS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one = one_at_a_time();
     let _unforce = Unforce;
     for level in isa::Level::available() {
         isa::force(Some(level.name())).expect("a level this CPU has");
@@ -67,12 +93,12 @@ fn each_level(f: impl Fn(&str)) {
     }
 }
 
-/// Runs `op` on the three devices with gradients of `Σ out·r` (fixed random `r`) for every
-/// input, and checks that values and gradients agree with the tensor ops, for every kernel
+/// Runs `op` on the four devices with gradients of `Σ out·r` (fixed random `r`) for every
+/// input, and checks that values and gradients agree with the reference, for every kernel
 /// variant.
 fn check<const D: usize, const O: usize, const N: usize>(
     what: &str,
-    inputs: [[Tensor<D>; 3]; N],
+    inputs: [[Tensor<D>; 4]; N],
     op: impl Fn(&[Tensor<D>; N]) -> Tensor<O>,
 ) {
     each_level(|level| check_once(&format!("{what} [{level} kernels]"), &inputs, &op));
@@ -80,62 +106,74 @@ fn check<const D: usize, const O: usize, const N: usize>(
 
 fn check_once<const D: usize, const O: usize, const N: usize>(
     what: &str,
-    inputs: &[[Tensor<D>; 3]; N],
+    inputs: &[[Tensor<D>; 4]; N],
     op: &impl Fn(&[Tensor<D>; N]) -> Tensor<O>,
 ) {
-    let [on_values, on_autodiff, reference] = devices();
+    let [on_values, ..] = devices();
     let pick = |k: usize, grad: bool| -> [Tensor<D>; N] {
         std::array::from_fn(|i| if grad { inputs[i][k].clone().require_grad() } else { inputs[i][k].clone() })
     };
-    let fused_values = op(&pick(0, false));
-    let (ad_in, ref_in) = (pick(1, true), pick(2, true));
-    let (ad_out, ref_out) = (op(&ad_in), op(&ref_in));
-    assert!(fused::runs_fused(&fused_values) && fused::runs_fused(&ad_out), "{what}: kernels not taken");
-    assert!(!fused::runs_fused(&ref_out), "{what}: the reference took the kernels");
+    let (fused_values, took_values) = ran_kernels(|| op(&pick(0, false)));
+    let (ad_in, ckpt_in, ref_in) = (pick(1, true), pick(2, true), pick(3, true));
+    let (ad_out, took_ad) = ran_kernels(|| op(&ad_in));
+    let (ckpt_out, took_ckpt) = ran_kernels(|| op(&ckpt_in));
+    let (ref_out, took_ref) = ran_kernels(|| on_reference(|| op(&ref_in)));
+    assert!(took_values && took_ad && took_ckpt, "{what}: kernels not taken ({took_values}, {took_ad}, {took_ckpt})");
+    assert!(!took_ref, "{what}: the reference took the kernels");
     let r = Tensor::<O>::random(ref_out.dims(), Distribution::Normal(0.0, 1.0), &on_values);
-    let loss = |out: Tensor<O>, device: &Device| out.mul(r.clone().to_device(device)).sum();
+    let loss = |out: Tensor<O>| {
+        let device = out.device();
+        out.mul(r.clone().to_device(&device)).sum()
+    };
     let reference_values = values(ref_out.clone());
     assert_close(&format!("{what} (values)"), &values(fused_values), &reference_values, 2e-6);
     assert_close(&format!("{what} (autodiff values)"), &values(ad_out.clone()), &reference_values, 2e-6);
-    let (ad_grads, ref_grads) = (loss(ad_out, &on_autodiff).backward(), loss(ref_out, &reference).backward());
-    for i in 0..N {
-        let (ours, theirs) = match (ad_in[i].grad(&ad_grads), ref_in[i].grad(&ref_grads)) {
-            (Some(a), Some(b)) => (a, b),
-            (None, None) => continue,
-            (a, b) => panic!("{what}: gradient {i} exists on one path only ({} vs {})", a.is_some(), b.is_some()),
-        };
-        assert_eq!(ours.dims(), theirs.dims(), "{what}: gradient {i} shape");
-        let (ours, theirs) = (common::to_vec(ours), common::to_vec(theirs));
-        assert_close(&format!("{what} (gradient {i})"), &ours, &theirs, 2e-5);
+    assert_close(&format!("{what} (checkpointed values)"), &values(ckpt_out.clone()), &reference_values, 2e-6);
+    let ref_grads = loss(ref_out).backward();
+    for (tracked, out, path) in [(&ad_in, ad_out, "autodiff"), (&ckpt_in, ckpt_out, "checkpointed")] {
+        let grads = loss(out).backward();
+        for i in 0..N {
+            let (ours, theirs) = match (tracked[i].grad(&grads), ref_in[i].grad(&ref_grads)) {
+                (Some(a), Some(b)) => (a, b),
+                (None, None) => continue,
+                (a, b) => panic!("{what}: gradient {i} exists on one path only ({} vs {})", a.is_some(), b.is_some()),
+            };
+            assert_eq!(ours.dims(), theirs.dims(), "{what}: gradient {i} shape");
+            let (ours, theirs) = (common::to_vec(ours), common::to_vec(theirs));
+            assert_close(&format!("{what} ({path} gradient {i})"), &ours, &theirs, 2e-5);
+        }
     }
 }
 
 #[test]
-fn the_kernels_are_taken_for_f32_flex_tensors_only() {
-    let [a, b, c] = random([2, 3], 1.0, 1);
-    assert!(fused::runs_fused(&a) && fused::runs_fused(&b));
-    assert!(!fused::runs_fused(&c), "gradient checkpointing takes the tensor ops");
-    assert!(!fused::runs_fused(&a.cast(burn::tensor::FloatDType::F16)), "f16 takes the tensor ops");
-}
-
-#[test]
-fn softmax_matches_in_values_and_gradients() {
-    // Rows of 72 (64 image + 8 in-context tokens), large logits.
-    check("softmax", [random([2, 3, 72, 72], 6.0, 2)], |[s]| fused::softmax(s.clone(), 0.25));
+fn the_kernels_are_taken_for_f32_tensors_under_every_checkpoint_strategy() {
+    let _one = one_at_a_time();
+    let [a, b, c, _] = random([2, 3, 8], 1.0, 1);
+    for (t, on) in [(a.clone(), "Flex"), (b.require_grad(), "autodiff"), (c.require_grad(), "checkpointing")] {
+        assert!(ran_kernels(|| ops::silu(t.clone())).1, "{on}: the kernel not taken");
+    }
+    assert!(!ran_kernels(|| ops::silu(a.clone().cast(FloatDType::F16))).1, "f16 takes the reference");
+    assert!(!ran_kernels(|| on_reference(|| ops::silu(a.clone()))).1, "turned off, the reference");
 }
 
 #[test]
 fn attention_matches_in_values_and_gradients() {
     // Head widths with a kernel (16, 32, 64; 72, 13 and 40 tokens are not multiples of the
-    // score blocks, nor 13 of the four-row blocks) and without one (8, which takes the tensor
-    // ops everywhere).
-    for (heads, hd, tokens) in [(4, 16, 72), (3, 32, 13), (2, 64, 40), (2, 8, 5)] {
+    // score blocks, nor 13 of the four-row blocks). Head width 8 has none: the Flex methods
+    // run the reference bodies, backward passes included.
+    for (heads, hd, tokens) in [(4, 16, 72), (3, 32, 13), (2, 64, 40)] {
         let shape = [2, heads, tokens, hd];
         let qkv = [random(shape, 1.5, 12), random(shape, 1.5, 13), random(shape, 1.0, 14)];
         check(&format!("attention, head width {hd}"), qkv, |[q, k, v]| {
-            fused::attention(q.clone(), k.clone(), v.clone(), 0.25, &DropoutConfig::new(0.0).init())
+            ops::attention(q.clone(), k.clone(), v.clone(), 0.25)
         });
     }
+    let _one = one_at_a_time();
+    let [q, k, v] = [12, 13, 14].map(|seed| random([2, 2, 5, 8], 1.0, seed)[0].clone());
+    let (out, took) = ran_kernels(|| ops::attention(q.clone(), k.clone(), v.clone(), 0.25));
+    let reference = on_reference(|| ops::attention(q, k, v, 0.25));
+    assert!(!took, "head width 8 has no kernel");
+    assert_close("attention, head width 8", &values(out), &values(reference), 1e-6);
 }
 
 #[test]
@@ -150,11 +188,8 @@ fn linear_layers_match_in_values_and_gradients() {
                 &format!("linear {rows}×{d_in}→{d_out}, bias {with_bias}"),
                 [x.clone(), w.clone(), b.clone()],
                 |[x, w, b]| {
-                    let layer = Linear {
-                        weight: Param::initialized(ParamId::new(), w.clone()),
-                        bias: with_bias.then(|| Param::initialized(ParamId::new(), b.clone().reshape([d_out]))),
-                    };
-                    fused::linear(&layer, x.clone().reshape([batch, tokens, d_in])).reshape([rows, d_out])
+                    let bias = with_bias.then(|| b.clone().reshape([d_out]));
+                    ops::linear(x.clone().reshape([batch, tokens, d_in]), w.clone(), bias).reshape([rows, d_out])
                 },
             );
         }
@@ -163,13 +198,13 @@ fn linear_layers_match_in_values_and_gradients() {
 
 #[test]
 fn the_ema_update_rounds_as_the_tensor_ops_do() {
-    let [ema, _, ema_ref] = random([3, 1000], 1.0, 19);
-    let [theta, _, theta_ref] = random([3, 1000], 1.0, 20);
+    let [ema, ..] = random([3, 1000], 1.0, 19);
+    let [theta, ..] = random([3, 1000], 1.0, 20);
     each_level(|level| {
         for decay in [0.9999, 0.9996, 0.5] {
-            let ours = values(fused::ema_blend(ema.clone(), theta.clone(), decay));
-            let reference = values(fused::ema_blend(ema_ref.clone(), theta_ref.clone(), decay));
-            assert!(fused::runs_fused(&ema) && !fused::runs_fused(&ema_ref));
+            let (ours, took) = ran_kernels(|| values(ops::ema_blend(ema.clone(), theta.clone(), decay)));
+            let reference = values(on_reference(|| ops::ema_blend(ema.clone(), theta.clone(), decay)));
+            assert!(took, "the kernel not taken");
             assert_eq!(ours, reference, "decay {decay}, {level} kernels");
         }
     });
@@ -177,13 +212,13 @@ fn the_ema_update_rounds_as_the_tensor_ops_do() {
 
 #[test]
 fn the_guidance_mix_matches() {
-    check("cfg_mix", [random([6, 3, 4, 4], 1.0, 15)], |[v]| fused::cfg_mix(v.clone(), 2.9));
+    check("cfg_mix", [random([6, 3, 4, 4], 1.0, 15)], |[v]| ops::cfg_mix(v.clone(), 2.9));
 }
 
 #[test]
 fn silu_and_the_swiglu_gate_match() {
-    check("silu", [random([4, 40], 3.0, 3)], |[c]| fused::silu(c.clone()));
-    check("silu_gate", [random([2, 9, 2 * 37], 2.0, 4)], |[h]| fused::silu_gate(h.clone()));
+    check("silu", [random([4, 40], 3.0, 3)], |[c]| ops::silu(c.clone()));
+    check("silu_gate", [random([2, 9, 2 * 37], 2.0, 4)], |[h]| ops::silu_gate(h.clone()));
 }
 
 #[test]
@@ -193,80 +228,81 @@ fn rms_norm_modulate_matches_in_values_and_gradients() {
     let (shift, scale) = (random([3, 6 * d], 1.0, 6), random([3, 6 * d], 1.0, 7));
     let gain = random([d], 0.5, 8);
     // Shift and scale as the blocks make them: strided chunks of the adaLN output.
-    let (shift, scale): ([Tensor<2>; 3], [Tensor<2>; 3]) = (shift, scale);
+    let (shift, scale): ([Tensor<2>; 4], [Tensor<2>; 4]) = (shift, scale);
     check(
         "rms_norm_modulate",
         [x.map(|t| t.reshape([3 * tokens, d])), gain.map(|g| g.reshape([1, d])), shift, scale],
         |[x, g, sh, sc]| {
-            let device = x.device();
-            let mut norm = RmsNorm::new(d, &device);
-            norm.weight = Param::initialized(ParamId::new(), g.clone().reshape([d]).add_scalar(1.0));
             let sh = sh.clone().narrow(1, 2 * d, d).unsqueeze_dim::<3>(1);
             let sc = sc.clone().narrow(1, 4 * d, d).unsqueeze_dim::<3>(1);
-            fused::rms_norm_modulate(&norm, x.clone().reshape([3, tokens, d]), sh, sc)
+            let gain = g.clone().reshape([d]).add_scalar(1.0);
+            ops::rms_norm_modulate(x.clone().reshape([3, tokens, d]), gain, sh, sc, RMS_EPS)
         },
     );
 }
 
+/// The qk-norm gains `[hd]` from rows of `g` `[2, hd]`, and the RoPE tables.
+fn norms_and_rope(
+    g: &Tensor<2>,
+    hd: usize,
+    grid: usize,
+    prefix: usize,
+) -> ((Tensor<1>, Tensor<1>), (Tensor<2>, Tensor<2>)) {
+    let gain = |i: usize| g.clone().narrow(0, i, 1).reshape([hd]).add_scalar(1.0);
+    let rope = Rope::new(hd, grid, prefix, &g.device());
+    ((gain(0), gain(1)), (rope.cos, rope.sin_signed))
+}
+
 #[test]
 fn qk_norm_and_rope_match_in_values_and_gradients() {
-    // 2 images, 4 prefix + 3×3 tokens, 3 heads of 8 channels.
-    let (heads, hd, grid, prefix) = (3, 8, 3, 4);
-    let tokens = prefix + grid * grid;
-    let qkv = random([2 * tokens, 3 * heads * hd], 1.0, 9);
-    let gains = random([2, hd], 0.4, 10);
-    for part in 0..3 {
-        check(&format!("qkv_heads part {part}"), [qkv.clone(), gains.clone()], |[qkv, g]| {
-            let device = qkv.device();
-            let norm = |i: usize| {
-                let mut n = RmsNorm::new(hd, &device);
-                n.weight = Param::initialized(ParamId::new(), g.clone().narrow(0, i, 1).reshape([hd]).add_scalar(1.0));
-                n
+    // 2 images, 4 prefix + 3×3 tokens, 3 heads of 16 channels (and of 8: no kernel, the
+    // reference bodies).
+    for (heads, hd) in [(3, 16), (3, 8)] {
+        let (grid, prefix) = (3, 4);
+        let tokens = prefix + grid * grid;
+        let qkv = random([2 * tokens, 3 * heads * hd], 1.0, 9);
+        let gains = random([2, hd], 0.4, 10);
+        for part in 0..3 {
+            let what = format!("qkv_heads part {part}, head width {hd}");
+            let op = |[qkv, g]: &[Tensor<2>; 2]| {
+                let (norms, rope) = norms_and_rope(g, hd, grid, prefix);
+                let (q, k, v) =
+                    ops::qkv_heads(qkv.clone().reshape([2, tokens, 3 * heads * hd]), norms, rope, heads, RMS_EPS);
+                [q, k, v][part].clone()
             };
-            let rope = Rope::new(hd, grid, prefix, &device);
-            let (q, k, v) =
-                fused::qkv_heads(qkv.clone().reshape([2, tokens, 3 * heads * hd]), heads, &norm(0), &norm(1), &rope);
-            [q, k, v][part].clone()
-        });
+            if hd == 16 {
+                check(&what, [qkv.clone(), gains.clone()], op);
+            } else {
+                let _one = one_at_a_time();
+                let inputs = [qkv[0].clone(), gains[0].clone()];
+                let (out, took) = ran_kernels(|| op(&inputs));
+                assert!(!took, "{what}: no kernel for this width");
+                assert_close(&what, &values(out), &values(on_reference(|| op(&inputs))), 1e-6);
+            }
+        }
     }
 }
 
 #[test]
 fn attention_from_qkv_matches_in_values_and_gradients() {
-    // Training's one operation from the qkv projection: 2 images, prefix + grid² tokens (13 and
-    // 72: not and a multiple of the four-row blocks), head widths 16, 32 and 64.
+    // 2 images, prefix + grid² tokens (13 and 72: not and a multiple of the four-row blocks),
+    // head widths 16, 32 and 64.
     for (heads, hd, grid, prefix) in [(3, 16, 3, 4), (2, 32, 8, 8), (1, 64, 3, 4)] {
         let tokens = prefix + grid * grid;
-        let qkv = random([2 * tokens, 3 * heads * hd], 1.0, 21);
-        let gains = random([2, hd], 0.4, 22);
-        check(&format!("qkv_attention, head width {hd}"), [qkv, gains], |[qkv, g]| {
-            let device = qkv.device();
-            let norm = |i: usize| {
-                let mut n = RmsNorm::new(hd, &device);
-                n.weight = Param::initialized(ParamId::new(), g.clone().narrow(0, i, 1).reshape([hd]).add_scalar(1.0));
-                n
-            };
-            let rope = Rope::new(hd, grid, prefix, &device);
-            let qkv = qkv.clone().reshape([2, tokens, 3 * heads * hd]);
-            let drop = DropoutConfig::new(0.0).init();
-            fused::qkv_attention(qkv, heads, (&norm(0), &norm(1)), &rope, 0.3, &drop).reshape([2 * tokens, heads * hd])
+        let d3 = 3 * heads * hd;
+        let inputs = [random([2 * tokens, d3], 1.0, 21), random([2, hd], 0.4, 22)];
+        check(&format!("qkv_attention, head width {hd}"), inputs, |[qkv, g]| {
+            let (norms, rope) = norms_and_rope(g, hd, grid, prefix);
+            let qkv = qkv.clone().reshape([2, tokens, d3]);
+            ops::qkv_attention(qkv, norms, rope, heads, 0.3, RMS_EPS).reshape([2 * tokens, heads * hd])
         });
-    }
-}
-
-/// A linear layer with these parameters: `w` `[d_in, d_out]`, `b` `[1, d_out]`.
-fn layer(w: &Tensor<2>, b: &Tensor<2>) -> Linear {
-    let d_out = w.dims()[1];
-    Linear {
-        weight: Param::initialized(ParamId::new(), w.clone()),
-        bias: Some(Param::initialized(ParamId::new(), b.clone().reshape([d_out]))),
     }
 }
 
 #[test]
 fn the_layers_feeding_attention_and_the_gate_match_in_values_and_gradients() {
-    // Sampling on the CPU takes the `qkv` and `w12` products without their biases and adds them
-    // as the attention and the SwiGLU gate read the rows.
+    // On the CPU the `qkv` and `w12` products are taken without their biases, which the
+    // attention and the SwiGLU gate add as they read the rows.
     let (heads, hd, grid, prefix) = (2, 16, 3, 4);
     let (tokens, d) = (prefix + grid * grid, heads * hd);
     let inputs = [
@@ -276,62 +312,148 @@ fn the_layers_feeding_attention_and_the_gate_match_in_values_and_gradients() {
         random([2, hd], 0.4, 34),
     ];
     check("attention_from_input", inputs, |[x, w, b, g]| {
-        let device = x.device();
-        let norm = |i: usize| {
-            let mut n = RmsNorm::new(hd, &device);
-            n.weight = Param::initialized(ParamId::new(), g.clone().narrow(0, i, 1).reshape([hd]).add_scalar(1.0));
-            n
-        };
-        let rope = Rope::new(hd, grid, prefix, &device);
-        let drop = DropoutConfig::new(0.0).init();
-        let x = x.clone().reshape([2, tokens, d]);
-        let out = fused::attention_from_input(
-            &layer(w, b),
-            x,
-            MatmulDtype::default(),
-            heads,
-            (&norm(0), &norm(1)),
-            &rope,
-            0.3,
-            &drop,
-        );
+        let (norms, rope) = norms_and_rope(g, hd, grid, prefix);
+        let layer = (w.clone(), b.clone().reshape([3 * d]));
+        let out = ops::attention_from_input(x.clone().reshape([2, tokens, d]), layer, norms, rope, heads, 0.3, RMS_EPS);
         out.reshape([2 * tokens, d])
     });
     let hidden = 24;
     let inputs = [random([2 * tokens, d], 1.0, 35), random([d, 2 * hidden], 0.3, 36), random([1, 2 * hidden], 0.5, 37)];
     check("swiglu_hidden", inputs, |[x, w, b]| {
-        let out = fused::swiglu_hidden(&layer(w, b), x.clone().reshape([2, tokens, d]), MatmulDtype::default());
+        let out = ops::swiglu_hidden(x.clone().reshape([2, tokens, d]), w.clone(), b.clone().reshape([2 * hidden]));
         out.reshape([2 * tokens, hidden])
     });
 }
 
+/// `Σ f(inputs)·g`'s gradients by burn's autodiff of the reference forward pass, on Flex.
+fn reference_gradients<const N: usize>(
+    inputs: &[Tensor<3>; N],
+    g: &Tensor<3>,
+    f: impl Fn([Tensor<3>; N]) -> Tensor<3>,
+) -> Vec<Vec<f32>> {
+    let device = Device::flex().autodiff();
+    let tracked = inputs.clone().map(|t| Tensor::from_data(t.into_data(), &device).require_grad());
+    let grads = f(tracked.clone()).mul(g.clone().to_device(&device)).sum().backward();
+    tracked.iter().map(|t| common::to_vec(t.grad(&grads).expect("a gradient"))).collect()
+}
+
+type Prim = burn::backend::tensor::FloatTensor<Dispatch>;
+
+fn t3(t: Prim) -> Tensor<3> {
+    from_prim(t)
+}
+
+/// A primitive's values (of any rank).
+fn vals(t: Prim) -> Vec<f32> {
+    use burn::backend::TensorMetadata;
+    use burn::backend::ops::FloatTensorOps;
+    let n = t.shape().num_elements();
+    common::to_vec(Tensor::<1>::from_dispatch(Dispatch::float_reshape(t, burn::tensor::Shape::from(vec![n]))))
+}
+
+#[test]
+fn the_reference_backward_passes_are_the_gradients_of_the_reference_forward_passes() {
+    let r = |shape: [usize; 3], seed| random(shape, 1.0, seed)[0].clone();
+    let close = |what: &str, ours: Prim, theirs: &[f32]| assert_close(what, &vals(ours), theirs, 1e-5);
+
+    // RMSNorm + modulate: x [2, 5, 8], gain [8], shift and scale [2, 1, 8].
+    let [x, w, sh, sc] = [r([2, 5, 8], 1), r([1, 1, 8], 2), r([2, 1, 8], 3), r([2, 1, 8], 4)];
+    let g = r([2, 5, 8], 5);
+    let want = reference_gradients(&[x.clone(), w.clone(), sh.clone(), sc.clone()], &g, |[x, w, sh, sc]| {
+        t3(reference::rms_norm_modulate::<Dispatch>(p(x), p(w), p(sh), p(sc), RMS_EPS))
+    });
+    let (dx, dw, dsh, dsc) = reference::rms_norm_modulate_backward::<Dispatch>(p(x), p(w), p(sc), p(g), RMS_EPS);
+    close("rms_norm_modulate dx", dx, &want[0]);
+    close("rms_norm_modulate dweight", dw, &want[1]);
+    close("rms_norm_modulate dshift", dsh, &want[2]);
+    close("rms_norm_modulate dscale", dsc, &want[3]);
+
+    // qk-norm + RoPE: 2 images of 1 + 2×2 tokens, 2 heads of 8; the output [3, 2, 2, 5, 8]
+    // seen as [3, 4, 40].
+    let (heads, hd, tokens) = (2, 8, 5);
+    let rope = Rope::new(hd, 2, 1, &Device::flex());
+    let [qkv, qw, kw] = [r([2, tokens, 3 * heads * hd], 6), r([1, 1, hd], 7), r([1, 1, hd], 8)];
+    let g = r([3, 2 * heads, tokens * hd], 9);
+    let forward = |[qkv, qw, kw]: [Tensor<3>; 3]| {
+        let (cos, sin) = (rope.cos.clone().to_device(&qkv.device()), rope.sin_signed.clone().to_device(&qkv.device()));
+        let out = reference::qkv_heads::<Dispatch>(p(qkv), p(qw), p(kw), p(cos), p(sin), heads, RMS_EPS);
+        Tensor::<5>::from_dispatch(out).reshape([3, 2 * heads, tokens * hd])
+    };
+    let want = reference_gradients(&[qkv.clone(), qw.clone(), kw.clone()], &g, forward);
+    let g5 = p(g.reshape([3, 2, heads, tokens, hd]));
+    let (cos, sin) = (p(rope.cos.clone()), p(rope.sin_signed.clone()));
+    let (dqkv, dqw, dkw) =
+        reference::qkv_heads_backward::<Dispatch>(p(qkv), p(qw), p(kw), cos, sin, g5, heads, RMS_EPS);
+    close("qkv_heads dqkv", dqkv, &want[0]);
+    close("qkv_heads dq_weight", dqw, &want[1]);
+    close("qkv_heads dk_weight", dkw, &want[2]);
+
+    // Attention: q, k, v [2, 2, 5, 8] (seen as [4, 5, 8]), output [2, 5, 16].
+    let [q, k, v] = [r([4, 5, 8], 10), r([4, 5, 8], 11), r([4, 5, 8], 12)];
+    let g = r([2, 5, 16], 13);
+    let heads4 = |t: Tensor<3>| p(t.reshape([2, 2, 5, 8]));
+    let want = reference_gradients(&[q.clone(), k.clone(), v.clone()], &g, |[q, k, v]| {
+        t3(reference::head_attention::<Dispatch>(heads4(q), heads4(k), heads4(v), 0.3).0)
+    });
+    let probs = reference::head_attention::<Dispatch>(heads4(q.clone()), heads4(k.clone()), heads4(v.clone()), 0.3).1;
+    let (dq, dk, dv) =
+        reference::head_attention_backward::<Dispatch>(heads4(q), heads4(k), heads4(v), probs, p(g), 0.3);
+    close("attention dq", dq, &want[0]);
+    close("attention dk", dk, &want[1]);
+    close("attention dv", dv, &want[2]);
+
+    // SwiGLU's gate: h [2, 5, 12] → [2, 5, 6].
+    let h = r([2, 5, 12], 14);
+    let g = r([2, 5, 6], 15);
+    let inputs = [h.clone()];
+    let want = reference_gradients(&inputs, &g, |[h]| t3(reference::silu_gate::<Dispatch>(p(h))));
+    close("silu_gate dh", reference::silu_gate_backward::<Dispatch>(p(h), p(g)), &want[0]);
+
+    // A linear layer: x [2, 5, 7], weight [7, 6] (seen as [1, 7, 6]), bias [6] ([1, 1, 6]).
+    let [x, w, b] = [r([2, 5, 7], 16), r([1, 7, 6], 17), r([1, 1, 6], 18)];
+    let g = r([2, 5, 6], 19);
+    let want = reference_gradients(&[x.clone(), w.clone(), b.clone()], &g, |[x, w, b]| {
+        t3(reference::linear_layer::<Dispatch>(p(x), p(w.reshape([7, 6])), p(b.reshape([6]))))
+    });
+    let (dx, dw) = reference::linear_layer_backward::<Dispatch>(p(x), p(w.reshape([7, 6])), p(g.clone()));
+    let db = reference::bias_grad::<Dispatch>(p(g));
+    close("linear dx", dx, &want[0]);
+    close("linear dweight", dw, &want[1]);
+    close("linear dbias", db, &want[2]);
+}
+
 #[test]
 fn the_network_agrees_on_all_paths_in_values_and_gradients() {
+    let _one = one_at_a_time();
     let config = JitConfig::preset("JiT-T/4", 16, 3, 10).unwrap();
-    let [on_values, on_autodiff, reference] = devices();
+    let devices = devices();
     // Random weights everywhere (the reference's zero-initialised adaLN would hide the blocks).
-    let nets = [&on_values, &on_autodiff, &reference].map(|d| common::randomized(&config, d, 7));
+    let nets = devices.each_ref().map(|d| common::randomized(&config, d, 7));
     let x = random([2, 3, 16, 16], 1.0, 11);
-    let outputs: Vec<Tensor<4>> = (0..3)
-        .map(|k| {
-            let d = [&on_values, &on_autodiff, &reference][k];
-            let t = Tensor::<1>::from_floats([0.3, 0.8], d);
-            let y = Tensor::<1, Int>::from_ints([1, 7], d);
-            nets[k].forward(x[k].clone(), t, y)
-        })
-        .collect();
-    let reference_values = values(outputs[2].clone());
-    assert_close("JiT-T/4 forward", &values(outputs[0].clone()), &reference_values, 1e-5);
-    assert_close("JiT-T/4 forward (autodiff)", &values(outputs[1].clone()), &reference_values, 1e-5);
-    let grads = [outputs[1].clone().square().mean().backward(), outputs[2].clone().square().mean().backward()];
-    let as_grads = |net: &jit_core::Jit, grads| {
-        jit_core::state_dict::export(&net.clone().map(&mut common::ToGrad { grads })).unwrap()
+    let forward = |k: usize| {
+        let d = &devices[k];
+        let t = Tensor::<1>::from_floats([0.3, 0.8], d);
+        let y = Tensor::<1, Int>::from_ints([1, 7], d);
+        nets[k].forward(x[k].clone(), t, y)
     };
-    let (ours, theirs) = (as_grads(&nets[1], &grads[0]), as_grads(&nets[2], &grads[1]));
-    assert_eq!(ours.len(), theirs.len());
-    // Most gradients agree to ~1e-7; the qk-norm gains sum many cancelling terms (~1e-4 here
-    // with these large random weights), so the bound is the golden tests' gradient tolerance.
-    for ((name, a), (_, b)) in ours.iter().zip(&theirs) {
-        assert_close(&format!("gradient of {name}"), &a.data, &b.data, 1e-3);
+    let outputs = [forward(0), forward(1), forward(2), on_reference(|| forward(3))];
+    let reference_values = values(outputs[3].clone());
+    for (k, path) in ["Flex", "autodiff", "checkpointing"].iter().enumerate() {
+        assert_close(&format!("JiT-T/4 forward ({path})"), &values(outputs[k].clone()), &reference_values, 1e-5);
+    }
+    let as_grads = |net: &jit_core::Jit, out: &Tensor<4>| {
+        let grads = out.clone().square().mean().backward();
+        jit_core::state_dict::export(&net.clone().map(&mut common::ToGrad { grads: &grads })).unwrap()
+    };
+    let theirs = as_grads(&nets[3], &outputs[3]);
+    for k in [1, 2] {
+        let ours = as_grads(&nets[k], &outputs[k]);
+        assert_eq!(ours.len(), theirs.len());
+        // Most gradients agree to ~1e-7; the qk-norm gains sum many cancelling terms (~1e-4
+        // here with these large random weights), so the bound is the golden tests' gradient
+        // tolerance.
+        for ((name, a), (_, b)) in ours.iter().zip(&theirs) {
+            assert_close(&format!("gradient of {name} (path {k})"), &a.data, &b.data, 1e-3);
+        }
     }
 }

@@ -1,21 +1,28 @@
 //! The launch counter (`jit_core::launches`) on wgpu (Mesa lavapipe on CI): it sees each launch
 //! of a fused operation's kernel, and the tensor ops' kernels (burn's own, or the one burn's
-//! `fusion` makes of them where the build has it). One test in its own binary, since the counter
-//! watches every launch of the process.
+//! `fusion` makes of them where the build has it), and the op layer taking the kernels where it
+//! should. In their own binary, one test at a time, since the counter watches every launch of
+//! the process.
 
 mod common;
 
-use burn::tensor::{Tensor, TensorData};
+use std::sync::Mutex;
+
+use burn::tensor::{FloatDType, Tensor, TensorData};
 use common::{to_vec, wgpu_device};
-use jit_core::fused;
+use jit_core::ops;
+
+/// One counting test at a time.
+static COUNTING: Mutex<()> = Mutex::new(());
 
 #[test]
 fn the_launch_counter_sees_each_kernel() {
+    let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = wgpu_device();
     let values: Vec<f32> = (0..4 * 3 * 8 * 8).map(|i| (i % 17) as f32 - 8.0).collect();
     let v = Tensor::<4>::from_data(TensorData::new(values, [4, 3, 8, 8]), &device);
     // Compile both paths' kernels first; then count.
-    let mix = || to_vec(fused::cfg_mix(v.clone(), 2.0));
+    let mix = || to_vec(ops::cfg_mix(v.clone(), 2.0));
     let ops = || {
         let halves = v.clone().chunk(2, 0);
         let (c, u) = (halves[0].clone(), halves[1].clone());
@@ -38,4 +45,27 @@ fn the_launch_counter_sees_each_kernel() {
     assert!(err < 1e-6, "cfg_mix and the tensor ops agree: {err:e}");
     let (_, none) = jit_core::launches::count(|| ());
     assert_eq!(none.total(), 0);
+}
+
+#[test]
+fn the_kernels_are_taken_for_f32_tensors_in_and_outside_autodiff_while_on() {
+    let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = wgpu_device();
+    // Whether `x + gate·x` ran the gated_residual kernel.
+    let gated = |x: Tensor<3>, on: bool| {
+        ops::set_enabled(on);
+        let gate = x.clone().narrow(1, 0, 1);
+        let (out, launches) = jit_core::launches::count(|| to_vec(ops::gated_residual(x.clone(), gate, x.clone())));
+        ops::set_enabled(true);
+        assert!(out.iter().all(|v| v.is_finite()));
+        launches.by_kernel.iter().any(|(name, _)| name.contains("gated_residual"))
+    };
+    let x = Tensor::<3>::ones([2, 3, 4], &device);
+    assert!(gated(x.clone(), true), "f32 takes the kernel");
+    assert!(!gated(x.clone(), false), "turned off, the reference");
+    assert!(!gated(x.clone().cast(FloatDType::F16), true), "f16 takes the reference");
+    let tracked = Tensor::<3>::ones([2, 3, 4], &device.clone().autodiff()).require_grad();
+    assert!(gated(tracked, true), "training takes the kernels with their backward passes");
+    let checkpointed = Tensor::<3>::ones([2, 3, 4], &device.autodiff().gradient_checkpointing()).require_grad();
+    assert!(gated(checkpointed, true), "so does training with gradient checkpointing");
 }

@@ -1,16 +1,16 @@
-//! The GPU kernels (`shaders/`, taken by `jit_core::fused` for f32 tensors on burn's cubecl
-//! backend outside autodiff) against the tensor ops they replace, on wgpu (Mesa lavapipe on
-//! CI) and on the CPU (Flex), on the same inputs. The whole network and the sampler through
+//! The op layer on GPUs (`jit_core::ops` on burn's cubecl backend: the kernels of `shaders/`
+//! for f32 tensors, in and outside autodiff) against the reference bodies and the tensor ops,
+//! on wgpu (Mesa lavapipe on CI) and on the CPU (Flex), on the same inputs. The whole network and the sampler through
 //! these kernels are checked against the official code in golden.rs.
 
 mod common;
 
+use burn::backend::Dispatch;
 use burn::tensor::{Device, Tensor, TensorData};
-use common::{rel_l2, to_vec, wgpu_device};
-use jit_core::fused;
-use jit_core::model::block::modulate;
-use jit_core::model::norm::RmsNorm;
+use common::{from_prim, prim, rel_l2, to_vec, wgpu_device};
+use jit_core::model::norm::RMS_EPS;
 use jit_core::model::rope::Rope;
+use jit_core::ops::{self, reference};
 
 /// [`random`] around `mean`, as a leaf tensor (of an autodiff device too).
 fn random_leaf<const D: usize>(shape: [usize; D], mean: f32, std: f32, seed: u64, device: &Device) -> Tensor<D> {
@@ -26,11 +26,20 @@ fn random<const D: usize>(shape: [usize; D], std: f32, seed: u64, device: &Devic
     random_leaf(shape, 0.0, std, seed, device)
 }
 
-/// A norm with random gains.
-fn norm(dim: usize, seed: u64, device: &Device) -> RmsNorm {
-    let mut norm = RmsNorm::new(dim, device);
-    norm.weight = norm.weight.map(|w| w.add(random([dim], 0.5, seed, device)));
-    norm
+/// Random norm gains `[dim]` around 1.
+fn gain(dim: usize, seed: u64, device: &Device) -> Tensor<1> {
+    random_leaf([dim], 1.0, 0.5, seed, device)
+}
+
+/// The reference `modulate(rms_norm(x))`, op by op.
+fn reference_norm_modulate(x: Tensor<3>, weight: Tensor<1>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
+    from_prim(reference::rms_norm_modulate::<Dispatch>(prim(x), prim(weight), prim(shift), prim(scale), RMS_EPS))
+}
+
+/// The reference `qkv_heads`, op by op: `[3, B, heads, T, hd]`.
+fn reference_qkv_heads(qkv: Tensor<3>, (qw, kw): (Tensor<1>, Tensor<1>), rope: &Rope, heads: usize) -> Tensor<5> {
+    let (cos, sin) = (prim(rope.cos.clone()), prim(rope.sin_signed.clone()));
+    from_prim(reference::qkv_heads::<Dispatch>(prim(qkv), prim(qw), prim(kw), cos, sin, heads, RMS_EPS))
 }
 
 fn assert_close(what: &str, ours: Tensor<4>, reference: Tensor<4>, tol: f64) {
@@ -39,16 +48,6 @@ fn assert_close(what: &str, ours: Tensor<4>, reference: Tensor<4>, tol: f64) {
     assert!(ours.iter().all(|v| v.is_finite()), "{what}: non-finite values");
     let err = rel_l2(&ours, &reference);
     assert!(err <= tol, "{what}: rel. L2 {err:e} > {tol:e}");
-}
-
-#[test]
-fn the_kernels_are_taken_for_gpu_f32_tensors_in_and_outside_autodiff() {
-    let device = wgpu_device();
-    let x = Tensor::<2>::zeros([2, 3], &device);
-    assert!(fused::runs_fused(&x));
-    assert!(!fused::runs_fused(&x.clone().cast(burn::tensor::FloatDType::F16)));
-    let tracked = Tensor::<2>::zeros([2, 3], &device.clone().autodiff()).require_grad();
-    assert!(fused::runs_fused(&tracked), "training takes the kernels with their backward passes");
 }
 
 /// The gradients of `inputs` under `loss = Σ f(inputs)·r` for a fixed random `r`: the fused op
@@ -86,12 +85,11 @@ fn rms_norm_modulate_gradients_match_the_tensor_ops() {
             random([b, 1, d], 0.5, seed + 2, &device),
         ];
         let with_norm = |[x, w, shift, scale]: [Tensor<3>; 4], fused_path: bool| {
-            let mut norm = RmsNorm::new(d, &x.device());
-            norm.weight = burn::module::Param::initialized(burn::module::ParamId::new(), w.reshape([d]));
+            let w = w.reshape([d]);
             let out = if fused_path {
-                fused::rms_norm_modulate(&norm, x, shift, scale)
+                ops::rms_norm_modulate(x, w, shift, scale, RMS_EPS)
             } else {
-                modulate(norm.forward(x), shift, scale)
+                reference_norm_modulate(x, w, shift, scale)
             };
             out.unsqueeze()
         };
@@ -113,20 +111,14 @@ fn qkv_heads_gradients_match_the_tensor_ops() {
             random_leaf([1, 1, hd], 1.0, 0.5, 2, &device),
         ];
         let heads = |[qkv, qw, kw]: [Tensor<3>; 3], fused_path: bool| {
-            let norm = |w: Tensor<3>| {
-                let mut n = RmsNorm::new(hd, &w.device());
-                n.weight = burn::module::Param::initialized(burn::module::ParamId::new(), w.reshape([hd]));
-                n
-            };
-            let (q_norm, k_norm) = (norm(qw), norm(kw));
-            let (q, k, v) = if fused_path {
-                fused::qkv_heads(qkv, h, &q_norm, &k_norm, &rope)
+            let gains = (qw.reshape([hd]), kw.reshape([hd]));
+            if fused_path {
+                let tables = (rope.cos.clone(), rope.sin_signed.clone());
+                let (q, k, v) = ops::qkv_heads(qkv, gains, tables, h, RMS_EPS);
+                Tensor::cat(vec![q, k, v], 0)
             } else {
-                let parts = qkv.reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]).chunk(3, 0);
-                let part = |i: usize| parts[i].clone().squeeze_dim::<4>(0);
-                (rope.forward(q_norm.forward(part(0))), rope.forward(k_norm.forward(part(1))), part(2))
-            };
-            Tensor::cat(vec![q, k, v], 0)
+                reference_qkv_heads(qkv, gains, &rope, h).reshape([3 * b, h, t, hd])
+            }
         };
         let what = format!("qkv_heads {b}×{t}, {h} heads of {hd}");
         assert_same_gradients(&what, inputs, |i| heads(i, true), |i| heads(i, false));
@@ -141,7 +133,7 @@ fn silu_gate_and_gated_residual_gradients_match_the_tensor_ops() {
     assert_same_gradients(
         "silu_gate",
         [h],
-        |[h]| fused::silu_gate(h).unsqueeze(),
+        |[h]| ops::silu_gate(h).unsqueeze(),
         |[h]| {
             let halves = h.chunk(2, 2);
             burn::tensor::activation::silu(halves[0].clone()).mul(halves[1].clone()).unsqueeze()
@@ -153,7 +145,7 @@ fn silu_gate_and_gated_residual_gradients_match_the_tensor_ops() {
     assert_same_gradients(
         "gated_residual",
         inputs,
-        |[x, gate, y]| fused::gated_residual(x, gate, y).unsqueeze(),
+        |[x, gate, y]| ops::gated_residual(x, gate, y).unsqueeze(),
         |[x, gate, y]| x.add(gate.mul(y)).unsqueeze(),
     );
 }
@@ -169,9 +161,9 @@ fn rms_norm_modulate_matches_the_tensor_ops() {
             let seed = seed as u64 * 10;
             let x = random([b, t, d], 2.0, seed, &device);
             let (shift, scale) = (random([b, 1, d], 1.0, seed + 1, &device), random([b, 1, d], 0.5, seed + 2, &device));
-            let norm = norm(d, seed + 3, &device);
-            let ours = fused::rms_norm_modulate(&norm, x.clone(), shift.clone(), scale.clone());
-            let reference = modulate(norm.forward(x), shift, scale);
+            let w = gain(d, seed + 3, &device);
+            let ours = ops::rms_norm_modulate(x.clone(), w.clone(), shift.clone(), scale.clone(), RMS_EPS);
+            let reference = reference_norm_modulate(x, w, shift, scale);
             let what = format!("rms_norm_modulate {b}×{t}×{d} on {device:?}");
             assert_close(&what, ours.unsqueeze(), reference.unsqueeze(), 1e-6);
         }
@@ -186,9 +178,9 @@ fn rms_norm_modulate_reads_strided_modulation() {
     let m = random([b, 3 * d], 1.0, 5, &device);
     let parts: Vec<Tensor<3>> = m.chunk(3, 1).into_iter().map(|c| c.unsqueeze_dim(1)).collect();
     let x = random([b, t, d], 1.0, 6, &device).swap_dims(0, 1).swap_dims(0, 1);
-    let norm = norm(d, 7, &device);
-    let ours = fused::rms_norm_modulate(&norm, x.clone(), parts[1].clone(), parts[2].clone());
-    let reference = modulate(norm.forward(x), parts[1].clone(), parts[2].clone());
+    let w = gain(d, 7, &device);
+    let ours = ops::rms_norm_modulate(x.clone(), w.clone(), parts[1].clone(), parts[2].clone(), RMS_EPS);
+    let reference = reference_norm_modulate(x, w, parts[1].clone(), parts[2].clone());
     assert_close("strided modulation", ours.unsqueeze(), reference.unsqueeze(), 1e-6);
 }
 
@@ -199,15 +191,17 @@ fn qkv_heads_matches_the_tensor_ops() {
         for &(b, h, hd, grid, prefix) in &[(2, 3, 16, 3, 0), (1, 2, 64, 2, 4), (2, 1, 40, 2, 1)] {
             let t = prefix + grid * grid;
             let qkv = random([b, t, 3 * h * hd], 1.5, hd as u64, &device);
-            let (q_norm, k_norm) = (norm(hd, 1, &device), norm(hd, 2, &device));
+            let gains = (gain(hd, 1, &device), gain(hd, 2, &device));
             let rope = Rope::new(hd, grid, prefix, &device);
-            let (q, k, v) = fused::qkv_heads(qkv.clone(), h, &q_norm, &k_norm, &rope);
-            let parts = qkv.reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]).chunk(3, 0);
+            let tables = (rope.cos.clone(), rope.sin_signed.clone());
+            let (q, k, v) = ops::qkv_heads(qkv.clone(), gains.clone(), tables, h, RMS_EPS);
+            let parts = reference_qkv_heads(qkv.clone(), gains, &rope, h).chunk(3, 0);
             let part = |i: usize| parts[i].clone().squeeze_dim::<4>(0);
             let what = |name: &str| format!("qkv_heads {name}, {b}×{t}, {h} heads of {hd} on {device:?}");
-            assert_close(&what("q"), q, rope.forward(q_norm.forward(part(0))), 1e-6);
-            assert_close(&what("k"), k, rope.forward(k_norm.forward(part(1))), 1e-6);
-            assert_close(&what("v"), v, part(2), 0.0);
+            assert_close(&what("q"), q, part(0), 1e-6);
+            assert_close(&what("k"), k, part(1), 1e-6);
+            let plain = qkv.reshape([b, t, 3, h, hd]).permute([2, 0, 3, 1, 4]).chunk(3, 0)[2].clone().squeeze_dim(0);
+            assert_close(&what("v"), v, plain, 0.0);
         }
     }
 }
@@ -219,8 +213,7 @@ fn attention_matches_the_tensor_ops() {
     for &(b, h, t, hd) in &[(2, 3, 10, 16), (1, 2, 68, 64)] {
         let [q, k, v] = [1, 2, 3].map(|i| random([b, h, t, hd], 1.0, 40 + i, &device));
         let scale = 1.0 / (hd as f64).sqrt();
-        let drop = burn::nn::DropoutConfig::new(0.0).init();
-        let ours = fused::attention(q.clone(), k.clone(), v.clone(), scale, &drop);
+        let ours = ops::attention(q.clone(), k.clone(), v.clone(), scale as f32);
         let p = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
         let reference = p.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
         assert_close(&format!("attention {b}×{h}×{t}×{hd}"), ours.unsqueeze(), reference.unsqueeze(), 1e-5);
@@ -231,7 +224,7 @@ fn attention_matches_the_tensor_ops() {
 fn cfg_mix_matches_the_tensor_ops() {
     for device in [wgpu_device(), Device::flex()] {
         let v = random([6, 3, 9, 9], 1.0, 3, &device);
-        let ours = fused::cfg_mix(v.clone(), 2.9);
+        let ours = ops::cfg_mix(v.clone(), 2.9);
         let halves = v.chunk(2, 0);
         let reference = halves[1].clone().add(halves[0].clone().sub(halves[1].clone()).mul_scalar(2.9));
         assert_close(&format!("cfg_mix on {device:?}"), ours, reference, 1e-7);
@@ -244,7 +237,7 @@ fn silu_gate_matches_the_tensor_ops() {
     for device in [wgpu_device(), Device::flex()] {
         for &(b, t, hidden) in &[(2, 9, 37), (3, 70, 384)] {
             let h = random([b, t, 2 * hidden], 4.0, hidden as u64, &device);
-            let ours = fused::silu_gate(h.clone());
+            let ours = ops::silu_gate(h.clone());
             let halves = h.chunk(2, 2);
             let reference = burn::tensor::activation::silu(halves[0].clone()).mul(halves[1].clone());
             let what = format!("silu_gate {b}×{t}×{hidden} on {device:?}");
@@ -261,7 +254,7 @@ fn gated_residual_matches_the_tensor_ops() {
         let m = random([b, 3 * d], 1.0, d as u64, &device);
         let gate = m.chunk(3, 1)[1].clone().unsqueeze_dim::<3>(1);
         let (x, y) = (random([b, t, d], 1.0, 1, &device), random([b, t, d], 2.0, 2, &device));
-        let ours = fused::gated_residual(x.clone(), gate.clone(), y.clone());
+        let ours = ops::gated_residual(x.clone(), gate.clone(), y.clone());
         let reference = x.add(gate.mul(y));
         assert_close(&format!("gated_residual {b}×{t}×{d}"), ours.unsqueeze(), reference.unsqueeze(), 1e-7);
     }
@@ -272,21 +265,9 @@ fn ema_blend_matches_the_tensor_ops() {
     for device in [wgpu_device(), Device::flex()] {
         let (ema, theta) = (random([3, 5, 7, 11], 1.0, 1, &device), random([3, 5, 7, 11], 1.0, 2, &device));
         for decay in [0.9999, 0.9996, 0.5] {
-            let ours = fused::ema_blend(ema.clone(), theta.clone(), decay);
+            let ours = ops::ema_blend(ema.clone(), theta.clone(), decay);
             let reference = ema.clone().mul_scalar(decay).add(theta.clone().mul_scalar(1.0 - decay));
             assert_close(&format!("ema_blend {decay} on {device:?}"), ours, reference, 1e-7);
         }
     }
-}
-
-#[test]
-fn turned_off_every_op_takes_the_tensor_ops() {
-    // The only test in this binary that changes the switch; the others compare against the
-    // tensor ops called directly, so they hold either way.
-    let device = wgpu_device();
-    let x = random([2, 4, 8], 1.0, 9, &device);
-    fused::set_enabled(false);
-    let taken = fused::runs_fused(&x);
-    fused::set_enabled(true);
-    assert!(!taken && fused::runs_fused(&x));
 }

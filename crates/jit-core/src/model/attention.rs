@@ -2,11 +2,12 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use crate::fused;
+use crate::ops;
 
-use super::norm::RmsNorm;
+use super::norm::{RMS_EPS, RmsNorm};
 use super::rope::Rope;
 use super::{Init, MatmulDtype, linear};
 
@@ -48,11 +49,24 @@ impl Attention {
     /// `x` `[B, T, D]` with RoPE tables for T tokens → `[B, T, D]` (`qkv` and `proj` in `mm`'s
     /// type; scores, softmax and the weighted sum in f32, as the reference).
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
-        let [_, _, d] = x.dims();
+        let [b, t, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
-        let scale = 1.0 / (hd as f64).sqrt();
-        let norms = (&self.q_norm, &self.k_norm);
-        let out = fused::attention_from_input(&self.qkv, x, mm, h, norms, rope, scale, &self.attn_drop);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let gains = (self.q_norm.weight.val(), self.k_norm.weight.val());
+        let out = if self.attn_drop.prob == 0.0 {
+            match (&self.qkv.bias, mm.0) {
+                (Some(bias), None) => {
+                    let layer = (self.qkv.weight.val(), bias.val());
+                    ops::attention_from_input(x, layer, gains, rope.tables(), h, scale, RMS_EPS)
+                }
+                _ => ops::qkv_attention(mm.linear(&self.qkv, x), gains, rope.tables(), h, scale, RMS_EPS),
+            }
+        } else {
+            // Dropout on the probabilities (training with `attn_dropout` > 0): burn's tensor ops.
+            let (q, k, v) = ops::qkv_heads(mm.linear(&self.qkv, x), gains, rope.tables(), h, RMS_EPS);
+            let probs = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
+            self.attn_drop.forward(probs).matmul(v).swap_dims(1, 2).reshape([b, t, d])
+        };
         self.proj_drop.forward(mm.linear(&self.proj, out))
     }
 }

@@ -7,18 +7,13 @@ use burn::nn::Linear;
 use burn::tensor::Device;
 use burn::tensor::Tensor;
 
-use crate::fused;
+use crate::ops;
 
 use super::attention::Attention;
 use super::mlp::SwiGlu;
-use super::norm::RmsNorm;
+use super::norm::{RMS_EPS, RmsNorm};
 use super::rope::Rope;
 use super::{Init, MatmulDtype, linear};
-
-/// `modulate(x) = x·(1 + scale) + shift`, with `shift`, `scale` `[B, 1, D]`.
-pub fn modulate(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
-    x.mul(scale.add_scalar(1.0)).add(shift)
-}
 
 /// Splits an adaLN output `[B, n·D]` into n tensors `[B, 1, D]`.
 pub fn split_modulation(m: Tensor<2>, n: usize) -> Vec<Tensor<3>> {
@@ -58,9 +53,10 @@ impl JitBlock {
         let m = split_modulation(mm.linear(&self.adaLN_modulation, c_silu), 6);
         let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
             <[Tensor<3>; 6]>::try_from(m).expect("six chunks");
-        let h = fused::rms_norm_modulate(&self.norm1, x.clone(), shift_msa, scale_msa);
-        let x = fused::gated_residual(x, gate_msa, self.attn.forward(h, rope, mm));
-        let h = fused::rms_norm_modulate(&self.norm2, x.clone(), shift_mlp, scale_mlp);
-        fused::gated_residual(x, gate_mlp, self.mlp.forward(h, mm))
+        // modulate(x) = x·(1 + scale) + shift after each RMSNorm (adaLN).
+        let h = ops::rms_norm_modulate(x.clone(), self.norm1.weight.val(), shift_msa, scale_msa, RMS_EPS);
+        let x = ops::gated_residual(x, gate_msa, self.attn.forward(h, rope, mm));
+        let h = ops::rms_norm_modulate(x.clone(), self.norm2.weight.val(), shift_mlp, scale_mlp, RMS_EPS);
+        ops::gated_residual(x, gate_mlp, self.mlp.forward(h, mm))
     }
 }

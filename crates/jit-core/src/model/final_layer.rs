@@ -6,10 +6,10 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
-use crate::fused;
+use crate::ops;
 
 use super::block::split_modulation;
-use super::norm::RmsNorm;
+use super::norm::{RMS_EPS, RmsNorm};
 use super::{Init, MatmulDtype, linear};
 
 /// `FinalLayer`: `linear(modulate(norm_final(x), shift, scale))`.
@@ -39,6 +39,7 @@ impl FinalLayer {
         let mut m = split_modulation(mm.linear(&self.adaLN_modulation, c_silu), 2);
         let scale = m.pop().expect("two chunks");
         let shift = m.pop().expect("two chunks");
-        mm.linear(&self.linear, fused::rms_norm_modulate(&self.norm_final, x, shift, scale))
+        let h = ops::rms_norm_modulate(x, self.norm_final.weight.val(), shift, scale, RMS_EPS);
+        mm.linear(&self.linear, h)
     }
 }

@@ -10,7 +10,7 @@ use super::final_layer::FinalLayer;
 use super::rope::Rope;
 use crate::config::JitConfig;
 use crate::error::JitError;
-use crate::fused;
+use crate::ops;
 
 /// Named intermediate tensors recorded by [`Jit::forward_traced`] (`t_emb`, `y_emb`,
 /// `patch_embed`, `block{i}`); 2-D ones are stored as `[B, 1, D]`.
@@ -141,7 +141,7 @@ impl Jit {
         let y_emb = self.y_embedder.forward(y);
         record("t_emb".into(), &t_emb.clone().unsqueeze_dim(1));
         record("y_emb".into(), &y_emb.clone().unsqueeze_dim(1));
-        let c_silu = fused::silu(t_emb.add(y_emb.clone()));
+        let c_silu = ops::silu(t_emb.add(y_emb.clone()));
 
         // The reference records `patch_embed` with the position table already added.
         let mut h = self.x_embedder.forward(x, mm).add(self.pos_embed.val());

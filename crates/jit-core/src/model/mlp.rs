@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Tensor};
 
-use crate::fused;
+use crate::ops;
 
 use super::{Init, MatmulDtype, linear};
 
@@ -31,7 +31,10 @@ impl SwiGlu {
 
     /// `x` `[B, N, D]` → `[B, N, D]`.
     pub fn forward(&self, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
-        let gated = fused::swiglu_hidden(&self.w12, x, mm);
+        let gated = match (&self.w12.bias, mm.0) {
+            (Some(bias), None) => ops::swiglu_hidden(x, self.w12.weight.val(), bias.val()),
+            _ => ops::silu_gate(mm.linear(&self.w12, x)),
+        };
         self.drop.forward(mm.linear(&self.w3, gated))
     }
 }

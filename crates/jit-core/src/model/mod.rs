@@ -28,14 +28,14 @@ pub struct MatmulDtype(pub Option<FloatDType>);
 impl MatmulDtype {
     /// `layer(x)`, with the product in the chosen type and the result back in f32.
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        let bias = layer.bias.as_ref().map(|b| b.val());
         match self.0 {
-            None => crate::fused::linear(layer, x),
-            Some(dtype) => burn::tensor::module::linear(
-                x.cast(dtype),
-                layer.weight.val().cast(dtype),
-                layer.bias.as_ref().map(|b| b.val().cast(dtype)),
-            )
-            .cast(FloatDType::F32),
+            None => crate::ops::linear(x, layer.weight.val(), bias),
+            Some(dtype) => {
+                let out =
+                    crate::ops::linear(x.cast(dtype), layer.weight.val().cast(dtype), bias.map(|b| b.cast(dtype)));
+                out.cast(FloatDType::F32)
+            }
         }
     }
 }

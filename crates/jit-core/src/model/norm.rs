@@ -1,4 +1,5 @@
-//! RMSNorm: `x / sqrt(mean(x²) + eps) · weight` over the last dimension.
+//! RMSNorm's parameters: `x / sqrt(mean(x²) + eps) · weight` over the last dimension
+//! (the maths: [`crate::ops::reference::rms_norm`], fused with what follows it in [`crate::ops`]).
 
 use burn::module::{Initializer, Module, Param};
 use burn::tensor::{Device, Tensor};
@@ -17,12 +18,5 @@ impl RmsNorm {
     /// Unit gain over `dim` channels.
     pub fn new(dim: usize, device: &Device) -> Self {
         Self { weight: Initializer::Ones.init([dim], device) }
-    }
-
-    /// Normalises `x` `[.., dim]` over its last dimension.
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x.clone().square().mean_dim(D - 1).add_scalar(RMS_EPS).sqrt();
-        let weight = self.weight.val().unsqueeze::<D>();
-        x.div(rms).mul(weight)
     }
 }

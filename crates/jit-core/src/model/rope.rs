@@ -6,7 +6,8 @@
 //! half comes first, then the column-axis half. Tokens are in row-major order. With `L`
 //! in-context tokens in front, their rows are the identity (cos 1, sin 0).
 //! `rope(x) = x·cos + rotate_half(x)·sin`, where `rotate_half` maps interleaved pairs
-//! `(x0, x1) → (−x1, x0)`.
+//! `(x0, x1) → (−x1, x0)`: [`crate::ops::reference::rope`], fused with qk-norm in
+//! [`crate::ops::qkv_heads`].
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -50,6 +51,11 @@ pub fn rope_tables(head_dim: usize, grid: usize, prefix: usize) -> (Vec<f32>, Ve
 }
 
 impl Rope {
+    /// The tables `(cos, sin_signed)`, as [`crate::ops`] takes them.
+    pub fn tables(&self) -> (Tensor<2>, Tensor<2>) {
+        (self.cos.clone(), self.sin_signed.clone())
+    }
+
     /// Tables for `prefix` identity tokens followed by a `grid × grid` image.
     pub fn new(head_dim: usize, grid: usize, prefix: usize, device: &Device) -> Self {
         let (cos, mut sin) = rope_tables(head_dim, grid, prefix);
@@ -61,14 +67,5 @@ impl Rope {
         let rows = prefix + grid * grid;
         let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [rows, head_dim]), device);
         Self { cos: table(cos), sin_signed: table(sin) }
-    }
-
-    /// Applies the rotation to `x` `[B, heads, T, hd]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, h, t, hd] = x.dims();
-        let swapped = x.clone().reshape([b, h, t, hd / 2, 2]).flip([4]).reshape([b, h, t, hd]);
-        let cos = self.cos.clone().unsqueeze::<4>();
-        let sin = self.sin_signed.clone().unsqueeze::<4>();
-        x.mul(cos).add(swapped.mul(sin))
     }
 }

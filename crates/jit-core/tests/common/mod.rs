@@ -41,6 +41,16 @@ pub fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
+/// A tensor as the `Dispatch` backend's primitive (for the reference bodies of `jit_core::ops`).
+pub fn prim<const D: usize>(t: Tensor<D>) -> burn::backend::tensor::FloatTensor<burn::backend::Dispatch> {
+    t.into_dispatch()
+}
+
+/// [`prim`]'s inverse.
+pub fn from_prim<const D: usize>(t: burn::backend::tensor::FloatTensor<burn::backend::Dispatch>) -> Tensor<D> {
+    Tensor::from_dispatch(t)
+}
+
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
 }

@@ -135,7 +135,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if let Some(data) = &a.loader {
         return loader(&a, data);
     }
-    jit_core::fused::set_enabled(!a.no_fused);
+    jit_core::ops::set_enabled(!a.no_fused);
     if let Some(weights) = &a.inception {
         return inception(&a, weights);
     }

@@ -494,7 +494,7 @@ impl Inception {
     /// channels-last on the CPU backend (unless `jit_core::fused` is off), on burn's tensor ops
     /// elsewhere.
     pub fn new(w: Weights) -> Result<Self> {
-        let channels_last = w.device == Device::flex() && jit_core::fused::enabled();
+        let channels_last = w.device == Device::flex() && jit_core::ops::enabled();
         if channels_last { Self::channels_last(w) } else { Self::on_tensors(w) }
     }
 

@@ -1,0 +1,145 @@
+//! [`JitOps`] on burn's cubecl backend (GPUs through wgpu): the CubeCL kernels of `shaders/`
+//! (crate `jit-shaders`) for f32 tensors. Under burn's `fusion` each call is one custom
+//! operation in fusion's stream, the backward passes included. The linear layers and
+//! attention in training keep burn's own kernels (the reference bodies); other dtypes run the
+//! reference bodies.
+
+use burn::backend::TensorMetadata;
+use burn::backend::ops::FloatTensorOps;
+use burn::tensor::{DType, Scalar, Shape};
+use jit_shaders::{CubeBackend, CubeTensor};
+
+use super::reference::{narrow, sum_dims};
+use super::{JitOps, reference};
+
+type B = CubeBackend;
+
+/// Whether every tensor is f32 (the kernels' type).
+fn f32s(ts: &[&CubeTensor]) -> bool {
+    ts.iter().all(|t| t.dtype() == DType::F32)
+}
+
+impl JitOps for CubeBackend {
+    fn rms_norm_modulate(
+        x: CubeTensor,
+        weight: CubeTensor,
+        shift: CubeTensor,
+        scale: CubeTensor,
+        eps: f32,
+    ) -> CubeTensor {
+        if !f32s(&[&x, &weight, &shift, &scale]) {
+            return reference::rms_norm_modulate::<B>(x, weight, shift, scale, eps);
+        }
+        super::count_kernel();
+        jit_shaders::rms_norm_modulate(x, weight, shift, scale, eps)
+    }
+
+    /// `rms_rows`, then `rms_norm_modulate_dx` for `dx` and `rms_norm_modulate_sums` for
+    /// `Σ_t g` (= `dshift`) and `Σ_t g·x̂`, from which `dscale` and `dweight` are one product each.
+    fn rms_norm_modulate_backward(
+        x: CubeTensor,
+        weight: CubeTensor,
+        scale: CubeTensor,
+        grad: CubeTensor,
+        eps: f32,
+    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+        if !f32s(&[&x, &weight, &scale, &grad]) {
+            return reference::rms_norm_modulate_backward::<B>(x, weight, scale, grad, eps);
+        }
+        super::count_kernel();
+        let d = x.shape()[2];
+        let rms = jit_shaders::rms_rows(x.clone(), d, eps);
+        let sums = jit_shaders::rms_norm_modulate_sums(x.clone(), grad.clone(), rms.clone());
+        let (dshift, gx) = (narrow::<B>(sums.clone(), 1, 0..1), narrow::<B>(sums, 1, 1..2));
+        let one_plus = B::float_add_scalar(scale.clone(), Scalar::from(1.0f32));
+        let dweight = B::float_reshape(sum_dims::<B>(B::float_mul(gx.clone(), one_plus), &[0]), Shape::from(vec![d]));
+        let dscale = B::float_mul(gx, B::float_reshape(weight.clone(), Shape::from(vec![1, 1, d])));
+        let dx = jit_shaders::rms_norm_modulate_dx(x, weight, scale, grad, rms);
+        (dx, dweight, dshift, dscale)
+    }
+
+    fn qkv_heads(
+        qkv: CubeTensor,
+        q_weight: CubeTensor,
+        k_weight: CubeTensor,
+        cos: CubeTensor,
+        sin_signed: CubeTensor,
+        heads: usize,
+        eps: f32,
+    ) -> CubeTensor {
+        if !f32s(&[&qkv, &q_weight, &k_weight, &cos, &sin_signed]) {
+            return reference::qkv_heads::<B>(qkv, q_weight, k_weight, cos, sin_signed, heads, eps);
+        }
+        super::count_kernel();
+        jit_shaders::qkv_heads(qkv, q_weight, k_weight, cos, sin_signed, heads, eps)
+    }
+
+    /// `rms_rows`, then `qkv_heads_dx` and `qkv_heads_dweight`'s partial sums, summed.
+    fn qkv_heads_backward(
+        qkv: CubeTensor,
+        q_weight: CubeTensor,
+        k_weight: CubeTensor,
+        cos: CubeTensor,
+        sin_signed: CubeTensor,
+        grad: CubeTensor,
+        heads: usize,
+        eps: f32,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        if !f32s(&[&qkv, &q_weight, &k_weight, &cos, &sin_signed, &grad]) {
+            return reference::qkv_heads_backward::<B>(qkv, q_weight, k_weight, cos, sin_signed, grad, heads, eps);
+        }
+        super::count_kernel();
+        let head_dim = qkv.shape()[2] / 3 / heads;
+        let rms = jit_shaders::rms_rows(qkv.clone(), head_dim, eps);
+        let partial = jit_shaders::qkv_heads_dweight(
+            qkv.clone(),
+            cos.clone(),
+            sin_signed.clone(),
+            grad.clone(),
+            rms.clone(),
+            heads,
+        );
+        let dw = B::float_sum_dim(partial, 0);
+        let part = |i| B::float_reshape(narrow::<B>(dw.clone(), 1, i..i + 1), Shape::from(vec![head_dim]));
+        let dqkv = jit_shaders::qkv_heads_dx(qkv, q_weight, k_weight, cos, sin_signed, grad, rms, heads);
+        (dqkv, part(0), part(1))
+    }
+
+    /// burn's attention op: cubecl's flash attention or its separate kernels, whichever
+    /// autotune finds faster on the device.
+    fn head_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, scale: f32) -> CubeTensor {
+        reference::attention_op::<B>(q, k, v, scale)
+    }
+
+    fn silu_gate(h: CubeTensor) -> CubeTensor {
+        if !f32s(&[&h]) {
+            return reference::silu_gate::<B>(h);
+        }
+        super::count_kernel();
+        jit_shaders::silu_gate(h)
+    }
+
+    fn gated_residual(x: CubeTensor, gate: CubeTensor, y: CubeTensor) -> CubeTensor {
+        if !f32s(&[&x, &gate, &y]) {
+            return reference::gated_residual::<B>(x, gate, y);
+        }
+        super::count_kernel();
+        jit_shaders::gated_residual(x, gate, y)
+    }
+
+    fn cfg_mix(v: CubeTensor, scale: f32) -> CubeTensor {
+        if !f32s(&[&v]) {
+            return reference::cfg_mix::<B>(v, scale);
+        }
+        super::count_kernel();
+        jit_shaders::cfg_mix(v, scale)
+    }
+
+    fn ema_blend(ema: CubeTensor, theta: CubeTensor, decay: f32, rest: f32) -> CubeTensor {
+        if !f32s(&[&ema, &theta]) {
+            return reference::ema_blend::<B>(ema, theta, decay, rest);
+        }
+        super::count_kernel();
+        jit_shaders::ema_blend(ema, theta, decay, rest)
+    }
+}

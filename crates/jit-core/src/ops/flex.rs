@@ -1,0 +1,348 @@
+//! [`JitOps`] on burn's CPU backend (Flex): the kernels of [`crate::fused`] on contiguous f32
+//! values, one pass over memory each, and `gemm` for the linear layers' products. Other dtypes,
+//! and head widths the attention kernels do not take, run the reference bodies.
+
+use burn::backend::TensorMetadata;
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::tensor::{DType, TensorData};
+
+use super::{JitOps, reference};
+use crate::fused::{cpu, gemm};
+
+/// `t` in row-major order (copied only where it is a strided view).
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    match t.as_slice::<f32>() {
+        Some(_) => t,
+        None => t.to_contiguous(),
+    }
+}
+
+/// The values of a contiguous f32 tensor.
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("made contiguous first")
+}
+
+/// A Flex tensor of `shape` holding `values`.
+fn new(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn dims(t: &FlexTensor) -> Vec<usize> {
+    t.shape().to_vec()
+}
+
+/// The tensors made contiguous when all are f32 (the kernels' type), else `None`.
+fn f32s<const N: usize>(ts: [&FlexTensor; N]) -> Option<[FlexTensor; N]> {
+    ts.iter().all(|t| t.dtype() == DType::F32).then(|| ts.map(|t| contiguous(t.clone())))
+}
+
+/// The layout of `qkv` `[B, T, 3·heads·hd]`, where the attention kernels take its head width.
+fn qkv_layout(qkv: &FlexTensor, heads: usize) -> Option<cpu::QkvLayout> {
+    let [b, t, d3] = <[usize; 3]>::try_from(dims(qkv)).ok()?;
+    let hd = d3 / 3 / heads.max(1);
+    (d3 == 3 * heads * hd && cpu::attention_supports(hd)).then_some(cpu::QkvLayout {
+        batch: b,
+        tokens: t,
+        heads,
+        head_dim: hd,
+    })
+}
+
+fn norm_rope<'a>([qw, kw, cos, sin]: &'a [FlexTensor; 4], eps: f32) -> cpu::QkNormRope<'a> {
+    cpu::QkNormRope { q_weight: slice(qw), k_weight: slice(kw), cos: slice(cos), sin_signed: slice(sin), eps }
+}
+
+fn attention_shape(q: &FlexTensor) -> Option<cpu::AttentionShape> {
+    let [b, h, t, hd] = <[usize; 4]>::try_from(dims(q)).ok()?;
+    cpu::attention_supports(hd).then_some(cpu::AttentionShape { batch: b, heads: h, tokens: t, head_dim: hd })
+}
+
+/// `x·weight (+ bias)` by `gemm` when all are f32.
+fn linear(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>) -> Option<FlexTensor> {
+    let [vx, vw] = f32s([x, weight])?;
+    let vb = match bias {
+        Some(b) => Some(f32s([b])?),
+        None => None,
+    };
+    super::count_kernel();
+    let [d_in, d_out] = <[usize; 2]>::try_from(dims(weight)).expect("weight is [d_in, d_out]");
+    let mut shape = dims(x);
+    *shape.last_mut().expect("a shaped tensor") = d_out;
+    Some(new(gemm::linear(slice(&vx), slice(&vw), vb.as_ref().map(|[b]| slice(b)), d_in, d_out), shape))
+}
+
+/// [`cpu::qkv_attention`] (adding `bias` to the rows of `qkv`) when all are f32 and the
+/// kernels take the head width.
+fn qkv_attention(
+    qkv: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    norm_rope_inputs: [&FlexTensor; 4],
+    heads: usize,
+    scale: f32,
+    eps: f32,
+) -> Option<FlexTensor> {
+    let layout = qkv_layout(qkv, heads)?;
+    let [vqkv] = f32s([qkv])?;
+    let tables = f32s(norm_rope_inputs)?;
+    let vb = match bias {
+        Some(b) => Some(f32s([b])?),
+        None => None,
+    };
+    super::count_kernel();
+    let out =
+        cpu::qkv_attention(slice(&vqkv), vb.as_ref().map(|[b]| slice(b)), &layout, &norm_rope(&tables, eps), scale);
+    Some(new(out, vec![layout.batch, layout.tokens, layout.heads * layout.head_dim]))
+}
+
+/// [`cpu::silu_gate`] (adding `bias` to the rows of `h`) when all are f32.
+fn silu_gate(h: &FlexTensor, bias: Option<&FlexTensor>) -> Option<FlexTensor> {
+    let [vh] = f32s([h])?;
+    let vb = match bias {
+        Some(b) => Some(f32s([b])?),
+        None => None,
+    };
+    super::count_kernel();
+    let mut shape = dims(h);
+    let last = shape.last_mut().expect("a shaped tensor");
+    *last /= 2;
+    let hidden = *last;
+    Some(new(cpu::silu_gate(slice(&vh), hidden, vb.as_ref().map(|[b]| slice(b))), shape))
+}
+
+impl JitOps for Flex {
+    fn linear_layer(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        match linear(&x, &weight, Some(&bias)) {
+            Some(out) => out,
+            None => reference::linear_layer::<Self>(x, weight, bias),
+        }
+    }
+
+    fn linear_product(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        match linear(&x, &weight, None) {
+            Some(out) => out,
+            None => reference::linear_product::<Self>(x, weight),
+        }
+    }
+
+    fn linear_layer_backward(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let Some([vx, vw, g]) = f32s([&x, &weight, &grad]) else {
+            return reference::linear_layer_backward::<Self>(x, weight, grad);
+        };
+        super::count_kernel();
+        let [d_in, d_out] = <[usize; 2]>::try_from(dims(&weight)).expect("weight is [d_in, d_out]");
+        let [dx, dw, _] = gemm::linear_backward(slice(&vx), slice(&vw), slice(&g), d_in, d_out, [true, true, false]);
+        let both = "both asked for";
+        (new(dx.expect(both), dims(&x)), new(dw.expect(both), vec![d_in, d_out]))
+    }
+
+    fn rms_norm_modulate(
+        x: FlexTensor,
+        weight: FlexTensor,
+        shift: FlexTensor,
+        scale: FlexTensor,
+        eps: f32,
+    ) -> FlexTensor {
+        let Some([vx, w, sh, sc]) = f32s([&x, &weight, &shift, &scale]) else {
+            return reference::rms_norm_modulate::<Self>(x, weight, shift, scale, eps);
+        };
+        super::count_kernel();
+        let shape = dims(&x);
+        new(cpu::rms_norm_modulate(slice(&vx), shape[1], slice(&w), slice(&sh), slice(&sc), eps), shape)
+    }
+
+    fn rms_norm_modulate_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        scale: FlexTensor,
+        grad: FlexTensor,
+        eps: f32,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let Some([vx, w, sc, g]) = f32s([&x, &weight, &scale, &grad]) else {
+            return reference::rms_norm_modulate_backward::<Self>(x, weight, scale, grad, eps);
+        };
+        super::count_kernel();
+        let shape = dims(&x);
+        let (dx, dw, dshift, dscale) =
+            cpu::rms_norm_modulate_backward(slice(&vx), shape[1], slice(&w), slice(&sc), slice(&g), eps);
+        let modulation = vec![shape[0], 1, shape[2]];
+        (new(dx, shape.clone()), new(dw, vec![shape[2]]), new(dshift, modulation.clone()), new(dscale, modulation))
+    }
+
+    fn qkv_heads(
+        qkv: FlexTensor,
+        q_weight: FlexTensor,
+        k_weight: FlexTensor,
+        cos: FlexTensor,
+        sin_signed: FlexTensor,
+        heads: usize,
+        eps: f32,
+    ) -> FlexTensor {
+        let (Some(layout), Some([vqkv, qw, kw, c, s])) =
+            (qkv_layout(&qkv, heads), f32s([&qkv, &q_weight, &k_weight, &cos, &sin_signed]))
+        else {
+            return reference::qkv_heads::<Self>(qkv, q_weight, k_weight, cos, sin_signed, heads, eps);
+        };
+        super::count_kernel();
+        let parts = cpu::qkv_heads(slice(&vqkv), &layout, &norm_rope(&[qw, kw, c, s], eps));
+        let l = layout;
+        new(parts.concat(), vec![3, l.batch, l.heads, l.tokens, l.head_dim])
+    }
+
+    fn qkv_heads_backward(
+        qkv: FlexTensor,
+        q_weight: FlexTensor,
+        k_weight: FlexTensor,
+        cos: FlexTensor,
+        sin_signed: FlexTensor,
+        grad: FlexTensor,
+        heads: usize,
+        eps: f32,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (Some(layout), Some([vqkv, qw, kw, c, s, g])) =
+            (qkv_layout(&qkv, heads), f32s([&qkv, &q_weight, &k_weight, &cos, &sin_signed, &grad]))
+        else {
+            return reference::qkv_heads_backward::<Self>(qkv, q_weight, k_weight, cos, sin_signed, grad, heads, eps);
+        };
+        super::count_kernel();
+        let per = slice(&g).len() / 3;
+        let (dq, rest) = slice(&g).split_at(per);
+        let (dk, dv) = rest.split_at(per);
+        let (dqkv, dqw, dkw) =
+            cpu::qkv_heads_backward(slice(&vqkv), &layout, &norm_rope(&[qw, kw, c, s], eps), [dq, dk, dv]);
+        let hd = layout.head_dim;
+        (new(dqkv, dims(&qkv)), new(dqw, vec![hd]), new(dkw, vec![hd]))
+    }
+
+    fn head_attention(q: FlexTensor, k: FlexTensor, v: FlexTensor, scale: f32) -> FlexTensor {
+        let (Some(shape), Some([vq, vk, vv])) = (attention_shape(&q), f32s([&q, &k, &v])) else {
+            return reference::head_attention::<Self>(q, k, v, scale).0;
+        };
+        super::count_kernel();
+        let out = cpu::attention(slice(&vq), slice(&vk), slice(&vv), &shape, scale);
+        new(out, vec![shape.batch, shape.tokens, shape.heads * shape.head_dim])
+    }
+
+    fn head_attention_train(q: FlexTensor, k: FlexTensor, v: FlexTensor, scale: f32) -> (FlexTensor, FlexTensor) {
+        let (Some(shape), Some([vq, vk, vv])) = (attention_shape(&q), f32s([&q, &k, &v])) else {
+            return reference::head_attention::<Self>(q, k, v, scale);
+        };
+        super::count_kernel();
+        let (out, probs) = cpu::attention_with_probs(slice(&vq), slice(&vk), slice(&vv), &shape, scale);
+        let s = shape;
+        (
+            new(out, vec![s.batch, s.tokens, s.heads * s.head_dim]),
+            new(probs, vec![s.batch, s.heads, s.tokens, s.tokens]),
+        )
+    }
+
+    fn head_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        probs: FlexTensor,
+        grad: FlexTensor,
+        scale: f32,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (Some(shape), Some([vq, vk, vv, p, g])) = (attention_shape(&q), f32s([&q, &k, &v, &probs, &grad])) else {
+            return reference::head_attention_backward::<Self>(q, k, v, probs, grad, scale);
+        };
+        super::count_kernel();
+        let [dq, dk, dv] =
+            cpu::attention_backward(slice(&vq), slice(&vk), slice(&vv), slice(&p), slice(&g), &shape, scale);
+        let d = dims(&q);
+        (new(dq, d.clone()), new(dk, d.clone()), new(dv, d))
+    }
+
+    fn qkv_attention(
+        qkv: FlexTensor,
+        q_weight: FlexTensor,
+        k_weight: FlexTensor,
+        cos: FlexTensor,
+        sin_signed: FlexTensor,
+        heads: usize,
+        scale: f32,
+        eps: f32,
+    ) -> FlexTensor {
+        match qkv_attention(&qkv, None, [&q_weight, &k_weight, &cos, &sin_signed], heads, scale, eps) {
+            Some(out) => out,
+            None => reference::qkv_attention::<Self>(qkv, q_weight, k_weight, cos, sin_signed, heads, scale, eps),
+        }
+    }
+
+    /// The product without the layer's bias, which the attention adds as it reads each row (no
+    /// pass that writes the bias into the product's rows first: ≈ 5 % of sampling, with the
+    /// gate's).
+    fn attention_from_input(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        q_weight: FlexTensor,
+        k_weight: FlexTensor,
+        cos: FlexTensor,
+        sin_signed: FlexTensor,
+        heads: usize,
+        scale: f32,
+        eps: f32,
+    ) -> FlexTensor {
+        if let Some(qkv) = linear(&x, &weight, None)
+            && let Some(out) =
+                qkv_attention(&qkv, Some(&bias), [&q_weight, &k_weight, &cos, &sin_signed], heads, scale, eps)
+        {
+            return out;
+        }
+        let qkv = Self::linear_layer(x, weight, bias);
+        Self::qkv_attention(qkv, q_weight, k_weight, cos, sin_signed, heads, scale, eps)
+    }
+
+    fn silu_gate(h: FlexTensor) -> FlexTensor {
+        silu_gate(&h, None).unwrap_or_else(|| reference::silu_gate::<Self>(h))
+    }
+
+    /// The product without the layer's bias, which the gate adds as it reads each row.
+    fn swiglu_hidden(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        if let Some(h) = linear(&x, &weight, None)
+            && let Some(out) = silu_gate(&h, Some(&bias))
+        {
+            return out;
+        }
+        Self::silu_gate(Self::linear_layer(x, weight, bias))
+    }
+
+    fn silu_gate_backward(h: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let Some([vh, g]) = f32s([&h, &grad]) else {
+            return reference::silu_gate_backward::<Self>(h, grad);
+        };
+        super::count_kernel();
+        let shape = dims(&h);
+        let hidden = shape.last().expect("a shaped tensor") / 2;
+        new(cpu::silu_gate_backward(slice(&vh), slice(&g), hidden), shape)
+    }
+
+    fn silu(x: FlexTensor) -> FlexTensor {
+        let Some([vx]) = f32s([&x]) else {
+            return reference::silu::<Self>(x);
+        };
+        super::count_kernel();
+        let mut values = slice(&vx).to_vec();
+        cpu::silu_inplace(&mut values);
+        new(values, dims(&x))
+    }
+
+    fn cfg_mix(v: FlexTensor, scale: f32) -> FlexTensor {
+        let Some([vv]) = f32s([&v]) else {
+            return reference::cfg_mix::<Self>(v, scale);
+        };
+        super::count_kernel();
+        let mut shape = dims(&v);
+        shape[0] /= 2;
+        new(cpu::cfg_mix(slice(&vv), scale), shape)
+    }
+
+    fn ema_blend(ema: FlexTensor, theta: FlexTensor, decay: f32, rest: f32) -> FlexTensor {
+        let Some([e, t]) = f32s([&ema, &theta]) else {
+            return reference::ema_blend::<Self>(ema, theta, decay, rest);
+        };
+        super::count_kernel();
+        new(cpu::ema_blend(slice(&e), slice(&t), decay, rest), dims(&ema))
+    }
+}

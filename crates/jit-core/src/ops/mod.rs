@@ -1,0 +1,417 @@
+//! The network's op layer: one burn backend extension, [`JitOps`], with a method per fused
+//! operation (the linear layers, RMSNorm + adaLN modulate, `qkv` → qk-norm + RoPE → attention,
+//! SwiGLU's gate, the gated residual, the CFG mix, the EMA update) and the backward passes the
+//! training step needs. The model calls only the tensor-level functions below; they take
+//! tensors and scalars, never model structs.
+//!
+//! | backend | implementation |
+//! |---|---|
+//! | default bodies | [`reference`]: the maths in burn's primitive tensor ops, for any backend |
+//! | Flex (CPU), f32 | [`flex`]: the kernels of [`crate::fused`] (one pass over memory each, `gemm` for the products) |
+//! | Cube (GPUs through wgpu), f32 | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
+//! | `Autodiff<B, C>`, any checkpoint strategy | [`autodiff`]: each operation one tracked node whose backward pass calls `B`'s backward method |
+//!
+//! A backend's method falls back to the reference body for inputs its kernels do not take
+//! (another dtype, a head width without a kernel). [`set_enabled`]`(false)` runs the reference
+//! bodies op by op on the `Dispatch` backend (under autodiff, each primitive op tracked), to
+//! measure what the kernels gain (`bench --no-fused`). Every method and its gradient is tested
+//! against the reference (`tests/fused.rs` on Flex, `tests/shaders.rs` on wgpu).
+
+#[cfg(feature = "train")]
+mod autodiff;
+#[cfg(feature = "wgpu")]
+mod cube;
+#[cfg(feature = "flex")]
+mod flex;
+pub mod reference;
+
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use burn::backend::backend_extension;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch};
+use burn::tensor::Tensor;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the kernels on (the default) or off process-wide; off, every operation runs its
+/// reference body on burn's tensor ops (`bench --no-fused` measures what the kernels gain).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the kernels are on ([`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+static KERNELS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many operations ran a backend's kernels, not its reference body, in this process (the
+/// tests check that the kernels are taken where they should be).
+pub fn kernels_run() -> usize {
+    KERNELS.load(Ordering::Relaxed)
+}
+
+#[cfg_attr(not(any(feature = "flex", feature = "wgpu")), allow(dead_code))] // no kernels in such a build
+fn count_kernel() {
+    KERNELS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The fused operations. Tensors are f32 in the kernels' paths; shapes as in [`reference`].
+#[backend_extension(
+    Flex: cfg(feature = "flex"),
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "fusion"),
+    Autodiff: cfg(feature = "train")
+)]
+pub trait JitOps: Backend {
+    /// `x·weight + bias` for `x` `[…, d_in]`, `weight` `[d_in, d_out]`, `bias` `[d_out]`.
+    #[fusion(default)]
+    fn linear_layer(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::linear_layer::<Self>(x, weight, bias)
+    }
+
+    /// `x·weight` (a linear layer without its bias).
+    #[fusion(default)]
+    fn linear_product(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::linear_product::<Self>(x, weight)
+    }
+
+    /// The gradients `(dx, dweight)` of `x·weight` (the bias's is the sum of `grad`'s rows).
+    #[fusion(default)]
+    fn linear_layer_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::linear_layer_backward::<Self>(x, weight, grad)
+    }
+
+    /// RMSNorm + adaLN modulate: `x` `[B, T, D]`, gain `[D]`, `shift`, `scale` `[B, 1, D]`.
+    #[fusion(dtype = x, shape = x)]
+    fn rms_norm_modulate(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        reference::rms_norm_modulate::<Self>(x, weight, shift, scale, eps)
+    }
+
+    /// [`JitOps::rms_norm_modulate`]'s gradients `(dx, dweight, dshift, dscale)`.
+    #[fusion(meta = |x, weight, scale, _grad, _eps| (x.clone(), weight.clone(), scale.clone(), scale.clone()))]
+    fn rms_norm_modulate_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference::rms_norm_modulate_backward::<Self>(x, weight, scale, grad, eps)
+    }
+
+    /// `qkv` `[B, T, 3·heads·hd]` → `[3, B, heads, T, hd]`: qk-norm (gains `[hd]`) and RoPE
+    /// (tables `[T, hd]`) on queries and keys, then the values.
+    #[fusion(dtype = qkv, shape = qkv_heads_shape(qkv, heads))]
+    #[allow(clippy::too_many_arguments)] // the projection, both gains, both tables, the shape
+    fn qkv_heads(
+        qkv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin_signed: FloatTensor<Self>,
+        heads: usize,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        reference::qkv_heads::<Self>(qkv, q_weight, k_weight, cos, sin_signed, heads, eps)
+    }
+
+    /// [`JitOps::qkv_heads`]'s gradients `(dqkv, dq_weight, dk_weight)` from `grad`
+    /// `[3, B, heads, T, hd]`.
+    #[fusion(meta = |qkv, q_weight, k_weight, _cos, _sin, _grad, _heads, _eps| (qkv.clone(), q_weight.clone(), k_weight.clone()))]
+    #[allow(clippy::too_many_arguments)] // the forward's inputs and the gradient
+    fn qkv_heads_backward(
+        qkv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin_signed: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        heads: usize,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference::qkv_heads_backward::<Self>(qkv, q_weight, k_weight, cos, sin_signed, grad, heads, eps)
+    }
+
+    /// Attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in token order
+    /// `[B, T, heads·hd]`.
+    #[fusion(dtype = q, shape = tokens_first_shape(q))]
+    fn head_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        reference::head_attention::<Self>(q, k, v, scale).0
+    }
+
+    /// [`JitOps::head_attention`] and its probabilities `[B, heads, T, T]` (for the backward pass).
+    #[fusion(default)]
+    fn head_attention_train(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::head_attention::<Self>(q, k, v, scale)
+    }
+
+    /// [`JitOps::head_attention`]'s gradients `(dq, dk, dv)` from the probabilities and `grad`
+    /// `[B, T, heads·hd]`.
+    #[fusion(default)]
+    fn head_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference::head_attention_backward::<Self>(q, k, v, probs, grad, scale)
+    }
+
+    /// A block's attention from its `qkv` projection `[B, T, 3·D]`: [`JitOps::qkv_heads`],
+    /// then [`JitOps::head_attention`] → `[B, T, D]`.
+    #[fusion(default)]
+    #[allow(clippy::too_many_arguments)] // qkv_heads' inputs and attention's scale
+    fn qkv_attention(
+        qkv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin_signed: FloatTensor<Self>,
+        heads: usize,
+        scale: f32,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let parts = Self::qkv_heads(qkv, q_weight, k_weight, cos, sin_signed, heads, eps);
+        let [q, k, v] = reference::split_parts::<Self>(parts);
+        Self::head_attention(q, k, v, scale)
+    }
+
+    /// A block's attention from its input `x` `[B, T, D]`: the `qkv` layer (`weight`, `bias`),
+    /// then [`JitOps::qkv_attention`]. (On the CPU the product is taken without the bias, which
+    /// the attention adds as it reads each row.)
+    #[fusion(default)]
+    #[allow(clippy::too_many_arguments)] // the layer's, qkv_heads' and attention's inputs
+    fn attention_from_input(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin_signed: FloatTensor<Self>,
+        heads: usize,
+        scale: f32,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let qkv = Self::linear_layer(x, weight, bias);
+        Self::qkv_attention(qkv, q_weight, k_weight, cos, sin_signed, heads, scale, eps)
+    }
+
+    /// SwiGLU's gate `SiLU(x1)·x2` of `h` `[…, 2·hidden]` → `[…, hidden]`.
+    #[fusion(dtype = h, shape = half_last_shape(h))]
+    fn silu_gate(h: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::silu_gate::<Self>(h)
+    }
+
+    /// SwiGLU's hidden activations from its input `x` `[…, D]`: the `w12` layer (`weight`,
+    /// `bias`), then [`JitOps::silu_gate`]. (On the CPU the product is taken without the bias,
+    /// which the gate adds as it reads each row.)
+    #[fusion(default)]
+    fn swiglu_hidden(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::silu_gate(Self::linear_layer(x, weight, bias))
+    }
+
+    /// [`JitOps::silu_gate`]'s gradient `dh`.
+    #[fusion(dtype = h, shape = h)]
+    fn silu_gate_backward(h: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::silu_gate_backward::<Self>(h, grad)
+    }
+
+    /// `SiLU(x)`.
+    #[fusion(default)]
+    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::silu::<Self>(x)
+    }
+
+    /// adaLN-Zero's gated residual `x + gate·y`, `x`, `y` `[B, T, D]`, `gate` `[B, 1, D]`.
+    #[fusion(dtype = x, shape = x)]
+    fn gated_residual(x: FloatTensor<Self>, gate: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::gated_residual::<Self>(x, gate, y)
+    }
+
+    /// Classifier-free guidance of `v` `[2B, …]` (conditional half first) → `[B, …]`.
+    #[fusion(dtype = v, shape = half_batch_shape(v))]
+    fn cfg_mix(v: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        reference::cfg_mix::<Self>(v, scale)
+    }
+
+    /// The EMA update `ema·decay + theta·rest` of one parameter (never differentiated).
+    #[fusion(dtype = ema, shape = ema)]
+    fn ema_blend(ema: FloatTensor<Self>, theta: FloatTensor<Self>, decay: f32, rest: f32) -> FloatTensor<Self> {
+        reference::ema_blend::<Self>(ema, theta, decay, rest)
+    }
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn qkv_heads_shape(qkv: &burn::tensor::Shape, heads: &usize) -> burn::tensor::Shape {
+    let d = qkv.to_vec();
+    let hd = d[2] / 3 / (*heads).max(1);
+    burn::tensor::Shape::from(vec![3, d[0], *heads, d[1], hd])
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn tokens_first_shape(q: &burn::tensor::Shape) -> burn::tensor::Shape {
+    let d = q.to_vec();
+    burn::tensor::Shape::from(vec![d[0], d[2], d[1] * d[3]])
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn half_batch_shape(v: &burn::tensor::Shape) -> burn::tensor::Shape {
+    let mut d = v.to_vec();
+    d[0] /= 2;
+    burn::tensor::Shape::from(d)
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn half_last_shape(h: &burn::tensor::Shape) -> burn::tensor::Shape {
+    let mut d = h.to_vec();
+    if let Some(last) = d.last_mut() {
+        *last /= 2;
+    }
+    burn::tensor::Shape::from(d)
+}
+
+/// `$op($args…)` on the `Dispatch` backend: the backend's [`JitOps`] method with the kernels on,
+/// its [`reference`] body otherwise.
+macro_rules! route {
+    ($op:ident($($arg:expr),* $(,)?)) => {
+        if enabled() {
+            <Dispatch as JitOps>::$op($($arg),*)
+        } else {
+            reference::$op::<Dispatch>($($arg),*)
+        }
+    };
+}
+
+fn d<const D: usize>(t: Tensor<D>) -> FloatTensor<Dispatch> {
+    t.into_dispatch()
+}
+
+fn t<const D: usize>(t: FloatTensor<Dispatch>) -> Tensor<D> {
+    Tensor::from_dispatch(t)
+}
+
+/// The linear layer `x·weight + bias` over the last dimension of `x` `[…, d_in]`.
+pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    match bias {
+        Some(bias) => t(route!(linear_layer(d(x), d(weight), d(bias)))),
+        None => t(route!(linear_product(d(x), d(weight)))),
+    }
+}
+
+/// `modulate(rms_norm(x), shift, scale)` for `x` `[B, T, D]`, gain `weight` `[D]`, `shift`,
+/// `scale` `[B, 1, D]`.
+pub fn rms_norm_modulate(x: Tensor<3>, weight: Tensor<1>, shift: Tensor<3>, scale: Tensor<3>, eps: f32) -> Tensor<3> {
+    t(route!(rms_norm_modulate(d(x), d(weight), d(shift), d(scale), eps)))
+}
+
+/// The attention's inputs `(q, k, v)`, each `[B, heads, T, hd]`, from `qkv` `[B, T, 3·D]`:
+/// qk-norm (gains `[hd]`) and RoPE (tables `cos`, `sin_signed` `[T, hd]`) on q and k.
+pub fn qkv_heads(
+    qkv: Tensor<3>,
+    (q_weight, k_weight): (Tensor<1>, Tensor<1>),
+    (cos, sin_signed): (Tensor<2>, Tensor<2>),
+    heads: usize,
+    eps: f32,
+) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+    let parts = route!(qkv_heads(d(qkv), d(q_weight), d(k_weight), d(cos), d(sin_signed), heads, eps));
+    let [q, k, v] = reference::split_parts::<Dispatch>(parts).map(t);
+    (q, k, v)
+}
+
+/// Multi-head attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in
+/// token order `[B, T, heads·hd]`.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f32) -> Tensor<3> {
+    let out = if enabled() {
+        <Dispatch as JitOps>::head_attention(d(q), d(k), d(v), scale)
+    } else {
+        reference::head_attention::<Dispatch>(d(q), d(k), d(v), scale).0
+    };
+    t(out)
+}
+
+/// A block's attention from its `qkv` projection `[B, T, 3·D]`: `[B, T, D]`.
+pub fn qkv_attention(
+    qkv: Tensor<3>,
+    (q_weight, k_weight): (Tensor<1>, Tensor<1>),
+    (cos, sin_signed): (Tensor<2>, Tensor<2>),
+    heads: usize,
+    scale: f32,
+    eps: f32,
+) -> Tensor<3> {
+    let (qkv, qw, kw, cos, sin) = (d(qkv), d(q_weight), d(k_weight), d(cos), d(sin_signed));
+    t(route!(qkv_attention(qkv, qw, kw, cos, sin, heads, scale, eps)))
+}
+
+/// A block's attention from its input `x` `[B, T, D]` through the `qkv` layer (`weight`
+/// `[D, 3·D]`, `bias` `[3·D]`): `[B, T, D]`.
+#[allow(clippy::too_many_arguments)] // the layer's, qkv_heads' and attention's inputs
+pub fn attention_from_input(
+    x: Tensor<3>,
+    (weight, bias): (Tensor<2>, Tensor<1>),
+    (q_weight, k_weight): (Tensor<1>, Tensor<1>),
+    (cos, sin_signed): (Tensor<2>, Tensor<2>),
+    heads: usize,
+    scale: f32,
+    eps: f32,
+) -> Tensor<3> {
+    let (x, w, b, qw, kw, cos, sin) = (d(x), d(weight), d(bias), d(q_weight), d(k_weight), d(cos), d(sin_signed));
+    t(route!(attention_from_input(x, w, b, qw, kw, cos, sin, heads, scale, eps)))
+}
+
+/// SwiGLU's gate: `h` `[B, N, 2·hidden]` = `(x1, x2)` → `SiLU(x1)·x2` `[B, N, hidden]`.
+pub fn silu_gate(h: Tensor<3>) -> Tensor<3> {
+    t(route!(silu_gate(d(h))))
+}
+
+/// SwiGLU's hidden activations from its input `x` `[B, N, D]` through the `w12` layer
+/// (`weight` `[D, 2·hidden]`, `bias`): `[B, N, hidden]`.
+pub fn swiglu_hidden(x: Tensor<3>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<3> {
+    t(route!(swiglu_hidden(d(x), d(weight), d(bias))))
+}
+
+/// `SiLU(x)`.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    t(route!(silu(d(x))))
+}
+
+/// adaLN-Zero's gated residual `x + gate·y` for `x`, `y` `[B, T, D]` and `gate` `[B, 1, D]`.
+pub fn gated_residual(x: Tensor<3>, gate: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
+    t(route!(gated_residual(d(x), d(gate), d(y))))
+}
+
+/// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, C, H, W]`, the
+/// conditional velocities first.
+pub fn cfg_mix(v: Tensor<4>, scale: f64) -> Tensor<4> {
+    t(route!(cfg_mix(d(v), scale as f32)))
+}
+
+/// The EMA update `ema·decay + θ·(1 − decay)` of one parameter (`1 − decay` in f64).
+pub fn ema_blend<const D: usize>(ema: Tensor<D>, theta: Tensor<D>, decay: f64) -> Tensor<D> {
+    t(route!(ema_blend(d(ema), d(theta), decay as f32, (1.0 - decay) as f32)))
+}

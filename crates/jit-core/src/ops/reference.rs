@@ -1,0 +1,365 @@
+//! The reference maths of every [`super::JitOps`] operation, in burn's primitive tensor ops and
+//! generic over the backend: the trait's default bodies, what a backend falls back to for inputs
+//! its kernels do not take (another dtype, an unsupported head width), and what
+//! [`super::set_enabled`]`(false)` runs on the `Dispatch` backend (under autodiff, op by op).
+//!
+//! The backward passes are the analytic gradients of the forward ones; `tests/fused.rs`
+//! compares them with burn's autodiff of the forward passes.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Scalar, Shape, Slice};
+
+type T<B> = FloatTensor<B>;
+
+fn dims<B: Backend>(t: &T<B>) -> Vec<usize> {
+    t.shape().to_vec()
+}
+
+fn reshape<B: Backend>(t: T<B>, dims: &[usize]) -> T<B> {
+    B::float_reshape(t, Shape::from(dims.to_vec()))
+}
+
+/// `t`'s indices `range` of dimension `dim` (the dimension kept).
+pub(crate) fn narrow<B: Backend>(t: T<B>, dim: usize, range: core::ops::Range<usize>) -> T<B> {
+    let rank = t.shape().num_dims();
+    let slices: Vec<Slice> =
+        (0..rank).map(|d| if d == dim { Slice::from(range.clone()) } else { Slice::full() }).collect();
+    B::float_slice(t, &slices)
+}
+
+/// `Σ` of `t` over its dimensions `dims`, keeping them (size 1).
+pub(crate) fn sum_dims<B: Backend>(t: T<B>, dims: &[usize]) -> T<B> {
+    dims.iter().fold(t, |t, &d| B::float_sum_dim(t, d))
+}
+
+/// `v` `[n]` as `[1, …, 1, n]` of rank `rank`, to broadcast over the last dimension.
+fn last_axis<B: Backend>(v: T<B>, rank: usize) -> T<B> {
+    let n = v.shape().num_elements();
+    let mut d = vec![1; rank];
+    d[rank - 1] = n;
+    reshape::<B>(v, &d)
+}
+
+fn scalar(v: f32) -> Scalar {
+    Scalar::from(v)
+}
+
+/// The RMS `sqrt(mean(x²) + eps)` over the last dimension, kept (size 1).
+fn rms<B: Backend>(x: T<B>, eps: f32) -> T<B> {
+    let last = x.shape().num_dims() - 1;
+    B::float_sqrt(B::float_add_scalar(B::float_mean_dim(B::float_mul(x.clone(), x), last), scalar(eps)))
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x²) + eps) · weight`.
+pub fn rms_norm<B: Backend>(x: T<B>, weight: T<B>, eps: f32) -> T<B> {
+    let rank = x.shape().num_dims();
+    B::float_mul(B::float_div(x.clone(), rms::<B>(x, eps)), last_axis::<B>(weight, rank))
+}
+
+/// The backward pass of an RMSNorm without its gain, from `x̂ = x/rms`, `rms` and `ĝ`, the
+/// gradient of `x̂`: `(ĝ − x̂·mean(ĝ·x̂)) / rms`.
+fn rms_norm_dx<B: Backend>(x_hat: T<B>, rms: T<B>, g_hat: T<B>) -> T<B> {
+    let last = x_hat.shape().num_dims() - 1;
+    let mean = B::float_mean_dim(B::float_mul(g_hat.clone(), x_hat.clone()), last);
+    B::float_div(B::float_sub(g_hat, B::float_mul(x_hat, mean)), rms)
+}
+
+/// adaLN's `modulate(rms_norm(x), shift, scale)` = `n·(1 + scale) + shift` for `x` `[B, T, D]`,
+/// `weight` `[D]`, `shift`, `scale` `[B, 1, D]`.
+pub fn rms_norm_modulate<B: Backend>(x: T<B>, weight: T<B>, shift: T<B>, scale: T<B>, eps: f32) -> T<B> {
+    let n = rms_norm::<B>(x, weight, eps);
+    B::float_add(B::float_mul(n, B::float_add_scalar(scale, scalar(1.0))), shift)
+}
+
+/// [`rms_norm_modulate`]'s gradients `(dx, dweight, dshift, dscale)` from the output's `grad`.
+pub fn rms_norm_modulate_backward<B: Backend>(
+    x: T<B>,
+    weight: T<B>,
+    scale: T<B>,
+    grad: T<B>,
+    eps: f32,
+) -> (T<B>, T<B>, T<B>, T<B>) {
+    let d = dims::<B>(&x)[2];
+    let r = rms::<B>(x.clone(), eps);
+    let x_hat = B::float_div(x, r.clone());
+    let w = last_axis::<B>(weight, 3);
+    let n = B::float_mul(x_hat.clone(), w.clone());
+    let dshift = sum_dims::<B>(grad.clone(), &[1]);
+    let dscale = sum_dims::<B>(B::float_mul(grad.clone(), n), &[1]);
+    let g_n = B::float_mul(grad, B::float_add_scalar(scale, scalar(1.0)));
+    let dweight = reshape::<B>(sum_dims::<B>(B::float_mul(g_n.clone(), x_hat.clone()), &[0, 1]), &[d]);
+    let dx = rms_norm_dx::<B>(x_hat, r, B::float_mul(g_n, w));
+    (dx, dweight, dshift, dscale)
+}
+
+/// Swaps the channels of each pair `(x0, x1) → (x1, x0)` along the last dimension.
+fn swap_pairs<B: Backend>(x: T<B>) -> T<B> {
+    let d = dims::<B>(&x);
+    let mut pairs = d.clone();
+    let last = pairs.pop().expect("a shaped tensor");
+    pairs.extend([last / 2, 2]);
+    let rank = pairs.len();
+    reshape::<B>(B::float_flip(reshape::<B>(x, &pairs), &[rank - 1]), &d)
+}
+
+/// The 2-D RoPE `x·cos + swap_pairs(x)·sin_signed` for `x` `[…, T, hd]`, tables `[T, hd]`.
+pub fn rope<B: Backend>(x: T<B>, cos: T<B>, sin_signed: T<B>) -> T<B> {
+    let rank = x.shape().num_dims();
+    let table = |t: T<B>| {
+        let mut d = vec![1; rank - 2];
+        d.extend(dims::<B>(&t));
+        reshape::<B>(t, &d)
+    };
+    let swapped = swap_pairs::<B>(x.clone());
+    B::float_add(B::float_mul(x, table(cos)), B::float_mul(swapped, table(sin_signed)))
+}
+
+/// `qkv` `[B, T, 3·heads·hd]` → `[3, B, heads, T, hd]`: queries and keys through RMSNorm
+/// (gains `[hd]`) and RoPE (tables `[T, hd]`), then the values.
+#[allow(clippy::too_many_arguments)] // the projection, both gains, both tables, the shape
+pub fn qkv_heads<B: Backend>(
+    qkv: T<B>,
+    q_weight: T<B>,
+    k_weight: T<B>,
+    cos: T<B>,
+    sin_signed: T<B>,
+    heads: usize,
+    eps: f32,
+) -> T<B> {
+    let [b, t, d3] = <[usize; 3]>::try_from(dims::<B>(&qkv)).expect("qkv is [B, T, 3·D]");
+    let hd = d3 / 3 / heads;
+    let parts = B::float_permute(reshape::<B>(qkv, &[b, t, 3, heads, hd]), &[2, 0, 3, 1, 4]);
+    let part = |i: usize| narrow::<B>(parts.clone(), 0, i..i + 1);
+    let q = rope::<B>(rms_norm::<B>(part(0), q_weight, eps), cos.clone(), sin_signed.clone());
+    let k = rope::<B>(rms_norm::<B>(part(1), k_weight, eps), cos, sin_signed);
+    B::float_cat(vec![q, k, part(2)], 0)
+}
+
+/// [`qkv_heads`]'s gradients `(dqkv, dq_weight, dk_weight)` from the output's `grad`
+/// `[3, B, heads, T, hd]`.
+#[allow(clippy::too_many_arguments)] // the forward's inputs and the gradient
+pub fn qkv_heads_backward<B: Backend>(
+    qkv: T<B>,
+    q_weight: T<B>,
+    k_weight: T<B>,
+    cos: T<B>,
+    sin_signed: T<B>,
+    grad: T<B>,
+    heads: usize,
+    eps: f32,
+) -> (T<B>, T<B>, T<B>) {
+    let [b, t, d3] = <[usize; 3]>::try_from(dims::<B>(&qkv)).expect("qkv is [B, T, 3·D]");
+    let hd = d3 / 3 / heads;
+    let parts = B::float_permute(reshape::<B>(qkv, &[b, t, 3, heads, hd]), &[2, 0, 3, 1, 4]);
+    let table = |tab: T<B>| reshape::<B>(tab, &[1, 1, 1, t, hd]);
+    let (cos, sin) = (table(cos), table(sin_signed));
+    // RoPE's transpose (`swap_pairs` is its own transpose), then RMSNorm's backward.
+    let part_backward = |i: usize, weight: T<B>| {
+        let g = narrow::<B>(grad.clone(), 0, i..i + 1);
+        let dn = B::float_add(B::float_mul(g.clone(), cos.clone()), swap_pairs::<B>(B::float_mul(g, sin.clone())));
+        let x = narrow::<B>(parts.clone(), 0, i..i + 1);
+        let r = rms::<B>(x.clone(), eps);
+        let x_hat = B::float_div(x, r.clone());
+        let dweight = reshape::<B>(sum_dims::<B>(B::float_mul(dn.clone(), x_hat.clone()), &[0, 1, 2, 3]), &[hd]);
+        let dx = rms_norm_dx::<B>(x_hat, r, B::float_mul(dn, last_axis::<B>(weight, 5)));
+        (dx, dweight)
+    };
+    let (dq, dq_weight) = part_backward(0, q_weight);
+    let (dk, dk_weight) = part_backward(1, k_weight);
+    let dv = narrow::<B>(grad, 0, 2..3);
+    let d = B::float_permute(B::float_cat(vec![dq, dk, dv], 0), &[1, 3, 0, 2, 4]);
+    (reshape::<B>(d, &[b, t, d3]), dq_weight, dk_weight)
+}
+
+/// `out` `[B, heads, T, hd]` in token order `[B, T, heads·hd]`.
+fn tokens_first<B: Backend>(out: T<B>) -> T<B> {
+    let [b, h, t, hd] = <[usize; 4]>::try_from(dims::<B>(&out)).expect("[B, heads, T, hd]");
+    reshape::<B>(B::float_swap_dims(out, 1, 2), &[b, t, h * hd])
+}
+
+/// Attention's probabilities `softmax(scale·q·kᵀ)` `[B, heads, T, T]` for `q`, `k`
+/// `[B, heads, T, hd]`.
+pub fn attention_probs<B: Backend>(q: T<B>, k: T<B>, scale: f32) -> T<B> {
+    let scores = B::float_mul_scalar(B::float_matmul(q, B::float_swap_dims(k, 2, 3)), scalar(scale));
+    B::softmax(scores, 3)
+}
+
+/// Multi-head attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in
+/// token order `[B, T, heads·hd]`, and the probabilities (for the backward pass).
+pub fn head_attention<B: Backend>(q: T<B>, k: T<B>, v: T<B>, scale: f32) -> (T<B>, T<B>) {
+    let p = attention_probs::<B>(q, k, scale);
+    (tokens_first::<B>(B::float_matmul(p.clone(), v)), p)
+}
+
+/// burn's attention op (a backend's fused attention where it has one), in token order.
+pub fn attention_op<B: Backend>(q: T<B>, k: T<B>, v: T<B>, scale: f32) -> T<B> {
+    let options = AttentionModuleOptions { scale: Some(scale as f64), softcap: None, is_causal: false };
+    tokens_first::<B>(B::attention(q, k, v, None, None, options))
+}
+
+/// [`head_attention`]'s gradients `(dq, dk, dv)` from the probabilities `probs` and the output's
+/// `grad` `[B, T, heads·hd]`.
+pub fn head_attention_backward<B: Backend>(
+    q: T<B>,
+    k: T<B>,
+    v: T<B>,
+    probs: T<B>,
+    grad: T<B>,
+    scale: f32,
+) -> (T<B>, T<B>, T<B>) {
+    let [b, h, t, hd] = <[usize; 4]>::try_from(dims::<B>(&q)).expect("[B, heads, T, hd]");
+    let g = B::float_swap_dims(reshape::<B>(grad, &[b, t, h, hd]), 1, 2);
+    let dv = B::float_matmul(B::float_swap_dims(probs.clone(), 2, 3), g.clone());
+    let dp = B::float_matmul(g, B::float_swap_dims(v, 2, 3));
+    let row = sum_dims::<B>(B::float_mul(dp.clone(), probs.clone()), &[3]);
+    let ds = B::float_mul_scalar(B::float_mul(probs, B::float_sub(dp, row)), scalar(scale));
+    let dq = B::float_matmul(ds.clone(), k);
+    let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
+    (dq, dk, dv)
+}
+
+/// `x` plus `bias` `[n]` over its last dimension.
+fn add_bias<B: Backend>(x: T<B>, bias: T<B>) -> T<B> {
+    let rank = x.shape().num_dims();
+    B::float_add(x, last_axis::<B>(bias, rank))
+}
+
+/// The attention of a block from its `qkv` projection `[B, T, 3·D]`: [`qkv_heads`], then
+/// attention, `[B, T, D]`.
+#[allow(clippy::too_many_arguments)] // qkv_heads' inputs and attention's scale
+pub fn qkv_attention<B: Backend>(
+    qkv: T<B>,
+    q_weight: T<B>,
+    k_weight: T<B>,
+    cos: T<B>,
+    sin_signed: T<B>,
+    heads: usize,
+    scale: f32,
+    eps: f32,
+) -> T<B> {
+    let heads_out = qkv_heads::<B>(qkv, q_weight, k_weight, cos, sin_signed, heads, eps);
+    let [q, k, v] = split_parts::<B>(heads_out);
+    head_attention::<B>(q, k, v, scale).0
+}
+
+/// The attention of a block from its input `x` `[B, T, D]`: the `qkv` layer (`weight`
+/// `[D, 3·D]`, `bias` `[3·D]`), then [`qkv_attention`].
+#[allow(clippy::too_many_arguments)] // the layer's, qkv_heads' and attention's inputs
+pub fn attention_from_input<B: Backend>(
+    x: T<B>,
+    weight: T<B>,
+    bias: T<B>,
+    q_weight: T<B>,
+    k_weight: T<B>,
+    cos: T<B>,
+    sin_signed: T<B>,
+    heads: usize,
+    scale: f32,
+    eps: f32,
+) -> T<B> {
+    let qkv = linear_layer::<B>(x, weight, bias);
+    qkv_attention::<B>(qkv, q_weight, k_weight, cos, sin_signed, heads, scale, eps)
+}
+
+/// `[3, B, heads, T, hd]` → `q`, `k`, `v` `[B, heads, T, hd]`.
+pub fn split_parts<B: Backend>(x: T<B>) -> [T<B>; 3] {
+    let d = dims::<B>(&x);
+    [0, 1, 2].map(|i| reshape::<B>(narrow::<B>(x.clone(), 0, i..i + 1), &d[1..]))
+}
+
+/// SwiGLU's gate: `h` `[…, 2·hidden]` = `(x1, x2)` → `SiLU(x1)·x2`.
+pub fn silu_gate<B: Backend>(h: T<B>) -> T<B> {
+    let last = h.shape().num_dims() - 1;
+    let hidden = dims::<B>(&h)[last] / 2;
+    let x1 = narrow::<B>(h.clone(), last, 0..hidden);
+    let x2 = narrow::<B>(h, last, hidden..2 * hidden);
+    B::float_mul(silu::<B>(x1), x2)
+}
+
+/// [`silu_gate`]'s gradient `dh` from the output's `grad`:
+/// `(g·x2·SiLU'(x1), g·SiLU(x1))`, `SiLU'(x) = σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_gate_backward<B: Backend>(h: T<B>, grad: T<B>) -> T<B> {
+    let last = h.shape().num_dims() - 1;
+    let hidden = dims::<B>(&h)[last] / 2;
+    let x1 = narrow::<B>(h.clone(), last, 0..hidden);
+    let x2 = narrow::<B>(h, last, hidden..2 * hidden);
+    let dx1 = B::float_mul(B::float_mul(grad.clone(), x2), silu_slope::<B>(x1.clone()));
+    let dx2 = B::float_mul(grad, silu::<B>(x1));
+    B::float_cat(vec![dx1, dx2], last)
+}
+
+/// SwiGLU's hidden activations from its input `x` `[…, D]`: the `w12` layer (`weight`
+/// `[D, 2·hidden]`, `bias`), then [`silu_gate`].
+pub fn swiglu_hidden<B: Backend>(x: T<B>, weight: T<B>, bias: T<B>) -> T<B> {
+    silu_gate::<B>(linear_layer::<B>(x, weight, bias))
+}
+
+/// `SiLU(x) = x·σ(x)`.
+pub fn silu<B: Backend>(x: T<B>) -> T<B> {
+    B::float_mul(x.clone(), B::sigmoid(x))
+}
+
+/// `SiLU'(x) = σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_slope<B: Backend>(x: T<B>) -> T<B> {
+    let sig = B::sigmoid(x.clone());
+    let one_minus = B::float_add_scalar(B::float_neg(sig.clone()), scalar(1.0));
+    B::float_mul(sig, B::float_add_scalar(B::float_mul(x, one_minus), scalar(1.0)))
+}
+
+/// adaLN-Zero's gated residual `x + gate·y`, `gate` broadcast over the tokens.
+pub fn gated_residual<B: Backend>(x: T<B>, gate: T<B>, y: T<B>) -> T<B> {
+    B::float_add(x, B::float_mul(gate, y))
+}
+
+/// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, …]`, the conditional
+/// velocities first.
+pub fn cfg_mix<B: Backend>(v: T<B>, scale: f32) -> T<B> {
+    let half = dims::<B>(&v)[0] / 2;
+    let v_cond = narrow::<B>(v.clone(), 0, 0..half);
+    let v_uncond = narrow::<B>(v, 0, half..2 * half);
+    B::float_add(v_uncond.clone(), B::float_mul_scalar(B::float_sub(v_cond, v_uncond), scalar(scale)))
+}
+
+/// The EMA update `ema·decay + theta·rest` (`rest` = `1 − decay`, worked out in f64).
+pub fn ema_blend<B: Backend>(ema: T<B>, theta: T<B>, decay: f32, rest: f32) -> T<B> {
+    B::float_add(B::float_mul_scalar(ema, scalar(decay)), B::float_mul_scalar(theta, scalar(rest)))
+}
+
+/// The linear layer `x·weight + bias` over the last dimension of `x` `[…, d_in]`, `weight`
+/// `[d_in, d_out]`, `bias` `[d_out]`.
+pub fn linear_layer<B: Backend>(x: T<B>, weight: T<B>, bias: T<B>) -> T<B> {
+    add_bias::<B>(linear_product::<B>(x, weight), bias)
+}
+
+/// `x·weight` over the last dimension of `x` `[…, d_in]`, `weight` `[d_in, d_out]`.
+pub fn linear_product<B: Backend>(x: T<B>, weight: T<B>) -> T<B> {
+    let mut d = dims::<B>(&x);
+    let [d_in, d_out] = <[usize; 2]>::try_from(dims::<B>(&weight)).expect("weight is [d_in, d_out]");
+    let rows = d.iter().product::<usize>() / d_in.max(1);
+    let out = B::float_matmul(reshape::<B>(x, &[rows, d_in]), weight);
+    *d.last_mut().expect("a shaped tensor") = d_out;
+    reshape::<B>(out, &d)
+}
+
+/// The gradients `(dx, dweight)` of [`linear_product`] from the output's `grad` (the bias's
+/// is [`bias_grad`]).
+pub fn linear_layer_backward<B: Backend>(x: T<B>, weight: T<B>, grad: T<B>) -> (T<B>, T<B>) {
+    let d = dims::<B>(&x);
+    let [d_in, d_out] = <[usize; 2]>::try_from(dims::<B>(&weight)).expect("weight is [d_in, d_out]");
+    let rows = d.iter().product::<usize>() / d_in.max(1);
+    let g = reshape::<B>(grad, &[rows, d_out]);
+    let dx = reshape::<B>(B::float_matmul(g.clone(), B::float_swap_dims(weight, 0, 1)), &d);
+    let dweight = B::float_matmul(B::float_swap_dims(reshape::<B>(x, &[rows, d_in]), 0, 1), g.clone());
+    (dx, dweight)
+}
+
+/// The gradient of a bias `[n]` added over the last dimension from the sum's `grad`: the sum
+/// of `grad`'s rows.
+pub fn bias_grad<B: Backend>(grad: T<B>) -> T<B> {
+    let d = dims::<B>(&grad);
+    let n = d[d.len() - 1];
+    let rows = d.iter().product::<usize>() / n.max(1);
+    reshape::<B>(B::float_sum_dim(reshape::<B>(grad, &[rows, n]), 0), &[n])
+}
