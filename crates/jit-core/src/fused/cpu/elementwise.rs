@@ -1,48 +1,16 @@
-//! Element-wise and row-wise kernels: softmax (and its gradient), the CFG mix, the EMA update,
-//! SiLU and SwiGLU's gate (and its gradient).
+//! Element-wise and row-wise kernels: a softmax row, the CFG mix, the EMA update, SiLU and
+//! SwiGLU's gate (and its gradient).
 
-use super::math::{exp, max_of, silu, sum_by, sum_by_pairs};
+use super::math::{exp, max_of, silu, sum_by};
 use super::rows::{for_rows, new_rows};
 
-/// In place, row by row: `softmax(scale·x)` over rows of `row_len` values (`scale > 0`).
-pub fn softmax_rows(x: &mut [f32], row_len: usize, scale: f32) {
-    multiversion! {
-        fn rows_kernel(rows: &mut [f32], row_len: usize, scale: f32) {
-            for row in rows.chunks_exact_mut(row_len) {
-                softmax_row(row, scale);
-            }
-        }
-    }
-    for_rows(x, row_len, &|_, rows| rows_kernel(rows, row_len, scale));
-}
-
-/// One row of [`softmax_rows`], in place.
+/// `softmax(scale·row)` in place (`scale > 0`): attention's probabilities.
 #[inline(always)]
 pub(super) fn softmax_row(row: &mut [f32], scale: f32) {
     let max = max_of(row);
     row.iter_mut().for_each(|v| *v = exp((*v - max) * scale));
     let inv = 1.0 / sum_by(row, |v| v);
     row.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// Gradient of [`softmax_rows`]: from the probabilities `p` and the output gradient `g`,
-/// `scale·p·(g − Σ g·p)` per row.
-pub fn softmax_rows_backward(p: &[f32], g: &[f32], row_len: usize, scale: f32) -> Vec<f32> {
-    multiversion! {
-        fn kernel(out: &mut [f32], p: &[f32], g: &[f32], row_len: usize, scale: f32) {
-            let rows = out.chunks_exact_mut(row_len).zip(p.chunks_exact(row_len)).zip(g.chunks_exact(row_len));
-            for ((o, p), g) in rows {
-                let dot = sum_by_pairs(p, g);
-                for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                    *o = scale * p * (g - dot);
-                }
-            }
-        }
-    }
-    new_rows(p.len(), row_len, &|first, rows| {
-        let at = first * row_len..first * row_len + rows.len();
-        kernel(rows, &p[at.clone()], &g[at], row_len, scale)
-    })
 }
 
 /// Classifier-free guidance: from velocities `v` `[2B, …]` (conditional half first, then the
@@ -152,7 +120,7 @@ mod tests {
     fn softmax_rows_sum_to_one_and_follow_the_definition() {
         let mut x: Vec<f32> = (0..3 * 70).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7).collect();
         let orig = x.clone();
-        softmax_rows(&mut x, 70, 0.25);
+        x.chunks_mut(70).for_each(|row| softmax_row(row, 0.25));
         for (row, o) in x.chunks(70).zip(orig.chunks(70)) {
             let z: f64 = o.iter().map(|&v| (0.25 * v as f64).exp()).sum();
             for (&p, &v) in row.iter().zip(o) {

@@ -6,7 +6,7 @@
 //!
 //! - [`isa`]: the tokens and `multiversion!`; [`math`]: `exp` (written once, for scalars and
 //!   registers), SiLU, reductions; [`rows`]: rows over threads.
-//! - The kernels: [`elementwise`] (softmax, CFG mix, EMA, SwiGLU's gate), [`norm`] (RMSNorm +
+//! - The kernels: [`elementwise`] (a softmax row, CFG mix, EMA, SwiGLU's gate), [`norm`] (RMSNorm +
 //!   modulate, qk-norm + RoPE), [`heads`] (`qkv` into heads) and [`attention`], with the AVX2
 //!   and AVX-512 register blocks of attention in their own files.
 
@@ -27,10 +27,8 @@ mod norm;
 pub use attention::{
     AttentionShape, attention, attention_backward, attention_supports, attention_with_probs, qkv_attention,
 };
-pub use elementwise::{
-    cfg_mix, ema_blend, silu_gate, silu_gate_backward, silu_inplace, softmax_rows, softmax_rows_backward,
-};
+pub use elementwise::{cfg_mix, ema_blend, silu_gate, silu_gate_backward, silu_inplace};
 pub use heads::{QkNormRope, QkvLayout, qkv_heads, qkv_heads_backward};
 pub use math::exp;
-pub use norm::{rms_norm_modulate, rms_norm_modulate_backward, rms_norm_rope, rms_norm_rope_backward};
+pub use norm::{rms_norm_modulate, rms_norm_modulate_backward};
 pub(super) use rows::new_rows;

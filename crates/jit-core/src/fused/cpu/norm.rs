@@ -146,25 +146,6 @@ pub(super) fn norm_rope_row_of<const HD: usize, I: Isa>(
     }
 }
 
-/// RMSNorm over `head_dim` then RoPE, for `x` `[B, heads, T, head_dim]` (`cos`, `sin_signed`
-/// `[T, head_dim]`, `weight` `[head_dim]`): the queries' or keys' path of [`qkv_heads`] on its
-/// own, for training.
-pub fn rms_norm_rope(x: &[f32], tokens: usize, weight: &[f32], cos: &[f32], sin_signed: &[f32], eps: f32) -> Vec<f32> {
-    multiversion! {
-        fn kernel(out: &mut [f32], x: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin: &[f32], eps: f32) {
-            let hd = weight.len();
-            let mut scratch = vec![0.0f32; 2 * hd];
-            let mut t = first % tokens;
-            for (o, xs) in out.chunks_exact_mut(hd).zip(x.chunks_exact(hd)) {
-                norm_rope_row(o, xs, weight, &cos[t * hd..][..hd], &sin[t * hd..][..hd], eps, &mut scratch);
-                t = if t + 1 == tokens { 0 } else { t + 1 };
-            }
-        }
-    }
-    let hd = weight.len();
-    new_rows(x.len(), hd, &|first, rows| kernel(rows, &x[first * hd..], first, tokens, weight, cos, sin_signed, eps))
-}
-
 /// `v` with each pair of values swapped (RoPE's `sin_signed` as its transpose reads it).
 pub(super) fn swapped_pairs(v: &[f32]) -> Vec<f32> {
     let mut out = v.to_vec();
@@ -202,36 +183,4 @@ pub(super) fn norm_rope_row_backward(
         *dn = du * w;
     }
     rms_norm_input_grad(dx, dn, x, inv);
-}
-
-/// Gradients of [`rms_norm_rope`] from the output gradient `g`: `(dx, dweight)`.
-pub fn rms_norm_rope_backward(
-    x: &[f32],
-    tokens: usize,
-    weight: &[f32],
-    cos: &[f32],
-    sin_signed: &[f32],
-    g: &[f32],
-    eps: f32,
-) -> (Vec<f32>, Vec<f32>) {
-    multiversion! {
-        fn kernel(dx: &mut [f32], dw: &mut [f32], x: &[f32], g: &[f32], first: usize, tokens: usize, weight: &[f32], cos: &[f32], sin_pairs: &[f32], eps: f32) {
-            let hd = weight.len();
-            let mut scratch = vec![0.0f32; 2 * hd];
-            let mut t = first % tokens;
-            for ((dx, xs), g) in dx.chunks_exact_mut(hd).zip(x.chunks_exact(hd)).zip(g.chunks_exact(hd)) {
-                let (c, s) = (&cos[t * hd..][..hd], &sin_pairs[t * hd..][..hd]);
-                t = if t + 1 == tokens { 0 } else { t + 1 };
-                norm_rope_row_backward(dx, dw, xs, g, weight, c, s, eps, &mut scratch);
-            }
-        }
-    }
-    let hd = weight.len();
-    let sin_pairs = swapped_pairs(sin_signed);
-    let mut dx = vec![0.0; x.len()];
-    let dw = for_rows_sum(&mut dx, hd, hd, &|first, rows, dw| {
-        let at = first * hd..first * hd + rows.len();
-        kernel(rows, dw, &x[at.clone()], &g[at], first, tokens, weight, cos, &sin_pairs, eps)
-    });
-    (dx, dw)
 }
