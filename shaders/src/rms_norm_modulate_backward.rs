@@ -2,8 +2,8 @@
 //! `x̂ = x / rms`, from the output's gradient `g` `[B, T, D]` and the rows' RMS (`rms_rows`):
 //!
 //! - `dx = (ĝ − x̂·mean(ĝ·x̂)) / rms` with `ĝ = g·(1 + scale)·w`, one cube per row;
-//! - per batch image and channel, `Σ_t g` (= `dshift`) and `Σ_t g·x̂`, one unit per (b, d):
-//!   `dscale = w·Σ_t g·x̂` and `dweight = Σ_b (1 + scale)·Σ_t g·x̂` follow from them.
+//! - per batch image and channel, one unit per (b, d): `Σ_t g` (= `dshift`), `w·Σ_t g·x̂`
+//!   (= `dscale`) and `(1 + scale)·Σ_t g·x̂`, whose sum over the images is `dweight`.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -48,6 +48,8 @@ fn rms_norm_modulate_dx_kernel<F: Float>(
 #[cube(launch_unchecked)]
 fn rms_norm_modulate_sums_kernel<F: Float>(
     x: &[F],
+    weight: &[F],
+    scale: &[F],
     grad: &[F],
     rms: &[F],
     sums: &mut [F],
@@ -66,9 +68,10 @@ fn rms_norm_modulate_sums_kernel<F: Float>(
             sum_g += g;
             sum_gx += g * x[row * dim + d] / rms[row];
         }
-        // [B, 2, D]: Σ g, then Σ g·x̂.
-        sums[(b * 2) * dim + d] = sum_g;
-        sums[(b * 2 + 1) * dim + d] = sum_gx;
+        // [B, 3, D]: Σ g, w·Σ g·x̂, (1 + scale)·Σ g·x̂.
+        sums[(b * 3) * dim + d] = sum_g;
+        sums[(b * 3 + 1) * dim + d] = weight[d] * sum_gx;
+        sums[(b * 3 + 2) * dim + d] = (F::new(1.0) + scale[b * dim + d]) * sum_gx;
     }
 }
 
@@ -109,21 +112,32 @@ pub fn rms_norm_modulate_dx(
     dx
 }
 
-/// `[B, 2, D]`: `Σ_t grad` and `Σ_t grad·x/rms` for `x` and `grad` `[B, T, D]`, `rms` `[B·T]`.
-pub fn rms_norm_modulate_sums(x: CubeTensor, grad: CubeTensor, rms: CubeTensor) -> CubeTensor {
-    let [x, grad, rms] = [x, grad, rms].map(contiguous);
+/// `[B, 3, D]`: `Σ_t grad` (`dshift`), `weight·Σ_t grad·x̂` (`dscale`) and
+/// `(1 + scale)·Σ_t grad·x̂` (summed over `B`: `dweight`) for `x` and `grad` `[B, T, D]`,
+/// `weight` `[D]`, `scale` `[B, 1, D]`, `rms` `[B·T]`, `x̂ = x/rms`.
+pub fn rms_norm_modulate_sums(
+    x: CubeTensor,
+    weight: CubeTensor,
+    scale: CubeTensor,
+    grad: CubeTensor,
+    rms: CubeTensor,
+) -> CubeTensor {
+    let [x, weight, scale, grad, rms] = [x, weight, scale, grad, rms].map(contiguous);
     let shape = x.meta.shape().to_vec();
     let (batch, tokens, dim) = (shape[0], shape[1], shape[2]);
     let sums = empty_like(&x, sums_shape(&shape));
     let (count, cube_dim) = elementwise_grid(&x, batch * dim);
     // SAFETY: one unit per (b, d) < batch·dim (checked in the kernel) reads rows b·T..(b+1)·T
-    // of `x` and `grad` at column d, `rms` at those rows, and writes `sums` at (b, 0|1, d).
+    // of `x` and `grad` at column d, `rms` at those rows, `weight` at d and `scale` at (b, d),
+    // and writes `sums` at (b, 0|1|2, d).
     unsafe {
         rms_norm_modulate_sums_kernel::launch_unchecked::<f32>(
             &x.client,
             count,
             cube_dim,
             buffer(&x),
+            buffer(&weight),
+            buffer(&scale),
             buffer(&grad),
             buffer(&rms),
             buffer(&sums),
@@ -137,5 +151,5 @@ pub fn rms_norm_modulate_sums(x: CubeTensor, grad: CubeTensor, rms: CubeTensor) 
 
 /// The shape of [`rms_norm_modulate_sums`] for `x` of `shape` `[B, T, D]`.
 pub fn sums_shape(shape: &[usize]) -> Vec<usize> {
-    vec![shape[0], 2, shape[2]]
+    vec![shape[0], 3, shape[2]]
 }

@@ -6,10 +6,10 @@
 
 use burn::backend::TensorMetadata;
 use burn::backend::ops::FloatTensorOps;
-use burn::tensor::{DType, Scalar, Shape};
+use burn::tensor::{DType, Shape};
 use jit_shaders::{CubeBackend, CubeTensor};
 
-use super::reference::{narrow, sum_dims};
+use super::reference::narrow;
 use super::{JitOps, reference};
 
 type B = CubeBackend;
@@ -35,7 +35,7 @@ impl JitOps for CubeBackend {
     }
 
     /// `rms_rows`, then `rms_norm_modulate_dx` for `dx` and `rms_norm_modulate_sums` for
-    /// `Σ_t g` (= `dshift`) and `Σ_t g·x̂`, from which `dscale` and `dweight` are one product each.
+    /// `dshift`, `dscale` and the images' parts of `dweight` (summed: one reduction).
     fn rms_norm_modulate_backward(
         x: CubeTensor,
         weight: CubeTensor,
@@ -49,11 +49,11 @@ impl JitOps for CubeBackend {
         super::count_kernel();
         let d = x.shape()[2];
         let rms = jit_shaders::rms_rows(x.clone(), d, eps);
-        let sums = jit_shaders::rms_norm_modulate_sums(x.clone(), grad.clone(), rms.clone());
-        let (dshift, gx) = (narrow::<B>(sums.clone(), 1, 0..1), narrow::<B>(sums, 1, 1..2));
-        let one_plus = B::float_add_scalar(scale.clone(), Scalar::from(1.0f32));
-        let dweight = B::float_reshape(sum_dims::<B>(B::float_mul(gx.clone(), one_plus), &[0]), Shape::from(vec![d]));
-        let dscale = B::float_mul(gx, B::float_reshape(weight.clone(), Shape::from(vec![1, 1, d])));
+        let sums =
+            jit_shaders::rms_norm_modulate_sums(x.clone(), weight.clone(), scale.clone(), grad.clone(), rms.clone());
+        let part = |i: usize| narrow::<B>(sums.clone(), 1, i..i + 1);
+        let (dshift, dscale) = (part(0), part(1));
+        let dweight = B::float_reshape(B::float_sum_dim(part(2), 0), Shape::from(vec![d]));
         let dx = jit_shaders::rms_norm_modulate_dx(x, weight, scale, grad, rms);
         (dx, dweight, dshift, dscale)
     }

@@ -284,7 +284,9 @@ impl JitOps for Flex {
         scale: f32,
         eps: f32,
     ) -> FlexTensor {
-        if let Some(qkv) = linear(&x, &weight, None)
+        let d3 = dims(&weight)[1];
+        if cpu::attention_supports(d3 / 3 / heads.max(1))
+            && let Some(qkv) = linear(&x, &weight, None)
             && let Some(out) =
                 qkv_attention(&qkv, Some(&bias), [&q_weight, &k_weight, &cos, &sin_signed], heads, scale, eps)
         {
