@@ -237,7 +237,8 @@ pub trait JitOps: Backend {
     }
 
     /// [`JitOps::silu_gate`]'s gradient `dh`.
-    #[fusion(dtype = h, shape = h)]
+    /// (Element-wise tensor ops: under burn's fusion they stay in its stream, to be joined.)
+    #[fusion(default)]
     fn silu_gate_backward(h: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::silu_gate_backward::<Self>(h, grad)
     }
