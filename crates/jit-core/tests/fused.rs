@@ -250,7 +250,7 @@ fn norms_and_rope(
 ) -> ((Tensor<1>, Tensor<1>), (Tensor<2>, Tensor<2>)) {
     let gain = |i: usize| g.clone().narrow(0, i, 1).reshape([hd]).add_scalar(1.0);
     let rope = Rope::new(hd, grid, prefix, &g.device());
-    ((gain(0), gain(1)), (rope.cos, rope.sin_signed))
+    ((gain(0), gain(1)), rope.tables())
 }
 
 #[test]

@@ -113,7 +113,7 @@ fn qkv_heads_gradients_match_the_tensor_ops() {
         let heads = |[qkv, qw, kw]: [Tensor<3>; 3], fused_path: bool| {
             let gains = (qw.reshape([hd]), kw.reshape([hd]));
             if fused_path {
-                let tables = (rope.cos.clone(), rope.sin_signed.clone());
+                let tables = rope.tables();
                 let (q, k, v) = ops::qkv_heads(qkv, gains, tables, h, RMS_EPS);
                 Tensor::cat(vec![q, k, v], 0)
             } else {
@@ -193,7 +193,7 @@ fn qkv_heads_matches_the_tensor_ops() {
             let qkv = random([b, t, 3 * h * hd], 1.5, hd as u64, &device);
             let gains = (gain(hd, 1, &device), gain(hd, 2, &device));
             let rope = Rope::new(hd, grid, prefix, &device);
-            let tables = (rope.cos.clone(), rope.sin_signed.clone());
+            let tables = rope.tables();
             let (q, k, v) = ops::qkv_heads(qkv.clone(), gains.clone(), tables, h, RMS_EPS);
             let parts = reference_qkv_heads(qkv.clone(), gains, &rope, h).chunk(3, 0);
             let part = |i: usize| parts[i].clone().squeeze_dim::<4>(0);

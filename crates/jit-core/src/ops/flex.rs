@@ -36,6 +36,14 @@ fn f32s<const N: usize>(ts: [&FlexTensor; N]) -> Option<[FlexTensor; N]> {
     ts.iter().all(|t| t.dtype() == DType::F32).then(|| ts.map(|t| contiguous(t.clone())))
 }
 
+/// A bias made contiguous when it is f32: `Some(None)` without one, `None` for another dtype.
+fn f32_bias(bias: Option<&FlexTensor>) -> Option<Option<[FlexTensor; 1]>> {
+    match bias {
+        Some(b) => f32s([b]).map(Some),
+        None => Some(None),
+    }
+}
+
 /// The layout of `qkv` `[B, T, 3·heads·hd]`, where the attention kernels take its head width.
 fn qkv_layout(qkv: &FlexTensor, heads: usize) -> Option<cpu::QkvLayout> {
     let [b, t, d3] = <[usize; 3]>::try_from(dims(qkv)).ok()?;
@@ -60,10 +68,7 @@ fn attention_shape(q: &FlexTensor) -> Option<cpu::AttentionShape> {
 /// `x·weight (+ bias)` by `gemm` when all are f32.
 fn linear(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>) -> Option<FlexTensor> {
     let [vx, vw] = f32s([x, weight])?;
-    let vb = match bias {
-        Some(b) => Some(f32s([b])?),
-        None => None,
-    };
+    let vb = f32_bias(bias)?;
     super::count_kernel();
     let [d_in, d_out] = <[usize; 2]>::try_from(dims(weight)).expect("weight is [d_in, d_out]");
     let mut shape = dims(x);
@@ -84,10 +89,7 @@ fn qkv_attention(
     let layout = qkv_layout(qkv, heads)?;
     let [vqkv] = f32s([qkv])?;
     let tables = f32s(norm_rope_inputs)?;
-    let vb = match bias {
-        Some(b) => Some(f32s([b])?),
-        None => None,
-    };
+    let vb = f32_bias(bias)?;
     super::count_kernel();
     let out =
         cpu::qkv_attention(slice(&vqkv), vb.as_ref().map(|[b]| slice(b)), &layout, &norm_rope(&tables, eps), scale);
@@ -97,10 +99,7 @@ fn qkv_attention(
 /// [`cpu::silu_gate`] (adding `bias` to the rows of `h`) when all are f32.
 fn silu_gate(h: &FlexTensor, bias: Option<&FlexTensor>) -> Option<FlexTensor> {
     let [vh] = f32s([h])?;
-    let vb = match bias {
-        Some(b) => Some(f32s([b])?),
-        None => None,
-    };
+    let vb = f32_bias(bias)?;
     super::count_kernel();
     let mut shape = dims(h);
     let last = shape.last_mut().expect("a shaped tensor");
