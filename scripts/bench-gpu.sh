@@ -27,9 +27,8 @@ build() {
   ls -la .gpu
 }
 
-run() {
-  local out="${1:-/tmp/bench-gpu}"
-  mkdir -p "$out"
+# The Vulkan loader (when the machine lacks one), the NVIDIA ICD and the unpacked binaries.
+setup() {
   if ! ldconfig -p | grep -q libvulkan.so.1 && ls .gl/*.deb >/dev/null 2>&1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
@@ -42,6 +41,12 @@ run() {
     [ -x "/tmp/jit-$b" ] || xz -dc ".gpu/jit-native-$b.xz" > "/tmp/jit-$b"
     chmod +x "/tmp/jit-$b"
   done
+}
+
+run() {
+  local out="${1:-/tmp/bench-gpu}"
+  mkdir -p "$out"
+  setup
   # Autotune at its minimal level: the default level did not finish a B/16 step in 150 s.
   export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
@@ -82,8 +87,35 @@ run() {
   echo "total ${SECONDS} s"
 }
 
+# Where a B/16 training step's time goes: the first run logs every autotune candidate
+# (compilation and bench time, the winner) to OUT/autotune.log; a second run, with the autotune
+# results from the persistence cache, times every kernel (cubecl's profiler, one sync per kernel)
+# into OUT/profile.log, summed per kernel name into OUT/profile-summary.txt.
+profile() {
+  local out="${1:-/tmp/bench-gpu}" precision="${2:-f16}"
+  mkdir -p "$out"
+  setup
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  local b16=(--model JiT-B/16 --image-size 256 --num-classes 1000 --batch-size 64 --no-sample)
+  [ "$precision" = f32 ] || b16+=(--precision "$precision")
+  printf '[autotune]\nlevel = "minimal"\n[autotune.logger]\nlevel = "full"\nfile = "%s/autotune.log"\n' \
+    "$out" > cubecl.toml
+  echo "### B16-$precision first run (autotune log)"
+  timeout "${JIT_PROFILE_FIRST_S:-240}" /tmp/jit-gpu bench --backend vulkan "${b16[@]}" --train-steps 3 2>&1 | tee "$out/first.log"
+  echo "### B16-$precision second run (persistence cache)"
+  timeout 60 /tmp/jit-gpu bench --backend vulkan "${b16[@]}" --train-steps 3 2>&1 | tee "$out/second.log"
+  printf '[autotune]\nlevel = "minimal"\n[profiling.logger]\nlevel = "basic"\nfile = "%s/profile.log"\n' \
+    "$out" > cubecl.toml
+  echo "### B16-$precision profiled"
+  timeout 90 /tmp/jit-gpu bench --backend vulkan "${b16[@]}" --train-steps 1 2>&1 | tee "$out/profiled.log"
+  rm -f cubecl.toml
+  python3 scripts/profile-summary.py "$out/profile.log" "$out/autotune.log" | tee "$out/profile-summary.txt"
+  echo "total ${SECONDS} s"
+}
+
 case "${1:-}" in
   build) build ;;
   run) shift; run "$@" ;;
-  *) echo "usage: bash scripts/bench-gpu.sh build | run [OUT_DIR]" >&2; exit 2 ;;
+  profile) shift; profile "$@" ;;
+  *) echo "usage: bash scripts/bench-gpu.sh build | run [OUT_DIR] | profile [OUT_DIR] [f16|f32]" >&2; exit 2 ;;
 esac

@@ -420,6 +420,53 @@ fn the_reference_backward_passes_are_the_gradients_of_the_reference_forward_pass
     close("linear dx", dx, &want[0]);
     close("linear dweight", dw, &want[1]);
     close("linear dbias", db, &want[2]);
+
+    // Its weight gradient split over chunks of rows: 2 × 4096 rows, 4 chunks.
+    assert_eq!(reference::row_chunks(8192), 4);
+    let [x, w, b] = [r([2, 4096, 3], 20), r([1, 3, 2], 21), r([1, 1, 2], 22)];
+    let g = r([2, 4096, 2], 23);
+    let want = reference_gradients(&[x.clone(), w.clone(), b], &g, |[x, w, b]| {
+        t3(reference::linear_layer::<Dispatch>(p(x), p(w.reshape([3, 2])), p(b.reshape([2]))))
+    });
+    let (dx, dw) = reference::linear_layer_backward::<Dispatch>(p(x), p(w.reshape([3, 2])), p(g));
+    close("split linear dx", dx, &want[0]);
+    close("split linear dweight", dw, &want[1]);
+}
+
+#[test]
+fn row_chunks_divide_the_rows_into_long_enough_chunks() {
+    for rows in [1, 100, 2048, 4095, 4096, 6144, 12288, 16384, 18432, 1 << 20, 3 * 4096 + 2] {
+        let c = reference::row_chunks(rows);
+        assert!(c.is_power_of_two() && c <= 16 && rows % c == 0, "{rows} rows: {c} chunks");
+        assert!(c == 1 || rows / c >= 2048, "{rows} rows: chunks of {}", rows / c);
+    }
+    assert_eq!(reference::row_chunks(16384), 8, "a B/16 batch of 64 is split");
+    assert_eq!(reference::row_chunks(1 << 20), 16);
+    assert_eq!(reference::row_chunks(4095), 1);
+}
+
+/// Attention with f16 inputs (the products in f16, the softmax in f32) against f32, in values
+/// and in the backward pass.
+#[test]
+fn attention_in_f16_follows_f32() {
+    use burn::backend::TensorMetadata;
+    use burn::backend::ops::FloatTensorOps;
+    let r = |seed| random([2, 2, 6, 8], 1.0, seed)[0].clone();
+    let (q, k, v, g) = (r(1), r(2), r(3), random([2, 6, 16], 1.0, 4)[0].clone());
+    let half = |t: &Tensor<4>| p(t.clone().cast(FloatDType::F16));
+    let (out32, probs32) = reference::head_attention::<Dispatch>(p(q.clone()), p(k.clone()), p(v.clone()), 0.35);
+    let (out16, probs16) = reference::head_attention::<Dispatch>(half(&q), half(&k), half(&v), 0.35);
+    assert_eq!(probs16.dtype(), burn::tensor::DType::F32, "the probabilities stay f32");
+    assert_eq!(out16.dtype(), burn::tensor::DType::F16, "the output is in the inputs' type");
+    let f32s = |t: Prim| vals(Dispatch::float_cast(t, FloatDType::F32));
+    assert_close("f16 attention", &f32s(out16), &vals(out32), 4e-3);
+    let g16 = p(g.clone().cast(FloatDType::F16));
+    let want =
+        reference::head_attention_backward::<Dispatch>(p(q.clone()), p(k.clone()), p(v.clone()), probs32, p(g), 0.35);
+    let got = reference::head_attention_backward::<Dispatch>(half(&q), half(&k), half(&v), probs16, g16, 0.35);
+    assert_close("f16 attention dq", &f32s(got.0), &vals(want.0), 1e-2);
+    assert_close("f16 attention dk", &f32s(got.1), &vals(want.1), 1e-2);
+    assert_close("f16 attention dv", &f32s(got.2), &vals(want.2), 1e-2);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 use crate::ops;
 
@@ -46,8 +46,8 @@ impl Attention {
         }
     }
 
-    /// `x` `[B, T, D]` with RoPE tables for T tokens → `[B, T, D]` (`qkv` and `proj` in `mm`'s
-    /// type; scores, softmax and the weighted sum in f32, as the reference).
+    /// `x` `[B, T, D]` with RoPE tables for T tokens → `[B, T, D]` (every product in `mm`'s
+    /// type, as the reference's autocast; qk-norm, RoPE and the softmax in f32).
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, hd) = (self.num_heads, d / self.num_heads);
@@ -59,7 +59,12 @@ impl Attention {
                     let layer = (self.qkv.weight.val(), bias.val());
                     ops::attention_from_input(x, layer, gains, rope.tables(), h, scale, RMS_EPS)
                 }
-                _ => ops::qkv_attention(mm.linear(&self.qkv, x), gains, rope.tables(), h, scale, RMS_EPS),
+                (_, None) => ops::qkv_attention(mm.linear(&self.qkv, x), gains, rope.tables(), h, scale, RMS_EPS),
+                // Mixed precision: the two products in `dtype`, the softmax in f32.
+                (_, Some(dtype)) => {
+                    let (q, k, v) = ops::qkv_heads(mm.linear(&self.qkv, x), gains, rope.tables(), h, RMS_EPS);
+                    ops::attention(q.cast(dtype), k.cast(dtype), v.cast(dtype), scale).cast(FloatDType::F32)
+                }
             }
         } else {
             // Dropout on the probabilities (training with `attn_dropout` > 0): burn's tensor ops.

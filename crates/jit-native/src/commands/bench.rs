@@ -149,10 +149,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if a.no_fused { "off" } else { "on" }
     );
     println!(
-        "| model | params | image | batch | first step (s) | train step (s, median) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s | train img/s (mean step) | launches / train step | launches / sample step |",
-        a.sample_steps
+        "| model | params | image | batch | first step (s) | train step (s, median) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s | train img/s (mean step) | launches / train step | launches / sample step | host part of a step (s, median) | train img/s (one read-back per {} steps) |",
+        a.sample_steps,
+        a.train_steps.max(1)
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let lanes = CpuLanes::new(&device);
     for name in &a.model {
         let mut config = JitConfig::preset_unchecked(name, a.image_size, a.channels, a.num_classes)?;
@@ -170,28 +171,39 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let mut rng = PortableRng::new(1);
         let shape = [a.batch_size, a.channels, a.image_size, a.image_size];
         let labels: Vec<i64> = (0..a.batch_size).map(|i| (i % a.num_classes) as i64).collect();
-        let mut step = || -> f32 {
+        // One training step, its loss not yet read back (no wait for the device).
+        let mut issue = || -> Tensor<1> {
             let x = rng.noise(shape, 0.5, &state.device()).clamp(-1.0, 1.0);
             let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [a.batch_size]), &state.device());
-            lanes.train_step(&mut state, &diffusion, x, y, a.backend.memory_limit()).into_scalar()
+            lanes.train_step(&mut state, &diffusion, x, y, a.backend.memory_limit())
         };
         let t0 = Instant::now();
-        step();
+        let _: f32 = issue().into_scalar();
         let first = t0.elapsed().as_secs_f64();
-        step();
+        let _: f32 = issue().into_scalar();
         // The median step: on a shared machine a few steps slowed by other work would move a mean.
-        let mut times: Vec<f64> = (0..a.train_steps.max(1))
+        // Each step's host part (building and issuing its work) is timed apart.
+        let (mut times, mut host): (Vec<f64>, Vec<f64>) = (0..a.train_steps.max(1))
             .map(|_| {
                 let t0 = Instant::now();
-                step();
-                t0.elapsed().as_secs_f64()
+                let loss = issue();
+                let issued = t0.elapsed().as_secs_f64();
+                let _: f32 = loss.into_scalar();
+                (t0.elapsed().as_secs_f64(), issued)
             })
-            .collect();
+            .unzip();
         let mean_step = times.iter().sum::<f64>() / times.len() as f64;
+        // The same steps with one read-back at the end: the host's work overlaps the device's.
+        let t0 = Instant::now();
+        let losses: Vec<Tensor<1>> = (0..a.train_steps.max(1)).map(|_| issue()).collect();
+        let _: Vec<f32> = losses.into_iter().map(|l| l.into_scalar()).collect();
+        let unsynced_step = t0.elapsed().as_secs_f64() / a.train_steps.max(1) as f64;
         // Kernel launches of one more step (issued ones: the loss is read back).
         let train_launches = launches(|| {
-            step();
+            let _: f32 = issue().into_scalar();
         });
+        host.sort_by(f64::total_cmp);
+        let host_step = host[host.len() / 2];
         times.sort_by(f64::total_cmp);
         let per_step = times[times.len() / 2];
         let train_flops = 3.0 * config.forward_flops(a.batch_size);
@@ -204,7 +216,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (format!("{first:.3}"), format!("{:.2}", a.sample_count as f64 / secs), rate(flops, secs, peak), launches)
         };
         println!(
-            "| {name} | {:.2}M | {}×{}×{} | {} | {first:.2} | {per_step:.4} | {:.1} | {} | {first_sample} | {sample_ips} | {sample_rate} | {:.1} | {train_launches} | {sample_launches} |",
+            "| {name} | {:.2}M | {}×{}×{} | {} | {first:.2} | {per_step:.4} | {:.1} | {} | {first_sample} | {sample_ips} | {sample_rate} | {:.1} | {train_launches} | {sample_launches} | {host_step:.4} | {:.1} |",
             params as f64 / 1e6,
             a.channels,
             a.image_size,
@@ -213,6 +225,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.batch_size as f64 / per_step,
             rate(train_flops, per_step, peak),
             a.batch_size as f64 / mean_step,
+            a.batch_size as f64 / unsynced_step,
         );
     }
     Ok(())
