@@ -27,8 +27,14 @@ build() {
   ls -la .gpu
 }
 
-# The Vulkan loader (when the machine lacks one), the NVIDIA ICD and the unpacked binaries.
+# The Vulkan loader (when the machine lacks one), the NVIDIA ICD, the unpacked binaries, and
+# the caches a run on another machine left (cubecl's autotune results and compiled kernels in
+# .gpu/cubecl-cache.tgz, the driver's shader cache in .gpu/driver-cache.tgz), unless JIT_FRESH=1.
 setup() {
+  if [ -z "${JIT_FRESH:-}" ]; then
+    [ -f .gpu/cubecl-cache.tgz ] && tar xzf .gpu/cubecl-cache.tgz && echo "cubecl cache: from .gpu"
+    [ -f .gpu/driver-cache.tgz ] && tar xzf .gpu/driver-cache.tgz -C "$HOME" && echo "driver cache: from .gpu"
+  fi
   if ! ldconfig -p | grep -q libvulkan.so.1 && ls .gl/*.deb >/dev/null 2>&1; then
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
@@ -109,6 +115,10 @@ profile() {
   echo "### B16-$precision profiled"
   timeout 90 /tmp/jit-gpu bench --backend vulkan "${b16[@]}" --train-steps 1 2>&1 | tee "$out/profiled.log"
   rm -f cubecl.toml
+  # The caches, for a run on a fresh machine (copied to .gpu/).
+  tar czf "$out/cubecl-cache.tgz" target/environment 2>/dev/null
+  tar czf "$out/driver-cache.tgz" -C "$HOME" .cache/nvidia 2>/dev/null
+  ls -la "$out"/*-cache.tgz
   python3 scripts/profile-summary.py "$out/profile.log" "$out/autotune.log" | tee "$out/profile-summary.txt"
   echo "total ${SECONDS} s"
 }

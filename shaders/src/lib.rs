@@ -8,7 +8,7 @@
 //! - [`silu_gate`]: SwiGLU's gate `SiLU(x1)·x2` (one per block);
 //! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block);
 //! - [`cfg_mix`]: classifier-free guidance in the sampler;
-//! - [`ema_blend`]: the EMA update of a parameter (two per parameter and training step);
+//! - [`ema_pair`]: both EMA updates of a parameter (one per parameter and training step);
 //! - the backward passes: [`rms_rows`] (each row's RMS), [`rms_norm_modulate_dx`],
 //!   [`rms_norm_modulate_sums`], [`qkv_heads_dx`] and [`qkv_heads_dweight`].
 //!
@@ -21,7 +21,7 @@
 extern crate alloc;
 
 mod cfg_mix;
-mod ema_blend;
+mod ema_pair;
 mod gated_residual;
 pub mod launches;
 mod qkv_heads;
@@ -35,7 +35,7 @@ mod silu_gate;
 pub use burn_cubecl::CubeBackend;
 pub use burn_cubecl::tensor::CubeTensor;
 pub use cfg_mix::cfg_mix;
-pub use ema_blend::ema_blend;
+pub use ema_pair::ema_pair;
 pub use gated_residual::gated_residual;
 pub use qkv_heads::qkv_heads;
 pub use qkv_heads_backward::{qkv_heads_dweight, qkv_heads_dx};

@@ -19,35 +19,74 @@ impl<M: Module> Ema<M> {
         Self { decay, model: model.valid() }
     }
 
-    /// Moves the average towards `model`'s current weights.
-    pub fn update(&mut self, model: &M) {
-        let mut collect = Collect(Vec::new());
-        model.visit(&mut collect);
-        let mut blend = Blend { source: collect.0.into_iter(), decay: self.decay };
-        self.model = self.model.clone().map(&mut blend);
+    /// Moves both averages towards `model`'s current weights, each parameter's two updates in
+    /// one pass ([`crate::ops::ema_pair`]: one kernel per parameter on a GPU).
+    pub fn update_pair(first: &mut Self, second: &mut Self, model: &M) {
+        let theta = Collect::of(model, true);
+        let seconds = Collect::of(&second.model, false);
+        let mut blend = Blend {
+            theta: theta.into_iter(),
+            second: seconds.into_iter(),
+            decays: (first.decay, second.decay),
+            updated: Vec::new(),
+        };
+        first.model = first.model.clone().map(&mut blend);
+        second.model = second.model.clone().map(&mut Replace(blend.updated.into_iter()));
     }
 }
 
-struct Collect(Vec<Tensor<1>>);
+/// Every float parameter of a module, flattened, in visiting order.
+struct Collect {
+    values: Vec<Tensor<1>>,
+    detach: bool,
+}
+
+impl Collect {
+    fn of<M: Module>(module: &M, detach: bool) -> Vec<Tensor<1>> {
+        let mut collect = Collect { values: Vec::new(), detach };
+        module.visit(&mut collect);
+        collect.values
+    }
+}
 
 impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.push(param.val().without_autodiff().reshape([-1]));
+        let v = param.val();
+        let v = if self.detach { v.without_autodiff() } else { v };
+        self.values.push(v.reshape([-1]));
     }
 }
 
+/// Maps the first EMA's parameters to their update, keeping the second's for [`Replace`].
 struct Blend {
-    source: std::vec::IntoIter<Tensor<1>>,
-    decay: f64,
+    theta: std::vec::IntoIter<Tensor<1>>,
+    second: std::vec::IntoIter<Tensor<1>>,
+    decays: (f64, f64),
+    updated: Vec<Tensor<1>>,
 }
 
 impl ModuleMapper for Blend {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let source = self.source.next().expect("EMA and model have the same parameters");
-        let decay = self.decay;
+        let same = "the EMAs and the model have the same parameters";
+        let theta = self.theta.next().expect(same);
+        let second = self.second.next().expect(same);
+        let decays = self.decays;
+        let updated = &mut self.updated;
         param.map(|ema| {
-            let theta = source.reshape(ema.dims());
-            crate::ops::ema_blend(ema, theta, decay)
+            let shape = ema.dims();
+            let (a, b) = crate::ops::ema_pair((ema, second.reshape(shape)), theta.reshape(shape), decays);
+            updated.push(b.reshape([-1]));
+            a
         })
+    }
+}
+
+/// Sets each parameter to the next of a list of values (flattened, in visiting order).
+struct Replace(std::vec::IntoIter<Tensor<1>>);
+
+impl ModuleMapper for Replace {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let value = self.0.next().expect("one value per parameter");
+        param.map(|old| value.reshape(old.dims()))
     }
 }

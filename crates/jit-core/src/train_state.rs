@@ -75,8 +75,7 @@ impl<M: Module> TrainState<M> {
     pub fn apply_gradients(&mut self, grads: GradientsParams, batch: usize) {
         let lr = self.lr(batch);
         self.model = self.optim.step(lr, self.model.clone(), grads);
-        self.ema1.update(&self.model);
-        self.ema2.update(&self.model);
+        Ema::update_pair(&mut self.ema1, &mut self.ema2, &self.model);
         self.step += 1;
     }
 }

@@ -198,15 +198,21 @@ fn linear_layers_match_in_values_and_gradients() {
 
 #[test]
 fn the_ema_update_rounds_as_the_tensor_ops_do() {
-    let [ema, ..] = random([3, 1000], 1.0, 19);
+    let [ema1, ..] = random([3, 1000], 1.0, 19);
+    let [ema2, ..] = random([3, 1000], 1.0, 21);
     let [theta, ..] = random([3, 1000], 1.0, 20);
+    let pair = || ops::ema_pair((ema1.clone(), ema2.clone()), theta.clone(), (0.9999, 0.9996));
     each_level(|level| {
-        for decay in [0.9999, 0.9996, 0.5] {
-            let (ours, took) = ran_kernels(|| values(ops::ema_blend(ema.clone(), theta.clone(), decay)));
-            let reference = values(on_reference(|| ops::ema_blend(ema.clone(), theta.clone(), decay)));
-            assert!(took, "the kernel not taken");
-            assert_eq!(ours, reference, "decay {decay}, {level} kernels");
-        }
+        let ((a, b), took) = ran_kernels(|| {
+            let (a, b) = pair();
+            (values(a), values(b))
+        });
+        let (ra, rb) = on_reference(pair);
+        assert!(took, "the kernel not taken");
+        assert_eq!(a, values(ra), "the first EMA, {level} kernels");
+        assert_eq!(b, values(rb), "the second EMA, {level} kernels");
+        let plain = values(ema2.clone().mul_scalar(0.9996).add(theta.clone().mul_scalar(1.0 - 0.9996)));
+        assert_eq!(b, plain, "the second EMA as burn's tensor ops round it, {level} kernels");
     });
 }
 

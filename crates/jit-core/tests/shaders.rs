@@ -261,13 +261,16 @@ fn gated_residual_matches_the_tensor_ops() {
 }
 
 #[test]
-fn ema_blend_matches_the_tensor_ops() {
+fn ema_pair_matches_the_tensor_ops() {
     for device in [wgpu_device(), Device::flex()] {
-        let (ema, theta) = (random([3, 5, 7, 11], 1.0, 1, &device), random([3, 5, 7, 11], 1.0, 2, &device));
-        for decay in [0.9999, 0.9996, 0.5] {
-            let ours = ops::ema_blend(ema.clone(), theta.clone(), decay);
-            let reference = ema.clone().mul_scalar(decay).add(theta.clone().mul_scalar(1.0 - decay));
-            assert_close(&format!("ema_blend {decay} on {device:?}"), ours, reference, 1e-7);
+        let ema = |seed| random([3, 5, 7, 11], 1.0, seed, &device);
+        let (ema1, ema2, theta) = (ema(1), ema(3), ema(2));
+        for decays in [(0.9999, 0.9996), (0.5, 0.25)] {
+            let (a, b) = ops::ema_pair((ema1.clone(), ema2.clone()), theta.clone(), decays);
+            let blend =
+                |ema: &Tensor<4>, decay: f64| ema.clone().mul_scalar(decay).add(theta.clone().mul_scalar(1.0 - decay));
+            assert_close(&format!("ema_pair {decays:?}, first, on {device:?}"), a, blend(&ema1, decays.0), 1e-7);
+            assert_close(&format!("ema_pair {decays:?}, second, on {device:?}"), b, blend(&ema2, decays.1), 1e-7);
         }
     }
 }

@@ -278,7 +278,13 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
         record::<B, C, _, 1>(CfgMix { scale }, [&v], (), out)
     }
 
-    fn ema_blend(ema: FloatTensor<Self>, theta: FloatTensor<Self>, decay: f32, rest: f32) -> FloatTensor<Self> {
-        constant::<B, C>(B::ema_blend(inner(&ema), inner(&theta), decay, rest))
+    fn ema_pair(
+        ema1: FloatTensor<Self>,
+        ema2: FloatTensor<Self>,
+        theta: FloatTensor<Self>,
+        factors: [f32; 4],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (a, b) = B::ema_pair(inner(&ema1), inner(&ema2), inner(&theta), factors);
+        (constant::<B, C>(a), constant::<B, C>(b))
     }
 }

@@ -135,11 +135,11 @@ impl JitOps for CubeBackend {
         jit_shaders::cfg_mix(v, scale)
     }
 
-    fn ema_blend(ema: CubeTensor, theta: CubeTensor, decay: f32, rest: f32) -> CubeTensor {
-        if !f32s(&[&ema, &theta]) {
-            return reference::ema_blend::<B>(ema, theta, decay, rest);
+    fn ema_pair(ema1: CubeTensor, ema2: CubeTensor, theta: CubeTensor, factors: [f32; 4]) -> (CubeTensor, CubeTensor) {
+        if !f32s(&[&ema1, &ema2, &theta]) {
+            return reference::ema_pair::<B>(ema1, ema2, theta, factors);
         }
         super::count_kernel();
-        jit_shaders::ema_blend(ema, theta, decay, rest)
+        jit_shaders::ema_pair(ema1, ema2, theta, factors)
     }
 }

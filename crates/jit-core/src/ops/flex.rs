@@ -339,11 +339,14 @@ impl JitOps for Flex {
         new(cpu::cfg_mix(slice(&vv), scale), shape)
     }
 
-    fn ema_blend(ema: FlexTensor, theta: FlexTensor, decay: f32, rest: f32) -> FlexTensor {
-        let Some([e, t]) = f32s([&ema, &theta]) else {
-            return reference::ema_blend::<Self>(ema, theta, decay, rest);
+    fn ema_pair(ema1: FlexTensor, ema2: FlexTensor, theta: FlexTensor, factors: [f32; 4]) -> (FlexTensor, FlexTensor) {
+        let Some([e1, e2, t]) = f32s([&ema1, &ema2, &theta]) else {
+            return reference::ema_pair::<Self>(ema1, ema2, theta, factors);
         };
         super::count_kernel();
-        new(cpu::ema_blend(slice(&e), slice(&t), decay, rest), dims(&ema))
+        let [decay1, rest1, decay2, rest2] = factors;
+        let (t, shape) = (slice(&t), dims(&ema1));
+        let a = new(cpu::ema_blend(slice(&e1), t, decay1, rest1), shape.clone());
+        (a, new(cpu::ema_blend(slice(&e2), t, decay2, rest2), shape))
     }
 }

@@ -1,6 +1,6 @@
 //! The network's op layer: one burn backend extension, [`JitOps`], with a method per fused
 //! operation (the linear layers, RMSNorm + adaLN modulate, `qkv` → qk-norm + RoPE → attention,
-//! SwiGLU's gate, the gated residual, the CFG mix, the EMA update) and the backward passes the
+//! SwiGLU's gate, the gated residual, the CFG mix, both EMA updates) and the backward passes the
 //! training step needs. The model calls only the tensor-level functions below; they take
 //! tensors and scalars, never model structs.
 //!
@@ -261,10 +261,16 @@ pub trait JitOps: Backend {
         reference::cfg_mix::<Self>(v, scale)
     }
 
-    /// The EMA update `ema·decay + theta·rest` of one parameter (never differentiated).
-    #[fusion(dtype = ema, shape = ema)]
-    fn ema_blend(ema: FloatTensor<Self>, theta: FloatTensor<Self>, decay: f32, rest: f32) -> FloatTensor<Self> {
-        reference::ema_blend::<Self>(ema, theta, decay, rest)
+    /// Both EMA updates of one parameter, `(ema1·decay1 + theta·rest1, ema2·decay2 +
+    /// theta·rest2)`, `factors` = `[decay1, rest1, decay2, rest2]` (never differentiated).
+    #[fusion(meta = |ema1, ema2, _theta, _factors| (ema1.clone(), ema2.clone()))]
+    fn ema_pair(
+        ema1: FloatTensor<Self>,
+        ema2: FloatTensor<Self>,
+        theta: FloatTensor<Self>,
+        factors: [f32; 4],
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::ema_pair::<Self>(ema1, ema2, theta, factors)
     }
 }
 
@@ -412,7 +418,14 @@ pub fn cfg_mix(v: Tensor<4>, scale: f64) -> Tensor<4> {
     t(route!(cfg_mix(d(v), scale as f32)))
 }
 
-/// The EMA update `ema·decay + θ·(1 − decay)` of one parameter (`1 − decay` in f64).
-pub fn ema_blend<const D: usize>(ema: Tensor<D>, theta: Tensor<D>, decay: f64) -> Tensor<D> {
-    t(route!(ema_blend(d(ema), d(theta), decay as f32, (1.0 - decay) as f32)))
+/// Both EMA updates `ema·decay + θ·(1 − decay)` of one parameter, with `decays` of the two
+/// EMAs (`1 − decay` in f64), in one pass.
+pub fn ema_pair<const D: usize>(
+    (ema1, ema2): (Tensor<D>, Tensor<D>),
+    theta: Tensor<D>,
+    (decay1, decay2): (f64, f64),
+) -> (Tensor<D>, Tensor<D>) {
+    let factors = [decay1 as f32, (1.0 - decay1) as f32, decay2 as f32, (1.0 - decay2) as f32];
+    let (a, b) = route!(ema_pair(d(ema1), d(ema2), d(theta), factors));
+    (t(a), t(b))
 }

@@ -328,9 +328,14 @@ pub fn cfg_mix<B: Backend>(v: T<B>, scale: f32) -> T<B> {
     B::float_add(v_uncond.clone(), B::float_mul_scalar(B::float_sub(v_cond, v_uncond), scalar(scale)))
 }
 
-/// The EMA update `ema·decay + theta·rest` (`rest` = `1 − decay`, worked out in f64).
-pub fn ema_blend<B: Backend>(ema: T<B>, theta: T<B>, decay: f32, rest: f32) -> T<B> {
-    B::float_add(B::float_mul_scalar(ema, scalar(decay)), B::float_mul_scalar(theta, scalar(rest)))
+/// Both EMA updates of one parameter: `(ema1·decay1 + theta·rest1, ema2·decay2 + theta·rest2)`,
+/// `factors` = `[decay1, rest1, decay2, rest2]` (each `rest` = `1 − decay`, worked out in f64).
+pub fn ema_pair<B: Backend>(ema1: T<B>, ema2: T<B>, theta: T<B>, factors: [f32; 4]) -> (T<B>, T<B>) {
+    let [decay1, rest1, decay2, rest2] = factors;
+    let blend = |ema: T<B>, decay: f32, rest: f32| {
+        B::float_add(B::float_mul_scalar(ema, scalar(decay)), B::float_mul_scalar(theta.clone(), scalar(rest)))
+    };
+    (blend(ema1, decay1, rest1), blend(ema2, decay2, rest2))
 }
 
 /// The linear layer `x·weight + bias` over the last dimension of `x` `[…, d_in]`, `weight`
