@@ -54,6 +54,21 @@ fn contiguous(t: CubeTensor) -> CubeTensor {
     into_contiguous(t)
 }
 
+/// A per-image vector `[B, 1, D]` (a chunk of the adaLN output, `[B, n·D]` seen as n parts) as
+/// its buffer and the distance between images in it: the chunk as it lies where its channels
+/// are contiguous (no copy), else a row-major copy (distance `D`).
+fn per_image(t: CubeTensor) -> (BufferArg, usize) {
+    let shape = t.meta.shape().to_vec();
+    let strides = t.meta.strides().to_vec();
+    let (images, dim) = (shape[0], shape[2]);
+    let t = if shape.len() == 3 && shape[1] == 1 && strides[2] == 1 && strides[0] >= dim { t } else { contiguous(t) };
+    let stride = if images > 1 { t.meta.strides()[0] } else { dim };
+    // SAFETY: image `b < images` holds channels `b·stride .. b·stride + dim`, the last ending at
+    // `(images − 1)·stride + dim`: inside the buffer the view (or the copy) was cut from.
+    let len = (images.max(1) - 1) * stride + dim;
+    (unsafe { BufferArg::from_raw_parts(t.handle.clone(), len) }, stride)
+}
+
 /// A new row-major tensor of `shape` on `like`'s device, with its dtype.
 fn empty_like(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
     empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), Shape::from(shape), like.dtype)

@@ -5,9 +5,10 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, row_rms, units_for};
-use crate::{buffer, contiguous, empty_like};
+use crate::{buffer, contiguous, empty_like, per_image};
 
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)] // four inputs, the output, the shape, two strides, eps
 fn rms_norm_modulate_kernel<F: Float>(
     x: &[F],
     weight: &[F],
@@ -17,6 +18,8 @@ fn rms_norm_modulate_kernel<F: Float>(
     rows: usize,
     dim: usize,
     tokens: usize,
+    shift_stride: usize,
+    scale_stride: usize,
     eps: f32,
     #[comptime] units: usize,
 ) {
@@ -24,11 +27,12 @@ fn rms_norm_modulate_kernel<F: Float>(
     let len = if row < rows { dim } else { 0usize };
     let start = row * dim;
     let rms = row_rms::<F>(x, start, len, dim, eps, units);
-    let batch = (row / tokens) * dim;
+    let image = row / tokens;
+    let (at_shift, at_scale) = (image * shift_stride, image * scale_stride);
     let mut i = UNIT_POS as usize;
     while i < len {
         let normed = x[start + i] / rms * weight[i];
-        out[start + i] = normed * (F::new(1.0) + scale[batch + i]) + shift[batch + i];
+        out[start + i] = normed * (F::new(1.0) + scale[at_scale + i]) + shift[at_shift + i];
         i += units;
     }
 }
@@ -41,12 +45,16 @@ pub fn rms_norm_modulate(
     scale: CubeTensor,
     eps: f32,
 ) -> CubeTensor {
-    let (x, weight, shift, scale) = (contiguous(x), contiguous(weight), contiguous(shift), contiguous(scale));
+    let (x, weight) = (contiguous(x), contiguous(weight));
+    let ((shift, shift_stride), (scale, scale_stride)) = (per_image(shift), per_image(scale));
     let shape = x.meta.shape().to_vec();
     let (dim, tokens) = (shape[2], shape[1]);
     let rows = shape[0] * tokens;
     let out = empty_like(&x, shape);
     let units = units_for(dim);
+    // SAFETY: `x` and `out` are row-major `[rows, dim]`, `weight` `[dim]`; the kernel reads and
+    // writes row `row < rows` at `row·dim + i`, `i < dim`, and `shift`, `scale` at
+    // `(row / tokens)·stride + i`, inside the buffers `per_image` gave.
     unsafe {
         rms_norm_modulate_kernel::launch_unchecked::<f32>(
             &x.client,
@@ -54,12 +62,14 @@ pub fn rms_norm_modulate(
             CubeDim::new_1d(units as u32),
             buffer(&x),
             buffer(&weight),
-            buffer(&shift),
-            buffer(&scale),
+            shift,
+            scale,
             buffer(&out),
             rows,
             dim,
             tokens,
+            shift_stride,
+            scale_stride,
             eps,
             units,
         );

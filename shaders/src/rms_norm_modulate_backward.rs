@@ -9,7 +9,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
-use crate::{buffer, contiguous, elementwise_grid, empty_like};
+use crate::{buffer, contiguous, elementwise_grid, empty_like, per_image};
 
 #[cube(launch_unchecked)]
 fn rms_norm_modulate_dx_kernel<F: Float>(
@@ -22,12 +22,13 @@ fn rms_norm_modulate_dx_kernel<F: Float>(
     rows: usize,
     dim: usize,
     tokens: usize,
+    scale_stride: usize,
     #[comptime] units: usize,
 ) {
     let row = cube_index();
     let len = if row < rows { dim } else { 0usize };
     let start = row * dim;
-    let batch = (row / tokens) * dim;
+    let batch = (row / tokens) * scale_stride;
     let r = if row < rows { rms[row] } else { F::new(1.0) };
     let mut dot = F::new(0.0);
     let mut i = UNIT_POS as usize;
@@ -56,6 +57,7 @@ fn rms_norm_modulate_sums_kernel<F: Float>(
     batch: usize,
     tokens: usize,
     dim: usize,
+    scale_stride: usize,
 ) {
     let unit = ABSOLUTE_POS;
     if unit < batch * dim {
@@ -71,7 +73,7 @@ fn rms_norm_modulate_sums_kernel<F: Float>(
         // [B, 3, D]: Σ g, w·Σ g·x̂, (1 + scale)·Σ g·x̂.
         sums[(b * 3) * dim + d] = sum_g;
         sums[(b * 3 + 1) * dim + d] = weight[d] * sum_gx;
-        sums[(b * 3 + 2) * dim + d] = (F::new(1.0) + scale[b * dim + d]) * sum_gx;
+        sums[(b * 3 + 2) * dim + d] = (F::new(1.0) + scale[b * scale_stride + d]) * sum_gx;
     }
 }
 
@@ -84,14 +86,16 @@ pub fn rms_norm_modulate_dx(
     grad: CubeTensor,
     rms: CubeTensor,
 ) -> CubeTensor {
-    let [x, weight, scale, grad, rms] = [x, weight, scale, grad, rms].map(contiguous);
+    let [x, weight, grad, rms] = [x, weight, grad, rms].map(contiguous);
+    let (scale, scale_stride) = per_image(scale);
     let shape = x.meta.shape().to_vec();
     let (tokens, dim) = (shape[1], shape[2]);
     let rows = shape[0] * tokens;
     let dx = empty_like(&x, shape);
     let units = units_for(dim);
-    // SAFETY: all operands are row-major with the shapes above; the kernel reads and writes row
-    // `row < rows` at `row·dim + i`, `i < dim`, and the modulation at `b·dim + i`.
+    // SAFETY: the other operands are row-major with the shapes above; the kernel reads and
+    // writes row `row < rows` at `row·dim + i`, `i < dim`, and `scale` at `b·scale_stride + i`,
+    // inside the buffer `per_image` gave.
     unsafe {
         rms_norm_modulate_dx_kernel::launch_unchecked::<f32>(
             &x.client,
@@ -99,13 +103,14 @@ pub fn rms_norm_modulate_dx(
             CubeDim::new_1d(units as u32),
             buffer(&x),
             buffer(&weight),
-            buffer(&scale),
+            scale,
             buffer(&grad),
             buffer(&rms),
             buffer(&dx),
             rows,
             dim,
             tokens,
+            scale_stride,
             units,
         );
     }
@@ -122,14 +127,15 @@ pub fn rms_norm_modulate_sums(
     grad: CubeTensor,
     rms: CubeTensor,
 ) -> CubeTensor {
-    let [x, weight, scale, grad, rms] = [x, weight, scale, grad, rms].map(contiguous);
+    let [x, weight, grad, rms] = [x, weight, grad, rms].map(contiguous);
+    let (scale, scale_stride) = per_image(scale);
     let shape = x.meta.shape().to_vec();
     let (batch, tokens, dim) = (shape[0], shape[1], shape[2]);
     let sums = empty_like(&x, sums_shape(&shape));
     let (count, cube_dim) = elementwise_grid(&x, batch * dim);
     // SAFETY: one unit per (b, d) < batch·dim (checked in the kernel) reads rows b·T..(b+1)·T
-    // of `x` and `grad` at column d, `rms` at those rows, `weight` at d and `scale` at (b, d),
-    // and writes `sums` at (b, 0|1|2, d).
+    // of `x` and `grad` at column d, `rms` at those rows, `weight` at d and `scale` at
+    // b·scale_stride + d (inside the buffer `per_image` gave), and writes `sums` at (b, 0|1|2, d).
     unsafe {
         rms_norm_modulate_sums_kernel::launch_unchecked::<f32>(
             &x.client,
@@ -137,13 +143,14 @@ pub fn rms_norm_modulate_sums(
             cube_dim,
             buffer(&x),
             buffer(&weight),
-            buffer(&scale),
+            scale,
             buffer(&grad),
             buffer(&rms),
             buffer(&sums),
             batch,
             tokens,
             dim,
+            scale_stride,
         );
     }
     sums

@@ -150,6 +150,41 @@ fn silu_gate_and_gated_residual_gradients_match_the_tensor_ops() {
     );
 }
 
+/// The adaLN output's chunks, as a block passes them (views into one `[B, 3·D]` tensor), are
+/// read where they lie, with no copy, and their gradients match; chunks of a transposed output
+/// (channels not contiguous) are copied first.
+#[test]
+fn adaln_chunks_are_read_in_place_in_values_and_gradients() {
+    let device = wgpu_device().autodiff();
+    for &(b, t, d, transposed) in &[(2, 9, 256, false), (3, 5, 40, false), (3, 5, 40, true)] {
+        // The modulation as a [1, B, 3·D] or [1, 3·D, B] leaf.
+        let m = random(if transposed { [1, 3 * d, b] } else { [1, b, 3 * d] }, 1.0, 2, &device);
+        let inputs = [random([b, t, d], 1.0, 1, &device), m, random([b, t, d], 1.0, 3, &device)];
+        // Its chunks [B, 1, D] and the norm's gain.
+        let parts = |m: Tensor<3>| {
+            let m: Tensor<2> = m.squeeze_dim(0);
+            let m = if transposed { m.transpose() } else { m };
+            let w = Tensor::<1>::ones([d], &m.device());
+            (m.unsqueeze_dim::<3>(1).chunk(3, 2), w)
+        };
+        let fused = |[x, m, y]: [Tensor<3>; 3]| {
+            let (p, w) = parts(m);
+            let n = ops::rms_norm_modulate(x, w, p[0].clone(), p[1].clone(), RMS_EPS);
+            ops::gated_residual(y, p[2].clone(), n)
+        };
+        let plain = |[x, m, y]: [Tensor<3>; 3]| {
+            let (p, w) = parts(m);
+            y.add(p[2].clone().mul(reference_norm_modulate(x, w, p[0].clone(), p[1].clone())))
+        };
+        let what = format!("adaLN chunks {b}×{t}×{d}{}", if transposed { ", transposed" } else { "" });
+        assert_same_gradients(&what, inputs.clone(), |i| fused(i).unsqueeze(), |i| plain(i).unsqueeze());
+        let values = inputs.map(|t| t.inner());
+        let (_, launched) = jit_core::launches::count(|| to_vec(fused(values)));
+        let copies: usize = launched.by_kernel.iter().filter(|(k, _)| k.contains("copy_kernel")).map(|(_, n)| n).sum();
+        assert_eq!(copies > 0, transposed, "{what}: {copies} copies ({:?})", launched.by_kernel);
+    }
+}
+
 /// `(batch, tokens, dim)`: rows past one cube's 256 units, a width that is not a power of two,
 /// and more than 65 535 rows (cubes folded into two dimensions).
 const NORM_SHAPES: [(usize, usize, usize); 3] = [(2, 17, 48), (3, 5, 300), (2, 35_000, 8)];

@@ -388,7 +388,7 @@ const ROWS_PER_CHUNK: usize = 2048;
 /// chunks make the product a batched one with `chunks` times as many tiles.
 pub fn row_chunks(rows: usize) -> usize {
     let mut chunks = 1;
-    while chunks < 16 && rows % (2 * chunks) == 0 && rows / (2 * chunks) >= ROWS_PER_CHUNK {
+    while chunks < 16 && rows.is_multiple_of(2 * chunks) && rows / (2 * chunks) >= ROWS_PER_CHUNK {
         chunks *= 2;
     }
     chunks

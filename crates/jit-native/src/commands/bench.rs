@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// kernels of shaders/), to measure what the kernels gain.
     #[arg(long)]
     pub no_fused: bool,
+    /// Also print, to stderr, each kernel's launches in one training step and one sampler step
+    /// (on a GPU adapter), most launched first.
+    #[arg(long)]
+    pub launches_by_kernel: bool,
     /// Under mpirun/srun: time the all-reduce of each model's gradients (its parameter count in
     /// f32, summed over the processes) instead of training and sampling.
     #[arg(long)]
@@ -199,9 +203,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let _: Vec<f32> = losses.into_iter().map(|l| l.into_scalar()).collect();
         let unsynced_step = t0.elapsed().as_secs_f64() / a.train_steps.max(1) as f64;
         // Kernel launches of one more step (issued ones: the loss is read back).
-        let train_launches = launches(|| {
-            let _: f32 = issue().into_scalar();
-        });
+        let train_launches = launches(
+            || {
+                let _: f32 = issue().into_scalar();
+            },
+            "training step",
+            a.launches_by_kernel,
+        );
         host.sort_by(f64::total_cmp);
         let host_step = host[host.len() / 2];
         times.sort_by(f64::total_cmp);
@@ -233,8 +241,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// The GPU kernels `work` launches (cubecl's launch observer), as a table cell: "—" where it
 /// launches none (the CPU backend).
-fn launches(work: impl FnOnce()) -> String {
+fn launches(work: impl FnOnce(), what: &str, by_kernel: bool) -> String {
     let ((), counted) = jit_core::launches::count(work);
+    if by_kernel && counted.total() > 0 {
+        eprintln!("launches per {what}, by kernel:");
+        // `path::to::Kernel<generics>` → `Kernel`, summed over its instances.
+        let mut short: Vec<(String, usize)> = Vec::new();
+        for (name, n) in &counted.by_kernel {
+            let base = name.split('<').next().unwrap_or(name);
+            let base = base.rsplit("::").next().unwrap_or(base).to_string();
+            match short.iter_mut().find(|(s, _)| *s == base) {
+                Some((_, total)) => *total += n,
+                None => short.push((base, *n)),
+            }
+        }
+        short.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        short.iter().for_each(|(name, n)| eprintln!("{n:6} {name}"));
+    }
     match counted.total() {
         0 => "—".into(),
         n => n.to_string(),
@@ -264,7 +287,7 @@ fn time_sampling(
     let whole = run(None)?;
     let images = net.images.load(Ordering::Relaxed);
     let mut step = Ok(0.0);
-    let counted = launches(|| step = run(Some(1)));
+    let counted = launches(|| step = run(Some(1)), "sampler step", a.launches_by_kernel);
     step?;
     Ok((first, whole, images, counted))
 }
