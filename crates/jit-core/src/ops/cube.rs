@@ -105,8 +105,9 @@ impl JitOps for CubeBackend {
         (dqkv, part(0), part(1))
     }
 
-    /// burn's attention op: cubecl's flash attention or its separate kernels, whichever
-    /// autotune finds faster on the device.
+    /// burn's attention op (its separate kernels: given a scale, burn 0.22.1 does not take its
+    /// flash-attention kernel). Reached without burn's fusion (the web module); under fusion the
+    /// reference body runs in fusion's stream.
     fn head_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, scale: f32) -> CubeTensor {
         reference::attention_op::<B>(q, k, v, scale)
     }

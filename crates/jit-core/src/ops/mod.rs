@@ -146,8 +146,10 @@ pub trait JitOps: Backend {
     }
 
     /// Attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in token order
-    /// `[B, T, heads·hd]`.
-    #[fusion(dtype = q, shape = tokens_first_shape(q))]
+    /// `[B, T, heads·hd]`. (Under burn's fusion the reference body's element-wise ops stay in
+    /// its stream, to be joined: 12 fewer launches per block and B/16 sampler step on lavapipe
+    /// than burn's attention op run inside a custom operation.)
+    #[fusion(default)]
     fn head_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -279,12 +281,6 @@ fn qkv_heads_shape(qkv: &burn::tensor::Shape, heads: &usize) -> burn::tensor::Sh
     let d = qkv.to_vec();
     let hd = d[2] / 3 / (*heads).max(1);
     burn::tensor::Shape::from(vec![3, d[0], *heads, d[1], hd])
-}
-
-#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
-fn tokens_first_shape(q: &burn::tensor::Shape) -> burn::tensor::Shape {
-    let d = q.to_vec();
-    burn::tensor::Shape::from(vec![d[0], d[2], d[1] * d[3]])
 }
 
 #[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
