@@ -9,6 +9,8 @@
 //! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block);
 //! - [`cfg_mix`]: classifier-free guidance in the sampler;
 //! - [`ema_pair`]: both EMA updates of a parameter (one per parameter and training step);
+//! - [`pad_part`]: the gradient of a part of a tensor (the adaLN output's six, `qkv_heads`'s
+//!   three), in place of zeros and a slice-assign;
 //! - the backward passes: [`rms_rows`] (each row's RMS), [`rms_norm_modulate_dx`],
 //!   [`rms_norm_modulate_sums`], [`qkv_heads_dx`] and [`qkv_heads_dweight`].
 //!
@@ -24,6 +26,7 @@ mod cfg_mix;
 mod ema_pair;
 mod gated_residual;
 pub mod launches;
+mod pad_part;
 mod qkv_heads;
 mod qkv_heads_backward;
 mod reduce;
@@ -37,6 +40,7 @@ pub use burn_cubecl::tensor::CubeTensor;
 pub use cfg_mix::cfg_mix;
 pub use ema_pair::ema_pair;
 pub use gated_residual::gated_residual;
+pub use pad_part::pad_part;
 pub use qkv_heads::qkv_heads;
 pub use qkv_heads_backward::{qkv_heads_dweight, qkv_heads_dx};
 pub use rms_norm_modulate::rms_norm_modulate;

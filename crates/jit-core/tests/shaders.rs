@@ -185,6 +185,25 @@ fn adaln_chunks_are_read_in_place_in_values_and_gradients() {
     }
 }
 
+/// A part of a tensor and its gradient (one `pad_part` kernel) against burn's slice, along each
+/// dimension, on wgpu and Flex under autodiff.
+#[test]
+fn parts_match_slices_in_values_and_gradients() {
+    for device in [wgpu_device().autodiff(), Device::flex().autodiff()] {
+        for (dim, parts) in [(0, 3), (1, 6), (2, 2), (3, 4)] {
+            let x = random([3, 12, 4, 8], 1.0, dim as u64, &device);
+            for index in [0, parts - 1] {
+                let what = format!("part {index} of {parts} along {dim} on {device:?}");
+                let ours = |[x]: [Tensor<4>; 1]| ops::part(x, dim, index, parts).mul_scalar(1.5);
+                let len = x.dims()[dim] / parts;
+                let theirs = |[x]: [Tensor<4>; 1]| x.narrow(dim, index * len, len).mul_scalar(1.5);
+                assert_close(&what, ours([x.clone()]), theirs([x.clone()]), 0.0);
+                assert_same_gradients(&what, [x.clone()], ours, theirs);
+            }
+        }
+    }
+}
+
 /// `(batch, tokens, dim)`: rows past one cube's 256 units, a width that is not a power of two,
 /// and more than 65 535 rows (cubes folded into two dimensions).
 const NORM_SHAPES: [(usize, usize, usize); 3] = [(2, 17, 48), (3, 5, 300), (2, 35_000, 8)];

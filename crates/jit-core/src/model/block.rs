@@ -15,9 +15,10 @@ use super::norm::{RMS_EPS, RmsNorm};
 use super::rope::Rope;
 use super::{Init, MatmulDtype, linear};
 
-/// Splits an adaLN output `[B, n·D]` into n tensors `[B, 1, D]`.
+/// Splits an adaLN output `[B, n·D]` into n tensors `[B, 1, D]` ([`crate::ops::part`]s: views,
+/// each with a one-pass gradient).
 pub fn split_modulation(m: Tensor<2>, n: usize) -> Vec<Tensor<3>> {
-    m.chunk(n, 1).into_iter().map(|c| c.unsqueeze_dim::<3>(1)).collect()
+    (0..n).map(|i| crate::ops::part(m.clone(), 1, i, n).unsqueeze_dim::<3>(1)).collect()
 }
 
 /// `JiTBlock`: `x += gate_msa·Attn(modulate(norm1(x)))`, `x += gate_mlp·SwiGLU(modulate(norm2(x)))`.

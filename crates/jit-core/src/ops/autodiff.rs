@@ -146,6 +146,23 @@ impl<B: JitOps> Backward<B, 3> for Attention {
 }
 
 #[derive(Debug)]
+struct Part {
+    dim: usize,
+    index: usize,
+    parts: usize,
+}
+
+impl<B: JitOps> Backward<B, 1> for Part {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<B>(&ops.node);
+        let [parent] = ids(&ops);
+        register::<B>(grads, parent, || B::part_backward(g, self.dim, self.index, self.parts));
+    }
+}
+
+#[derive(Debug)]
 struct SiluGate;
 
 impl<B: JitOps> Backward<B, 1> for SiluGate {
@@ -256,6 +273,11 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
         let (out, probs) = B::head_attention_train(inner(&q), inner(&k), inner(&v), scale);
         let state = (inner(&q), inner(&k), inner(&v), probs);
         record::<B, C, _, 3>(Attention { scale }, [&q, &k, &v], state, out)
+    }
+
+    fn part(t: FloatTensor<Self>, dim: usize, index: usize, parts: usize) -> FloatTensor<Self> {
+        let out = B::part(inner(&t), dim, index, parts);
+        record::<B, C, _, 1>(Part { dim, index, parts }, [&t], (), out)
     }
 
     fn silu_gate(h: FloatTensor<Self>) -> FloatTensor<Self> {

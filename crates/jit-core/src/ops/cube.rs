@@ -112,6 +112,14 @@ impl JitOps for CubeBackend {
         reference::attention_op::<B>(q, k, v, scale)
     }
 
+    fn part_backward(grad: CubeTensor, dim: usize, index: usize, parts: usize) -> CubeTensor {
+        if !f32s(&[&grad]) {
+            return reference::part_backward::<B>(grad, dim, index, parts);
+        }
+        super::count_kernel();
+        jit_shaders::pad_part(grad, dim, index, parts)
+    }
+
     fn silu_gate(h: CubeTensor) -> CubeTensor {
         if !f32s(&[&h]) {
             return reference::silu_gate::<B>(h);

@@ -295,6 +295,22 @@ impl JitOps for Flex {
         Self::qkv_attention(qkv, q_weight, k_weight, cos, sin_signed, heads, scale, eps)
     }
 
+    fn part_backward(grad: FlexTensor, dim: usize, index: usize, parts: usize) -> FlexTensor {
+        let Some([g]) = f32s([&grad]) else {
+            return reference::part_backward::<Self>(grad, dim, index, parts);
+        };
+        super::count_kernel();
+        let mut shape = dims(&grad);
+        let part_len: usize = shape[dim..].iter().product();
+        shape[dim] *= parts;
+        let g = slice(&g);
+        let mut out = vec![0.0; g.len() * parts];
+        for (o, row) in g.chunks_exact(part_len.max(1)).enumerate() {
+            out[(o * parts + index) * part_len..][..part_len].copy_from_slice(row);
+        }
+        new(out, shape)
+    }
+
     fn silu_gate(h: FlexTensor) -> FlexTensor {
         silu_gate(&h, None).unwrap_or_else(|| reference::silu_gate::<Self>(h))
     }

@@ -199,7 +199,7 @@ pub trait JitOps: Backend {
         eps: f32,
     ) -> FloatTensor<Self> {
         let parts = Self::qkv_heads(qkv, q_weight, k_weight, cos, sin_signed, heads, eps);
-        let [q, k, v] = reference::split_parts::<Self>(parts);
+        let [q, k, v] = split_parts::<Self>(parts);
         Self::head_attention(q, k, v, scale)
     }
 
@@ -263,6 +263,19 @@ pub trait JitOps: Backend {
         reference::cfg_mix::<Self>(v, scale)
     }
 
+    /// Part `index` of `parts` equal parts of `t` along dimension `dim` (a view where burn's
+    /// slice makes one): the adaLN output's six, `qkv_heads`' three.
+    #[fusion(default)]
+    fn part(t: FloatTensor<Self>, dim: usize, index: usize, parts: usize) -> FloatTensor<Self> {
+        reference::part::<Self>(t, dim, index, parts)
+    }
+
+    /// [`JitOps::part`]'s gradient: `grad` at part `index` of `parts` along `dim`, zeros elsewhere.
+    #[fusion(dtype = grad, shape = parts_shape(grad, dim, parts))]
+    fn part_backward(grad: FloatTensor<Self>, dim: usize, index: usize, parts: usize) -> FloatTensor<Self> {
+        reference::part_backward::<Self>(grad, dim, index, parts)
+    }
+
     /// Both EMA updates of one parameter, `(ema1·decay1 + theta·rest1, ema2·decay2 +
     /// theta·rest2)`, `factors` = `[decay1, rest1, decay2, rest2]` (never differentiated).
     #[fusion(meta = |ema1, ema2, _theta, _factors| (ema1.clone(), ema2.clone()))]
@@ -281,6 +294,13 @@ fn qkv_heads_shape(qkv: &burn::tensor::Shape, heads: &usize) -> burn::tensor::Sh
     let d = qkv.to_vec();
     let hd = d[2] / 3 / (*heads).max(1);
     burn::tensor::Shape::from(vec![3, d[0], *heads, d[1], hd])
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn parts_shape(grad: &burn::tensor::Shape, dim: &usize, parts: &usize) -> burn::tensor::Shape {
+    let mut d = grad.to_vec();
+    d[*dim] *= *parts;
+    burn::tensor::Shape::from(d)
 }
 
 #[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
@@ -343,8 +363,20 @@ pub fn qkv_heads(
     eps: f32,
 ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
     let parts = route!(qkv_heads(d(qkv), d(q_weight), d(k_weight), d(cos), d(sin_signed), heads, eps));
-    let [q, k, v] = reference::split_parts::<Dispatch>(parts).map(t);
-    (q, k, v)
+    let [q, k, v] = if enabled() { split_parts::<Dispatch>(parts) } else { reference::split_parts::<Dispatch>(parts) };
+    (t(q), t(k), t(v))
+}
+
+/// `[3, B, heads, T, hd]` → `q`, `k`, `v` `[B, heads, T, hd]`, each a [`JitOps::part`].
+fn split_parts<B: JitOps>(x: FloatTensor<B>) -> [FloatTensor<B>; 3] {
+    use burn::backend::TensorMetadata;
+    let shape = burn::tensor::Shape::from(x.shape().to_vec()[1..].to_vec());
+    [0, 1, 2].map(|i| B::float_reshape(B::part(x.clone(), 0, i, 3), shape.clone()))
+}
+
+/// Part `index` of `parts` equal parts of `x` along dimension `dim`.
+pub fn part<const D: usize>(x: Tensor<D>, dim: usize, index: usize, parts: usize) -> Tensor<D> {
+    t(route!(part(d(x), dim, index, parts)))
 }
 
 /// Multi-head attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in

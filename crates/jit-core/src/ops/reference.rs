@@ -269,6 +269,24 @@ pub fn attention_from_input<B: Backend>(
     qkv_attention::<B>(qkv, q_weight, k_weight, cos, sin_signed, heads, scale, eps)
 }
 
+/// Part `index` of `parts` equal parts of `t` along dimension `dim`.
+pub fn part<B: Backend>(t: T<B>, dim: usize, index: usize, parts: usize) -> T<B> {
+    let len = dims::<B>(&t)[dim] / parts;
+    narrow::<B>(t, dim, index * len..(index + 1) * len)
+}
+
+/// [`part`]'s gradient: `grad` at part `index` of `parts` along `dim`, zeros elsewhere.
+pub fn part_backward<B: Backend>(grad: T<B>, dim: usize, index: usize, parts: usize) -> T<B> {
+    let mut shape = dims::<B>(&grad);
+    let len = shape[dim];
+    shape[dim] *= parts;
+    let rank = shape.len();
+    let zeros = B::float_zeros(Shape::from(shape), &grad.device(), grad.dtype().into());
+    let slices: Vec<Slice> =
+        (0..rank).map(|d| if d == dim { Slice::from(index * len..(index + 1) * len) } else { Slice::full() }).collect();
+    B::float_slice_assign(zeros, &slices, grad)
+}
+
 /// `[3, B, heads, T, hd]` → `q`, `k`, `v` `[B, heads, T, hd]`.
 pub fn split_parts<B: Backend>(x: T<B>) -> [T<B>; 3] {
     let d = dims::<B>(&x);
