@@ -22,8 +22,8 @@ impl<M: Module> Ema<M> {
     /// Moves both averages towards `model`'s current weights, each parameter's two updates in
     /// one pass ([`crate::ops::ema_pair`]: one kernel per parameter on a GPU).
     pub fn update_pair(first: &mut Self, second: &mut Self, model: &M) {
-        let theta = Collect::of(model, true);
-        let seconds = Collect::of(&second.model, false);
+        let theta = Collect::of(model);
+        let seconds = Collect::of(&second.model);
         let mut blend = Blend {
             theta: theta.into_iter(),
             second: seconds.into_iter(),
@@ -35,25 +35,20 @@ impl<M: Module> Ema<M> {
     }
 }
 
-/// Every float parameter of a module, flattened, in visiting order.
-struct Collect {
-    values: Vec<Tensor<1>>,
-    detach: bool,
-}
+/// Every float parameter of a module, off the autodiff graph and flattened, in visiting order.
+struct Collect(Vec<Tensor<1>>);
 
 impl Collect {
-    fn of<M: Module>(module: &M, detach: bool) -> Vec<Tensor<1>> {
-        let mut collect = Collect { values: Vec::new(), detach };
+    fn of<M: Module>(module: &M) -> Vec<Tensor<1>> {
+        let mut collect = Collect(Vec::new());
         module.visit(&mut collect);
-        collect.values
+        collect.0
     }
 }
 
 impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let v = param.val();
-        let v = if self.detach { v.without_autodiff() } else { v };
-        self.values.push(v.reshape([-1]));
+        self.0.push(param.val().without_autodiff().reshape([-1]));
     }
 }
 

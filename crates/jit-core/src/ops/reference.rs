@@ -290,7 +290,7 @@ pub fn part_backward<B: Backend>(grad: T<B>, dim: usize, index: usize, parts: us
 /// `[3, B, heads, T, hd]` → `q`, `k`, `v` `[B, heads, T, hd]`.
 pub fn split_parts<B: Backend>(x: T<B>) -> [T<B>; 3] {
     let d = dims::<B>(&x);
-    [0, 1, 2].map(|i| reshape::<B>(narrow::<B>(x.clone(), 0, i..i + 1), &d[1..]))
+    [0, 1, 2].map(|i| reshape::<B>(part::<B>(x.clone(), 0, i, 3), &d[1..]))
 }
 
 /// SwiGLU's gate: `h` `[…, 2·hidden]` = `(x1, x2)` → `SiLU(x1)·x2`.
