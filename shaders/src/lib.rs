@@ -5,6 +5,8 @@
 //! - [`rms_norm_modulate`]: RMSNorm + adaLN modulate (two per block);
 //! - [`qkv_heads`]: the `qkv` projection split into heads, qk-norm and the 2-D RoPE (one per
 //!   block; the unfused chain is a permute copy and ~12 element-wise kernels);
+//! - [`scaled_softmax`]: attention's softmax in f32 over scores in f32 or f16, with the
+//!   probabilities in both types (one per block; burn's chain is eight kernels);
 //! - [`silu_gate`]: SwiGLU's gate `SiLU(x1)·x2` (one per block);
 //! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block);
 //! - [`cfg_mix`]: classifier-free guidance in the sampler;
@@ -12,9 +14,11 @@
 //! - [`pad_part`]: the gradient of a part of a tensor (the adaLN output's six, `qkv_heads`'s
 //!   three), in place of zeros and a slice-assign;
 //! - the backward passes: [`rms_rows`] (each row's RMS), [`rms_norm_modulate_dx`],
-//!   [`rms_norm_modulate_sums`], [`qkv_heads_dx`] and [`qkv_heads_dweight`].
+//!   [`rms_norm_modulate_sums`], [`qkv_heads_dx`], [`qkv_heads_dweight`] and
+//!   [`scaled_softmax_backward`].
 //!
-//! They take and return burn's cubecl tensors ([`CubeTensor`], f32, contiguous or not);
+//! They take and return burn's cubecl tensors ([`CubeTensor`], f32 (the softmax's also f16),
+//! contiguous or not);
 //! `jit-core`'s op layer (`jit_core::ops`, a burn backend extension) calls them on
 //! [`CubeBackend`], in fusion's stream where burn's `fusion` is on and as tracked operations
 //! under autodiff. [`launches::count`] counts the kernels some work launches. Each kernel is
@@ -33,6 +37,7 @@ mod reduce;
 mod rms_norm_modulate;
 mod rms_norm_modulate_backward;
 mod rms_rows;
+mod scaled_softmax;
 mod silu_gate;
 
 pub use burn_cubecl::CubeBackend;
@@ -46,6 +51,7 @@ pub use qkv_heads_backward::{qkv_heads_dweight, qkv_heads_dx};
 pub use rms_norm_modulate::rms_norm_modulate;
 pub use rms_norm_modulate_backward::{rms_norm_modulate_dx, rms_norm_modulate_sums};
 pub use rms_rows::rms_rows;
+pub use scaled_softmax::{scaled_softmax, scaled_softmax_backward};
 pub use silu_gate::silu_gate;
 
 use burn::tensor::Shape;

@@ -1,15 +1,41 @@
-//! The one reduction the kernels share: a row's RMS, `sqrt(mean(x²) + eps)`, by all units of a
-//! cube.
+//! Reductions over the units of a cube (a row's sum, maximum and RMS), shared by the kernels
+//! that take one row per cube.
 
 use cubecl::prelude::*;
 
-/// The sum of `value` over the cube's units (`units` = `CUBE_DIM`, a power of two), through
-/// shared memory; every unit gets it.
+/// How two partial results of a reduction combine.
+#[cube]
+pub trait Combine<F: Float>: 'static + Send + Sync {
+    fn combine(a: F, b: F) -> F;
+}
+
+/// Partial sums add.
+pub struct Sum;
+
+/// Partial maxima take the larger.
+pub struct Max;
+
+#[cube]
+impl<F: Float> Combine<F> for Sum {
+    fn combine(a: F, b: F) -> F {
+        a + b
+    }
+}
+
+#[cube]
+impl<F: Float> Combine<F> for Max {
+    fn combine(a: F, b: F) -> F {
+        F::max(a, b)
+    }
+}
+
+/// `value` combined over the cube's units (`units` = `CUBE_DIM`, a power of two) by `C`, through
+/// shared memory; every unit gets the result.
 ///
 /// Every unit of the cube must call it (it synchronises the cube): guard the reads before it,
 /// not the call.
 #[cube]
-pub fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
+pub fn cube_reduce<F: Float, C: Combine<F>>(value: F, #[comptime] units: usize) -> F {
     let mut partial = Shared::<[F]>::new_slice(units);
     let unit = UNIT_POS as usize;
     partial[unit] = value;
@@ -17,12 +43,18 @@ pub fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
     let mut active = CUBE_DIM as usize / 2;
     while active > 0 {
         if unit < active {
-            partial[unit] = partial[unit] + partial[unit + active];
+            partial[unit] = C::combine(partial[unit], partial[unit + active]);
         }
         sync_cube();
         active /= 2;
     }
     partial[0]
+}
+
+/// The sum of `value` over the cube's units ([`cube_reduce`]).
+#[cube]
+pub fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
+    cube_reduce::<F, Sum>(value, units)
 }
 
 /// `sqrt(Σ x[start + i]² / dim + eps)` for `i < len`, the row's length `dim` (`len` is 0 for the

@@ -69,3 +69,30 @@ fn the_kernels_are_taken_for_f32_tensors_in_and_outside_autodiff_while_on() {
     let checkpointed = Tensor::<3>::ones([2, 3, 4], &device.autodiff().gradient_checkpointing()).require_grad();
     assert!(gated(checkpointed, true), "so does training with gradient checkpointing");
 }
+
+/// Attention's softmax is one kernel each way, in and outside autodiff, for f32 and f16 (no
+/// reductions or exponentials of burn's softmax chain).
+#[test]
+fn attention_runs_its_softmax_as_one_kernel_each_way() {
+    let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = wgpu_device().autodiff();
+    for dtype in [FloatDType::F32, FloatDType::F16] {
+        let values: Vec<f32> = (0..2 * 3 * 12 * 8).map(|i| ((i * 7) % 23) as f32 / 23.0 - 0.5).collect();
+        let leaf = || Tensor::<4>::from_data(TensorData::new(values.clone(), [2, 3, 12, 8]), &device).require_grad();
+        let (q, k, v) = (leaf(), leaf(), leaf());
+        let step = || {
+            let out = ops::attention(q.clone().cast(dtype), k.clone().cast(dtype), v.clone().cast(dtype), 0.35);
+            let grads = out.cast(FloatDType::F32).sum().backward();
+            [&q, &k, &v].map(|t| to_vec(t.grad(&grads).expect("a gradient")))
+        };
+        step(); // compile first; then count
+        let (grads, launched) = jit_core::launches::count(step);
+        assert!(grads.iter().flatten().all(|g| g.is_finite()), "{dtype:?}: finite gradients");
+        let named = |part: &str| -> usize {
+            launched.by_kernel.iter().filter(|(name, _)| name.contains(part)).map(|(_, n)| n).sum()
+        };
+        assert_eq!(named("ScaledSoftmaxKernel"), 1, "{dtype:?}: {:?}", launched.by_kernel);
+        assert_eq!(named("ScaledSoftmaxBackwardKernel"), 1, "{dtype:?}: {:?}", launched.by_kernel);
+        assert_eq!(named("reduce"), 1, "{dtype:?}: only the loss's sum reduces: {:?}", launched.by_kernel);
+    }
+}

@@ -274,6 +274,41 @@ fn attention_matches_the_tensor_ops() {
     }
 }
 
+/// Attention's softmax and its backward pass against the reference bodies on wgpu, for f32 and
+/// f16 scores: rows shorter and longer than a cube's 256 units, and more than
+/// 65 535 rows (cubes folded into two dimensions).
+#[test]
+fn scaled_softmax_matches_the_reference_in_values_and_gradients() {
+    use burn::tensor::{DType, FloatDType};
+    use jit_core::ops::JitOps;
+    let device = wgpu_device();
+    for &(shape, dtype) in &[
+        ([2, 3, 10, 10], FloatDType::F32),
+        ([1, 2, 300, 300], FloatDType::F32),
+        ([1, 1, 70_000, 5], FloatDType::F32),
+        ([2, 3, 10, 10], FloatDType::F16),
+        ([1, 2, 300, 300], FloatDType::F16),
+    ] {
+        let what = format!("scaled_softmax {shape:?} {dtype:?}");
+        let scores = random(shape, 3.0, 5, &device).cast(dtype);
+        let grad = random(shape, 1.0, 6, &device).cast(dtype);
+        let scale = 0.37;
+        let (probs, typed) = <Dispatch as JitOps>::scaled_softmax(prim(scores.clone()), scale);
+        let (ref_probs, ref_typed) = reference::scaled_softmax::<Dispatch>(prim(scores.clone()), scale);
+        let (probs, typed): (Tensor<4>, Tensor<4>) = (from_prim(probs), from_prim(typed));
+        assert_eq!(probs.dtype(), DType::F32, "{what}: f32 probabilities");
+        assert_eq!(typed.dtype(), DType::from(dtype), "{what}: probabilities in the scores' type");
+        let tol = if dtype == FloatDType::F32 { 1e-6 } else { 1e-3 };
+        assert_close(&what, probs.clone(), from_prim(ref_probs.clone()), 1e-6);
+        assert_close(&format!("{what}, typed"), typed, from_prim(ref_typed), tol);
+        let ours: Tensor<4> =
+            from_prim(<Dispatch as JitOps>::scaled_softmax_backward(prim(probs), prim(grad.clone()), scale));
+        let theirs: Tensor<4> = from_prim(reference::scaled_softmax_backward::<Dispatch>(ref_probs, prim(grad), scale));
+        assert_eq!(ours.dtype(), DType::from(dtype), "{what}: the gradient in the scores' type");
+        assert_close(&format!("{what}, gradient"), ours, theirs, tol.max(1e-5));
+    }
+}
+
 #[test]
 fn cfg_mix_matches_the_tensor_ops() {
     for device in [wgpu_device(), Device::flex()] {

@@ -1,8 +1,8 @@
 //! [`JitOps`] on burn's cubecl backend (GPUs through wgpu): the CubeCL kernels of `shaders/`
-//! (crate `jit-shaders`) for f32 tensors. Under burn's `fusion` each call is one custom
-//! operation in fusion's stream, the backward passes included. The linear layers and
-//! attention in training keep burn's own kernels (the reference bodies); other dtypes run the
-//! reference bodies.
+//! (crate `jit-shaders`) for f32 tensors (attention's softmax also for f16 scores). Under
+//! burn's `fusion` each call is one custom operation in fusion's stream, the backward passes
+//! included. The matrix products (linear layers, attention) are burn's own kernels (the
+//! reference bodies); other dtypes run the reference bodies.
 
 use burn::backend::TensorMetadata;
 use burn::backend::ops::FloatTensorOps;
@@ -105,11 +105,26 @@ impl JitOps for CubeBackend {
         (dqkv, part(0), part(1))
     }
 
-    /// burn's attention op (its separate kernels: given a scale, burn 0.22.1 does not take its
-    /// flash-attention kernel). Reached without burn's fusion (the web module); under fusion the
-    /// reference body runs in fusion's stream.
+    /// The two products and [`JitOps::scaled_softmax`]'s kernel. Reached without burn's fusion
+    /// (the web module); under fusion the default body runs in fusion's stream.
     fn head_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, scale: f32) -> CubeTensor {
-        reference::attention_op::<B>(q, k, v, scale)
+        reference::head_attention_with::<B>(q, k, v, scale, Self::scaled_softmax).0
+    }
+
+    fn scaled_softmax(scores: CubeTensor, scale: f32) -> (CubeTensor, CubeTensor) {
+        if !matches!(scores.dtype(), DType::F32 | DType::F16) {
+            return reference::scaled_softmax::<B>(scores, scale);
+        }
+        super::count_kernel();
+        jit_shaders::scaled_softmax(scores, scale)
+    }
+
+    fn scaled_softmax_backward(probs: CubeTensor, grad: CubeTensor, scale: f32) -> CubeTensor {
+        if probs.dtype() != DType::F32 || !matches!(grad.dtype(), DType::F32 | DType::F16) {
+            return reference::scaled_softmax_backward::<B>(probs, grad, scale);
+        }
+        super::count_kernel();
+        jit_shaders::scaled_softmax_backward(probs, grad, scale)
     }
 
     fn part_backward(grad: CubeTensor, dim: usize, index: usize, parts: usize) -> CubeTensor {

@@ -1,6 +1,6 @@
 //! The network's op layer: one burn backend extension, [`JitOps`], with a method per fused
-//! operation (the linear layers, RMSNorm + adaLN modulate, `qkv` → qk-norm + RoPE → attention,
-//! SwiGLU's gate, the gated residual, the CFG mix, both EMA updates) and the backward passes the
+//! operation (the linear layers, RMSNorm + adaLN modulate, `qkv` → qk-norm + RoPE → attention
+//! and its softmax, SwiGLU's gate, the gated residual, the CFG mix, both EMA updates) and the backward passes the
 //! training step needs. The model calls only the tensor-level functions below; they take
 //! tensors and scalars, never model structs.
 //!
@@ -156,7 +156,7 @@ pub trait JitOps: Backend {
         v: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self> {
-        reference::head_attention::<Self>(q, k, v, scale).0
+        reference::head_attention_with::<Self>(q, k, v, scale, Self::scaled_softmax).0
     }
 
     /// [`JitOps::head_attention`] and its probabilities `[B, heads, T, T]` (for the backward pass).
@@ -167,7 +167,7 @@ pub trait JitOps: Backend {
         v: FloatTensor<Self>,
         scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::head_attention::<Self>(q, k, v, scale)
+        reference::head_attention_with::<Self>(q, k, v, scale, Self::scaled_softmax)
     }
 
     /// [`JitOps::head_attention`]'s gradients `(dq, dk, dv)` from the probabilities and `grad`
@@ -181,7 +181,25 @@ pub trait JitOps: Backend {
         grad: FloatTensor<Self>,
         scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        reference::head_attention_backward::<Self>(q, k, v, probs, grad, scale)
+        reference::head_attention_backward_with::<Self>(q, k, v, probs, grad, scale, Self::scaled_softmax_backward)
+    }
+
+    /// Attention's softmax `softmax(scale·scores)` over the last dimension of `scores`
+    /// `[B, heads, T, T]`: the probabilities in f32 (for the backward pass) and in the scores'
+    /// type (for the product with `v`).
+    #[fusion(meta = |scores, _scale| (
+        burn::backend::fusion::custom::TensorSpec::new(scores.shape.clone(), burn::tensor::DType::F32),
+        scores.clone(),
+    ))]
+    fn scaled_softmax(scores: FloatTensor<Self>, scale: f32) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::scaled_softmax::<Self>(scores, scale)
+    }
+
+    /// [`JitOps::scaled_softmax`]'s gradient with respect to the scores, from the f32
+    /// probabilities and their gradient `grad`, in `grad`'s type.
+    #[fusion(dtype = grad, shape = grad)]
+    fn scaled_softmax_backward(probs: FloatTensor<Self>, grad: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
+        reference::scaled_softmax_backward::<Self>(probs, grad, scale)
     }
 
     /// A block's attention from its `qkv` projection `[B, T, 3·D]`: [`JitOps::qkv_heads`],

@@ -8,7 +8,6 @@
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Scalar, Shape, Slice};
 
 type T<B> = FloatTensor<B>;
@@ -179,31 +178,50 @@ fn tokens_first<B: Backend>(out: T<B>) -> T<B> {
     reshape::<B>(B::float_swap_dims(out, 1, 2), &[b, t, h * hd])
 }
 
-/// Attention's probabilities `softmax(scale·q·kᵀ)` `[B, heads, T, T]`, f32, for `q`, `k`
-/// `[B, heads, T, hd]`: the product in their type (f16/bf16 under mixed precision, as the
-/// reference's autocast), the softmax in f32.
-pub fn attention_probs<B: Backend>(q: T<B>, k: T<B>, scale: f32) -> T<B> {
-    let scores = cast::<B>(B::float_matmul(q, B::float_swap_dims(k, 2, 3)), DType::F32);
-    B::softmax(B::float_mul_scalar(scores, scalar(scale)), 3)
+/// `softmax(scale·scores)` over the last dimension, in f32 (as the reference's autocast runs its
+/// softmax), and the same probabilities in the scores' type (the next product's operand; the
+/// same tensor for f32 scores).
+pub fn scaled_softmax<B: Backend>(scores: T<B>, scale: f32) -> (T<B>, T<B>) {
+    let dtype = scores.dtype();
+    let last = scores.shape().num_dims() - 1;
+    let probs = B::softmax(B::float_mul_scalar(cast::<B>(scores, DType::F32), scalar(scale)), last);
+    (probs.clone(), cast::<B>(probs, dtype))
+}
+
+/// [`scaled_softmax`]'s gradient with respect to the scores, `scale · p ⊙ (grad − Σ grad ⊙ p)`
+/// over the last dimension, from the f32 probabilities `probs` and their gradient `grad`, in
+/// `grad`'s type (the arithmetic in f32).
+pub fn scaled_softmax_backward<B: Backend>(probs: T<B>, grad: T<B>, scale: f32) -> T<B> {
+    let dtype = grad.dtype();
+    let last = grad.shape().num_dims() - 1;
+    let (probs, grad) = (cast::<B>(probs, DType::F32), cast::<B>(grad, DType::F32));
+    let row = sum_dims::<B>(B::float_mul(grad.clone(), probs.clone()), &[last]);
+    cast::<B>(B::float_mul_scalar(B::float_mul(probs, B::float_sub(grad, row)), scalar(scale)), dtype)
 }
 
 /// Multi-head attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in
 /// token order `[B, T, heads·hd]` and `v`'s type, and the probabilities (f32, for the backward
-/// pass).
+/// pass): the products in the inputs' type (f16/bf16 under mixed precision, as the reference's
+/// autocast), the softmax in f32.
 pub fn head_attention<B: Backend>(q: T<B>, k: T<B>, v: T<B>, scale: f32) -> (T<B>, T<B>) {
-    let p = attention_probs::<B>(q, k, scale);
+    head_attention_with::<B>(q, k, v, scale, scaled_softmax::<B>)
+}
+
+/// [`head_attention`] with `softmax` in place of [`scaled_softmax`] (a backend's kernel).
+pub fn head_attention_with<B: Backend>(
+    q: T<B>,
+    k: T<B>,
+    v: T<B>,
+    scale: f32,
+    softmax: impl FnOnce(T<B>, f32) -> (T<B>, T<B>),
+) -> (T<B>, T<B>) {
+    let (probs, typed) = softmax(B::float_matmul(q, B::float_swap_dims(k, 2, 3)), scale);
     let dtype = v.dtype();
-    (tokens_first::<B>(B::float_matmul(cast::<B>(p.clone(), dtype), v)), p)
+    (tokens_first::<B>(B::float_matmul(cast::<B>(typed, dtype), v)), probs)
 }
 
-/// burn's attention op (a backend's fused attention where it has one), in token order.
-pub fn attention_op<B: Backend>(q: T<B>, k: T<B>, v: T<B>, scale: f32) -> T<B> {
-    let options = AttentionModuleOptions { scale: Some(scale as f64), softcap: None, is_causal: false };
-    tokens_first::<B>(B::attention(q, k, v, None, None, options))
-}
-
-/// [`head_attention`]'s gradients `(dq, dk, dv)` from the probabilities `probs` and the output's
-/// `grad` `[B, T, heads·hd]`.
+/// [`head_attention`]'s gradients `(dq, dk, dv)` from the probabilities and the output's `grad`
+/// `[B, T, heads·hd]`.
 pub fn head_attention_backward<B: Backend>(
     q: T<B>,
     k: T<B>,
@@ -212,15 +230,27 @@ pub fn head_attention_backward<B: Backend>(
     grad: T<B>,
     scale: f32,
 ) -> (T<B>, T<B>, T<B>) {
+    head_attention_backward_with::<B>(q, k, v, probs, grad, scale, scaled_softmax_backward::<B>)
+}
+
+/// [`head_attention_backward`] with `softmax_backward` in place of [`scaled_softmax_backward`]
+/// (a backend's kernel).
+pub fn head_attention_backward_with<B: Backend>(
+    q: T<B>,
+    k: T<B>,
+    v: T<B>,
+    probs: T<B>,
+    grad: T<B>,
+    scale: f32,
+    softmax_backward: impl FnOnce(T<B>, T<B>, f32) -> T<B>,
+) -> (T<B>, T<B>, T<B>) {
     let [b, h, t, hd] = <[usize; 4]>::try_from(dims::<B>(&q)).expect("[B, heads, T, hd]");
     // Products in the inputs' type, the softmax's backward in f32 (as the forward pass).
     let dtype = q.dtype();
     let g = cast::<B>(B::float_swap_dims(reshape::<B>(grad, &[b, t, h, hd]), 1, 2), dtype);
     let dv = B::float_matmul(B::float_swap_dims(cast::<B>(probs.clone(), dtype), 2, 3), g.clone());
-    let dp = cast::<B>(B::float_matmul(g, B::float_swap_dims(v, 2, 3)), DType::F32);
-    let probs = cast::<B>(probs, DType::F32);
-    let row = sum_dims::<B>(B::float_mul(dp.clone(), probs.clone()), &[3]);
-    let ds = cast::<B>(B::float_mul_scalar(B::float_mul(probs, B::float_sub(dp, row)), scalar(scale)), dtype);
+    let dp = B::float_matmul(g, B::float_swap_dims(v, 2, 3));
+    let ds = softmax_backward(probs, dp, scale);
     let dq = B::float_matmul(ds.clone(), k);
     let dk = B::float_matmul(B::float_swap_dims(ds, 2, 3), q);
     (dq, dk, dv)
