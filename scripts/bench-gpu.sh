@@ -3,7 +3,7 @@
 # cache) against the official PyTorch code on the same card.
 #
 # Build here (a machine with Rust), run there (a machine with the GPU, PyTorch and no Rust):
-#   bash scripts/bench-gpu.sh build          # → .gpu/jit-native-{wgsl,gpu}.xz (stripped)
+#   bash scripts/bench-gpu.sh build [wgsl]   # → .gpu/jit-native-gpu.xz (or -wgsl.xz), stripped
 #   bash scripts/bench-gpu.sh run [OUT_DIR]  # on the GPU machine; prints one Markdown table
 # `run` expects .gpu/ref/ to hold the official model_jit.py, denoiser.py, util/model_util.py
 # (LTH14/JiT at commit cbc743a) and .gpu/bench_ref_gpu.py (shared/bench/), and .gl/*.deb with the
@@ -16,14 +16,22 @@ build() {
   set -e
   source scripts/env.sh
   mkdir -p .gpu
-  cargo build --release --locked -p jit-native
-  strip -o .gpu/jit-native-wgsl "$CARGO_TARGET_DIR/release/jit-native"
-  # Dependencies built with other features sit beside the default ones (cargo hashes features
-  # into their names), so switching back and forth rebuilds only what differs.
-  cargo build --release --locked -p jit-native --features gpu
-  strip -o .gpu/jit-native-gpu "$CARGO_TARGET_DIR/release/jit-native"
-  cargo build --release --locked -p jit-native
-  xz -f -T2 -6 .gpu/jit-native-wgsl .gpu/jit-native-gpu
+  # A device call carries at most 64 MiB: the tracked files (≈ 38 MiB), one xz binary (≈ 21 MiB)
+  # and the autotune cache (≈ 3 MiB) fit; the WGSL build too only with `build wgsl`, in place
+  # of the `gpu` one.
+  local want="${1:-gpu}"
+  rm -f .gpu/jit-native-wgsl.xz .gpu/jit-native-gpu.xz
+  if [ "$want" = wgsl ]; then
+    cargo build --release --locked -p jit-native
+    strip -o .gpu/jit-native-wgsl "$CARGO_TARGET_DIR/release/jit-native"
+  else
+    # Dependencies built with other features sit beside the default ones (cargo hashes features
+    # into their names), so switching back and forth rebuilds only what differs.
+    cargo build --release --locked -p jit-native --features gpu
+    strip -o .gpu/jit-native-gpu "$CARGO_TARGET_DIR/release/jit-native"
+    cargo build --release --locked -p jit-native
+  fi
+  xz -f -T2 -6 .gpu/jit-native-*[!z]
   ls -la .gpu
 }
 
@@ -90,6 +98,7 @@ run() {
   bench "S4-spirv-f32" 45 gpu "${s4[@]}"
   bench "S4-spirv-f32-no-fused" 45 gpu "${s4[@]}" --no-fused
   bench "S4-spirv-f16" 45 gpu "${s4[@]}" --precision f16
+  tar czf "$out/cubecl-cache.tgz" target/environment 2>/dev/null # for the next machine's .gpu/
   echo "total ${SECONDS} s"
 }
 
@@ -115,17 +124,17 @@ profile() {
   echo "### B16-$precision profiled"
   timeout 90 /tmp/jit-gpu bench --backend vulkan "${b16[@]}" --train-steps 1 2>&1 | tee "$out/profiled.log"
   rm -f cubecl.toml
-  # The caches, for a run on a fresh machine (copied to .gpu/).
+  # cubecl's autotune results and compiled kernels, for a run on a fresh machine (copied to
+  # .gpu/; the driver's shader cache, ≈ 6 MiB more, does not fit beside a binary in one call).
   tar czf "$out/cubecl-cache.tgz" target/environment 2>/dev/null
-  tar czf "$out/driver-cache.tgz" -C "$HOME" .cache/nvidia 2>/dev/null
-  ls -la "$out"/*-cache.tgz
+  ls -la "$out"/cubecl-cache.tgz
   python3 scripts/profile-summary.py "$out/profile.log" "$out/autotune.log" | tee "$out/profile-summary.txt"
   echo "total ${SECONDS} s"
 }
 
 case "${1:-}" in
-  build) build ;;
+  build) shift; build "$@" ;;
   run) shift; run "$@" ;;
   profile) shift; profile "$@" ;;
-  *) echo "usage: bash scripts/bench-gpu.sh build | run [OUT_DIR] | profile [OUT_DIR] [f16|f32]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/bench-gpu.sh build [wgsl] | run [OUT_DIR] | profile [OUT_DIR] [f16|f32]" >&2; exit 2 ;;
 esac
