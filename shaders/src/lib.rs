@@ -56,8 +56,28 @@ pub use silu_gate::silu_gate;
 
 use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
+
+/// `$body` with the type alias `$t` bound to the element type of `$dtype` (f32 or f16): the
+/// launch of a kernel whose storage type follows a tensor's (`$what` names it in the panic
+/// for another dtype, which the op layer never passes).
+macro_rules! with_float {
+    ($dtype:expr, $what:literal, $t:ident => $body:expr) => {
+        match $dtype {
+            burn::tensor::DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            burn::tensor::DType::F16 => {
+                type $t = burn::tensor::f16;
+                $body
+            }
+            other => panic!("{} takes f32 or f16 tensors, not {other:?}", $what),
+        }
+    };
+}
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use cubecl::prelude::BufferArg;
+pub(crate) use with_float;
 
 /// `t` in row-major order, copied only where it is a view (chunks, transposes) or tiled.
 fn contiguous(t: CubeTensor) -> CubeTensor {
@@ -77,6 +97,16 @@ fn per_image(t: CubeTensor) -> (BufferArg, usize) {
     // `(images − 1)·stride + dim`: inside the buffer the view (or the copy) was cut from.
     let len = (images.max(1) - 1) * stride + dim;
     (unsafe { BufferArg::from_raw_parts(t.handle.clone(), len) }, stride)
+}
+
+/// A new row-major f32 tensor of `shape` on `like`'s device.
+fn empty_f32(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
+    empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(shape),
+        burn::tensor::DType::F32,
+    )
 }
 
 /// A new row-major tensor of `shape` on `like`'s device, with its dtype.

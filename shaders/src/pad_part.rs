@@ -5,7 +5,7 @@
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::{buffer, contiguous, elementwise_grid, empty_like};
+use crate::{buffer, contiguous, elementwise_grid, empty_like, with_float};
 
 #[cube(launch_unchecked)]
 fn pad_part_kernel<F: Float>(grad: &[F], out: &mut [F], len: usize, part_len: usize, parts: usize, index: usize) {
@@ -23,7 +23,7 @@ fn pad_part_kernel<F: Float>(grad: &[F], out: &mut [F], len: usize, part_len: us
     }
 }
 
-/// `grad` (f32) placed at part `index` of `parts` along dimension `dim`, zeros elsewhere: the
+/// `grad` (f32 or f16) placed at part `index` of `parts` along dimension `dim`, zeros elsewhere: the
 /// shape of `grad` with `parts` times its size along `dim`.
 pub fn pad_part(grad: CubeTensor, dim: usize, index: usize, parts: usize) -> CubeTensor {
     let grad = contiguous(grad);
@@ -37,8 +37,8 @@ pub fn pad_part(grad: CubeTensor, dim: usize, index: usize, parts: usize) -> Cub
     // SAFETY: `out` is row-major with `len` = outer·parts·part_len values and `grad` with
     // outer·part_len; the kernel writes index `i < len` of `out` and reads `grad` at
     // `outer·part_len + j`, `j < part_len`.
-    unsafe {
-        pad_part_kernel::launch_unchecked::<f32>(
+    with_float!(grad.dtype, "pad_part", F => unsafe {
+        pad_part_kernel::launch_unchecked::<F>(
             &grad.client,
             cube_count,
             cube_dim,
@@ -49,6 +49,6 @@ pub fn pad_part(grad: CubeTensor, dim: usize, index: usize, parts: usize) -> Cub
             parts,
             index,
         );
-    }
+    });
     out
 }

@@ -2,22 +2,25 @@
 //! and keys through their RMSNorm and the 2-D RoPE, values copied, all into per-head layout.
 //!
 //! RoPE on interleaved pairs: `out[i] = n[i]·cos[t, i] + n[i ^ 1]·sin_signed[t, i]`, where
-//! `n = x / sqrt(mean(x²) + eps) · weight` and `sin_signed` carries rotate-half's sign.
+//! `n = x / sqrt(mean(x²) + eps) · weight` and `sin_signed` carries rotate-half's sign. `qkv`
+//! and the output are f32 or f16 (the mixed-precision products' type: no casts around the
+//! kernel), the arithmetic, gains and tables f32.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, row_rms, units_for};
-use crate::{buffer, contiguous, empty_like};
+use crate::{buffer, contiguous, empty_like, with_float};
 
 #[cube(launch_unchecked)]
-fn qkv_heads_kernel<F: Float>(
-    qkv: &[F],
+#[allow(clippy::too_many_arguments)] // qkv, gains, tables, output, shape, eps, the cube
+fn qkv_heads_kernel<I: Float, F: Float>(
+    qkv: &[I],
     q_weight: &[F],
     k_weight: &[F],
     cos: &[F],
     sin_signed: &[F],
-    out: &mut [F],
+    out: &mut [I],
     batch: usize,
     tokens: usize,
     heads: usize,
@@ -30,7 +33,7 @@ fn qkv_heads_kernel<F: Float>(
     let rows = batch * tokens * 3 * heads;
     let len = if row < rows { head_dim } else { 0usize };
     let start = row * head_dim;
-    let rms = row_rms::<F>(qkv, start, len, head_dim, eps, units);
+    let rms = row_rms::<I, F>(qkv, start, len, head_dim, eps, units);
 
     let head = row % heads;
     let part = (row / heads) % 3;
@@ -42,22 +45,21 @@ fn qkv_heads_kernel<F: Float>(
     let table = t * head_dim;
     let mut i = UNIT_POS as usize;
     while i < len {
-        let x = qkv[start + i];
         if part == 2 {
-            out[dst + i] = x;
+            out[dst + i] = qkv[start + i];
         } else {
             let pair = i ^ 1;
             let (w, w_pair) = if part == 0 { (q_weight[i], q_weight[pair]) } else { (k_weight[i], k_weight[pair]) };
-            let n = x / rms * w;
-            let n_pair = qkv[start + pair] / rms * w_pair;
-            out[dst + i] = n * cos[table + i] + n_pair * sin_signed[table + i];
+            let n = F::cast_from(qkv[start + i]) / rms * w;
+            let n_pair = F::cast_from(qkv[start + pair]) / rms * w_pair;
+            out[dst + i] = I::cast_from(n * cos[table + i] + n_pair * sin_signed[table + i]);
         }
         i += units;
     }
 }
 
-/// `qkv` `[B, T, 3·heads·hd]`, norm gains `[hd]`, RoPE tables `[T, hd]` (f32) →
-/// `[3, B, heads, T, hd]`: queries, keys, values.
+/// `qkv` `[B, T, 3·heads·hd]` (f32 or f16), norm gains `[hd]`, RoPE tables `[T, hd]` (f32) →
+/// `[3, B, heads, T, hd]` in `qkv`'s type: queries, keys, values.
 pub fn qkv_heads(
     qkv: CubeTensor,
     q_weight: CubeTensor,
@@ -73,8 +75,8 @@ pub fn qkv_heads(
     let head_dim = shape[2] / 3 / heads;
     let out = empty_like(&qkv, qkv_heads_shape(&shape, heads));
     let units = units_for(head_dim);
-    unsafe {
-        qkv_heads_kernel::launch_unchecked::<f32>(
+    with_float!(qkv.dtype, "qkv_heads", I => unsafe {
+        qkv_heads_kernel::launch_unchecked::<I, f32>(
             &qkv.client,
             cube_count(batch * tokens * 3 * heads),
             CubeDim::new_1d(units as u32),
@@ -91,7 +93,7 @@ pub fn qkv_heads(
             eps,
             units,
         );
-    }
+    });
     out
 }
 

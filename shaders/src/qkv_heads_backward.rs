@@ -7,30 +7,41 @@
 //! - `dw[i] = Σ_rows ĝ[i]·x̂[i]` for the queries' and the keys' gains: partial sums over chunks of
 //!   [`ROWS_PER_CHUNK`] rows, one unit per (chunk, part, i), which the caller adds up (a
 //!   B/16 batch of 128 has 393 216 query rows: one unit per (part, i) would loop over all).
+//!
+//! `qkv`, the gradient and `dqkv` are f32 or f16 (as the forward kernel's), the arithmetic, the
+//! RMS, the gains, the tables and the partial sums f32.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
-use crate::{buffer, contiguous, elementwise_grid, empty_like};
+use crate::{buffer, contiguous, elementwise_grid, empty_f32, empty_like, with_float};
 
 /// `ĝ[i]`: RoPE's transpose of the output gradient at `dst` (the row's start) for channel `i`.
 #[cube]
-fn rope_transpose<F: Float>(grad: &[F], cos: &[F], sin_signed: &[F], dst: usize, table: usize, i: usize) -> F {
+fn rope_transpose<I: Float, F: Float>(
+    grad: &[I],
+    cos: &[F],
+    sin_signed: &[F],
+    dst: usize,
+    table: usize,
+    i: usize,
+) -> F {
     let pair = i ^ 1;
-    grad[dst + i] * cos[table + i] + grad[dst + pair] * sin_signed[table + pair]
+    F::cast_from(grad[dst + i]) * cos[table + i] + F::cast_from(grad[dst + pair]) * sin_signed[table + pair]
 }
 
 #[cube(launch_unchecked)]
-fn qkv_heads_dx_kernel<F: Float>(
-    qkv: &[F],
+#[allow(clippy::too_many_arguments)] // the forward's inputs, the gradient, the RMS, the output, shape
+fn qkv_heads_dx_kernel<I: Float, F: Float>(
+    qkv: &[I],
     q_weight: &[F],
     k_weight: &[F],
     cos: &[F],
     sin_signed: &[F],
-    grad: &[F],
+    grad: &[I],
     rms: &[F],
-    dqkv: &mut [F],
+    dqkv: &mut [I],
     batch: usize,
     tokens: usize,
     heads: usize,
@@ -54,7 +65,7 @@ fn qkv_heads_dx_kernel<F: Float>(
     let mut i = UNIT_POS as usize;
     while i < len && part < 2 {
         let w = if part == 0 { q_weight[i] } else { k_weight[i] };
-        dot += rope_transpose::<F>(grad, cos, sin_signed, dst, table, i) * w * qkv[start + i] / r;
+        dot += rope_transpose::<I, F>(grad, cos, sin_signed, dst, table, i) * w * F::cast_from(qkv[start + i]) / r;
         i += units;
     }
     let mean = cube_sum::<F>(dot, units) / F::cast_from(head_dim);
@@ -64,8 +75,8 @@ fn qkv_heads_dx_kernel<F: Float>(
             dqkv[start + i] = grad[dst + i];
         } else {
             let w = if part == 0 { q_weight[i] } else { k_weight[i] };
-            let g_hat = rope_transpose::<F>(grad, cos, sin_signed, dst, table, i) * w;
-            dqkv[start + i] = (g_hat - qkv[start + i] / r * mean) / r;
+            let g_hat = rope_transpose::<I, F>(grad, cos, sin_signed, dst, table, i) * w;
+            dqkv[start + i] = I::cast_from((g_hat - F::cast_from(qkv[start + i]) / r * mean) / r);
         }
         i += units;
     }
@@ -75,11 +86,12 @@ fn qkv_heads_dx_kernel<F: Float>(
 pub const ROWS_PER_CHUNK: usize = 256;
 
 #[cube(launch_unchecked)]
-fn qkv_heads_dweight_kernel<F: Float>(
-    qkv: &[F],
+#[allow(clippy::too_many_arguments)] // the inputs, the partial sums, the shape, the chunks
+fn qkv_heads_dweight_kernel<I: Float, F: Float>(
+    qkv: &[I],
     cos: &[F],
     sin_signed: &[F],
-    grad: &[F],
+    grad: &[I],
     rms: &[F],
     partial: &mut [F],
     batch: usize,
@@ -102,15 +114,15 @@ fn qkv_heads_dweight_kernel<F: Float>(
             let (b, t, head) = (r / (tokens * heads), (r / heads) % tokens, r % heads);
             let row = ((b * tokens + t) * 3 + part) * heads + head;
             let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
-            let g_hat = rope_transpose::<F>(grad, cos, sin_signed, dst, t * head_dim, i);
-            sum += g_hat * qkv[row * head_dim + i] / rms[row];
+            let g_hat = rope_transpose::<I, F>(grad, cos, sin_signed, dst, t * head_dim, i);
+            sum += g_hat * F::cast_from(qkv[row * head_dim + i]) / rms[row];
         }
         partial[unit] = sum;
     }
 }
 
-/// `dqkv` `[B, T, 3·heads·hd]` from the forward's inputs, the output's gradient
-/// `[3, B, heads, T, hd]` and the `qkv` rows' RMS `[B·T·3·heads]` (f32).
+/// `dqkv` `[B, T, 3·heads·hd]` in `qkv`'s type from the forward's inputs, the output's gradient
+/// `[3, B, heads, T, hd]` (`qkv`'s type) and the `qkv` rows' RMS `[B·T·3·heads]` (f32).
 #[allow(clippy::too_many_arguments)] // the forward's inputs and the gradient
 pub fn qkv_heads_dx(
     qkv: CubeTensor,
@@ -127,13 +139,14 @@ pub fn qkv_heads_dx(
     let shape = qkv.meta.shape().to_vec();
     let (batch, tokens) = (shape[0], shape[1]);
     let head_dim = shape[2] / 3 / heads;
+    assert_eq!(grad.dtype, qkv.dtype, "qkv_heads_dx: the gradient is in qkv's type");
     let dqkv = empty_like(&qkv, shape);
     let units = units_for(head_dim);
     // SAFETY: the operands are row-major in the layouts above; row `row < B·T·3·heads` reads and
     // writes `head_dim` values at `row·head_dim` in `qkv`/`dqkv` and at its per-head place in
     // `grad`, the tables at token `t`'s row, the gains below `head_dim`.
-    unsafe {
-        qkv_heads_dx_kernel::launch_unchecked::<f32>(
+    with_float!(qkv.dtype, "qkv_heads_dx", I => unsafe {
+        qkv_heads_dx_kernel::launch_unchecked::<I, f32>(
             &qkv.client,
             cube_count(batch * tokens * 3 * heads),
             CubeDim::new_1d(units as u32),
@@ -151,11 +164,11 @@ pub fn qkv_heads_dx(
             head_dim,
             units,
         );
-    }
+    });
     dqkv
 }
 
-/// `[chunks, 2, hd]`: partial sums of the gradients of the queries' and the keys' RMSNorm gains,
+/// `[chunks, 2, hd]` (f32): partial sums of the gradients of the queries' and the keys' RMSNorm gains,
 /// over chunks of [`ROWS_PER_CHUNK`] rows (their sum over the first dimension is the gradient).
 pub fn qkv_heads_dweight(
     qkv: CubeTensor,
@@ -170,13 +183,14 @@ pub fn qkv_heads_dweight(
     let (batch, tokens) = (shape[0], shape[1]);
     let out_shape = dweight_partials_shape(&shape, heads);
     let (chunks, head_dim) = (out_shape[0], out_shape[2]);
-    let partial = empty_like(&qkv, out_shape);
+    assert_eq!(grad.dtype, qkv.dtype, "qkv_heads_dweight: the gradient is in qkv's type");
+    let partial = empty_f32(&qkv, out_shape);
     let (count, cube_dim) = elementwise_grid(&qkv, chunks * 2 * head_dim);
     // SAFETY: one unit per (chunk, part, i) < chunks·2·head_dim (checked in the kernel) reads
     // the query or key rows of its chunk in `qkv`, `grad` and `rms` within their layouts and
     // writes `partial` at its index.
-    unsafe {
-        qkv_heads_dweight_kernel::launch_unchecked::<f32>(
+    with_float!(qkv.dtype, "qkv_heads_dweight", I => unsafe {
+        qkv_heads_dweight_kernel::launch_unchecked::<I, f32>(
             &qkv.client,
             count,
             cube_dim,
@@ -193,7 +207,7 @@ pub fn qkv_heads_dweight(
             chunks,
             ROWS_PER_CHUNK,
         );
-    }
+    });
     partial
 }
 

@@ -58,13 +58,21 @@ pub fn cube_sum<F: Float>(value: F, #[comptime] units: usize) -> F {
 }
 
 /// `sqrt(Σ x[start + i]² / dim + eps)` for `i < len`, the row's length `dim` (`len` is 0 for the
-/// spare cubes of [`cube_count`], which must still call it: it synchronises the cube).
+/// spare cubes of [`cube_count`], which must still call it: it synchronises the cube), in `F`
+/// whatever `x`'s storage type `I`.
 #[cube]
-pub fn row_rms<F: Float>(x: &[F], start: usize, len: usize, dim: usize, eps: f32, #[comptime] units: usize) -> F {
+pub fn row_rms<I: Float, F: Float>(
+    x: &[I],
+    start: usize,
+    len: usize,
+    dim: usize,
+    eps: f32,
+    #[comptime] units: usize,
+) -> F {
     let mut sum = F::new(0.0);
     let mut i = UNIT_POS as usize;
     while i < len {
-        let v = x[start + i];
+        let v = F::cast_from(x[start + i]);
         sum += v * v;
         i += units;
     }

@@ -26,7 +26,7 @@ fn rms_norm_modulate_kernel<F: Float>(
     let row = cube_index();
     let len = if row < rows { dim } else { 0usize };
     let start = row * dim;
-    let rms = row_rms::<F>(x, start, len, dim, eps, units);
+    let rms = row_rms::<F, F>(x, start, len, dim, eps, units);
     let image = row / tokens;
     let (at_shift, at_scale) = (image * shift_stride, image * scale_stride);
     let mut i = UNIT_POS as usize;

@@ -5,13 +5,12 @@
 //! is one pass over the rows, with the arithmetic in f32 whatever the scores' type (as the
 //! reference's autocast runs its softmax in f32).
 
-use burn::tensor::{DType, Shape, f16};
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn::tensor::DType;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{Max, cube_count, cube_index, cube_reduce, cube_sum, units_for};
-use crate::{buffer, contiguous, empty_like};
+use crate::{buffer, contiguous, empty_f32, empty_like, with_float};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)] // the scores, two outputs, their shape, the scale, the cube
@@ -96,12 +95,7 @@ pub fn scaled_softmax(scores: CubeTensor, scale: f32) -> (CubeTensor, CubeTensor
     let scores = contiguous(scores);
     let shape = scores.meta.shape().to_vec();
     let (rows, len) = rows_of(&scores);
-    let probs = empty_device_contiguous_dtype(
-        scores.client.clone(),
-        scores.device.clone(),
-        Shape::from(shape.clone()),
-        DType::F32,
-    );
+    let probs = empty_f32(&scores, shape.clone());
     let typed = scores.dtype != DType::F32;
     // Not written for f32 scores (the f32 probabilities are those): one value, not an alias of
     // `probs` (a buffer bound twice, once writable, is invalid in WebGPU).
@@ -110,38 +104,21 @@ pub fn scaled_softmax(scores: CubeTensor, scale: f32) -> (CubeTensor, CubeTensor
     let (count, dim) = (cube_count(rows), CubeDim::new_1d(units as u32));
     // SAFETY: `scores` and `probs` hold rows·len values (`probs_typed` too where `typed`), and the
     // kernel touches indices `row·len + i`, `row < rows`, `i < len` only.
-    unsafe {
-        let (s, p, pt) = (buffer(&scores), buffer(&probs), buffer(&probs_typed));
-        match scores.dtype {
-            DType::F16 => scaled_softmax_kernel::launch_unchecked::<f16>(
-                &scores.client,
-                count,
-                dim,
-                s,
-                p,
-                pt,
-                rows,
-                len,
-                scale,
-                units,
-                true,
-            ),
-            DType::F32 => scaled_softmax_kernel::launch_unchecked::<f32>(
-                &scores.client,
-                count,
-                dim,
-                s,
-                p,
-                pt,
-                rows,
-                len,
-                scale,
-                units,
-                false,
-            ),
-            other => panic!("scaled_softmax takes f32 or f16 scores, not {other:?}"),
-        }
-    }
+    with_float!(scores.dtype, "scaled_softmax", F => unsafe {
+        scaled_softmax_kernel::launch_unchecked::<F>(
+            &scores.client,
+            count,
+            dim,
+            buffer(&scores),
+            buffer(&probs),
+            buffer(&probs_typed),
+            rows,
+            len,
+            scale,
+            units,
+            typed,
+        );
+    });
     if typed { (probs, probs_typed) } else { (probs.clone(), probs) }
 }
 
@@ -162,35 +139,19 @@ pub fn scaled_softmax_backward(probs: CubeTensor, grad: CubeTensor, scale: f32) 
     let (count, dim) = (cube_count(rows), CubeDim::new_1d(units as u32));
     // SAFETY: `probs`, `grad` and `out` hold rows·len values (shapes checked above), and the
     // kernel touches indices `row·len + i`, `row < rows`, `i < len` only.
-    unsafe {
-        let (p, g, o) = (buffer(&probs), buffer(&grad), buffer(&out));
-        match grad.dtype {
-            DType::F16 => scaled_softmax_backward_kernel::launch_unchecked::<f16>(
-                &grad.client,
-                count,
-                dim,
-                p,
-                g,
-                o,
-                rows,
-                len,
-                scale,
-                units,
-            ),
-            DType::F32 => scaled_softmax_backward_kernel::launch_unchecked::<f32>(
-                &grad.client,
-                count,
-                dim,
-                p,
-                g,
-                o,
-                rows,
-                len,
-                scale,
-                units,
-            ),
-            other => panic!("scaled_softmax_backward takes f32 or f16 gradients, not {other:?}"),
-        }
-    }
+    with_float!(grad.dtype, "scaled_softmax_backward", F => unsafe {
+        scaled_softmax_backward_kernel::launch_unchecked::<F>(
+            &grad.client,
+            count,
+            dim,
+            buffer(&probs),
+            buffer(&grad),
+            buffer(&out),
+            rows,
+            len,
+            scale,
+            units,
+        );
+    });
     out
 }

@@ -96,3 +96,40 @@ fn attention_runs_its_softmax_as_one_kernel_each_way() {
         assert_eq!(named("reduce"), 1, "{dtype:?}: only the loss's sum reduces: {:?}", launched.by_kernel);
     }
 }
+
+/// Mixed-precision attention from the `qkv` product's f16 output: `qkv_heads`, its backward
+/// pass and the parts' gradients take f16 tensors, so no casts run around them.
+#[test]
+fn f16_qkv_heads_run_without_casts() {
+    let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = wgpu_device().autodiff();
+    let (b, h, hd, grid) = (2, 2, 16, 3);
+    let t = grid * grid;
+    let rope = jit_core::model::rope::Rope::new(hd, grid, 0, &device);
+    let values: Vec<f32> = (0..b * t * 3 * h * hd).map(|i| ((i * 5) % 19) as f32 / 19.0 - 0.5).collect();
+    let qkv = Tensor::<3>::from_data(TensorData::new(values, [b, t, 3 * h * hd]), &device);
+    // An f16 leaf, cast before the launches are counted.
+    let qkv = qkv.cast(FloatDType::F16).detach().require_grad();
+    assert_eq!(qkv.dtype(), burn::tensor::DType::F16);
+    to_vec(qkv.clone());
+    let gains = (Tensor::<1>::ones([hd], &device), Tensor::<1>::ones([hd], &device));
+    let step = || {
+        let (q, k, v) = ops::qkv_heads(qkv.clone(), gains.clone(), rope.tables(), h, 1e-6);
+        let out = Tensor::cat(vec![q, k, v], 0);
+        let grads = out.cast(FloatDType::F32).sum().backward();
+        to_vec(qkv.grad(&grads).expect("a gradient"))
+    };
+    step(); // compile first; then count
+    let (grad, launched) = jit_core::launches::count(step);
+    assert!(grad.iter().all(|g| g.is_finite()), "finite gradients");
+    // Launches of kernels whose name holds every one of `parts`.
+    let named = |parts: &[&str]| -> usize {
+        let all = |name: &str| parts.iter().all(|p| name.contains(p));
+        launched.by_kernel.iter().filter(|(name, _)| all(name)).map(|(_, n)| n).sum()
+    };
+    assert_eq!(named(&["QkvHeadsKernel<", "f16"]), 1, "{:?}", launched.by_kernel);
+    assert_eq!(named(&["QkvHeadsDxKernel<", "f16"]), 1, "{:?}", launched.by_kernel);
+    assert_eq!(named(&["PadPartKernel<", "f16"]), 3, "{:?}", launched.by_kernel);
+    // The casts: the output's to f32 for the loss and its gradient's back; none inside.
+    assert!(named(&["Cast"]) <= 2, "{:?}", launched.by_kernel);
+}

@@ -113,6 +113,25 @@ fn a_mixed_precision_training_step_keeps_f32_weights_and_follows_the_f32_step() 
         eprintln!("SKIP: no bf16 on this backend");
         return;
     }
+    training_step_follows_f32(&device, FloatDType::BF16);
+}
+
+/// The same on wgpu in f16, through the kernels of `shaders/` (qk-norm + RoPE and its backward
+/// on f16 `qkv`, attention's softmax on f16 scores).
+#[test]
+fn an_f16_training_step_on_wgpu_follows_the_f32_step() {
+    let device = common::wgpu_device();
+    if !device.supports_dtype(FloatDType::F16) {
+        eprintln!("SKIP: this wgpu adapter has no shader-f16");
+        return;
+    }
+    training_step_follows_f32(&device, FloatDType::F16);
+}
+
+/// One training step with `dtype` products from the same weights and draws as an f32 step: the
+/// master weights stay f32, the loss, the weights and the EMA follow the f32 step's.
+fn training_step_follows_f32(device: &Device, dtype: FloatDType) {
+    let device = device.clone();
     let x = PortableRng::new(2).noise([4, 3, 16, 16], 0.5, &device).clamp(-1.0, 1.0);
     let eps = PortableRng::new(4).noise([4, 3, 16, 16], 1.0, &device);
     let t = Tensor::<1>::from_data(TensorData::new(vec![0.2f32, 0.5, 0.8, 0.9], [4]), &device);
@@ -140,7 +159,7 @@ fn a_mixed_precision_training_step_keeps_f32_weights_and_follows_the_f32_step() 
         (value, to_vec(w.without_autodiff()), to_vec(state.ema1.model.blocks[0].attn.qkv.weight.val()))
     };
     let (l32, w32, e32) = step(None);
-    let (l16, w16, e16) = step(Some(FloatDType::BF16));
+    let (l16, w16, e16) = step(Some(dtype));
     assert!(l16.is_finite() && ((l16 - l32) / l32).abs() < 3e-2, "loss {l16} vs {l32}");
     // One AdamW step moves each weight by about lr; the two runs move them alike.
     let moved: f64 = w32.iter().zip(&w16).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / w32.len() as f64;

@@ -260,7 +260,48 @@ fn qkv_heads_matches_the_tensor_ops() {
     }
 }
 
-/// burn's attention op (flash attention where autotune picks it) for sampling on GPUs.
+/// `qkv_heads` and its backward pass on f16 `qkv` (the mixed-precision product's output) and
+/// f16 gradients, as one kernel each with the arithmetic in f32, against the reference bodies
+/// (which compute in f32 and round the results to f16).
+#[test]
+fn qkv_heads_in_f16_matches_the_reference() {
+    use burn::tensor::{DType, FloatDType};
+    use jit_core::ops::JitOps;
+    let device = wgpu_device();
+    for &(b, h, hd, grid, prefix) in &[(2, 3, 16, 3, 0), (1, 2, 64, 2, 4)] {
+        let t = prefix + grid * grid;
+        let rope = Rope::new(hd, grid, prefix, &device);
+        let qkv = random([b, t, 3 * h * hd], 1.5, hd as u64, &device).cast(FloatDType::F16);
+        let grad = random([3, b, h, t, hd], 1.0, 9, &device).cast(FloatDType::F16);
+        let (qw, kw) = (gain(hd, 1, &device), gain(hd, 2, &device));
+        let (cos, sin) = rope.tables();
+        let args = || (prim(qkv.clone()), prim(qw.clone()), prim(kw.clone()), prim(cos.clone()), prim(sin.clone()));
+        let what = format!("f16 qkv_heads {b}×{t}, {h} heads of {hd}");
+        let (x, w1, w2, c, s) = args();
+        let ours: Tensor<5> = from_prim(<Dispatch as JitOps>::qkv_heads(x, w1, w2, c, s, h, RMS_EPS));
+        let (x, w1, w2, c, s) = args();
+        let theirs: Tensor<5> = from_prim(reference::qkv_heads::<Dispatch>(x, w1, w2, c, s, h, RMS_EPS));
+        assert_eq!(ours.dtype(), DType::F16, "{what}: the output in qkv's type");
+        assert_close(&what, ours.reshape([3 * b, h, t, hd]), theirs.reshape([3 * b, h, t, hd]), 1e-3);
+        let (x, w1, w2, c, s) = args();
+        let (dqkv, dqw, dkw) =
+            <Dispatch as JitOps>::qkv_heads_backward(x, w1, w2, c, s, prim(grad.clone()), h, RMS_EPS);
+        let (x, w1, w2, c, s) = args();
+        let (rqkv, rqw, rkw) =
+            reference::qkv_heads_backward::<Dispatch>(x, w1, w2, c, s, prim(grad.clone()), h, RMS_EPS);
+        let (dqkv, rqkv): (Tensor<3>, Tensor<3>) = (from_prim(dqkv), from_prim(rqkv));
+        assert_eq!(dqkv.dtype(), DType::F16, "{what}: dqkv in qkv's type");
+        assert_close(&format!("{what}, dqkv"), dqkv.unsqueeze(), rqkv.unsqueeze(), 1e-3);
+        for (name, ours, theirs) in [("dq_weight", dqw, rqw), ("dk_weight", dkw, rkw)] {
+            let (ours, theirs): (Tensor<1>, Tensor<1>) = (from_prim(ours), from_prim(theirs));
+            assert_eq!(ours.dtype(), DType::F32, "{what}: {name} in f32");
+            assert_close(&format!("{what}, {name}"), ours.reshape([1, 1, 1, hd]), theirs.reshape([1, 1, 1, hd]), 1e-5);
+        }
+    }
+}
+
+/// Attention for sampling on GPUs (the two products and `scaled_softmax`) against burn's tensor
+/// ops.
 #[test]
 fn attention_matches_the_tensor_ops() {
     let device = wgpu_device();

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, FloatDType, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use crate::ops;
 
@@ -60,10 +60,13 @@ impl Attention {
                     ops::attention_from_input(x, layer, gains, rope.tables(), h, scale, RMS_EPS)
                 }
                 (_, None) => ops::qkv_attention(mm.linear(&self.qkv, x), gains, rope.tables(), h, scale, RMS_EPS),
-                // Mixed precision: the two products in `dtype`, the softmax in f32.
-                (_, Some(dtype)) => {
-                    let (q, k, v) = ops::qkv_heads(mm.linear(&self.qkv, x), gains, rope.tables(), h, RMS_EPS);
-                    ops::attention(q.cast(dtype), k.cast(dtype), v.cast(dtype), scale).cast(FloatDType::F32)
+                // Mixed precision: `qkv` and q, k, v in `dtype` (qk-norm and RoPE computed in
+                // f32), the two products in `dtype`, the softmax in f32; the output stays in
+                // `dtype`, the type `proj` takes (casts to f32 and back would change nothing).
+                (_, Some(_)) => {
+                    let qkv = mm.linear_in_type(&self.qkv, x);
+                    let (q, k, v) = ops::qkv_heads(qkv, gains, rope.tables(), h, RMS_EPS);
+                    ops::attention(q, k, v, scale)
                 }
             }
         } else {

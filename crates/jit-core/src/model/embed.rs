@@ -87,7 +87,7 @@ impl BottleneckPatchEmbed {
     /// `x` `[B, C, H, W]` → tokens `[B, (H/p)·(W/p), D]` in row-major order.
     pub fn forward(&self, x: Tensor<4>, mm: MatmulDtype) -> Tensor<3> {
         let tokens = patchify(x, self.patch_size);
-        mm.linear(&self.proj2, mm.linear(&self.proj1, tokens))
+        mm.linear(&self.proj2, mm.linear_in_type(&self.proj1, tokens))
     }
 }
 

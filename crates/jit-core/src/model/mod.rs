@@ -28,13 +28,18 @@ pub struct MatmulDtype(pub Option<FloatDType>);
 impl MatmulDtype {
     /// `layer(x)`, with the product in the chosen type and the result back in f32.
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+        self.linear_in_type(layer, x).cast(FloatDType::F32)
+    }
+
+    /// `layer(x)` with the result left in the product's type, for a consumer that takes that
+    /// type (the next linear layer), where a cast to f32 and back would change nothing but cost
+    /// two passes each way. An `x` already in the chosen type is not cast.
+    pub fn linear_in_type<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         let bias = layer.bias.as_ref().map(|b| b.val());
         match self.0 {
             None => crate::ops::linear(x, layer.weight.val(), bias),
             Some(dtype) => {
-                let out =
-                    crate::ops::linear(x.cast(dtype), layer.weight.val().cast(dtype), bias.map(|b| b.cast(dtype)));
-                out.cast(FloatDType::F32)
+                crate::ops::linear(x.cast(dtype), layer.weight.val().cast(dtype), bias.map(|b| b.cast(dtype)))
             }
         }
     }

@@ -1,5 +1,6 @@
 //! [`JitOps`] on burn's cubecl backend (GPUs through wgpu): the CubeCL kernels of `shaders/`
-//! (crate `jit-shaders`) for f32 tensors (attention's softmax also for f16 scores). Under
+//! (crate `jit-shaders`) for f32 tensors (`qkv_heads`, the parts' gradients and attention's
+//! softmax also for f16, the mixed-precision products' type). Under
 //! burn's `fusion` each call is one custom operation in fusion's stream, the backward passes
 //! included. The matrix products (linear layers, attention) are burn's own kernels (the
 //! reference bodies); other dtypes run the reference bodies.
@@ -17,6 +18,11 @@ type B = CubeBackend;
 /// Whether every tensor is f32 (the kernels' type).
 fn f32s(ts: &[&CubeTensor]) -> bool {
     ts.iter().all(|t| t.dtype() == DType::F32)
+}
+
+/// Whether `t` is f32 or f16 (the storage types of the kernels that follow the products' type).
+fn f32_or_f16(t: &CubeTensor) -> bool {
+    matches!(t.dtype(), DType::F32 | DType::F16)
 }
 
 impl JitOps for CubeBackend {
@@ -67,7 +73,7 @@ impl JitOps for CubeBackend {
         heads: usize,
         eps: f32,
     ) -> CubeTensor {
-        if !f32s(&[&qkv, &q_weight, &k_weight, &cos, &sin_signed]) {
+        if !f32_or_f16(&qkv) || !f32s(&[&q_weight, &k_weight, &cos, &sin_signed]) {
             return reference::qkv_heads::<B>(qkv, q_weight, k_weight, cos, sin_signed, heads, eps);
         }
         super::count_kernel();
@@ -85,7 +91,7 @@ impl JitOps for CubeBackend {
         heads: usize,
         eps: f32,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        if !f32s(&[&qkv, &q_weight, &k_weight, &cos, &sin_signed, &grad]) {
+        if !f32_or_f16(&qkv) || grad.dtype() != qkv.dtype() || !f32s(&[&q_weight, &k_weight, &cos, &sin_signed]) {
             return reference::qkv_heads_backward::<B>(qkv, q_weight, k_weight, cos, sin_signed, grad, heads, eps);
         }
         super::count_kernel();
@@ -112,7 +118,7 @@ impl JitOps for CubeBackend {
     }
 
     fn scaled_softmax(scores: CubeTensor, scale: f32) -> (CubeTensor, CubeTensor) {
-        if !matches!(scores.dtype(), DType::F32 | DType::F16) {
+        if !f32_or_f16(&scores) {
             return reference::scaled_softmax::<B>(scores, scale);
         }
         super::count_kernel();
@@ -120,7 +126,7 @@ impl JitOps for CubeBackend {
     }
 
     fn scaled_softmax_backward(probs: CubeTensor, grad: CubeTensor, scale: f32) -> CubeTensor {
-        if probs.dtype() != DType::F32 || !matches!(grad.dtype(), DType::F32 | DType::F16) {
+        if probs.dtype() != DType::F32 || !f32_or_f16(&grad) {
             return reference::scaled_softmax_backward::<B>(probs, grad, scale);
         }
         super::count_kernel();
@@ -128,7 +134,7 @@ impl JitOps for CubeBackend {
     }
 
     fn part_backward(grad: CubeTensor, dim: usize, index: usize, parts: usize) -> CubeTensor {
-        if !f32s(&[&grad]) {
+        if !f32_or_f16(&grad) {
             return reference::part_backward::<B>(grad, dim, index, parts);
         }
         super::count_kernel();

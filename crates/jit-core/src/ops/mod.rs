@@ -113,7 +113,8 @@ pub trait JitOps: Backend {
     }
 
     /// `qkv` `[B, T, 3·heads·hd]` → `[3, B, heads, T, hd]`: qk-norm (gains `[hd]`) and RoPE
-    /// (tables `[T, hd]`) on queries and keys, then the values.
+    /// (tables `[T, hd]`) on queries and keys, then the values; in `qkv`'s type, the arithmetic
+    /// in f32.
     #[fusion(dtype = qkv, shape = qkv_heads_shape(qkv, heads))]
     #[allow(clippy::too_many_arguments)] // the projection, both gains, both tables, the shape
     fn qkv_heads(

@@ -116,7 +116,9 @@ pub fn rope<B: Backend>(x: T<B>, cos: T<B>, sin_signed: T<B>) -> T<B> {
 }
 
 /// `qkv` `[B, T, 3·heads·hd]` → `[3, B, heads, T, hd]`: queries and keys through RMSNorm
-/// (gains `[hd]`) and RoPE (tables `[T, hd]`), then the values.
+/// (gains `[hd]`) and RoPE (tables `[T, hd]`), then the values; in `qkv`'s type, the arithmetic
+/// in f32 (under mixed precision `qkv` is the product's f16/bf16 output, and the attention
+/// takes the result in that type).
 #[allow(clippy::too_many_arguments)] // the projection, both gains, both tables, the shape
 pub fn qkv_heads<B: Backend>(
     qkv: T<B>,
@@ -129,11 +131,13 @@ pub fn qkv_heads<B: Backend>(
 ) -> T<B> {
     let [b, t, d3] = <[usize; 3]>::try_from(dims::<B>(&qkv)).expect("qkv is [B, T, 3·D]");
     let hd = d3 / 3 / heads;
+    let dtype = qkv.dtype();
+    let qkv = cast::<B>(qkv, DType::F32);
     let parts = B::float_permute(reshape::<B>(qkv, &[b, t, 3, heads, hd]), &[2, 0, 3, 1, 4]);
     let part = |i: usize| narrow::<B>(parts.clone(), 0, i..i + 1);
     let q = rope::<B>(rms_norm::<B>(part(0), q_weight, eps), cos.clone(), sin_signed.clone());
     let k = rope::<B>(rms_norm::<B>(part(1), k_weight, eps), cos, sin_signed);
-    B::float_cat(vec![q, k, part(2)], 0)
+    cast::<B>(B::float_cat(vec![q, k, part(2)], 0), dtype)
 }
 
 /// [`qkv_heads`]'s gradients `(dqkv, dq_weight, dk_weight)` from the output's `grad`
@@ -151,6 +155,8 @@ pub fn qkv_heads_backward<B: Backend>(
 ) -> (T<B>, T<B>, T<B>) {
     let [b, t, d3] = <[usize; 3]>::try_from(dims::<B>(&qkv)).expect("qkv is [B, T, 3·D]");
     let hd = d3 / 3 / heads;
+    let dtype = qkv.dtype();
+    let (qkv, grad) = (cast::<B>(qkv, DType::F32), cast::<B>(grad, DType::F32));
     let parts = B::float_permute(reshape::<B>(qkv, &[b, t, 3, heads, hd]), &[2, 0, 3, 1, 4]);
     let table = |tab: T<B>| reshape::<B>(tab, &[1, 1, 1, t, hd]);
     let (cos, sin) = (table(cos), table(sin_signed));
@@ -169,7 +175,7 @@ pub fn qkv_heads_backward<B: Backend>(
     let (dk, dk_weight) = part_backward(1, k_weight);
     let dv = narrow::<B>(grad, 0, 2..3);
     let d = B::float_permute(B::float_cat(vec![dq, dk, dv], 0), &[1, 3, 0, 2, 4]);
-    (reshape::<B>(d, &[b, t, d3]), dq_weight, dk_weight)
+    (cast::<B>(reshape::<B>(d, &[b, t, d3]), dtype), dq_weight, dk_weight)
 }
 
 /// `out` `[B, heads, T, hd]` in token order `[B, T, heads·hd]`.
