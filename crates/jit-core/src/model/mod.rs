@@ -19,16 +19,25 @@ use burn::nn::Linear;
 use burn::tensor::{Device, FloatDType, Tensor};
 
 /// Float type of the linear layers' matrix products. The reference trains and samples under
-/// bf16 autocast: linear layers take bf16 inputs and weights and accumulate in f32, while
+/// bf16 autocast: linear layers take bf16 inputs and weights and accumulate in f32 (here the
+/// bias is added in f32 to the rounded product, where autocast rounds their sum once), while
 /// norms, RoPE, attention, softmax, residual sums and the loss stay f32 (so do the weights,
 /// their gradients, AdamW's moments and the EMAs). `None` computes everything in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MatmulDtype(pub Option<FloatDType>);
 
 impl MatmulDtype {
-    /// `layer(x)`, with the product in the chosen type and the result back in f32.
+    /// `layer(x)`, with the product in the chosen type and the result back in f32. Under mixed
+    /// precision the bias is added to the product's result in f32 (one rounding, as a fused
+    /// bias epilogue of a GPU product, and no casts of the bias or its gradient).
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-        self.linear_in_type(layer, x).cast(FloatDType::F32)
+        match (self.0, &layer.bias) {
+            (Some(dtype), Some(bias)) => {
+                let product = crate::ops::linear(x.cast(dtype), layer.weight.val().cast(dtype), None);
+                product.cast(FloatDType::F32).add(bias.val().unsqueeze())
+            }
+            _ => self.linear_in_type(layer, x).cast(FloatDType::F32),
+        }
     }
 
     /// `layer(x)` with the result left in the product's type, for a consumer that takes that
