@@ -20,7 +20,7 @@ build() {
   # and the autotune cache (≈ 3 MiB) fit; the WGSL build too only with `build wgsl`, in place
   # of the `gpu` one.
   local want="${1:-gpu}"
-  rm -f .gpu/jit-native-wgsl.xz .gpu/jit-native-gpu.xz
+  rm -f .gpu/jit-native-wgsl.xz .gpu/jit-native-gpu.xz .gpu/jit-native-wgsl .gpu/jit-native-gpu
   if [ "$want" = wgsl ]; then
     cargo build --release --locked -p jit-native
     strip -o .gpu/jit-native-wgsl "$CARGO_TARGET_DIR/release/jit-native"
@@ -31,13 +31,14 @@ build() {
     strip -o .gpu/jit-native-gpu "$CARGO_TARGET_DIR/release/jit-native"
     cargo build --release --locked -p jit-native
   fi
-  xz -f -T2 -6 .gpu/jit-native-*[!z]
+  xz -f -T2 -6 ".gpu/jit-native-$want"
   ls -la .gpu
 }
 
 # The Vulkan loader (when the machine lacks one), the NVIDIA ICD, the unpacked binaries, and
-# the caches a run on another machine left (cubecl's autotune results and compiled kernels in
-# .gpu/cubecl-cache.tgz, the driver's shader cache in .gpu/driver-cache.tgz), unless JIT_FRESH=1.
+# the cache a run on another machine left (cubecl's autotune results and compiled kernels in
+# .gpu/cubecl-cache.tgz; a driver shader cache in .gpu/driver-cache.tgz where one was put
+# there), unless JIT_FRESH=1.
 setup() {
   if [ -z "${JIT_FRESH:-}" ]; then
     [ -f .gpu/cubecl-cache.tgz ] && tar xzf .gpu/cubecl-cache.tgz && echo "cubecl cache: from .gpu"

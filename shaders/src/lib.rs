@@ -17,8 +17,9 @@
 //!   [`rms_norm_modulate_sums`], [`qkv_heads_dx`], [`qkv_heads_dweight`] and
 //!   [`scaled_softmax_backward`].
 //!
-//! They take and return burn's cubecl tensors ([`CubeTensor`], f32 (the softmax's also f16),
-//! contiguous or not);
+//! They take and return burn's cubecl tensors ([`CubeTensor`], contiguous or not): f32, and
+//! where mixed precision passes the products' f16 (`qkv_heads` and its backward kernels,
+//! `pad_part`, `scaled_softmax`) also f16, with the arithmetic in f32;
 //! `jit-core`'s op layer (`jit_core::ops`, a burn backend extension) calls them on
 //! [`CubeBackend`], in fusion's stream where burn's `fusion` is on and as tracked operations
 //! under autodiff. [`launches::count`] counts the kernels some work launches. Each kernel is
@@ -97,6 +98,14 @@ fn per_image(t: CubeTensor) -> (BufferArg, usize) {
     // `(images − 1)·stride + dim`: inside the buffer the view (or the copy) was cut from.
     let len = (images.max(1) - 1) * stride + dim;
     (unsafe { BufferArg::from_raw_parts(t.handle.clone(), len) }, stride)
+}
+
+/// Panics unless every tensor is f32: the operands a kernel binds as f32 whatever its storage
+/// type (gains, tables, RMS), which a buffer of another type would be read past the end of.
+fn assert_f32(what: &str, ts: &[&CubeTensor]) {
+    for t in ts {
+        assert_eq!(t.dtype, burn::tensor::DType::F32, "{what}: gains, tables and RMS are f32");
+    }
 }
 
 /// A new row-major f32 tensor of `shape` on `like`'s device.

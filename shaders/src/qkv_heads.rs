@@ -10,7 +10,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, row_rms, units_for};
-use crate::{buffer, contiguous, empty_like, with_float};
+use crate::{assert_f32, buffer, contiguous, empty_like, with_float};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)] // qkv, gains, tables, output, shape, eps, the cube
@@ -73,8 +73,13 @@ pub fn qkv_heads(
     let shape = qkv.meta.shape().to_vec();
     let (batch, tokens) = (shape[0], shape[1]);
     let head_dim = shape[2] / 3 / heads;
+    assert_f32("qkv_heads", &[&q_weight, &k_weight, &cos, &sin_signed]);
     let out = empty_like(&qkv, qkv_heads_shape(&shape, heads));
     let units = units_for(head_dim);
+    // SAFETY: `qkv` is row-major `[B, T, 3·heads·hd]` and `out` `[3, B, heads, T, hd]` in its
+    // type, the gains `[hd]` and tables `[T, hd]` f32 (checked); row `row < B·T·3·heads` reads
+    // and writes `head_dim` values at `row·head_dim` and at its per-head place, the tables at
+    // token `t`'s row and the gains below `head_dim`.
     with_float!(qkv.dtype, "qkv_heads", I => unsafe {
         qkv_heads_kernel::launch_unchecked::<I, f32>(
             &qkv.client,

@@ -15,7 +15,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
-use crate::{buffer, contiguous, elementwise_grid, empty_f32, empty_like, with_float};
+use crate::{assert_f32, buffer, contiguous, elementwise_grid, empty_f32, empty_like, with_float};
 
 /// `ĝ[i]`: RoPE's transpose of the output gradient at `dst` (the row's start) for channel `i`.
 #[cube]
@@ -140,6 +140,7 @@ pub fn qkv_heads_dx(
     let (batch, tokens) = (shape[0], shape[1]);
     let head_dim = shape[2] / 3 / heads;
     assert_eq!(grad.dtype, qkv.dtype, "qkv_heads_dx: the gradient is in qkv's type");
+    assert_f32("qkv_heads_dx", &[&q_weight, &k_weight, &cos, &sin_signed, &rms]);
     let dqkv = empty_like(&qkv, shape);
     let units = units_for(head_dim);
     // SAFETY: the operands are row-major in the layouts above; row `row < B·T·3·heads` reads and
@@ -184,6 +185,7 @@ pub fn qkv_heads_dweight(
     let out_shape = dweight_partials_shape(&shape, heads);
     let (chunks, head_dim) = (out_shape[0], out_shape[2]);
     assert_eq!(grad.dtype, qkv.dtype, "qkv_heads_dweight: the gradient is in qkv's type");
+    assert_f32("qkv_heads_dweight", &[&cos, &sin_signed, &rms]);
     let partial = empty_f32(&qkv, out_shape);
     let (count, cube_dim) = elementwise_grid(&qkv, chunks * 2 * head_dim);
     // SAFETY: one unit per (chunk, part, i) < chunks·2·head_dim (checked in the kernel) reads

@@ -323,17 +323,21 @@ fn scaled_softmax_matches_the_reference_in_values_and_gradients() {
     use burn::tensor::{DType, FloatDType};
     use jit_core::ops::JitOps;
     let device = wgpu_device();
-    for &(shape, dtype) in &[
-        ([2, 3, 10, 10], FloatDType::F32),
-        ([1, 2, 300, 300], FloatDType::F32),
-        ([1, 1, 70_000, 5], FloatDType::F32),
-        ([2, 3, 10, 10], FloatDType::F16),
-        ([1, 2, 300, 300], FloatDType::F16),
+    // Scores around `mean`: ±1500 scaled overflow exp unless each row's maximum is subtracted.
+    for &(shape, dtype, mean) in &[
+        ([2, 3, 10, 10], FloatDType::F32, 0.0),
+        ([1, 2, 300, 300], FloatDType::F32, 0.0),
+        ([1, 1, 70_000, 5], FloatDType::F32, 0.0),
+        ([2, 3, 10, 10], FloatDType::F32, 1500.0),
+        ([1, 2, 300, 300], FloatDType::F32, -1500.0),
+        ([2, 3, 10, 10], FloatDType::F16, 0.0),
+        ([1, 2, 300, 300], FloatDType::F16, 0.0),
+        ([2, 3, 10, 10], FloatDType::F16, 1500.0),
     ] {
-        let what = format!("scaled_softmax {shape:?} {dtype:?}");
-        let scores = random(shape, 3.0, 5, &device).cast(dtype);
+        let what = format!("scaled_softmax {shape:?} {dtype:?} around {mean}");
+        let scores = random_leaf(shape, mean, 3.0, 5, &device).cast(dtype);
         let grad = random(shape, 1.0, 6, &device).cast(dtype);
-        let scale = 0.37;
+        let scale = if mean == 0.0 { 0.37 } else { 1.0 };
         let (probs, typed) = <Dispatch as JitOps>::scaled_softmax(prim(scores.clone()), scale);
         let (ref_probs, ref_typed) = reference::scaled_softmax::<Dispatch>(prim(scores.clone()), scale);
         let (probs, typed): (Tensor<4>, Tensor<4>) = (from_prim(probs), from_prim(typed));

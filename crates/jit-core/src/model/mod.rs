@@ -19,8 +19,9 @@ use burn::nn::Linear;
 use burn::tensor::{Device, FloatDType, Tensor};
 
 /// Float type of the linear layers' matrix products. The reference trains and samples under
-/// bf16 autocast: linear layers take bf16 inputs and weights and accumulate in f32 (here the
-/// bias is added in f32 to the rounded product, where autocast rounds their sum once), while
+/// bf16 autocast: linear layers take bf16 inputs and weights and accumulate in f32 (here a
+/// layer whose result returns to f32 adds its bias in f32 to the rounded product, where autocast
+/// rounds their sum once; one feeding an f16/bf16 consumer, `qkv`, adds it in that type), while
 /// norms, RoPE, attention, softmax, residual sums and the loss stay f32 (so do the weights,
 /// their gradients, AdamW's moments and the EMAs). `None` computes everything in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,9 +41,10 @@ impl MatmulDtype {
         }
     }
 
-    /// `layer(x)` with the result left in the product's type, for a consumer that takes that
-    /// type (the next linear layer), where a cast to f32 and back would change nothing but cost
-    /// two passes each way. An `x` already in the chosen type is not cast.
+    /// `layer(x)` with the result left in the product's type (the bias added in that type), for
+    /// a consumer that takes that type (the next linear layer, `qkv_heads`), where a cast to f32
+    /// and back would change nothing but cost two passes each way. An `x` already in the chosen
+    /// type is not cast.
     pub fn linear_in_type<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         let bias = layer.bias.as_ref().map(|b| b.val());
         match self.0 {

@@ -111,12 +111,6 @@ impl JitOps for CubeBackend {
         (dqkv, part(0), part(1))
     }
 
-    /// The two products and [`JitOps::scaled_softmax`]'s kernel. Reached without burn's fusion
-    /// (the web module); under fusion the default body runs in fusion's stream.
-    fn head_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, scale: f32) -> CubeTensor {
-        reference::head_attention_with::<B>(q, k, v, scale, Self::scaled_softmax).0
-    }
-
     fn scaled_softmax(scores: CubeTensor, scale: f32) -> (CubeTensor, CubeTensor) {
         if !f32_or_f16(&scores) {
             return reference::scaled_softmax::<B>(scores, scale);

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | default bodies | [`reference`]: the maths in burn's primitive tensor ops, for any backend |
 //! | Flex (CPU), f32 | [`flex`]: the kernels of [`crate::fused`] (one pass over memory each, `gemm` for the products) |
-//! | Cube (GPUs through wgpu), f32 | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
+//! | Cube (GPUs through wgpu), f32 (also f16 where mixed precision passes it: `qkv_heads`, the parts' gradients, attention's softmax) | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
 //! | `Autodiff<B, C>`, any checkpoint strategy | [`autodiff`]: each operation one tracked node whose backward pass calls `B`'s backward method |
 //!
 //! A backend's method falls back to the reference body for inputs its kernels do not take
@@ -58,7 +58,8 @@ fn count_kernel() {
     KERNELS.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The fused operations. Tensors are f32 in the kernels' paths; shapes as in [`reference`].
+/// The fused operations. Tensors are f32 in the kernels' paths (f16 too where [`cube`] says);
+/// shapes as in [`reference`].
 #[backend_extension(
     Flex: cfg(feature = "flex"),
     Cube: cfg(feature = "wgpu"),
@@ -147,9 +148,8 @@ pub trait JitOps: Backend {
     }
 
     /// Attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in token order
-    /// `[B, T, heads·hd]`. (Under burn's fusion the reference body's element-wise ops stay in
-    /// its stream, to be joined: 12 fewer launches per block and B/16 sampler step on lavapipe
-    /// than burn's attention op run inside a custom operation.)
+    /// `[B, T, heads·hd]`: the two products and [`JitOps::scaled_softmax`]. (Under burn's fusion
+    /// the body stays in its stream, the softmax one custom operation in it.)
     #[fusion(default)]
     fn head_attention(
         q: FloatTensor<Self>,
