@@ -55,8 +55,10 @@ pub use rms_rows::rms_rows;
 pub use scaled_softmax::{scaled_softmax, scaled_softmax_backward};
 pub use silu_gate::silu_gate;
 
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use cubecl::prelude::BufferArg;
 
 /// `$body` with the type alias `$t` bound to the element type of `$dtype` (f32 or f16): the
 /// launch of a kernel whose storage type follows a tensor's (`$what` names it in the panic
@@ -76,8 +78,6 @@ macro_rules! with_float {
         }
     };
 }
-use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
-use cubecl::prelude::BufferArg;
 pub(crate) use with_float;
 
 /// `t` in row-major order, copied only where it is a view (chunks, transposes) or tiled.
@@ -104,18 +104,13 @@ fn per_image(t: CubeTensor) -> (BufferArg, usize) {
 /// type (gains, tables, RMS), which a buffer of another type would be read past the end of.
 fn assert_f32(what: &str, ts: &[&CubeTensor]) {
     for t in ts {
-        assert_eq!(t.dtype, burn::tensor::DType::F32, "{what}: gains, tables and RMS are f32");
+        assert_eq!(t.dtype, DType::F32, "{what}: gains, tables and RMS are f32");
     }
 }
 
 /// A new row-major f32 tensor of `shape` on `like`'s device.
 fn empty_f32(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
-    empty_device_contiguous_dtype(
-        like.client.clone(),
-        like.device.clone(),
-        Shape::from(shape),
-        burn::tensor::DType::F32,
-    )
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), Shape::from(shape), DType::F32)
 }
 
 /// A new row-major tensor of `shape` on `like`'s device, with its dtype.

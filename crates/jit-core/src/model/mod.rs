@@ -32,12 +32,16 @@ impl MatmulDtype {
     /// precision the bias is added to the product's result in f32 (one rounding, as a fused
     /// bias epilogue of a GPU product, and no casts of the bias or its gradient).
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-        match (self.0, &layer.bias) {
-            (Some(dtype), Some(bias)) => {
-                let product = crate::ops::linear(x.cast(dtype), layer.weight.val().cast(dtype), None);
-                product.cast(FloatDType::F32).add(bias.val().unsqueeze())
+        let bias = layer.bias.as_ref().map(|b| b.val());
+        match self.0 {
+            None => crate::ops::linear(x, layer.weight.val(), bias),
+            Some(dtype) => {
+                let product = Self::typed(dtype, layer, x, None).cast(FloatDType::F32);
+                match bias {
+                    Some(b) => product.add(b.unsqueeze()),
+                    None => product,
+                }
             }
-            _ => self.linear_in_type(layer, x).cast(FloatDType::F32),
         }
     }
 
@@ -49,10 +53,13 @@ impl MatmulDtype {
         let bias = layer.bias.as_ref().map(|b| b.val());
         match self.0 {
             None => crate::ops::linear(x, layer.weight.val(), bias),
-            Some(dtype) => {
-                crate::ops::linear(x.cast(dtype), layer.weight.val().cast(dtype), bias.map(|b| b.cast(dtype)))
-            }
+            Some(dtype) => Self::typed(dtype, layer, x, bias),
         }
+    }
+
+    /// `x·weight (+ bias)` with every operand cast to `dtype` (no cast where one already is).
+    fn typed<const D: usize>(dtype: FloatDType, layer: &Linear, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+        crate::ops::linear(x.cast(dtype), layer.weight.val().cast(dtype), bias.map(|b| b.cast(dtype)))
     }
 }
 
