@@ -10,7 +10,7 @@
 //! - [`silu_gate`]: SwiGLU's gate `SiLU(x1)·x2` (one per block);
 //! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block);
 //! - [`cfg_mix`]: classifier-free guidance in the sampler;
-//! - [`ema_pair`]: both EMA updates of a parameter (one per parameter and training step);
+//! - [`adamw_ema`]: AdamW's step and both EMA updates over many parameters per launch;
 //! - [`pad_part`]: the gradient of a part of a tensor (the adaLN output's six, `qkv_heads`'s
 //!   three), in place of zeros and a slice-assign;
 //! - the backward passes: [`rms_rows`] (each row's RMS), [`rms_norm_modulate_dx`],
@@ -27,8 +27,8 @@
 
 extern crate alloc;
 
+mod adamw_ema;
 mod cfg_mix;
-mod ema_pair;
 mod gated_residual;
 pub mod launches;
 mod pad_part;
@@ -41,10 +41,10 @@ mod rms_rows;
 mod scaled_softmax;
 mod silu_gate;
 
+pub use adamw_ema::{AdamWEmaSlot, adamw_ema};
 pub use burn_cubecl::CubeBackend;
 pub use burn_cubecl::tensor::CubeTensor;
 pub use cfg_mix::cfg_mix;
-pub use ema_pair::ema_pair;
 pub use gated_residual::gated_residual;
 pub use pad_part::pad_part;
 pub use qkv_heads::qkv_heads;

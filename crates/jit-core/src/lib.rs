@@ -23,6 +23,8 @@
 //! - [`checkpoint`] and [`state_dict`]: weights in and out, named as the reference names them.
 //! - [`host`]: reading tensors back, label tensors, 8-bit images; [`rng`]: portable noise.
 
+#[cfg(feature = "train")]
+pub mod adamw;
 pub mod checkpoint;
 pub mod config;
 pub mod ema;

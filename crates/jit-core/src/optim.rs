@@ -1,10 +1,7 @@
 //! Optimiser settings: AdamW as the reference sets it up (β 0.9/0.95, no weight decay on 1-D
 //! parameters and biases), `lr = blr·batch/256` with linear warm-up then constant or cosine,
-//! and the decays of the two EMAs.
+//! and the decays of the two EMAs; [`crate::adamw`] takes the steps.
 
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, ModuleOptimizer};
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// Learning-rate schedule after warm-up.
@@ -84,34 +81,6 @@ impl OptimConfig {
                 let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
                 self.min_lr + (peak - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }
-        }
-    }
-
-    /// AdamW for `model`: decay on matrices only, none on 1-D parameters (biases, norms).
-    pub fn optimizer<M: Module>(&self, model: &M) -> ModuleOptimizer {
-        let adamw = |wd: f64| {
-            AdamWConfig::new()
-                .with_beta_1(self.beta1 as f32)
-                .with_beta_2(self.beta2 as f32)
-                .with_epsilon(self.epsilon as f32)
-                .with_weight_decay(wd as f32)
-        };
-        let optim = adamw(self.weight_decay).init();
-        if self.weight_decay == 0.0 {
-            return optim;
-        }
-        let mut vectors = VectorParams(Vec::new());
-        model.visit(&mut vectors);
-        optim.with_group(ParamGroup::from_ids(vectors.0), adamw(0.0).build(), None)
-    }
-}
-
-struct VectorParams(Vec<ParamId>);
-
-impl ModuleVisitor for VectorParams {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if D == 1 {
-            self.0.push(param.id);
         }
     }
 }

@@ -160,8 +160,8 @@ impl ModuleMapper for Load {
     }
 }
 
-/// Parameter ids by reference key. Optimizer state is keyed by these ids, so a training
-/// checkpoint stores them and [`set_param_ids`] restores them on resume.
+/// Parameter ids by reference key. Training checkpoints of earlier versions keyed burn's AdamW
+/// record by these ids and stored them beside it; [`set_param_ids`] restores them to read one.
 pub fn param_ids(model: &Jit) -> BTreeMap<String, u64> {
     layouts(model).into_iter().map(|(id, l)| (l.key, id.val())).collect()
 }

@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Device, Int, Tensor};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Int, Tensor};
 
+use crate::adamw::AdamW;
 use crate::checkpoint::{self, CheckpointMeta, StoreDtype, WeightCopy};
 use crate::config::{DiffusionConfig, MemoryLimit};
 use crate::ema::Ema;
@@ -20,9 +21,14 @@ use crate::objective::{draw_noise_shard, loss};
 use crate::optim::OptimConfig;
 use crate::state_dict;
 
-/// Blob holding the AdamW state in a training checkpoint.
+/// Weight copies holding AdamW's first and second moments in a training checkpoint.
+const ADAMW_M: &str = "adamw_m";
+const ADAMW_V: &str = "adamw_v";
+/// Blob holding AdamW's step count of each parameter (JSON, visiting order).
+const ADAMW_STEPS_BLOB: &str = "adamw_steps";
+/// Blob holding burn's AdamW record in checkpoints of earlier versions.
 const OPTIMIZER_BLOB: &str = "optimizer";
-/// Blob holding the parameter ids (AdamW state is keyed by them) in a training checkpoint.
+/// Blob holding the parameter ids (burn's AdamW record is keyed by them) beside it.
 const PARAM_IDS_BLOB: &str = "param_ids";
 
 /// A network in training with its optimizer and two EMAs.
@@ -30,7 +36,7 @@ pub struct TrainState<M> {
     /// The trained network (on an autodiff device).
     pub model: M,
     /// AdamW state.
-    pub optim: ModuleOptimizer,
+    pub adamw: AdamW<M>,
     /// EMA with the first decay (used for sampling).
     pub ema1: Ema<M>,
     /// EMA with the second decay.
@@ -48,10 +54,10 @@ impl<M: Module> TrainState<M> {
     pub fn new(model: M, optim_config: OptimConfig, seed: u64) -> Self {
         let device = model.devices()[0].clone();
         let model = model.to_device(&device.autodiff()).train();
-        let optim = optim_config.optimizer(&model);
+        let adamw = AdamW::new(&model);
         let ema1 = Ema::new(&model, optim_config.ema_decays.0);
         let ema2 = Ema::new(&model, optim_config.ema_decays.1);
-        Self { model, optim, ema1, ema2, optim_config, step: 0, seed }
+        Self { model, adamw, ema1, ema2, optim_config, step: 0, seed }
     }
 
     /// The device training runs on (autodiff).
@@ -65,7 +71,7 @@ impl<M: Module> TrainState<M> {
     }
 
     /// One optimizer step on `loss` (computed from `self.model` on a batch of `batch`):
-    /// backward, AdamW at the scheduled rate, both EMAs, step + 1.
+    /// backward, AdamW at the scheduled rate with both EMAs, step + 1.
     pub fn apply(&mut self, loss: Tensor<1>, batch: usize) {
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
         self.apply_gradients(grads, batch);
@@ -74,8 +80,8 @@ impl<M: Module> TrainState<M> {
     /// [`Self::apply`] with the gradients already computed.
     pub fn apply_gradients(&mut self, grads: GradientsParams, batch: usize) {
         let lr = self.lr(batch);
-        self.model = self.optim.step(lr, self.model.clone(), grads);
-        Ema::update_pair(&mut self.ema1, &mut self.ema2, &self.model);
+        let emas = (&mut self.ema1, &mut self.ema2);
+        self.model = self.adamw.step(&self.optim_config, lr, self.model.clone(), grads, emas);
         self.step += 1;
     }
 }
@@ -211,33 +217,32 @@ pub fn sum_gradients<M: Module>(model: &M, parts: Vec<GradientsParams>) -> Gradi
 }
 
 impl TrainState<Jit> {
-    /// The whole state as one checkpoint file (f32 weights of `net`, `ema1`, `ema2`, the AdamW
-    /// state and parameter ids); `meta.step` is set to the current step. Fails with
-    /// [`JitError::NonFinite`] when any weight copy holds NaN or ∞, so such weights never
-    /// replace a good checkpoint.
+    /// The whole state as one checkpoint file (f32 weights of `net`, `ema1`, `ema2`, AdamW's
+    /// moments as two more copies and its step counts); `meta.step` is set to the current step.
+    /// Fails with [`JitError::NonFinite`] when any weight copy holds NaN or ∞, so such weights
+    /// never replace a good checkpoint.
     pub fn to_checkpoint(&self, meta: &CheckpointMeta) -> Result<Vec<u8>, JitError> {
         let mut meta = meta.clone();
         meta.step = self.step;
-        let optim =
-            self.optim.into_bytes().map_err(|e| JitError::Backend(format!("cannot serialise the optimizer: {e:?}")))?;
-        let ids =
-            serde_json::to_vec(&state_dict::param_ids(&self.model)).map_err(|e| JitError::Backend(e.to_string()))?;
+        let steps = serde_json::to_vec(&self.adamw.steps).map_err(|e| JitError::Backend(e.to_string()))?;
         checkpoint::save_with_blobs(
             &meta,
             &[
                 (WeightCopy::Net.prefix(), &self.model),
                 (WeightCopy::Ema1.prefix(), &self.ema1.model),
                 (WeightCopy::Ema2.prefix(), &self.ema2.model),
+                (ADAMW_M, &self.adamw.m),
+                (ADAMW_V, &self.adamw.v),
             ],
             StoreDtype::F32,
-            &[(OPTIMIZER_BLOB, &optim[..]), (PARAM_IDS_BLOB, &ids[..])],
+            &[(ADAMW_STEPS_BLOB, &steps[..])],
         )
     }
 
-    /// Restores a state saved by [`Self::to_checkpoint`] on `device`, with `seed` and `optim_config` (which
-    /// may differ from the saved run's: a new learning rate or schedule applies from here on).
-    /// Every weight copy is checked (shapes, finiteness) and the memory `limit` before anything
-    /// is built.
+    /// Restores a state saved by [`Self::to_checkpoint`] (or by earlier versions, which saved
+    /// burn's AdamW record) on `device`, with `seed` and `optim_config` (which may differ from
+    /// the saved run's: a new learning rate or schedule applies from here on). Every weight copy
+    /// is checked (shapes, finiteness) and the memory `limit` before anything is built.
     pub fn from_checkpoint(
         bytes: &[u8],
         optim_config: OptimConfig,
@@ -245,29 +250,41 @@ impl TrainState<Jit> {
         device: &Device,
         limit: MemoryLimit,
     ) -> Result<(Self, CheckpointMeta), JitError> {
-        let load = |copy: WeightCopy| checkpoint::load_limited(bytes, copy.prefix(), device, limit);
-        let (net, meta) = load(WeightCopy::Net)?;
-        let (ema1, _) = load(WeightCopy::Ema1)?;
-        let (ema2, _) = load(WeightCopy::Ema2)?;
+        let load = |copy: &str| checkpoint::load_limited(bytes, copy, device, limit);
+        let (net, meta) = load(WeightCopy::Net.prefix())?;
+        let (ema1, _) = load(WeightCopy::Ema1.prefix())?;
+        let (ema2, _) = load(WeightCopy::Ema2.prefix())?;
         let missing = |what: &str| {
             JitError::BadMetadata(format!(
                 "no {what} in this file (is it an exported model, not a training checkpoint?)"
             ))
         };
-        let optim = checkpoint::blob(bytes, OPTIMIZER_BLOB)?.ok_or_else(|| missing("optimizer state"))?;
-        let ids = checkpoint::blob(bytes, PARAM_IDS_BLOB)?.ok_or_else(|| missing("parameter ids"))?;
-        let ids: BTreeMap<String, u64> =
-            serde_json::from_slice(&ids).map_err(|e| JitError::BadMetadata(format!("corrupt parameter ids: {e}")))?;
-        // AdamW state is keyed by parameter id: give the loaded weights their saved ids.
-        let net = state_dict::set_param_ids(net, &ids);
+        let adamw = if meta.copies.iter().any(|c| c == ADAMW_M) {
+            let (m, _) = load(ADAMW_M)?;
+            let (v, _) = load(ADAMW_V)?;
+            let steps = checkpoint::blob(bytes, ADAMW_STEPS_BLOB)?.ok_or_else(|| missing("AdamW step counts"))?;
+            let steps: Vec<u64> = serde_json::from_slice(&steps)
+                .map_err(|e| JitError::BadMetadata(format!("corrupt AdamW step counts: {e}")))?;
+            let params = state_dict::param_ids(&net).len();
+            if steps.len() != params {
+                return Err(JitError::BadMetadata(format!(
+                    "corrupt AdamW step counts: {} for {params} parameters",
+                    steps.len()
+                )));
+            }
+            AdamW { m, v, steps }
+        } else {
+            // Burn's AdamW record, keyed by the parameter ids saved beside it.
+            let record = checkpoint::blob(bytes, OPTIMIZER_BLOB)?.ok_or_else(|| missing("optimizer state"))?;
+            let ids = checkpoint::blob(bytes, PARAM_IDS_BLOB)?.ok_or_else(|| missing("parameter ids"))?;
+            let ids: BTreeMap<String, u64> = serde_json::from_slice(&ids)
+                .map_err(|e| JitError::BadMetadata(format!("corrupt parameter ids: {e}")))?;
+            AdamW::from_burn_record(&state_dict::set_param_ids(net.clone(), &ids), &record)?
+        };
         let mut state = Self::new(net, optim_config, seed);
         state.ema1.model = ema1;
         state.ema2.model = ema2;
-        state.optim = state
-            .optim
-            .clone()
-            .from_bytes(Bytes::from_bytes_vec(optim))
-            .map_err(|e| JitError::BadMetadata(format!("corrupt optimizer state: {e:?}")))?;
+        state.adamw = adamw;
         state.step = meta.step;
         Ok((state, meta))
     }

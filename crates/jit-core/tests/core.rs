@@ -463,3 +463,100 @@ fn a_training_step_on_wgpu_follows_the_cpu_step() {
     let (w, e) = (rel_l2(&gpu.1, &cpu.1), rel_l2(&gpu.2, &cpu.2));
     assert!(w <= 1e-5 && e <= 1e-5, "weights after the step differ by rel. L2 {w:e} (EMA {e:e})");
 }
+
+/// The loss of `net` (on an autodiff device) on a fixed batch and fixed draws.
+fn fixed_loss(net: &Jit, config: &JitConfig) -> Tensor<1> {
+    let device = net.devices()[0].clone();
+    let (x, labels) = batch(config, 3, &device);
+    let draw = StepNoise {
+        t: Tensor::<1>::from_data(TensorData::new(vec![0.2f32, 0.6, 0.9], [3]), &device),
+        noise: PortableRng::new(4).noise([3, 1, 8, 8], 1.0, &device),
+        labels: labels_tensor(&labels, &device),
+    };
+    jit_core::objective::loss(net, &DiffusionConfig::default(), x, draw)
+}
+
+/// AdamW's step with both EMAs is burn's AdamW (weight decay on matrices only, as the reference
+/// sets it up) followed by the EMA formula, and a run resumes from checkpoints of either format:
+/// this one's and those written with burn's optimizer record.
+#[test]
+fn adamw_steps_as_burns_adamw_and_resumes_from_either_checkpoint_format() {
+    use burn::module::{ModuleVisitor, Param, ParamGroup, ParamId};
+    use burn::optim::{AdamWConfig, GradientsParams};
+    use jit_core::MemoryLimit;
+
+    let device = Device::flex();
+    let config = tiny(true);
+    let optim = OptimConfig { lr: Some(3e-3), weight_decay: 0.05, ema_decays: (0.9, 0.5), ..OptimConfig::default() };
+    let mut ours = TrainState::new(randomized(&config, &device, 5), optim.clone(), 11);
+
+    // burn's AdamW as earlier versions set it up: decay on every parameter but the 1-D ones.
+    struct Vectors(Vec<ParamId>);
+    impl ModuleVisitor for Vectors {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if D == 1 {
+                self.0.push(param.id);
+            }
+        }
+    }
+    let adamw =
+        |wd: f64| AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.95).with_epsilon(1e-8).with_weight_decay(wd as f32);
+    let mut vectors = Vectors(Vec::new());
+    ours.model.visit(&mut vectors);
+    let mut burn_optim =
+        adamw(optim.weight_decay).init().with_group(ParamGroup::from_ids(vectors.0), adamw(0.0).build(), None);
+    let mut burn_model = ours.model.clone();
+    let blend = |ema: &[f32], theta: &[f32], decay: f64| -> Vec<f32> {
+        ema.iter().zip(theta).map(|(e, t)| e * decay as f32 + t * (1.0 - decay) as f32).collect()
+    };
+    let same = |what: &str, a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len(), "{what}: sizes");
+        let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs() / b.abs().max(1e-3)).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "{what}: differs by {worst:e} (relative)");
+    };
+    let mut e1 = all_params(&ours.ema1.model);
+    let mut e2 = e1.clone();
+    for step in 1..=2 {
+        let loss = fixed_loss(&ours.model, &config);
+        ours.apply(loss, 3);
+        let grads = GradientsParams::from_grads(fixed_loss(&burn_model, &config).backward(), &burn_model);
+        burn_model = burn_optim.step(3e-3, burn_model.clone(), grads);
+        let theta = all_params(&burn_model.valid());
+        (e1, e2) = (blend(&e1, &theta, 0.9), blend(&e2, &theta, 0.5));
+        same(&format!("weights after step {step}"), &all_params(&ours.model.valid()), &theta);
+        same(&format!("EMA 1 after step {step}"), &all_params(&ours.ema1.model), &e1);
+        same(&format!("EMA 2 after step {step}"), &all_params(&ours.ema2.model), &e2);
+    }
+
+    // Resuming: one more step from a checkpoint of each format equals the uninterrupted step.
+    let meta = meta_for(&config);
+    let ids = serde_json::to_vec(&state_dict::param_ids(&burn_model)).unwrap();
+    let record = burn_optim.into_bytes().unwrap();
+    let old = checkpoint::save_with_blobs(
+        &meta,
+        &[("net", &burn_model.valid()), ("ema1", &ours.ema1.model), ("ema2", &ours.ema2.model)],
+        StoreDtype::F32,
+        &[("optimizer", &record[..]), ("param_ids", &ids[..])],
+    )
+    .unwrap();
+    let new = ours.to_checkpoint(&meta).unwrap();
+    // Two steps for every trained parameter; none for the fixed positional embedding.
+    let steps = ours.adamw.steps.clone();
+    assert_eq!(steps.iter().filter(|&&s| s == 2).count(), steps.len() - 1, "step counts {steps:?}");
+    let loss = fixed_loss(&ours.model, &config);
+    ours.apply(loss, 3);
+    for (format, bytes) in [("burn's record", old), ("this version's", new)] {
+        let (mut resumed, _) =
+            TrainState::from_checkpoint(&bytes, optim.clone(), 11, &device, MemoryLimit::default()).unwrap();
+        assert_eq!(resumed.adamw.steps, steps, "{format}: step counts");
+        let loss = fixed_loss(&resumed.model, &config);
+        resumed.apply(loss, 3);
+        same(
+            &format!("weights resumed from {format}"),
+            &all_params(&resumed.model.valid()),
+            &all_params(&ours.model.valid()),
+        );
+        same(&format!("EMA 1 resumed from {format}"), &all_params(&resumed.ema1.model), &all_params(&ours.ema1.model));
+        same(&format!("moments resumed from {format}"), &all_params(&resumed.adamw.v), &all_params(&ours.adamw.v));
+    }
+}

@@ -196,24 +196,48 @@ fn linear_layers_match_in_values_and_gradients() {
     }
 }
 
+/// Parameters of several shapes with gradients, moments (the second positive) and two EMAs.
+fn adamw_inputs(shapes: &[usize], seed: u64) -> (Vec<Tensor<1>>, Vec<Tensor<1>>, Vec<[Tensor<1>; 4]>) {
+    let one = |n: usize, k: u64| random([n], 1.0, seed + 10 * n as u64 + k)[0].clone();
+    let params = shapes.iter().map(|&n| one(n, 1)).collect();
+    let grads = shapes.iter().map(|&n| one(n, 2).mul_scalar(0.01)).collect();
+    let state = shapes
+        .iter()
+        .map(|&n| [one(n, 3).mul_scalar(0.01), one(n, 4).mul_scalar(1e-4).abs(), one(n, 5), one(n, 6)])
+        .collect();
+    (params, grads, state)
+}
+
 #[test]
-fn the_ema_update_rounds_as_the_tensor_ops_do() {
-    let [ema1, ..] = random([3, 1000], 1.0, 19);
-    let [ema2, ..] = random([3, 1000], 1.0, 21);
-    let [theta, ..] = random([3, 1000], 1.0, 20);
-    let pair = || ops::ema_pair((ema1.clone(), ema2.clone()), theta.clone(), (0.9999, 0.9996));
-    each_level(|level| {
-        let ((a, b), took) = ran_kernels(|| {
-            let (a, b) = pair();
-            (values(a), values(b))
+fn adamw_with_both_emas_rounds_as_the_tensor_ops_do() {
+    let (params, grads, state) = adamw_inputs(&[1000, 7, 1, 4099], 30);
+    for factors in [
+        ops::AdamWEmaFactors::new(1e-3, 0.0, (0.9, 0.95), 1e-8, 1, (0.9999, 0.9996)),
+        ops::AdamWEmaFactors::new(2e-4, 0.05, (0.9, 0.999), 1e-6, 37, (0.5, 0.25)),
+    ] {
+        let step = || -> Vec<Vec<f32>> {
+            ops::adamw_ema(params.clone(), grads.clone(), state.clone(), factors)
+                .into_iter()
+                .flatten()
+                .map(values)
+                .collect()
+        };
+        each_level(|level| {
+            let (ours, took) = ran_kernels(step);
+            assert!(took, "the kernel not taken");
+            let reference = on_reference(step);
+            assert_eq!(ours.len(), 5 * params.len());
+            for (k, (a, b)) in ours.iter().zip(&reference).enumerate() {
+                assert_eq!(
+                    a,
+                    b,
+                    "parameter {}, output {} (θ, m, v, ema1, ema2), {level} kernels, {factors:?}",
+                    k / 5,
+                    k % 5
+                );
+            }
         });
-        let (ra, rb) = on_reference(pair);
-        assert!(took, "the kernel not taken");
-        assert_eq!(a, values(ra), "the first EMA, {level} kernels");
-        assert_eq!(b, values(rb), "the second EMA, {level} kernels");
-        let plain = values(ema2.clone().mul_scalar(0.9996).add(theta.clone().mul_scalar(1.0 - 0.9996)));
-        assert_eq!(b, plain, "the second EMA as burn's tensor ops round it, {level} kernels");
-    });
+    }
 }
 
 #[test]

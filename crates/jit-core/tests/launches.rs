@@ -132,3 +132,30 @@ fn f16_qkv_heads_run_without_casts() {
     // The casts: the output's to f32 for the loss and its gradient's back; none inside.
     assert!(named(&launched, &["Cast"]) <= 2, "{:?}", launched.by_kernel);
 }
+
+#[test]
+fn adamw_with_both_emas_runs_many_parameters_per_launch() {
+    let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = wgpu_device();
+    let n = 20;
+    let one = |len: usize, k: usize| {
+        let values: Vec<f32> = (0..len).map(|i| ((i * 7 + k) % 13) as f32 * 0.01 + 0.01).collect();
+        Tensor::<1>::from_data(TensorData::new(values, [len]), &device)
+    };
+    let params: Vec<_> = (0..n).map(|i| one(10 + 3 * i, 1)).collect();
+    let grads: Vec<_> = (0..n).map(|i| one(10 + 3 * i, 2)).collect();
+    let state: Vec<_> = (0..n).map(|i| [3, 4, 5, 6].map(|k| one(10 + 3 * i, k))).collect();
+    let factors = ops::AdamWEmaFactors::new(1e-3, 0.0, (0.9, 0.95), 1e-8, 1, (0.9999, 0.9996));
+    let step = || {
+        let out = ops::adamw_ema(params.clone(), grads.clone(), state.clone(), factors);
+        out.into_iter().flatten().map(to_vec).collect::<Vec<_>>()
+    };
+    let first = step();
+    let (again, launched) = jit_core::launches::count(step);
+    assert_eq!(again, first, "the same values when counted");
+    // As many parameters per launch as the adapter's storage bindings allow: 11 each, 32 or
+    // more on any adapter that trains (lavapipe's limit fits two per launch).
+    let kernels = named(&launched, &["AdamwEma"]);
+    assert!(kernels >= 1 && kernels <= n / 2, "{n} parameters in {kernels} launches: {:?}", launched.by_kernel);
+    assert_eq!(launched.total(), kernels, "nothing else launched: {:?}", launched.by_kernel);
+}

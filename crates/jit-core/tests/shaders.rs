@@ -394,17 +394,44 @@ fn gated_residual_matches_the_tensor_ops() {
     }
 }
 
+/// Many parameters (more than one launch takes) of odd sizes, one of 70 001 values, with
+/// gradients, moments (the second positive) and two EMAs.
+fn adamw_inputs(shapes: &[usize], device: &Device) -> (Vec<Tensor<1>>, Vec<Tensor<1>>, Vec<[Tensor<1>; 4]>) {
+    let one = |n: usize, k: u64, std: f32| random([n], std, 10 * n as u64 + k, device);
+    let params = shapes.iter().map(|&n| one(n, 1, 1.0)).collect();
+    let grads = shapes.iter().map(|&n| one(n, 2, 0.01)).collect();
+    let state =
+        shapes.iter().map(|&n| [one(n, 3, 0.01), one(n, 4, 1e-4).abs(), one(n, 5, 1.0), one(n, 6, 1.0)]).collect();
+    (params, grads, state)
+}
+
 #[test]
-fn ema_pair_matches_the_tensor_ops() {
-    for device in [wgpu_device(), Device::flex()] {
-        let ema = |seed| random([3, 5, 7, 11], 1.0, seed, &device);
-        let (ema1, ema2, theta) = (ema(1), ema(3), ema(2));
-        for decays in [(0.9999, 0.9996), (0.5, 0.25)] {
-            let (a, b) = ops::ema_pair((ema1.clone(), ema2.clone()), theta.clone(), decays);
-            let blend =
-                |ema: &Tensor<4>, decay: f64| ema.clone().mul_scalar(decay).add(theta.clone().mul_scalar(1.0 - decay));
-            assert_close(&format!("ema_pair {decays:?}, first, on {device:?}"), a, blend(&ema1, decays.0), 1e-7);
-            assert_close(&format!("ema_pair {decays:?}, second, on {device:?}"), b, blend(&ema2, decays.1), 1e-7);
+fn adamw_with_both_emas_matches_the_tensor_ops() {
+    let device = wgpu_device();
+    let mut shapes: Vec<usize> = (0..70).map(|i| 1 + (i * 37) % 300).collect();
+    shapes.push(70_001);
+    let (params, grads, state) = adamw_inputs(&shapes, &device);
+    for factors in [
+        ops::AdamWEmaFactors::new(1e-3, 0.0, (0.9, 0.95), 1e-8, 1, (0.9999, 0.9996)),
+        ops::AdamWEmaFactors::new(2e-4, 0.05, (0.9, 0.999), 1e-6, 37, (0.5, 0.25)),
+    ] {
+        let before = ops::kernels_run();
+        let ours = ops::adamw_ema(params.clone(), grads.clone(), state.clone(), factors);
+        assert!(ops::kernels_run() > before, "the kernel not taken");
+        let mut lists: [Vec<_>; 6] = Default::default();
+        for ((p, g), s) in params.iter().zip(&grads).zip(&state) {
+            for (list, t) in lists.iter_mut().zip([p, g].into_iter().chain(s)) {
+                list.push(prim(t.clone()));
+            }
+        }
+        let factors_tensor = prim(Tensor::<1>::from_floats(factors.values(), &device));
+        let [p, m, v, e1, e2] = reference::adamw_ema::<Dispatch>(lists, factors_tensor);
+        let reference = p.into_iter().zip(m).zip(v).zip(e1).zip(e2).map(|((((p, m), v), e1), e2)| [p, m, v, e1, e2]);
+        for (i, (a, b)) in ours.into_iter().zip(reference).enumerate() {
+            for (k, (a, b)) in a.into_iter().zip(b.map(from_prim::<1>)).enumerate() {
+                let what = format!("parameter {i} of {}, output {k} (θ, m, v, ema1, ema2), {factors:?}", shapes[i]);
+                assert_close(&what, a.unsqueeze(), b.unsqueeze(), 1e-6);
+            }
         }
     }
 }

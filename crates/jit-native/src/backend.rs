@@ -168,7 +168,7 @@ impl BackendArgs {
         };
         eprintln!("{who}backend: {name}");
         if device == Device::flex() {
-            // burn creates some state (e.g. restored optimizer moments) on `Device::default()`,
+            // burn creates some state (tensors made without a device) on `Device::default()`,
             // which is a GPU backend when compiled in; keep it on the CPU backend we chose.
             // SAFETY: set once during start-up, before the data loader thread starts.
             unsafe { std::env::set_var("BURN_DEVICE", "flex") };

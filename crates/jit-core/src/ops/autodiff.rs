@@ -14,7 +14,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, AutodiffBackend, Backend};
+use burn::backend::{Autodiff, Backend};
 use burn::tensor::Scalar;
 
 use super::reference::sum_dims;
@@ -55,11 +55,6 @@ fn ids<S, const N: usize>(ops: &Ops<S, N>) -> [Option<NodeId>; N] {
 /// The inner backend's tensor (the same type under every checkpoint strategy).
 fn inner<B: Backend>(t: &FloatTensor<Autodiff<B>>) -> FloatTensor<B> {
     t.primitive().clone()
-}
-
-/// An untracked result.
-fn constant<B: Backend, C: CheckpointStrategy>(t: FloatTensor<B>) -> FloatTensor<Ad<B, C>> {
-    <Ad<B, C> as AutodiffBackend>::from_inner(t)
 }
 
 #[derive(Debug)]
@@ -298,15 +293,5 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
     fn cfg_mix(v: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {
         let out = B::cfg_mix(inner(&v), scale);
         record::<B, C, _, 1>(CfgMix { scale }, [&v], (), out)
-    }
-
-    fn ema_pair(
-        ema1: FloatTensor<Self>,
-        ema2: FloatTensor<Self>,
-        theta: FloatTensor<Self>,
-        factors: [f32; 4],
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (a, b) = B::ema_pair(inner(&ema1), inner(&ema2), inner(&theta), factors);
-        (constant::<B, C>(a), constant::<B, C>(b))
     }
 }

@@ -10,6 +10,7 @@ use burn::backend::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape};
 use jit_shaders::{CubeBackend, CubeTensor};
 
+use super::lists::ListOps;
 use super::reference::narrow;
 use super::{JitOps, reference};
 
@@ -158,12 +159,25 @@ impl JitOps for CubeBackend {
         super::count_kernel();
         jit_shaders::cfg_mix(v, scale)
     }
+}
 
-    fn ema_pair(ema1: CubeTensor, ema2: CubeTensor, theta: CubeTensor, factors: [f32; 4]) -> (CubeTensor, CubeTensor) {
-        if !f32s(&[&ema1, &ema2, &theta]) {
-            return reference::ema_pair::<B>(ema1, ema2, theta, factors);
-        }
+impl ListOps for CubeBackend {
+    fn adamw_ema(lists: [Vec<CubeTensor>; 6], factors: CubeTensor) -> [Vec<CubeTensor>; 5] {
         super::count_kernel();
-        jit_shaders::ema_pair(ema1, ema2, theta, factors)
+        let [params, grads, m, v, ema1, ema2] = lists;
+        let state = m.into_iter().zip(v).zip(ema1).zip(ema2);
+        let slots = params
+            .into_iter()
+            .zip(grads)
+            .zip(state)
+            .map(|((param, grad), (((m, v), ema1), ema2))| jit_shaders::AdamWEmaSlot { param, grad, m, v, ema1, ema2 })
+            .collect();
+        let mut out: [Vec<CubeTensor>; 5] = Default::default();
+        for stepped in jit_shaders::adamw_ema(slots, factors) {
+            for (list, t) in out.iter_mut().zip(stepped) {
+                list.push(t);
+            }
+        }
+        out
     }
 }

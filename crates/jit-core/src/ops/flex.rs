@@ -6,6 +6,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, TensorData};
 
+use super::lists::ListOps;
 use super::{JitOps, reference};
 use crate::fused::{cpu, gemm};
 
@@ -354,15 +355,26 @@ impl JitOps for Flex {
         shape[0] /= 2;
         new(cpu::cfg_mix(slice(&vv), scale), shape)
     }
+}
 
-    fn ema_pair(ema1: FlexTensor, ema2: FlexTensor, theta: FlexTensor, factors: [f32; 4]) -> (FlexTensor, FlexTensor) {
-        let Some([e1, e2, t]) = f32s([&ema1, &ema2, &theta]) else {
-            return reference::ema_pair::<Self>(ema1, ema2, theta, factors);
-        };
+impl ListOps for Flex {
+    fn adamw_ema(lists: [Vec<FlexTensor>; 6], factors: FlexTensor) -> [Vec<FlexTensor>; 5] {
         super::count_kernel();
-        let [decay1, rest1, decay2, rest2] = factors;
-        let (t, shape) = (slice(&t), dims(&ema1));
-        let a = new(cpu::ema_blend(slice(&e1), t, decay1, rest1), shape.clone());
-        (a, new(cpu::ema_blend(slice(&e2), t, decay2, rest2), shape))
+        let factors = contiguous(factors);
+        let factors: &[f32; 13] = slice(&factors).try_into().expect("adamw_ema: 13 factors");
+        let [params, grads, m, v, ema1, ema2] = lists;
+        let mut out: [Vec<FlexTensor>; 5] = Default::default();
+        let state = m.into_iter().zip(v).zip(ema1).zip(ema2);
+        for ((p, g), (((m, v), e1), e2)) in params.into_iter().zip(grads).zip(state) {
+            let shape = dims(&p);
+            let g = contiguous(g);
+            let [mut p, mut m, mut v, mut e1, mut e2] = [p, m, v, e1, e2].map(|t| slice(&contiguous(t)).to_vec());
+            let values = cpu::AdamWEmaValues { param: &mut p, m: &mut m, v: &mut v, ema1: &mut e1, ema2: &mut e2 };
+            cpu::adamw_ema(values, slice(&g), factors);
+            for (list, values) in out.iter_mut().zip([p, m, v, e1, e2]) {
+                list.push(new(values, shape.clone()));
+            }
+        }
+        out
     }
 }

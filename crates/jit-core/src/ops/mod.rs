@@ -23,6 +23,9 @@ mod autodiff;
 mod cube;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(all(feature = "fusion", feature = "wgpu"))]
+mod fusion;
+mod lists;
 pub mod reference;
 
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -294,17 +297,77 @@ pub trait JitOps: Backend {
     fn part_backward(grad: FloatTensor<Self>, dim: usize, index: usize, parts: usize) -> FloatTensor<Self> {
         reference::part_backward::<Self>(grad, dim, index, parts)
     }
+}
 
-    /// Both EMA updates of one parameter, `(ema1·decay1 + theta·rest1, ema2·decay2 +
-    /// theta·rest2)`, `factors` = `[decay1, rest1, decay2, rest2]` (never differentiated).
-    #[fusion(meta = |ema1, ema2, _theta, _factors| (ema1.clone(), ema2.clone()))]
-    fn ema_pair(
-        ema1: FloatTensor<Self>,
-        ema2: FloatTensor<Self>,
-        theta: FloatTensor<Self>,
-        factors: [f32; 4],
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::ema_pair::<Self>(ema1, ema2, theta, factors)
+/// The scalars of one AdamW + EMA step ([`adamw_ema`]), each as burn's AdamW rounds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWEmaFactors {
+    /// Learning rate.
+    pub lr: f32,
+    /// `1 − lr·weight_decay` (1 for parameters without decay).
+    pub decay: f32,
+    /// β₁ and `1 − β₁`.
+    pub beta1: [f32; 2],
+    /// β₂ and `1 − β₂`.
+    pub beta2: [f32; 2],
+    /// The bias corrections `1 − β₁ᵗ` and `1 − β₂ᵗ` at the parameter's step `t` (from 1).
+    pub corrections: [f32; 2],
+    /// AdamW's ε.
+    pub epsilon: f32,
+    /// The first EMA's decay and `1 − decay` (worked out in f64: in f32, `1 − 0.9999` is off
+    /// by 1.7e-4 of itself).
+    pub ema1: [f32; 2],
+    /// The second EMA's decay and `1 − decay`.
+    pub ema2: [f32; 2],
+}
+
+impl AdamWEmaFactors {
+    /// Index of the learning rate in [`Self::values`].
+    pub const LR: usize = 0;
+    /// Index of `1 − lr·wd`.
+    pub const DECAY: usize = 1;
+    /// Index of β₁ (`1 − β₁` follows).
+    pub const BETA1: usize = 2;
+    /// Index of β₂ (`1 − β₂` follows).
+    pub const BETA2: usize = 4;
+    /// Index of `1 − β₁ᵗ` (`1 − β₂ᵗ` follows).
+    pub const CORRECTIONS: usize = 6;
+    /// Index of ε.
+    pub const EPSILON: usize = 8;
+    /// Index of the first EMA's decay (`1 − decay` follows).
+    pub const EMA1: usize = 9;
+    /// Index of the second EMA's decay (`1 − decay` follows).
+    pub const EMA2: usize = 11;
+
+    /// The step's factors: learning rate `lr`, weight decay `weight_decay`, `betas`, `epsilon`,
+    /// the parameter's step `step` (from 1) and the two EMAs' `decays`.
+    pub fn new(lr: f64, weight_decay: f64, betas: (f64, f64), epsilon: f64, step: u64, decays: (f64, f64)) -> Self {
+        // As burn's AdamW: β and ε in f32, `1 − β` and the corrections in f32; lr·wd in f64.
+        let (b1, b2) = (betas.0 as f32, betas.1 as f32);
+        let t = i32::try_from(step).unwrap_or(i32::MAX);
+        let pair = |d: f64| [d as f32, (1.0 - d) as f32];
+        Self {
+            lr: lr as f32,
+            decay: (1.0 - lr * weight_decay) as f32,
+            beta1: [b1, 1.0 - b1],
+            beta2: [b2, 1.0 - b2],
+            corrections: [1.0 - b1.powi(t), 1.0 - b2.powi(t)],
+            epsilon: epsilon as f32,
+            ema1: pair(decays.0),
+            ema2: pair(decays.1),
+        }
+    }
+
+    /// The factors as the kernels take them (a `[13]` tensor on the device, as PyTorch's
+    /// capturable AdamW keeps its learning rate there): `[lr, 1 − lr·wd, β₁, 1 − β₁, β₂, 1 − β₂,
+    /// 1 − β₁ᵗ, 1 − β₂ᵗ, ε, d₁, 1 − d₁, d₂, 1 − d₂]` (indices [`AdamWEmaFactors::LR`] …).
+    pub fn values(&self) -> [f32; 13] {
+        let [b1, rb1] = self.beta1;
+        let [b2, rb2] = self.beta2;
+        let [c1, c2] = self.corrections;
+        let [d1, r1] = self.ema1;
+        let [d2, r2] = self.ema2;
+        [self.lr, self.decay, b1, rb1, b2, rb2, c1, c2, self.epsilon, d1, r1, d2, r2]
     }
 }
 
@@ -465,14 +528,31 @@ pub fn cfg_mix(v: Tensor<4>, scale: f64) -> Tensor<4> {
     t(route!(cfg_mix(d(v), scale as f32)))
 }
 
-/// Both EMA updates `ema·decay + θ·(1 − decay)` of one parameter, with `decays` of the two
-/// EMAs (`1 − decay` in f64), in one pass.
-pub fn ema_pair<const D: usize>(
-    (ema1, ema2): (Tensor<D>, Tensor<D>),
-    theta: Tensor<D>,
-    (decay1, decay2): (f64, f64),
-) -> (Tensor<D>, Tensor<D>) {
-    let factors = [decay1 as f32, (1.0 - decay1) as f32, decay2 as f32, (1.0 - decay2) as f32];
-    let (a, b) = route!(ema_pair(d(ema1), d(ema2), d(theta), factors));
-    (t(a), t(b))
+/// One AdamW step and both EMA updates of every parameter of a list (on a GPU, many parameters
+/// per launch; [`reference::adamw_ema_one`] gives the maths). `state[i]` = `[m, v, ema1, ema2]`
+/// of `params[i]` (all flat and off the autodiff graph, one length per `i`); returns
+/// `[θ, m, v, ema1, ema2]` per parameter.
+pub fn adamw_ema(
+    params: Vec<Tensor<1>>,
+    grads: Vec<Tensor<1>>,
+    state: Vec<[Tensor<1>; 4]>,
+    factors: AdamWEmaFactors,
+) -> Vec<[Tensor<1>; 5]> {
+    assert!(
+        params.len() == grads.len() && params.len() == state.len(),
+        "adamw_ema: one gradient and state per parameter"
+    );
+    let Some(first) = params.first() else { return Vec::new() };
+    let factors = Tensor::<1>::from_floats(factors.values(), &first.device());
+    let mut lists: [Vec<Tensor<1>>; 6] = Default::default();
+    lists[0] = params;
+    lists[1] = grads;
+    for s in state {
+        for (list, t) in lists[2..].iter_mut().zip(s) {
+            list.push(t);
+        }
+    }
+    let [p, m, v, e1, e2] = lists::adamw_ema(lists, factors);
+    let state = m.into_iter().zip(v).zip(e1).zip(e2);
+    p.into_iter().zip(state).map(|(p, (((m, v), e1), e2))| [p, m, v, e1, e2]).collect()
 }

@@ -10,6 +10,8 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::{DType, Scalar, Shape, Slice};
 
+use super::AdamWEmaFactors;
+
 type T<B> = FloatTensor<B>;
 
 fn dims<B: Backend>(t: &T<B>) -> Vec<usize> {
@@ -382,14 +384,40 @@ pub fn cfg_mix<B: Backend>(v: T<B>, scale: f32) -> T<B> {
     B::float_add(v_uncond.clone(), B::float_mul_scalar(B::float_sub(v_cond, v_uncond), scalar(scale)))
 }
 
-/// Both EMA updates of one parameter: `(ema1·decay1 + theta·rest1, ema2·decay2 + theta·rest2)`,
-/// `factors` = `[decay1, rest1, decay2, rest2]` (each `rest` = `1 − decay`, worked out in f64).
-pub fn ema_pair<B: Backend>(ema1: T<B>, ema2: T<B>, theta: T<B>, factors: [f32; 4]) -> (T<B>, T<B>) {
-    let [decay1, rest1, decay2, rest2] = factors;
-    let blend = |ema: T<B>, decay: f32, rest: f32| {
-        B::float_add(B::float_mul_scalar(ema, scalar(decay)), B::float_mul_scalar(theta.clone(), scalar(rest)))
-    };
-    (blend(ema1, decay1, rest1), blend(ema2, decay2, rest2))
+/// One AdamW step and both EMA updates of one parameter, in burn's AdamW's order of
+/// operations: `m ← β₁·m + (1 − β₁)·g`, `v ← β₂·v + (1 − β₂)·g²`,
+/// `θ ← θ·(1 − lr·wd) − lr·(m/c₁)/(√(v/c₂) + ε)`, then `e ← e·d + θ·(1 − d)` for each EMA, with
+/// the scalars from `factors` `[13]` ([`AdamWEmaFactors::values`]). Returns `[θ, m, v, ema1, ema2]`.
+pub fn adamw_ema_one<B: Backend>(param: T<B>, grad: T<B>, state: [T<B>; 4], factors: &T<B>) -> [T<B>; 5] {
+    let [m, v, ema1, ema2] = state;
+    // Factor `k` shaped to broadcast over the parameter.
+    let rank = param.shape().num_dims();
+    let f = |k: usize| reshape::<B>(narrow::<B>(factors.clone(), 0, k..k + 1), &vec![1; rank]);
+    let mul = |t: T<B>, k: usize| B::float_mul(t, f(k));
+    use AdamWEmaFactors as F;
+    let m = B::float_add(mul(m, F::BETA1), mul(grad.clone(), F::BETA1 + 1));
+    let v = B::float_add(mul(v, F::BETA2), mul(B::float_mul(grad.clone(), grad), F::BETA2 + 1));
+    let m_hat = B::float_div(m.clone(), f(F::CORRECTIONS));
+    let v_hat = B::float_div(v.clone(), f(F::CORRECTIONS + 1));
+    let delta = B::float_div(m_hat, B::float_add(B::float_sqrt(v_hat), f(F::EPSILON)));
+    let theta = B::float_sub(mul(param, F::DECAY), mul(delta, F::LR));
+    let blend = |e: T<B>, k: usize| B::float_add(mul(e, k), mul(theta.clone(), k + 1));
+    let (ema1, ema2) = (blend(ema1, F::EMA1), blend(ema2, F::EMA2));
+    [theta, m, v, ema1, ema2]
+}
+
+/// [`adamw_ema_one`] for each parameter `i` of the lists `[params, grads, m, v, ema1, ema2]`
+/// → `[params, m, v, ema1, ema2]`.
+pub fn adamw_ema<B: Backend>(lists: [Vec<T<B>>; 6], factors: T<B>) -> [Vec<T<B>>; 5] {
+    let [params, grads, m, v, ema1, ema2] = lists;
+    let mut out: [Vec<T<B>>; 5] = Default::default();
+    let state = m.into_iter().zip(v).zip(ema1).zip(ema2);
+    for ((p, g), (((m, v), e1), e2)) in params.into_iter().zip(grads).zip(state) {
+        for (list, t) in out.iter_mut().zip(adamw_ema_one::<B>(p, g, [m, v, e1, e2], &factors)) {
+            list.push(t);
+        }
+    }
+    out
 }
 
 /// The linear layer `x·weight + bias` over the last dimension of `x` `[…, d_in]`, `weight`

@@ -1,4 +1,4 @@
-//! Element-wise and row-wise kernels: a softmax row, the CFG mix, the EMA update, SiLU and
+//! Element-wise and row-wise kernels: a softmax row, the CFG mix, AdamW with both EMAs, SiLU and
 //! SwiGLU's gate (and its gradient).
 
 use super::math::{exp, max_of, silu, sum_by};
@@ -31,21 +31,46 @@ pub fn cfg_mix(v: &[f32], scale: f32) -> Vec<f32> {
     })
 }
 
-/// The EMA update `ema·decay + θ·(1 − decay)`, with the two products rounded as burn's
-/// separate `mul_scalar`s round them (the factors are given in f32: `decay` and `1 − decay`).
-pub fn ema_blend(ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) -> Vec<f32> {
+/// One parameter's values that an AdamW + EMA step updates in place.
+pub struct AdamWEmaValues<'a> {
+    /// The parameter θ.
+    pub param: &'a mut [f32],
+    /// AdamW's first moment.
+    pub m: &'a mut [f32],
+    /// AdamW's second moment.
+    pub v: &'a mut [f32],
+    /// The first EMA.
+    pub ema1: &'a mut [f32],
+    /// The second EMA.
+    pub ema2: &'a mut [f32],
+}
+
+/// One AdamW step and both EMA updates in place, in burn's AdamW's order of operations (each
+/// product rounded as its separate tensor ops round it): `factors` = `[lr, 1 − lr·wd, β₁,
+/// 1 − β₁, β₂, 1 − β₂, 1 − β₁ᵗ, 1 − β₂ᵗ, ε, d₁, 1 − d₁, d₂, 1 − d₂]`
+/// (`jit_core::ops::reference::adamw_ema_one` is the reference).
+pub fn adamw_ema(values: AdamWEmaValues<'_>, grad: &[f32], factors: &[f32; 13]) {
     multiversion! {
-        fn kernel(out: &mut [f32], ema: &[f32], theta: &[f32], decay: f32, one_minus_decay: f32) {
-            for ((o, &e), &t) in out.iter_mut().zip(ema).zip(theta) {
-                *o = e * decay + t * one_minus_decay;
+        fn kernel(param: &mut [f32], m: &mut [f32], v: &mut [f32], ema1: &mut [f32], ema2: &mut [f32], grad: &[f32], factors: &[f32; 13]) {
+            let [lr, decay, b1, rb1, b2, rb2, c1, c2, eps, d1, r1, d2, r2] = *factors;
+            let state = m.iter_mut().zip(v.iter_mut()).zip(ema1.iter_mut()).zip(ema2.iter_mut());
+            for ((p, &g), (((m, v), e1), e2)) in param.iter_mut().zip(grad).zip(state) {
+                *m = *m * b1 + g * rb1;
+                *v = *v * b2 + g * g * rb2;
+                let delta = (*m / c1) / ((*v / c2).sqrt() + eps);
+                *p = *p * decay - delta * lr;
+                *e1 = *e1 * d1 + *p * r1;
+                *e2 = *e2 * d2 + *p * r2;
             }
         }
     }
-    assert_eq!(ema.len(), theta.len(), "ema_blend: one value of θ per EMA value");
-    new_rows(ema.len(), 1, &|first, rows| {
-        let at = first..first + rows.len();
-        kernel(rows, &ema[at.clone()], &theta[at], decay, one_minus_decay)
-    })
+    let AdamWEmaValues { param, m, v, ema1, ema2 } = values;
+    let len = param.len();
+    assert!(
+        [grad.len(), m.len(), v.len(), ema1.len(), ema2.len()].iter().all(|&l| l == len),
+        "adamw_ema: one gradient, moment and EMA value per parameter value"
+    );
+    kernel(param, m, v, ema1, ema2, grad, factors)
 }
 
 /// In place: `x ← SiLU(x)`.
