@@ -90,7 +90,7 @@ run() {
   pytorch bf16 75
   # The same again: compiled kernels and autotune results come from the persistence cache.
   bench "B16-spirv-f16-second-run" 50 gpu "${b16[@]}" --precision f16 --no-sample
-  # What the kernels of shaders/ gain in training (the tracked chains, ema_blend).
+  # What the kernels of shaders/ gain in training (the tracked chains, adamw_ema).
   bench "B16-spirv-f16-no-fused" 100 gpu "${b16[@]}" --precision f16 --no-sample --no-fused
   pytorch f32 75
   bench "B16-spirv-f32" 90 gpu "${b16[@]}" --no-sample

@@ -76,8 +76,8 @@ pub struct AdamWEmaSlot {
 }
 
 /// Values of one launch at most: bounds the memory a launch's new tensors hold beside the old
-/// ones (five copies of 2²⁶ f32 values, 1.25 GiB).
-const MAX_VALUES_PER_LAUNCH: usize = 1 << 26;
+/// ones, which are freed when it ends (five copies of 2²⁴ f32 values, 320 MiB).
+const MAX_VALUES_PER_LAUNCH: usize = 1 << 24;
 
 /// Storage bindings one parameter takes: six inputs and five outputs.
 const BINDINGS_PER_PARAM: usize = 11;

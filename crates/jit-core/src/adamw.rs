@@ -31,37 +31,47 @@ impl<M: Module> AdamW<M> {
     /// AdamW starts them), no steps taken.
     pub fn new(model: &M) -> Self {
         let zeros = model.valid().map(&mut Zeros);
-        let steps = vec![0; Flat::of(model).len()];
+        let mut params = Shapes(Vec::new());
+        model.visit(&mut params);
+        let steps = vec![0; params.0.len()];
         Self { m: zeros.clone(), v: zeros, steps }
     }
 
     /// One AdamW step of `model` at learning rate `lr` on `grads`, with both EMA updates
-    /// towards the new weights; returns the new model (parameter ids and autodiff settings
-    /// kept).
+    /// towards the new weights, in place (parameter ids and autodiff settings kept). The old
+    /// values are moved out of the modules first, so each launch's inputs are freed as it ends:
+    /// the step holds at most one launch's new values beside the old ones.
     pub fn step(
         &mut self,
         config: &OptimConfig,
         lr: f64,
-        model: M,
+        model: &mut M,
         mut grads: GradientsParams,
         (ema1, ema2): (&mut Ema<M>, &mut Ema<M>),
-    ) -> M {
-        let mut params = Params { grads: &mut grads, out: Vec::new() };
-        model.visit(&mut params);
-        let params = params.out;
-        let [m, v, e1, e2] = [&self.m, &self.v, &ema1.model, &ema2.model].map(Flat::of);
+    ) {
+        let params = take(model, Some(&mut grads));
+        let [m, v, e1, e2] = [&mut self.m, &mut self.v, &mut ema1.model, &mut ema2.model].map(|m| take(m, None));
+        let n = params.len();
         assert!(
-            [m.len(), v.len(), e1.len(), e2.len(), self.steps.len()].iter().all(|&n| n == params.len()),
+            [m.len(), v.len(), e1.len(), e2.len(), self.steps.len()].iter().all(|&k| k == n),
             "AdamW: the moments, the EMAs and the model have the same parameters"
         );
-        let mut state: Vec<Option<[Tensor<1>; 4]>> =
-            m.into_iter().zip(v).zip(e1).zip(e2).map(|(((m, v), e1), e2)| Some([m, v, e1, e2])).collect();
-        let mut updated: Vec<Option<[Tensor<1>; 5]>> = vec![None; params.len()];
+        let (mut values, mut grads): (Vec<_>, Vec<_>) =
+            params.iter().map(|p| (Some(p.value.clone()), p.grad.clone())).unzip();
+        let contexts: Vec<Context> = params.into_iter().map(|p| p.context).collect();
+        let mut state: Vec<Option<[Tensor<1>; 4]>> = m
+            .into_iter()
+            .zip(v)
+            .zip(e1)
+            .zip(e2)
+            .map(|(((m, v), e1), e2)| Some([m.value, v.value, e1.value, e2.value]))
+            .collect();
+        let mut updated: Vec<Option<[Tensor<1>; 5]>> = vec![None; n];
 
         // Parameters with a gradient, grouped by what sets their factors: step count and decay.
         let mut groups: Vec<((u64, bool), Vec<usize>)> = Vec::new();
-        for (i, p) in params.iter().enumerate().filter(|(_, p)| p.grad.is_some()) {
-            let key = (self.steps[i] + 1, p.decays);
+        for i in (0..n).filter(|&i| grads[i].is_some()) {
+            let key = (self.steps[i] + 1, contexts[i].decays);
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((key, vec![i])),
@@ -71,12 +81,11 @@ impl<M: Module> AdamW<M> {
         for ((step, decayed), members) in groups {
             let wd = if decayed { config.weight_decay } else { 0.0 };
             let factors = AdamWEmaFactors::new(lr, wd, (config.beta1, config.beta2), config.epsilon, step, decays);
-            let (values, grads) = members
-                .iter()
-                .map(|&i| (params[i].value.clone(), params[i].grad.clone().expect("grouped with a gradient")))
-                .unzip();
-            let states = members.iter().map(|&i| state[i].take().expect("each parameter once")).collect();
-            for (&i, out) in members.iter().zip(ops::adamw_ema(values, grads, states, factors)) {
+            let once = "each parameter in one group";
+            let group_values = members.iter().map(|&i| values[i].take().expect(once)).collect();
+            let group_grads = members.iter().map(|&i| grads[i].take().expect(once)).collect();
+            let states = members.iter().map(|&i| state[i].take().expect(once)).collect();
+            for (&i, out) in members.iter().zip(ops::adamw_ema(group_values, group_grads, states, factors)) {
                 updated[i] = Some(out);
                 self.steps[i] = step;
             }
@@ -84,9 +93,10 @@ impl<M: Module> AdamW<M> {
         // The rest keep their value and moments; their EMAs still move.
         let (d1, d2) = decays;
         let blend = |e: Tensor<1>, theta: &Tensor<1>, d: f64| e.mul_scalar(d).add(theta.clone().mul_scalar(1.0 - d));
-        for (i, p) in params.iter().enumerate() {
-            if let Some([m, v, e1, e2]) = state[i].take() {
-                updated[i] = Some([p.value.clone(), m, v, blend(e1, &p.value, d1), blend(e2, &p.value, d2)]);
+        for i in 0..n {
+            if let (Some([m, v, e1, e2]), Some(value)) = (state[i].take(), values[i].take()) {
+                let (e1, e2) = (blend(e1, &value, d1), blend(e2, &value, d2));
+                updated[i] = Some([value, m, v, e1, e2]);
             }
         }
 
@@ -97,11 +107,11 @@ impl<M: Module> AdamW<M> {
             }
         }
         let [theta, m, v, e1, e2] = lists;
-        self.m = self.m.clone().map(&mut Replace(m.into_iter()));
-        self.v = self.v.clone().map(&mut Replace(v.into_iter()));
-        ema1.model = ema1.model.clone().map(&mut Replace(e1.into_iter()));
-        ema2.model = ema2.model.clone().map(&mut Replace(e2.into_iter()));
-        model.map(&mut Replace(theta.into_iter()))
+        put(model, theta, &contexts);
+        let state_contexts: Vec<Context> = contexts.iter().map(|c| Context { autodiff: None, ..c.clone() }).collect();
+        for (module, values) in [(&mut self.m, m), (&mut self.v, v), (&mut ema1.model, e1), (&mut ema2.model, e2)] {
+            put(module, values, &state_contexts);
+        }
     }
 }
 
@@ -166,45 +176,81 @@ impl ModuleVisitor for Shapes {
     }
 }
 
-/// One parameter of the model in a step.
-struct Param1 {
-    /// Its value, flat and off the autodiff graph.
+/// A parameter's value moved out of its module by [`take`].
+struct Taken {
+    /// The value, flat and off the autodiff graph.
     value: Tensor<1>,
-    /// Its gradient, flat, if it has one this step.
+    /// Its gradient, flat, if it has one this step (when taken with gradients).
     grad: Option<Tensor<1>>,
+    /// What [`put`] restores.
+    context: Context,
+}
+
+/// What a parameter keeps when its value is replaced.
+#[derive(Debug, Clone)]
+struct Context {
+    /// Its shape.
+    dims: Vec<usize>,
+    /// Whether it is on the autodiff graph, and then its checkpointing strategy and whether it
+    /// requires a gradient.
+    autodiff: Option<(Option<burn::tensor::GradientCheckpointingStrategy>, bool)>,
     /// Whether weight decay applies (matrices, not 1-D parameters such as biases and gains).
     decays: bool,
 }
 
-/// Collects the model's parameters with their gradients, in visiting order.
-struct Params<'a> {
-    grads: &'a mut GradientsParams,
-    out: Vec<Param1>,
+/// Moves every parameter's value out of `module` (leaving empty placeholders), with its
+/// gradient from `grads` where given, in visiting order.
+fn take<M: Module>(module: &mut M, grads: Option<&mut GradientsParams>) -> Vec<Taken> {
+    let mut take = Take { grads, out: Vec::new() };
+    *module = module.clone().map(&mut take);
+    take.out
 }
 
-impl ModuleVisitor for Params<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+struct Take<'a> {
+    grads: Option<&'a mut GradientsParams>,
+    out: Vec<Taken>,
+}
+
+impl ModuleMapper for Take<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let id: ParamId = param.id;
-        let grad = self.grads.remove::<D>(id).map(|g| g.reshape([-1]));
-        let value = param.val().without_autodiff().reshape([-1]);
-        self.out.push(Param1 { value, grad, decays: D >= 2 });
+        let grad = self.grads.as_mut().and_then(|g| g.remove::<D>(id)).map(|g| g.reshape([-1]));
+        param.map(|value| {
+            let autodiff =
+                value.is_autodiff().then(|| (value.gradient_checkpointing_strategy(), value.is_require_grad()));
+            let context = Context { dims: value.dims().to_vec(), autodiff, decays: D >= 2 };
+            let placeholder = Tensor::<D>::empty([0; D], &value.device());
+            self.out.push(Taken { value: value.without_autodiff().reshape([-1]), grad, context });
+            placeholder
+        })
     }
 }
 
-/// Every float parameter of a module, flat and off the autodiff graph, in visiting order.
-struct Flat(Vec<Tensor<1>>);
-
-impl Flat {
-    fn of<M: Module>(module: &M) -> Vec<Tensor<1>> {
-        let mut flat = Flat(Vec::new());
-        module.visit(&mut flat);
-        flat.0
-    }
+/// Puts flat `values` into the placeholders [`take`] left in `module`, in visiting order, each
+/// with its parameter's `contexts` entry (shape, autodiff settings).
+fn put<M: Module>(module: &mut M, values: Vec<Tensor<1>>, contexts: &[Context]) {
+    assert_eq!(values.len(), contexts.len(), "one value per parameter");
+    let mut put = Put { values: values.into_iter().zip(contexts.iter()) };
+    *module = module.clone().map(&mut put);
 }
 
-impl ModuleVisitor for Flat {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.push(param.val().without_autodiff().reshape([-1]));
+struct Put<'a> {
+    values: std::iter::Zip<std::vec::IntoIter<Tensor<1>>, std::slice::Iter<'a, Context>>,
+}
+
+impl ModuleMapper for Put<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (value, context) = self.values.next().expect("one value per parameter");
+        let dims: [usize; D] = context.dims.clone().try_into().expect("the parameter's rank");
+        param.map(|_placeholder| {
+            let value = value.reshape(dims);
+            let Some((strategy, require_grad)) = context.autodiff else { return value };
+            let mut value = Tensor::from_inner(value);
+            if let Some(strategy) = strategy {
+                value = value.with_gradient_checkpointing_strategy(strategy);
+            }
+            if require_grad { value.require_grad() } else { value }
+        })
     }
 }
 
@@ -217,23 +263,13 @@ impl ModuleMapper for Zeros {
     }
 }
 
-/// Sets each parameter to the next of a list of flat values, in visiting order, keeping its id
-/// and, for a parameter on the autodiff graph, its gradient and checkpointing settings.
+/// Sets each parameter (off the autodiff graph) to the next of a list of flat values, in
+/// visiting order, keeping its id.
 struct Replace(std::vec::IntoIter<Tensor<1>>);
 
 impl ModuleMapper for Replace {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let value = self.0.next().expect("one value per parameter");
-        param.map(|old| {
-            let new = value.reshape(old.dims());
-            if !old.is_autodiff() {
-                return new;
-            }
-            let mut new = Tensor::from_inner(new);
-            if let Some(strategy) = old.gradient_checkpointing_strategy() {
-                new = new.with_gradient_checkpointing_strategy(strategy);
-            }
-            if old.is_require_grad() { new.require_grad() } else { new }
-        })
+        param.map(|old| value.reshape(old.dims()))
     }
 }

@@ -81,7 +81,7 @@ impl<M: Module> TrainState<M> {
     pub fn apply_gradients(&mut self, grads: GradientsParams, batch: usize) {
         let lr = self.lr(batch);
         let emas = (&mut self.ema1, &mut self.ema2);
-        self.model = self.adamw.step(&self.optim_config, lr, self.model.clone(), grads, emas);
+        self.adamw.step(&self.optim_config, lr, &mut self.model, grads, emas);
         self.step += 1;
     }
 }
