@@ -426,8 +426,7 @@ fn adamw_with_both_emas_matches_the_tensor_ops() {
                 list.push(prim(t.clone()));
             }
         }
-        let factors_tensor = prim(Tensor::<1>::from_floats(factors.values(), &device));
-        let [p, m, v, e1, e2] = reference::adamw_ema::<Dispatch>(lists, factors_tensor);
+        let [p, m, v, e1, e2] = reference::adamw_ema::<Dispatch>(lists, &factors);
         let reference = p.into_iter().zip(m).zip(v).zip(e1).zip(e2).map(|((((p, m), v), e1), e2)| [p, m, v, e1, e2]);
         for (i, (a, b)) in ours.into_iter().zip(reference).enumerate() {
             for (k, (a, b)) in a.into_iter().zip(b.map(from_prim::<1>)).enumerate() {

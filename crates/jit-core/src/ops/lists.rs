@@ -8,13 +8,14 @@ use burn::backend::Backend;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, Tensor};
 
-use super::{enabled, reference};
+use super::{AdamWEmaFactors, enabled, reference};
 
 /// A backend's operations over lists of tensors (never differentiated: on tensors off the
 /// autodiff graph).
 pub(super) trait ListOps: Backend {
     /// [`reference::adamw_ema`]: `[params, grads, m, v, ema1, ema2]` (f32, one shape per
-    /// parameter), `factors` `[13]` → `[params, m, v, ema1, ema2]`.
+    /// parameter), `factors` `[13]` ([`AdamWEmaFactors::values`], on the device, where the
+    /// kernels read them) → `[params, m, v, ema1, ema2]`.
     fn adamw_ema(lists: [Vec<FloatTensor<Self>>; 6], factors: FloatTensor<Self>) -> [Vec<FloatTensor<Self>>; 5];
 }
 
@@ -33,9 +34,10 @@ where
         .collect()
 }
 
-/// [`ListOps::adamw_ema`] on whichever backend the tensors are on.
-pub(super) fn adamw_ema(lists: [Vec<Tensor<1>>; 6], factors: Tensor<1>) -> [Vec<Tensor<1>>; 5] {
+/// [`ListOps::adamw_ema`] on whichever backend the tensors are on (the lists non-empty).
+pub(super) fn adamw_ema(lists: [Vec<Tensor<1>>; 6], step: &AdamWEmaFactors) -> [Vec<Tensor<1>>; 5] {
     let lens = lists.each_ref().map(Vec::len);
+    let factors = Tensor::<1>::from_floats(step.values(), &lists[0][0].device());
     let all: Vec<&Tensor<1>> = lists.iter().flatten().chain([&factors]).collect();
     macro_rules! run_on {
         ($b:ty) => {
@@ -55,6 +57,6 @@ pub(super) fn adamw_ema(lists: [Vec<Tensor<1>>; 6], factors: Tensor<1>) -> [Vec<
         run_on!(burn::backend::Cube);
     }
     let lists = lists.map(|list| list.into_iter().map(Tensor::into_dispatch).collect());
-    reference::adamw_ema::<burn::backend::Dispatch>(lists, factors.into_dispatch())
+    reference::adamw_ema::<burn::backend::Dispatch>(lists, step)
         .map(|list| list.into_iter().map(Tensor::from_dispatch).collect())
 }

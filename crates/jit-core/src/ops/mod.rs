@@ -542,8 +542,9 @@ pub fn adamw_ema(
         params.len() == grads.len() && params.len() == state.len(),
         "adamw_ema: one gradient and state per parameter"
     );
-    let Some(first) = params.first() else { return Vec::new() };
-    let factors = Tensor::<1>::from_floats(factors.values(), &first.device());
+    if params.is_empty() {
+        return Vec::new();
+    }
     let mut lists: [Vec<Tensor<1>>; 6] = Default::default();
     lists[0] = params;
     lists[1] = grads;
@@ -552,7 +553,7 @@ pub fn adamw_ema(
             list.push(t);
         }
     }
-    let [p, m, v, e1, e2] = lists::adamw_ema(lists, factors);
+    let [p, m, v, e1, e2] = lists::adamw_ema(lists, &factors);
     let state = m.into_iter().zip(v).zip(e1).zip(e2);
     p.into_iter().zip(state).map(|(p, (((m, v), e1), e2))| [p, m, v, e1, e2]).collect()
 }

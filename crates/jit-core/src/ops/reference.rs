@@ -385,35 +385,31 @@ pub fn cfg_mix<B: Backend>(v: T<B>, scale: f32) -> T<B> {
 }
 
 /// One AdamW step and both EMA updates of one parameter, in burn's AdamW's order of
-/// operations: `m ← β₁·m + (1 − β₁)·g`, `v ← β₂·v + (1 − β₂)·g²`,
-/// `θ ← θ·(1 − lr·wd) − lr·(m/c₁)/(√(v/c₂) + ε)`, then `e ← e·d + θ·(1 − d)` for each EMA, with
-/// the scalars from `factors` `[13]` ([`AdamWEmaFactors::values`]). Returns `[θ, m, v, ema1, ema2]`.
-pub fn adamw_ema_one<B: Backend>(param: T<B>, grad: T<B>, state: [T<B>; 4], factors: &T<B>) -> [T<B>; 5] {
+/// operations (its tensor ops, rounded as they round): `m ← β₁·m + (1 − β₁)·g`,
+/// `v ← β₂·v + (1 − β₂)·g²`, `θ ← θ·(1 − lr·wd) − lr·(m/c₁)/(√(v/c₂) + ε)`, then
+/// `e ← e·d + θ·(1 − d)` for each EMA. Returns `[θ, m, v, ema1, ema2]`.
+pub fn adamw_ema_one<B: Backend>(param: T<B>, grad: T<B>, state: [T<B>; 4], f: &AdamWEmaFactors) -> [T<B>; 5] {
     let [m, v, ema1, ema2] = state;
-    // Factor `k` shaped to broadcast over the parameter.
-    let rank = param.shape().num_dims();
-    let f = |k: usize| reshape::<B>(narrow::<B>(factors.clone(), 0, k..k + 1), &vec![1; rank]);
-    let mul = |t: T<B>, k: usize| B::float_mul(t, f(k));
-    use AdamWEmaFactors as F;
-    let m = B::float_add(mul(m, F::BETA1), mul(grad.clone(), F::BETA1 + 1));
-    let v = B::float_add(mul(v, F::BETA2), mul(B::float_mul(grad.clone(), grad), F::BETA2 + 1));
-    let m_hat = B::float_div(m.clone(), f(F::CORRECTIONS));
-    let v_hat = B::float_div(v.clone(), f(F::CORRECTIONS + 1));
-    let delta = B::float_div(m_hat, B::float_add(B::float_sqrt(v_hat), f(F::EPSILON)));
-    let theta = B::float_sub(mul(param, F::DECAY), mul(delta, F::LR));
-    let blend = |e: T<B>, k: usize| B::float_add(mul(e, k), mul(theta.clone(), k + 1));
-    let (ema1, ema2) = (blend(ema1, F::EMA1), blend(ema2, F::EMA2));
+    let mul = |t: T<B>, x: f32| B::float_mul_scalar(t, scalar(x));
+    let m = B::float_add(mul(m, f.beta1[0]), mul(grad.clone(), f.beta1[1]));
+    let v = B::float_add(mul(v, f.beta2[0]), mul(B::float_mul(grad.clone(), grad), f.beta2[1]));
+    let m_hat = B::float_div_scalar(m.clone(), scalar(f.corrections[0]));
+    let v_hat = B::float_div_scalar(v.clone(), scalar(f.corrections[1]));
+    let delta = B::float_div(m_hat, B::float_add_scalar(B::float_sqrt(v_hat), scalar(f.epsilon)));
+    let theta = B::float_sub(mul(param, f.decay), mul(delta, f.lr));
+    let blend = |e: T<B>, [decay, rest]: [f32; 2]| B::float_add(mul(e, decay), mul(theta.clone(), rest));
+    let (ema1, ema2) = (blend(ema1, f.ema1), blend(ema2, f.ema2));
     [theta, m, v, ema1, ema2]
 }
 
 /// [`adamw_ema_one`] for each parameter `i` of the lists `[params, grads, m, v, ema1, ema2]`
 /// → `[params, m, v, ema1, ema2]`.
-pub fn adamw_ema<B: Backend>(lists: [Vec<T<B>>; 6], factors: T<B>) -> [Vec<T<B>>; 5] {
+pub fn adamw_ema<B: Backend>(lists: [Vec<T<B>>; 6], factors: &AdamWEmaFactors) -> [Vec<T<B>>; 5] {
     let [params, grads, m, v, ema1, ema2] = lists;
     let mut out: [Vec<T<B>>; 5] = Default::default();
     let state = m.into_iter().zip(v).zip(ema1).zip(ema2);
     for ((p, g), (((m, v), e1), e2)) in params.into_iter().zip(grads).zip(state) {
-        for (list, t) in out.iter_mut().zip(adamw_ema_one::<B>(p, g, [m, v, e1, e2], &factors)) {
+        for (list, t) in out.iter_mut().zip(adamw_ema_one::<B>(p, g, [m, v, e1, e2], factors)) {
             list.push(t);
         }
     }
