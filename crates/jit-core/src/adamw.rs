@@ -71,7 +71,7 @@ impl<M: Module> AdamW<M> {
         // Parameters with a gradient, grouped by what sets their factors: step count and decay.
         let mut groups: Vec<((u64, bool), Vec<usize>)> = Vec::new();
         for i in (0..n).filter(|&i| grads[i].is_some()) {
-            let key = (self.steps[i] + 1, contexts[i].decays);
+            let key = (self.steps[i].saturating_add(1), contexts[i].decays);
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((key, vec![i])),

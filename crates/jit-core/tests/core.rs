@@ -560,3 +560,65 @@ fn adamw_steps_as_burns_adamw_and_resumes_from_either_checkpoint_format() {
         same(&format!("moments resumed from {format}"), &all_params(&resumed.adamw.v), &all_params(&ours.adamw.v));
     }
 }
+
+/// A training checkpoint whose AdamW state is damaged is refused with an error naming it, in
+/// either format.
+#[test]
+fn damaged_optimizer_state_is_an_error_not_a_panic() {
+    use jit_core::MemoryLimit;
+    let device = Device::flex();
+    let config = tiny(true);
+    let state = TrainState::new(randomized(&config, &device, 5), OptimConfig::default(), 11);
+    let good = state.to_checkpoint(&meta_for(&config)).unwrap();
+    let resume = |bytes: &[u8]| {
+        TrainState::from_checkpoint(bytes, OptimConfig::default(), 11, &device, MemoryLimit::default())
+            .err()
+            .expect("a damaged file is refused")
+            .to_string()
+    };
+    // Rewrites the file with `edit` applied to each tensor's bytes (by name).
+    let rewrite = |edit: &dyn Fn(&str, &mut Vec<u8>)| {
+        let st = checkpoint::parse(&good).unwrap();
+        let (_, info) = safetensors::SafeTensors::read_metadata(&good).unwrap();
+        let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, view) in st.tensors() {
+            let mut data = view.data().to_vec();
+            edit(&name, &mut data);
+            // A blob (bytes) takes the length of its new contents.
+            let shape = if view.dtype() == safetensors::Dtype::U8 { vec![data.len()] } else { view.shape().to_vec() };
+            owned.push((name, view.dtype(), shape, data));
+        }
+        let views: Vec<_> = owned
+            .iter()
+            .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize(views, info.metadata().clone()).unwrap()
+    };
+    let blob = |name: &str| format!("{}{name}", checkpoint::BLOB_PREFIX);
+    // Step counts for the wrong number of parameters.
+    let short = rewrite(&|name, data| {
+        if name == blob("adamw_steps") {
+            *data = b"[1, 2]".to_vec();
+        }
+    });
+    let err = resume(&short);
+    assert!(err.contains("AdamW step counts"), "{err}");
+    // A moment holding NaN.
+    let nan = rewrite(&|name, data| {
+        if name.starts_with("adamw_v.") && name.ends_with("final_layer.linear.weight") {
+            data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        }
+    });
+    let err = resume(&nan);
+    assert!(err.to_lowercase().contains("nan") || err.contains("finite"), "{err}");
+    // Earlier versions' format: a record that is not burnpack, and no record at all.
+    let ids = serde_json::to_vec(&state_dict::param_ids(&state.model)).unwrap();
+    let net = state.model.valid();
+    let copies = [("net", &net), ("ema1", &state.ema1.model), ("ema2", &state.ema2.model)];
+    let meta = meta_for(&config);
+    let legacy = |blobs: &[(&str, &[u8])]| checkpoint::save_with_blobs(&meta, &copies, StoreDtype::F32, blobs).unwrap();
+    let err = resume(&legacy(&[("optimizer", b"not a record"), ("param_ids", &ids)]));
+    assert!(err.contains("corrupt optimizer state"), "{err}");
+    let err = resume(&legacy(&[("param_ids", &ids)]));
+    assert!(err.contains("no optimizer state"), "{err}");
+}
