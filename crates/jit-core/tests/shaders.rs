@@ -420,14 +420,12 @@ fn adamw_with_both_emas_matches_the_tensor_ops() {
         let ours: Vec<[Vec<f32>; 5]> = ours.into_iter().map(|out| out.map(to_vec)).collect();
         // Read back first: under burn's fusion the kernel runs when its results are needed.
         assert!(ops::kernels_run() > before, "the kernel not taken");
-        let mut lists: [Vec<_>; 6] = Default::default();
-        for ((p, g), s) in params.iter().zip(&grads).zip(&state) {
-            for (list, t) in lists.iter_mut().zip([p, g].into_iter().chain(s)) {
-                list.push(prim(t.clone()));
-            }
-        }
-        let [p, m, v, e1, e2] = reference::adamw_ema::<Dispatch>(lists, &factors);
-        let reference = p.into_iter().zip(m).zip(v).zip(e1).zip(e2).map(|((((p, m), v), e1), e2)| [p, m, v, e1, e2]);
+        let slots = params
+            .iter()
+            .zip(&grads)
+            .zip(&state)
+            .map(|((p, g), [m, v, e1, e2])| [p, g, m, v, e1, e2].map(|t| prim(t.clone())));
+        let reference = reference::adamw_ema::<Dispatch>(slots.collect(), &factors);
         for (i, (a, b)) in ours.into_iter().zip(reference).enumerate() {
             for (k, (a, b)) in a.into_iter().zip(b.map(from_prim::<1>)).enumerate() {
                 let what = format!("parameter {i} of {}, output {k} (θ, m, v, ema1, ema2), {factors:?}", shapes[i]);

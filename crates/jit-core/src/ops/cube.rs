@@ -162,22 +162,12 @@ impl JitOps for CubeBackend {
 }
 
 impl ListOps for CubeBackend {
-    fn adamw_ema(lists: [Vec<CubeTensor>; 6], factors: CubeTensor) -> [Vec<CubeTensor>; 5] {
+    fn adamw_ema(slots: Vec<[CubeTensor; 6]>, factors: CubeTensor) -> Vec<[CubeTensor; 5]> {
         super::count_kernel();
-        let [params, grads, m, v, ema1, ema2] = lists;
-        let state = m.into_iter().zip(v).zip(ema1).zip(ema2);
-        let slots = params
+        let slots = slots
             .into_iter()
-            .zip(grads)
-            .zip(state)
-            .map(|((param, grad), (((m, v), ema1), ema2))| jit_shaders::AdamWEmaSlot { param, grad, m, v, ema1, ema2 })
+            .map(|[param, grad, m, v, ema1, ema2]| jit_shaders::AdamWEmaSlot { param, grad, m, v, ema1, ema2 })
             .collect();
-        let mut out: [Vec<CubeTensor>; 5] = Default::default();
-        for stepped in jit_shaders::adamw_ema(slots, factors) {
-            for (list, t) in out.iter_mut().zip(stepped) {
-                list.push(t);
-            }
-        }
-        out
+        jit_shaders::adamw_ema(slots, factors)
     }
 }

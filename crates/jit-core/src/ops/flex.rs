@@ -358,23 +358,18 @@ impl JitOps for Flex {
 }
 
 impl ListOps for Flex {
-    fn adamw_ema(lists: [Vec<FlexTensor>; 6], factors: FlexTensor) -> [Vec<FlexTensor>; 5] {
+    fn adamw_ema(slots: Vec<[FlexTensor; 6]>, factors: FlexTensor) -> Vec<[FlexTensor; 5]> {
         super::count_kernel();
         let factors = contiguous(factors);
         let factors: &[f32; 13] = slice(&factors).try_into().expect("adamw_ema: 13 factors");
-        let [params, grads, m, v, ema1, ema2] = lists;
-        let mut out: [Vec<FlexTensor>; 5] = Default::default();
-        let state = m.into_iter().zip(v).zip(ema1).zip(ema2);
-        for ((p, g), (((m, v), e1), e2)) in params.into_iter().zip(grads).zip(state) {
+        let step = |[p, g, m, v, e1, e2]: [FlexTensor; 6]| {
             let shape = dims(&p);
             let g = contiguous(g);
             let [mut p, mut m, mut v, mut e1, mut e2] = [p, m, v, e1, e2].map(|t| slice(&contiguous(t)).to_vec());
             let values = cpu::AdamWEmaValues { param: &mut p, m: &mut m, v: &mut v, ema1: &mut e1, ema2: &mut e2 };
             cpu::adamw_ema(values, slice(&g), factors);
-            for (list, values) in out.iter_mut().zip([p, m, v, e1, e2]) {
-                list.push(new(values, shape.clone()));
-            }
-        }
-        out
+            [p, m, v, e1, e2].map(|values| new(values, shape.clone()))
+        };
+        slots.into_iter().map(step).collect()
     }
 }

@@ -15,18 +15,16 @@ type Handles = HandleContainer<<Runtime as FusionRuntime>::FusionHandle>;
 
 impl ListOps for Fusion<CubeBackend> {
     fn adamw_ema(
-        lists: [Vec<FusionTensor<Runtime>>; 6],
+        slots: Vec<[FusionTensor<Runtime>; 6]>,
         factors: FusionTensor<Runtime>,
-    ) -> [Vec<FusionTensor<Runtime>>; 5] {
-        let n = lists[0].len();
-        assert!(lists.iter().all(|l| l.len() == n), "adamw_ema: one gradient, moment and EMA per parameter");
+    ) -> Vec<[FusionTensor<Runtime>; 5]> {
+        let n = slots.len();
         let client = factors.client.clone();
-        // The lists' tensors in order, then the factors.
-        let inputs: Vec<TensorIr> = lists.into_iter().flatten().chain([factors]).map(FusionTensor::into_ir).collect();
-        // The parameters, both moments and both EMAs (lists 0, 2, 3, 4, 5), shaped as their inputs.
-        let outputs: Vec<TensorIr> = [0, 2, 3, 4, 5]
-            .into_iter()
-            .flat_map(|list| &inputs[list * n..(list + 1) * n])
+        // Each parameter's six tensors in order, then the factors.
+        let inputs: Vec<TensorIr> = slots.into_iter().flatten().chain([factors]).map(FusionTensor::into_ir).collect();
+        // Each parameter's θ, moments and EMAs (its inputs 0, 2, 3, 4, 5), shaped as those inputs.
+        let outputs: Vec<TensorIr> = (0..n)
+            .flat_map(|i| [0, 2, 3, 4, 5].map(|k| &inputs[6 * i + k]))
             .map(|input| TensorIr::uninit(client.create_empty_handle(), input.shape.clone(), input.dtype))
             .collect();
         let desc = CustomOpIr {
@@ -37,15 +35,15 @@ impl ListOps for Fusion<CubeBackend> {
         };
         let op = OperationFn(move |handles: &mut Handles| {
             let mut get = |ir: &TensorIr| handles.get_float_tensor::<CubeBackend>(ir);
-            let lists = [0, 1, 2, 3, 4, 5].map(|k| inputs[k * n..(k + 1) * n].iter().map(&mut get).collect());
+            let slots = (0..n).map(|i| [0, 1, 2, 3, 4, 5].map(|k| get(&inputs[6 * i + k]))).collect();
             let factors = get(&inputs[6 * n]);
-            let results = <CubeBackend as ListOps>::adamw_ema(lists, factors);
+            let results = <CubeBackend as ListOps>::adamw_ema(slots, factors);
             for (ir, tensor) in outputs.iter().zip(results.into_iter().flatten()) {
                 handles.register_float_tensor::<CubeBackend>(&ir.id, tensor);
             }
             Ok(())
         });
         let mut out = client.register(StreamId::current(), OperationIr::Custom(desc), op).into_iter();
-        [(); 5].map(|_| out.by_ref().take(n).collect())
+        (0..n).map(|_| [(); 5].map(|_| out.next().expect("five outputs per parameter"))).collect()
     }
 }

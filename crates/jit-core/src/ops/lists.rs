@@ -13,40 +13,42 @@ use super::{AdamWEmaFactors, enabled, reference};
 /// A backend's operations over lists of tensors (never differentiated: on tensors off the
 /// autodiff graph).
 pub(super) trait ListOps: Backend {
-    /// [`reference::adamw_ema`]: `[params, grads, m, v, ema1, ema2]` (f32, one shape per
-    /// parameter), `factors` `[13]` ([`AdamWEmaFactors::values`], on the device, where the
-    /// kernels read them) → `[params, m, v, ema1, ema2]`.
-    fn adamw_ema(lists: [Vec<FloatTensor<Self>>; 6], factors: FloatTensor<Self>) -> [Vec<FloatTensor<Self>>; 5];
+    /// [`reference::adamw_ema`]: per parameter `[θ, grad, m, v, ema1, ema2]` (f32, one shape
+    /// each), `factors` `[13]` ([`AdamWEmaFactors::values`], on the device, where the kernels
+    /// read them) → per parameter `[θ, m, v, ema1, ema2]`.
+    fn adamw_ema(slots: Vec<[FloatTensor<Self>; 6]>, factors: FloatTensor<Self>) -> Vec<[FloatTensor<Self>; 5]>;
 }
 
+/// One parameter's `[θ, grad, m, v, ema1, ema2]` as `B`'s primitives.
+type Slot<B> = [FloatTensor<B>; 6];
+
 /// Every tensor as `B`'s primitive, if all are f32 on `B` and off the autodiff graph.
-fn on<B: Backend>(ts: &[&Tensor<1>]) -> Option<Vec<FloatTensor<B>>>
+fn on<B: Backend>(slots: &[[Tensor<1>; 6]], factors: &Tensor<1>) -> Option<(Vec<Slot<B>>, FloatTensor<B>)>
 where
     burn::backend::DispatchTensor: burn::backend::DispatchKindConversion<B>,
 {
-    ts.iter()
-        .map(|t| {
-            if t.dtype() != DType::F32 || t.is_autodiff() {
-                return None;
-            }
-            (*t).clone().try_into_primitive::<B>().ok()
-        })
-        .collect()
+    let primitive = |t: &Tensor<1>| {
+        if t.dtype() != DType::F32 || t.is_autodiff() {
+            return None;
+        }
+        t.clone().try_into_primitive::<B>().ok()
+    };
+    let flat: Vec<FloatTensor<B>> = slots.iter().flatten().map(primitive).collect::<Option<_>>()?;
+    let mut flat = flat.into_iter();
+    let slots = slots.iter().map(|_| [(); 6].map(|_| flat.next().expect("six per parameter"))).collect();
+    Some((slots, primitive(factors)?))
 }
 
-/// [`ListOps::adamw_ema`] on whichever backend the tensors are on (the lists non-empty).
-pub(super) fn adamw_ema(lists: [Vec<Tensor<1>>; 6], step: &AdamWEmaFactors) -> [Vec<Tensor<1>>; 5] {
-    let lens = lists.each_ref().map(Vec::len);
-    let factors = Tensor::<1>::from_floats(step.values(), &lists[0][0].device());
-    let all: Vec<&Tensor<1>> = lists.iter().flatten().chain([&factors]).collect();
+/// [`ListOps::adamw_ema`] on whichever backend the tensors are on (at least one parameter).
+pub(super) fn adamw_ema(slots: Vec<[Tensor<1>; 6]>, step: &AdamWEmaFactors) -> Vec<[Tensor<1>; 5]> {
+    let factors = Tensor::<1>::from_floats(step.values(), &slots[0][0].device());
     macro_rules! run_on {
         ($b:ty) => {
-            if let Some(mut prims) = on::<$b>(&all) {
-                let factors = prims.pop().expect("the factors come last");
-                let mut prims = prims.into_iter();
-                let lists = lens.map(|n| prims.by_ref().take(n).collect());
-                return <$b as ListOps>::adamw_ema(lists, factors)
-                    .map(|list| list.into_iter().map(Tensor::from_primitive::<$b>).collect());
+            if let Some((prims, factors)) = on::<$b>(&slots, &factors) {
+                return <$b as ListOps>::adamw_ema(prims, factors)
+                    .into_iter()
+                    .map(|out| out.map(Tensor::from_primitive::<$b>))
+                    .collect();
             }
         };
     }
@@ -56,7 +58,9 @@ pub(super) fn adamw_ema(lists: [Vec<Tensor<1>>; 6], step: &AdamWEmaFactors) -> [
         #[cfg(feature = "wgpu")]
         run_on!(burn::backend::Cube);
     }
-    let lists = lists.map(|list| list.into_iter().map(Tensor::into_dispatch).collect());
-    reference::adamw_ema::<burn::backend::Dispatch>(lists, step)
-        .map(|list| list.into_iter().map(Tensor::from_dispatch).collect())
+    let slots = slots.into_iter().map(|slot| slot.map(Tensor::into_dispatch)).collect();
+    reference::adamw_ema::<burn::backend::Dispatch>(slots, step)
+        .into_iter()
+        .map(|out| out.map(Tensor::from_dispatch))
+        .collect()
 }

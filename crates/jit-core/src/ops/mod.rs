@@ -547,15 +547,6 @@ pub fn adamw_ema(
     if params.is_empty() {
         return Vec::new();
     }
-    let mut lists: [Vec<Tensor<1>>; 6] = Default::default();
-    lists[0] = params;
-    lists[1] = grads;
-    for s in state {
-        for (list, t) in lists[2..].iter_mut().zip(s) {
-            list.push(t);
-        }
-    }
-    let [p, m, v, e1, e2] = lists::adamw_ema(lists, &factors);
-    let state = m.into_iter().zip(v).zip(e1).zip(e2);
-    p.into_iter().zip(state).map(|(p, (((m, v), e1), e2))| [p, m, v, e1, e2]).collect()
+    let slots = params.into_iter().zip(grads).zip(state).map(|((p, g), [m, v, e1, e2])| [p, g, m, v, e1, e2]);
+    lists::adamw_ema(slots.collect(), &factors)
 }

@@ -402,18 +402,9 @@ pub fn adamw_ema_one<B: Backend>(param: T<B>, grad: T<B>, state: [T<B>; 4], f: &
     [theta, m, v, ema1, ema2]
 }
 
-/// [`adamw_ema_one`] for each parameter `i` of the lists `[params, grads, m, v, ema1, ema2]`
-/// → `[params, m, v, ema1, ema2]`.
-pub fn adamw_ema<B: Backend>(lists: [Vec<T<B>>; 6], factors: &AdamWEmaFactors) -> [Vec<T<B>>; 5] {
-    let [params, grads, m, v, ema1, ema2] = lists;
-    let mut out: [Vec<T<B>>; 5] = Default::default();
-    let state = m.into_iter().zip(v).zip(ema1).zip(ema2);
-    for ((p, g), (((m, v), e1), e2)) in params.into_iter().zip(grads).zip(state) {
-        for (list, t) in out.iter_mut().zip(adamw_ema_one::<B>(p, g, [m, v, e1, e2], factors)) {
-            list.push(t);
-        }
-    }
-    out
+/// [`adamw_ema_one`] for each parameter: `[θ, grad, m, v, ema1, ema2]` → `[θ, m, v, ema1, ema2]`.
+pub fn adamw_ema<B: Backend>(slots: Vec<[T<B>; 6]>, factors: &AdamWEmaFactors) -> Vec<[T<B>; 5]> {
+    slots.into_iter().map(|[p, g, m, v, e1, e2]| adamw_ema_one::<B>(p, g, [m, v, e1, e2], factors)).collect()
 }
 
 /// The linear layer `x·weight + bias` over the last dimension of `x` `[…, d_in]`, `weight`
