@@ -1,10 +1,12 @@
 //! adaLN-Zero's gated residual, one unit per output value: `x + gate·y` for `x`, `y` `[B, T, D]`
-//! and `gate` `[B, 1, D]` (one gate per batch element and channel).
+//! and `gate` `[B, 1, D]` (one gate per batch element and channel); and its gradient with
+//! respect to the gate, one unit per (b, d): `Σ_t grad·y`, written at the gate's chunk of the
+//! adaLN output's gradient (zeros at the other chunks).
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::{buffer, contiguous, elementwise_grid, empty_like, per_image};
+use crate::{assert_f32, buffer, contiguous, elementwise_grid, empty_like, per_image};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)] // three inputs, the output, the shape, the gate's stride
@@ -54,4 +56,63 @@ pub fn gated_residual(x: CubeTensor, gate: CubeTensor, y: CubeTensor) -> CubeTen
         );
     }
     out
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)] // the inputs, the output, the shape and the chunks
+fn gate_backward_kernel<F: Float>(
+    grad: &[F],
+    y: &[F],
+    dmodulation: &mut [F],
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+    index: usize,
+    chunks: usize,
+) {
+    let unit = ABSOLUTE_POS;
+    if unit < batch * dim {
+        let (b, d) = (unit / dim, unit % dim);
+        let mut sum = F::new(0.0);
+        for t in 0..tokens {
+            let i = (b * tokens + t) * dim + d;
+            sum += grad[i] * y[i];
+        }
+        for c in 0..chunks {
+            dmodulation[(b * chunks + c) * dim + d] = if c == index { sum } else { F::new(0.0) };
+        }
+    }
+}
+
+/// The gradient `[B, chunks·D]` of the adaLN output whose chunk `index` is the gate of
+/// [`gated_residual`]: `Σ_t grad·y` there, zeros at the other chunks, for `grad`, `y`
+/// `[B, T, D]` (f32).
+pub fn gate_backward(grad: CubeTensor, y: CubeTensor, index: usize, chunks: usize) -> CubeTensor {
+    assert!(index < chunks, "gate_backward: the gate is a chunk of the modulation");
+    assert_f32("gate_backward", &[&grad, &y]);
+    let (grad, y) = (contiguous(grad), contiguous(y));
+    let shape = grad.meta.shape().to_vec();
+    assert_eq!(y.meta.shape().to_vec(), shape, "gate_backward: grad and y are [B, T, D]");
+    let (batch, tokens, dim) = (shape[0], shape[1], shape[2]);
+    let dmodulation = empty_like(&grad, vec![batch, chunks * dim]);
+    let (count, cube_dim) = elementwise_grid(&grad, batch * dim);
+    // SAFETY: `grad` and `y` are row-major `[B, T, D]`; one unit per (b, d) < batch·dim (checked
+    // in the kernel) reads their rows b·T..(b+1)·T at column d and writes `dmodulation` at
+    // (b, c·dim + d) for c < chunks, inside its `[B, chunks·D]`.
+    unsafe {
+        gate_backward_kernel::launch_unchecked::<f32>(
+            &grad.client,
+            count,
+            cube_dim,
+            buffer(&grad),
+            buffer(&y),
+            buffer(&dmodulation),
+            batch,
+            tokens,
+            dim,
+            index,
+            chunks,
+        );
+    }
+    dmodulation
 }

@@ -8,14 +8,18 @@
 //! - [`scaled_softmax`]: attention's softmax in f32 over scores in f32 or f16, with the
 //!   probabilities in both types (one per block; burn's chain is eight kernels);
 //! - [`silu_gate`]: SwiGLU's gate `SiLU(x1)·x2` (one per block);
-//! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block);
+//! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block), the gate a chunk of the
+//!   adaLN output;
 //! - [`cfg_mix`]: classifier-free guidance in the sampler;
-//! - [`adamw_ema`]: AdamW's step and both EMA updates over many parameters per launch;
-//! - [`pad_part`]: the gradient of a part of a tensor (the adaLN output's six, `qkv_heads`'s
-//!   three), in place of zeros and a slice-assign;
+//! - [`adamw_ema`]: AdamW's step and both EMA updates over many parameters per launch, in place
+//!   where nothing else holds the values;
+//! - [`pad_part`]: the gradient of a part of a tensor (`qkv_heads`' three where attention is
+//!   not one operation with it), in place of zeros and a slice-assign;
 //! - the backward passes: [`rms_rows`] (each row's RMS), [`rms_norm_modulate_dx`],
-//!   [`rms_norm_modulate_sums`], [`qkv_heads_dx`], [`qkv_heads_dweight`] and
-//!   [`scaled_softmax_backward`].
+//!   [`rms_norm_modulate_sums`] and [`gate_backward`] (each writes its chunks of the adaLN
+//!   output's gradient whole, zeros included: no copy per chunk), [`qkv_heads_dx`] and
+//!   [`qkv_heads_dweight`] (from the three parts' gradients as attention's backward pass gives
+//!   them) and [`scaled_softmax_backward`].
 //!
 //! They take and return burn's cubecl tensors ([`CubeTensor`], contiguous or not): f32, and
 //! where mixed precision passes the products' f16 (`qkv_heads` and its backward kernels,
@@ -41,11 +45,11 @@ mod rms_rows;
 mod scaled_softmax;
 mod silu_gate;
 
-pub use adamw_ema::{AdamWEmaSlot, adamw_ema};
+pub use adamw_ema::{AdamWEmaSlot, adamw_ema, params_per_launch};
 pub use burn_cubecl::CubeBackend;
 pub use burn_cubecl::tensor::CubeTensor;
 pub use cfg_mix::cfg_mix;
-pub use gated_residual::gated_residual;
+pub use gated_residual::{gate_backward, gated_residual};
 pub use pad_part::pad_part;
 pub use qkv_heads::qkv_heads;
 pub use qkv_heads_backward::{qkv_heads_dweight, qkv_heads_dx};

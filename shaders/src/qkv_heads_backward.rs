@@ -1,5 +1,6 @@
-//! The gradients of [`crate::qkv_heads`] from the gradient `g` of its output `[3, B, heads, T,
-//! hd]` and the RMS of each `qkv` row of `hd` values (`rms_rows`): for a query or key row,
+//! The gradients of [`crate::qkv_heads`] from the gradients `g` of its three parts `[B, heads,
+//! T, hd]` (queries, keys, values: separate tensors, as attention's backward pass gives them) and
+//! the RMS of each `qkv` row of `hd` values (`rms_rows`): for a query or key row,
 //! RoPE's transpose `ĝ[i] = g[i]·cos[t, i] + g[i ^ 1]·sin_signed[t, i ^ 1]`, then RMSNorm's
 //!
 //! - `dqkv = (ĝ·w − x̂·mean(ĝ·w·x̂)) / rms` with `x̂ = x / rms` (values: `g` moved back), one cube
@@ -39,7 +40,9 @@ fn qkv_heads_dx_kernel<I: Float, F: Float>(
     k_weight: &[F],
     cos: &[F],
     sin_signed: &[F],
-    grad: &[I],
+    dq: &[I],
+    dk: &[I],
+    dv: &[I],
     rms: &[F],
     dqkv: &mut [I],
     batch: usize,
@@ -58,24 +61,31 @@ fn qkv_heads_dx_kernel<I: Float, F: Float>(
     let bt = row / (3 * heads);
     let t = bt % tokens;
     let b = bt / tokens;
-    let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
+    let dst = ((b * heads + head) * tokens + t) * head_dim;
     let table = t * head_dim;
     let r = if row < rows { rms[row] } else { F::new(1.0) };
     let mut dot = F::new(0.0);
     let mut i = UNIT_POS as usize;
     while i < len && part < 2 {
-        let w = if part == 0 { q_weight[i] } else { k_weight[i] };
-        dot += rope_transpose::<I, F>(grad, cos, sin_signed, dst, table, i) * w * F::cast_from(qkv[start + i]) / r;
+        let g_hat = if part == 0 {
+            rope_transpose::<I, F>(dq, cos, sin_signed, dst, table, i) * q_weight[i]
+        } else {
+            rope_transpose::<I, F>(dk, cos, sin_signed, dst, table, i) * k_weight[i]
+        };
+        dot += g_hat * F::cast_from(qkv[start + i]) / r;
         i += units;
     }
     let mean = cube_sum::<F>(dot, units) / F::cast_from(head_dim);
     let mut i = UNIT_POS as usize;
     while i < len {
         if part == 2 {
-            dqkv[start + i] = grad[dst + i];
+            dqkv[start + i] = dv[dst + i];
         } else {
-            let w = if part == 0 { q_weight[i] } else { k_weight[i] };
-            let g_hat = rope_transpose::<I, F>(grad, cos, sin_signed, dst, table, i) * w;
+            let g_hat = if part == 0 {
+                rope_transpose::<I, F>(dq, cos, sin_signed, dst, table, i) * q_weight[i]
+            } else {
+                rope_transpose::<I, F>(dk, cos, sin_signed, dst, table, i) * k_weight[i]
+            };
             dqkv[start + i] = I::cast_from((g_hat - F::cast_from(qkv[start + i]) / r * mean) / r);
         }
         i += units;
@@ -91,7 +101,8 @@ fn qkv_heads_dweight_kernel<I: Float, F: Float>(
     qkv: &[I],
     cos: &[F],
     sin_signed: &[F],
-    grad: &[I],
+    dq: &[I],
+    dk: &[I],
     rms: &[F],
     partial: &mut [F],
     batch: usize,
@@ -113,16 +124,21 @@ fn qkv_heads_dweight_kernel<I: Float, F: Float>(
             // r enumerates (b, t, head) of this part.
             let (b, t, head) = (r / (tokens * heads), (r / heads) % tokens, r % heads);
             let row = ((b * tokens + t) * 3 + part) * heads + head;
-            let dst = (((part * batch + b) * heads + head) * tokens + t) * head_dim;
-            let g_hat = rope_transpose::<I, F>(grad, cos, sin_signed, dst, t * head_dim, i);
+            let dst = ((b * heads + head) * tokens + t) * head_dim;
+            let g_hat = if part == 0 {
+                rope_transpose::<I, F>(dq, cos, sin_signed, dst, t * head_dim, i)
+            } else {
+                rope_transpose::<I, F>(dk, cos, sin_signed, dst, t * head_dim, i)
+            };
             sum += g_hat * F::cast_from(qkv[row * head_dim + i]) / rms[row];
         }
         partial[unit] = sum;
     }
 }
 
-/// `dqkv` `[B, T, 3·heads·hd]` in `qkv`'s type from the forward's inputs, the output's gradient
-/// `[3, B, heads, T, hd]` (`qkv`'s type) and the `qkv` rows' RMS `[B·T·3·heads]` (f32).
+/// `dqkv` `[B, T, 3·heads·hd]` in `qkv`'s type from the forward's inputs, the parts' gradients
+/// `[dq, dk, dv]`, each `[B, heads, T, hd]` (`qkv`'s type), and the `qkv` rows' RMS
+/// `[B·T·3·heads]` (f32).
 #[allow(clippy::too_many_arguments)] // the forward's inputs and the gradient
 pub fn qkv_heads_dx(
     qkv: CubeTensor,
@@ -130,22 +146,22 @@ pub fn qkv_heads_dx(
     k_weight: CubeTensor,
     cos: CubeTensor,
     sin_signed: CubeTensor,
-    grad: CubeTensor,
+    [dq, dk, dv]: [CubeTensor; 3],
     rms: CubeTensor,
     heads: usize,
 ) -> CubeTensor {
-    let [qkv, q_weight, k_weight, cos, sin_signed, grad, rms] =
-        [qkv, q_weight, k_weight, cos, sin_signed, grad, rms].map(contiguous);
+    let [qkv, q_weight, k_weight, cos, sin_signed, dq, dk, dv, rms] =
+        [qkv, q_weight, k_weight, cos, sin_signed, dq, dk, dv, rms].map(contiguous);
     let shape = qkv.meta.shape().to_vec();
     let (batch, tokens) = (shape[0], shape[1]);
     let head_dim = shape[2] / 3 / heads;
-    assert_eq!(grad.dtype, qkv.dtype, "qkv_heads_dx: the gradient is in qkv's type");
+    assert_parts("qkv_heads_dx", &qkv, &shape, heads, &[&dq, &dk, &dv]);
     assert_f32("qkv_heads_dx", &[&q_weight, &k_weight, &cos, &sin_signed, &rms]);
     let dqkv = empty_like(&qkv, shape);
     let units = units_for(head_dim);
     // SAFETY: the operands are row-major in the layouts above; row `row < B·T·3·heads` reads and
     // writes `head_dim` values at `row·head_dim` in `qkv`/`dqkv` and at its per-head place in
-    // `grad`, the tables at token `t`'s row, the gains below `head_dim`.
+    // its part's gradient, the tables at token `t`'s row, the gains below `head_dim`.
     with_float!(qkv.dtype, "qkv_heads_dx", I => unsafe {
         qkv_heads_dx_kernel::launch_unchecked::<I, f32>(
             &qkv.client,
@@ -156,7 +172,9 @@ pub fn qkv_heads_dx(
             buffer(&k_weight),
             buffer(&cos),
             buffer(&sin_signed),
-            buffer(&grad),
+            buffer(&dq),
+            buffer(&dk),
+            buffer(&dv),
             buffer(&rms),
             buffer(&dqkv),
             batch,
@@ -175,21 +193,21 @@ pub fn qkv_heads_dweight(
     qkv: CubeTensor,
     cos: CubeTensor,
     sin_signed: CubeTensor,
-    grad: CubeTensor,
+    [dq, dk]: [CubeTensor; 2],
     rms: CubeTensor,
     heads: usize,
 ) -> CubeTensor {
-    let [qkv, cos, sin_signed, grad, rms] = [qkv, cos, sin_signed, grad, rms].map(contiguous);
+    let [qkv, cos, sin_signed, dq, dk, rms] = [qkv, cos, sin_signed, dq, dk, rms].map(contiguous);
     let shape = qkv.meta.shape().to_vec();
     let (batch, tokens) = (shape[0], shape[1]);
     let out_shape = dweight_partials_shape(&shape, heads);
     let (chunks, head_dim) = (out_shape[0], out_shape[2]);
-    assert_eq!(grad.dtype, qkv.dtype, "qkv_heads_dweight: the gradient is in qkv's type");
+    assert_parts("qkv_heads_dweight", &qkv, &shape, heads, &[&dq, &dk]);
     assert_f32("qkv_heads_dweight", &[&cos, &sin_signed, &rms]);
     let partial = empty_f32(&qkv, out_shape);
     let (count, cube_dim) = elementwise_grid(&qkv, chunks * 2 * head_dim);
     // SAFETY: one unit per (chunk, part, i) < chunks·2·head_dim (checked in the kernel) reads
-    // the query or key rows of its chunk in `qkv`, `grad` and `rms` within their layouts and
+    // the query or key rows of its chunk in `qkv`, `dq` or `dk` and `rms` within their layouts and
     // writes `partial` at its index.
     with_float!(qkv.dtype, "qkv_heads_dweight", I => unsafe {
         qkv_heads_dweight_kernel::launch_unchecked::<I, f32>(
@@ -199,7 +217,8 @@ pub fn qkv_heads_dweight(
             buffer(&qkv),
             buffer(&cos),
             buffer(&sin_signed),
-            buffer(&grad),
+            buffer(&dq),
+            buffer(&dk),
             buffer(&rms),
             buffer(&partial),
             batch,
@@ -211,6 +230,16 @@ pub fn qkv_heads_dweight(
         );
     });
     partial
+}
+
+/// Panics unless each part's gradient is `[B, heads, T, hd]` in `qkv`'s type (`qkv` of `shape`
+/// `[B, T, 3·heads·hd]`): the kernels index them so.
+fn assert_parts(what: &str, qkv: &CubeTensor, shape: &[usize], heads: usize, grads: &[&CubeTensor]) {
+    let part = [shape[0], heads, shape[1], shape[2] / 3 / heads];
+    for g in grads {
+        assert_eq!(g.dtype, qkv.dtype, "{what}: the gradients are in qkv's type");
+        assert_eq!(g.meta.shape().to_vec(), part, "{what}: each part's gradient is [B, heads, T, hd]");
+    }
 }
 
 /// The shape of [`qkv_heads_dweight`]'s partial sums for `qkv` of `shape` `[B, T, 3·heads·hd]`.

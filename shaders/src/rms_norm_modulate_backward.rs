@@ -2,8 +2,9 @@
 //! `x̂ = x / rms`, from the output's gradient `g` `[B, T, D]` and the rows' RMS (`rms_rows`):
 //!
 //! - `dx = (ĝ − x̂·mean(ĝ·x̂)) / rms` with `ĝ = g·(1 + scale)·w`, one cube per row;
-//! - per batch image and channel, one unit per (b, d): `Σ_t g` (= `dshift`), `w·Σ_t g·x̂`
-//!   (= `dscale`) and `(1 + scale)·Σ_t g·x̂`, whose sum over the images is `dweight`.
+//! - per batch image and channel, one unit per (b, d): `Σ_t g` (= `dshift`) and `w·Σ_t g·x̂`
+//!   (= `dscale`), written at their chunks of the adaLN output's gradient (zeros at the others),
+//!   and `(1 + scale)·Σ_t g·x̂`, whose sum over the images is `dweight`.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -47,17 +48,21 @@ fn rms_norm_modulate_dx_kernel<F: Float>(
 }
 
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)] // the inputs, both outputs, the shape and the chunks
 fn rms_norm_modulate_sums_kernel<F: Float>(
     x: &[F],
     weight: &[F],
     scale: &[F],
     grad: &[F],
     rms: &[F],
-    sums: &mut [F],
+    dmodulation: &mut [F],
+    partial: &mut [F],
     batch: usize,
     tokens: usize,
     dim: usize,
     scale_stride: usize,
+    index: usize,
+    chunks: usize,
 ) {
     let unit = ABSOLUTE_POS;
     if unit < batch * dim {
@@ -70,10 +75,19 @@ fn rms_norm_modulate_sums_kernel<F: Float>(
             sum_g += g;
             sum_gx += g * x[row * dim + d] / rms[row];
         }
-        // [B, 3, D]: Σ g, w·Σ g·x̂, (1 + scale)·Σ g·x̂.
-        sums[(b * 3) * dim + d] = sum_g;
-        sums[(b * 3 + 1) * dim + d] = weight[d] * sum_gx;
-        sums[(b * 3 + 2) * dim + d] = (F::new(1.0) + scale[b * scale_stride + d]) * sum_gx;
+        // [B, chunks·D]: Σ g (dshift) at chunk `index`, w·Σ g·x̂ (dscale) at `index + 1`, zeros
+        // at the others; [B, D]: (1 + scale)·Σ g·x̂ (dweight's part from image b).
+        for c in 0..chunks {
+            let value = if c == index {
+                sum_g
+            } else if c == index + 1 {
+                weight[d] * sum_gx
+            } else {
+                F::new(0.0)
+            };
+            dmodulation[(b * chunks + c) * dim + d] = value;
+        }
+        partial[unit] = (F::new(1.0) + scale[b * scale_stride + d]) * sum_gx;
     }
 }
 
@@ -117,25 +131,32 @@ pub fn rms_norm_modulate_dx(
     dx
 }
 
-/// `[B, 3, D]`: `Σ_t grad` (`dshift`), `weight·Σ_t grad·x̂` (`dscale`) and
-/// `(1 + scale)·Σ_t grad·x̂` (summed over `B`: `dweight`) for `x` and `grad` `[B, T, D]`,
-/// `weight` `[D]`, `scale` `[B, 1, D]`, `rms` `[B·T]`, `x̂ = x/rms`.
+/// `dmodulation` `[B, chunks·D]`, the gradient of the adaLN output whose chunks `index` and
+/// `index + 1` are the shift and the scale: `Σ_t grad` (`dshift`) and `weight·Σ_t grad·x̂`
+/// (`dscale`) there, zeros at the other chunks; and `[B, D]`, `(1 + scale)·Σ_t grad·x̂` (summed
+/// over `B`: `dweight`). For `x` and `grad` `[B, T, D]`, `weight` `[D]`, `scale` `[B, 1, D]`,
+/// `rms` `[B·T]`, `x̂ = x/rms` (all f32).
 pub fn rms_norm_modulate_sums(
     x: CubeTensor,
     weight: CubeTensor,
     scale: CubeTensor,
     grad: CubeTensor,
     rms: CubeTensor,
-) -> CubeTensor {
+    index: usize,
+    chunks: usize,
+) -> (CubeTensor, CubeTensor) {
+    assert!(index + 1 < chunks, "rms_norm_modulate_sums: shift and scale are chunks of the modulation");
     let [x, weight, grad, rms] = [x, weight, grad, rms].map(contiguous);
     let (scale, scale_stride) = per_image(scale);
     let shape = x.meta.shape().to_vec();
     let (batch, tokens, dim) = (shape[0], shape[1], shape[2]);
-    let sums = empty_like(&x, sums_shape(&shape));
+    let dmodulation = empty_like(&x, vec![batch, chunks * dim]);
+    let partial = empty_like(&x, vec![batch, dim]);
     let (count, cube_dim) = elementwise_grid(&x, batch * dim);
     // SAFETY: one unit per (b, d) < batch·dim (checked in the kernel) reads rows b·T..(b+1)·T
     // of `x` and `grad` at column d, `rms` at those rows, `weight` at d and `scale` at
-    // b·scale_stride + d (inside the buffer `per_image` gave), and writes `sums` at (b, 0|1|2, d).
+    // b·scale_stride + d (inside the buffer `per_image` gave), and writes `dmodulation` at
+    // (b, c·dim + d) for c < chunks and `partial` at (b, d).
     unsafe {
         rms_norm_modulate_sums_kernel::launch_unchecked::<f32>(
             &x.client,
@@ -146,17 +167,15 @@ pub fn rms_norm_modulate_sums(
             scale,
             buffer(&grad),
             buffer(&rms),
-            buffer(&sums),
+            buffer(&dmodulation),
+            buffer(&partial),
             batch,
             tokens,
             dim,
             scale_stride,
+            index,
+            chunks,
         );
     }
-    sums
-}
-
-/// The shape of [`rms_norm_modulate_sums`] for `x` of `shape` `[B, T, D]`.
-pub fn sums_shape(shape: &[usize]) -> Vec<usize> {
-    vec![shape[0], 3, shape[2]]
+    (dmodulation, partial)
 }

@@ -255,20 +255,29 @@ fn silu_and_the_swiglu_gate_match() {
 fn rms_norm_modulate_matches_in_values_and_gradients() {
     let (d, tokens) = (24, 70);
     let x = random([3, tokens, d], 1.5, 5);
-    let (shift, scale) = (random([3, 6 * d], 1.0, 6), random([3, 6 * d], 1.0, 7));
+    // The adaLN output [3, 6·D] as a block's, shift and scale at chunks 3 and 4 (its gradient
+    // zero at the other four).
+    let m = random([3, 6 * d], 1.0, 6);
     let gain = random([d], 0.5, 8);
-    // Shift and scale as the blocks make them: strided chunks of the adaLN output.
-    let (shift, scale): ([Tensor<2>; 4], [Tensor<2>; 4]) = (shift, scale);
     check(
         "rms_norm_modulate",
-        [x.map(|t| t.reshape([3 * tokens, d])), gain.map(|g| g.reshape([1, d])), shift, scale],
-        |[x, g, sh, sc]| {
-            let sh = sh.clone().narrow(1, 2 * d, d).unsqueeze_dim::<3>(1);
-            let sc = sc.clone().narrow(1, 4 * d, d).unsqueeze_dim::<3>(1);
+        [x.map(|t| t.reshape([3 * tokens, d])), gain.map(|g| g.reshape([1, d])), m],
+        |[x, g, m]| {
             let gain = g.clone().reshape([d]).add_scalar(1.0);
-            ops::rms_norm_modulate(x.clone().reshape([3, tokens, d]), gain, sh, sc, RMS_EPS)
+            ops::rms_norm_modulate(x.clone().reshape([3, tokens, d]), gain, m.clone(), 3, RMS_EPS)
         },
     );
+}
+
+#[test]
+fn gated_residual_matches_in_values_and_gradients() {
+    // The gate: chunk 5 of a block's adaLN output [3, 6·D].
+    let (d, tokens) = (24, 70);
+    let inputs = [random([3 * tokens, d], 1.0, 9), random([3, 6 * d], 1.0, 10), random([3 * tokens, d], 1.5, 11)];
+    check("gated_residual", inputs, |[x, m, y]| {
+        let (x, y) = (x.clone().reshape([3, tokens, d]), y.clone().reshape([3, tokens, d]));
+        ops::gated_residual(x, m.clone(), 5, y)
+    });
 }
 
 /// The qk-norm gains `[hd]` from rows of `g` `[2, hd]`, and the RoPE tables.
@@ -386,17 +395,27 @@ fn the_reference_backward_passes_are_the_gradients_of_the_reference_forward_pass
     let r = |shape: [usize; 3], seed| random(shape, 1.0, seed)[0].clone();
     let close = |what: &str, ours: Prim, theirs: &[f32]| assert_close(what, &vals(ours), theirs, 1e-5);
 
-    // RMSNorm + modulate: x [2, 5, 8], gain [8], shift and scale [2, 1, 8].
-    let [x, w, sh, sc] = [r([2, 5, 8], 1), r([1, 1, 8], 2), r([2, 1, 8], 3), r([2, 1, 8], 4)];
+    // RMSNorm + modulate: x [2, 5, 8], gain [8], shift and scale chunks 1 and 2 of an adaLN
+    // output [2, 4·8] (seen as [1, 2, 32]).
+    let [x, w, m] = [r([2, 5, 8], 1), r([1, 1, 8], 2), r([1, 2, 32], 3)];
     let g = r([2, 5, 8], 5);
-    let want = reference_gradients(&[x.clone(), w.clone(), sh.clone(), sc.clone()], &g, |[x, w, sh, sc]| {
-        t3(reference::rms_norm_modulate::<Dispatch>(p(x), p(w), p(sh), p(sc), RMS_EPS))
+    let m2 = |m: Tensor<3>| p(m.reshape([2, 32]));
+    let want = reference_gradients(&[x.clone(), w.clone(), m.clone()], &g, |[x, w, m]| {
+        t3(reference::rms_norm_modulate::<Dispatch>(p(x), p(w), m2(m), 1, RMS_EPS))
     });
-    let (dx, dw, dsh, dsc) = reference::rms_norm_modulate_backward::<Dispatch>(p(x), p(w), p(sc), p(g), RMS_EPS);
+    let (dx, dw, dm) = reference::rms_norm_modulate_backward::<Dispatch>(p(x), p(w), m2(m), 1, p(g), RMS_EPS);
     close("rms_norm_modulate dx", dx, &want[0]);
     close("rms_norm_modulate dweight", dw, &want[1]);
-    close("rms_norm_modulate dshift", dsh, &want[2]);
-    close("rms_norm_modulate dscale", dsc, &want[3]);
+    close("rms_norm_modulate dmodulation", dm, &want[2]);
+
+    // The gated residual's gradient with respect to its gate, chunk 2 of an adaLN output
+    // [2, 3·8] (seen as [1, 2, 24]).
+    let [x, m, y] = [r([2, 5, 8], 14), r([1, 2, 24], 15), r([2, 5, 8], 16)];
+    let g = r([2, 5, 8], 17);
+    let want = reference_gradients(&[x.clone(), m.clone(), y.clone()], &g, |[x, m, y]| {
+        t3(reference::gated_residual::<Dispatch>(p(x), p(m.reshape([2, 24])), 2, p(y)))
+    });
+    close("gate_backward", reference::gate_backward::<Dispatch>(p(g), p(y), 2, 3), &want[1]);
 
     // qk-norm + RoPE: 2 images of 1 + 2×2 tokens, 2 heads of 8; the output [3, 2, 2, 5, 8]
     // seen as [3, 4, 40].
@@ -410,10 +429,12 @@ fn the_reference_backward_passes_are_the_gradients_of_the_reference_forward_pass
         Tensor::<5>::from_dispatch(out).reshape([3, 2 * heads, tokens * hd])
     };
     let want = reference_gradients(&[qkv.clone(), qw.clone(), kw.clone()], &g, forward);
-    let g5 = p(g.reshape([3, 2, heads, tokens, hd]));
+    let g5 = g.reshape([3, 2, heads, tokens, hd]);
+    let part = |i: usize| p(g5.clone().narrow(0, i, 1).squeeze_dim::<4>(0));
     let (cos, sin) = (p(rope.cos.clone()), p(rope.sin_signed.clone()));
+    let grads = [part(0), part(1), part(2)];
     let (dqkv, dqw, dkw) =
-        reference::qkv_heads_backward::<Dispatch>(p(qkv), p(qw), p(kw), cos, sin, g5, heads, RMS_EPS);
+        reference::qkv_heads_backward::<Dispatch>(p(qkv), p(qw), p(kw), cos, sin, grads, heads, RMS_EPS);
     close("qkv_heads dqkv", dqkv, &want[0]);
     close("qkv_heads dq_weight", dqw, &want[1]);
     close("qkv_heads dk_weight", dkw, &want[2]);

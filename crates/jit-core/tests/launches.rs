@@ -57,11 +57,12 @@ fn the_launch_counter_sees_each_kernel() {
 fn the_kernels_are_taken_for_f32_tensors_in_and_outside_autodiff_while_on() {
     let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = wgpu_device();
-    // Whether `x + gate·x` ran the gated_residual kernel.
+    // Whether `x + gate·x` ran the gated_residual kernel (the gate: the one chunk of a [2, 4]
+    // adaLN output).
     let gated = |x: Tensor<3>, on: bool| {
         ops::set_enabled(on);
-        let gate = x.clone().narrow(1, 0, 1);
-        let (out, launches) = jit_core::launches::count(|| to_vec(ops::gated_residual(x.clone(), gate, x.clone())));
+        let m = x.clone().narrow(1, 0, 1).reshape([2, 4]);
+        let (out, launches) = jit_core::launches::count(|| to_vec(ops::gated_residual(x.clone(), m, 0, x.clone())));
         ops::set_enabled(true);
         assert!(out.iter().all(|v| v.is_finite()));
         launches.by_kernel.iter().any(|(name, _)| name.contains("gated_residual"))
@@ -133,6 +134,60 @@ fn f16_qkv_heads_run_without_casts() {
     assert!(named(&launched, &["Cast"]) <= 2, "{:?}", launched.by_kernel);
 }
 
+/// A training step's backward pass writes the gradients of each adaLN output and each `qkv`
+/// projection whole: the ops that read their chunks write their chunks of the gradient (zeros
+/// elsewhere), and attention's three gradients go straight into `qkv_heads`' backward pass, so
+/// no part's gradient is padded (`pad_part`) and added up. In f32 and with f16 products.
+#[test]
+fn a_training_step_pads_no_parts_of_a_gradient() {
+    use jit_core::{Jit, JitConfig};
+    let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = wgpu_device().autodiff();
+    let depth = 2;
+    let config = JitConfig {
+        input_size: 8,
+        patch_size: 4,
+        in_channels: 3,
+        hidden_size: 32,
+        depth,
+        num_heads: 2,
+        mlp_ratio: 2.0,
+        num_classes: 3,
+        bottleneck_dim: 8,
+        in_context_len: 2,
+        in_context_start: 1,
+        attn_drop: 0.0,
+        proj_drop: 0.0,
+    };
+    device.seed(5);
+    let net = Jit::new(&config, &device).expect("a valid config");
+    let b = 2;
+    let values: Vec<f32> = (0..b * 3 * 8 * 8).map(|i| ((i * 11) % 29) as f32 / 29.0 - 0.5).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(values, [b, 3, 8, 8]), &device);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [b]), &device);
+    let y = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0i64, 2], [b]), &device);
+    for dtype in [None, Some(FloatDType::F16)] {
+        if dtype.is_some_and(|d| !device.supports_dtype(d)) {
+            eprintln!("SKIP {dtype:?}: not supported on this adapter");
+            continue;
+        }
+        let net = net.clone().with_matmul_dtype(dtype);
+        let step = || {
+            let grads = net.forward(x.clone(), t.clone(), y.clone()).cast(FloatDType::F32).sum().backward();
+            let w = net.blocks[0].adaLN_modulation.weight.val();
+            to_vec(w.grad(&grads).expect("the adaLN weights get a gradient"))
+        };
+        step(); // compile first; then count
+        let (grad, launched) = jit_core::launches::count(step);
+        assert!(grad.iter().all(|g| g.is_finite()), "{dtype:?}: finite gradients");
+        assert_eq!(named(&launched, &["PadPart"]), 0, "{dtype:?}: {:?}", launched.by_kernel);
+        // Two gates a block; a shift and scale twice a block and once in the final layer.
+        assert_eq!(named(&launched, &["GateBackward"]), 2 * depth, "{dtype:?}: {:?}", launched.by_kernel);
+        assert_eq!(named(&launched, &["RmsNormModulateSums"]), 2 * depth + 1, "{dtype:?}: {:?}", launched.by_kernel);
+        assert_eq!(named(&launched, &["QkvHeadsDxKernel<"]), depth, "{dtype:?}: {:?}", launched.by_kernel);
+    }
+}
+
 #[test]
 fn adamw_with_both_emas_runs_many_parameters_per_launch() {
     let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -146,16 +201,26 @@ fn adamw_with_both_emas_runs_many_parameters_per_launch() {
     let grads: Vec<_> = (0..n).map(|i| one(10 + 3 * i, 2)).collect();
     let state: Vec<_> = (0..n).map(|i| [3, 4, 5, 6].map(|k| one(10 + 3 * i, k))).collect();
     let factors = ops::AdamWEmaFactors::new(1e-3, 0.0, (0.9, 0.95), 1e-8, 1, (0.9999, 0.9996));
-    let step = || {
-        let out = ops::adamw_ema(params.clone(), grads.clone(), state.clone(), factors);
+    // Clones sharing the tensors' memory (new outputs), or copies of their own (in place).
+    let step = |own: bool| {
+        let copy = |t: &Tensor<1>| if own { Tensor::from_data(t.to_data(), &device) } else { t.clone() };
+        let (params, state) =
+            (params.iter().map(copy).collect(), state.iter().map(|s| s.each_ref().map(copy)).collect());
+        let out = ops::adamw_ema(params, grads.clone(), state, factors);
         out.into_iter().flatten().map(to_vec).collect::<Vec<_>>()
     };
-    let first = step();
-    let (again, launched) = jit_core::launches::count(step);
-    assert_eq!(again, first, "the same values when counted");
-    // As many parameters per launch as the adapter's storage bindings allow: 11 each, 32 or
-    // more on any adapter that trains (lavapipe's limit fits two per launch).
-    let kernels = named(&launched, &["AdamwEma"]);
-    assert!(kernels >= 1 && kernels <= n / 2, "{n} parameters in {kernels} launches: {:?}", launched.by_kernel);
-    assert_eq!(launched.total(), kernels, "nothing else launched: {:?}", launched.by_kernel);
+    let mut launches = [0; 2];
+    for own in [false, true] {
+        let first = step(own);
+        let (again, launched) = jit_core::launches::count(|| step(own));
+        assert_eq!(again, first, "own: {own}: the same values when counted");
+        // As many parameters per launch as the adapter's storage bindings allow: 11 each, or 6
+        // in place; 32 or more on any adapter that trains (lavapipe's limit fits two, or five).
+        let kernels = named(&launched, &["AdamwEma"]);
+        assert!(kernels >= 1 && kernels <= n / 2, "{n} parameters in {kernels} launches: {:?}", launched.by_kernel);
+        assert_eq!(launched.total(), kernels, "nothing else launched (copies are uploads): {:?}", launched.by_kernel);
+        launches[usize::from(own)] = kernels;
+    }
+    let [shared, own] = launches;
+    assert!(own < shared || shared == 1, "in place, more parameters a launch: {own} launches against {shared}");
 }

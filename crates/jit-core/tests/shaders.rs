@@ -31,9 +31,15 @@ fn gain(dim: usize, seed: u64, device: &Device) -> Tensor<1> {
     random_leaf([dim], 1.0, 0.5, seed, device)
 }
 
-/// The reference `modulate(rms_norm(x))`, op by op.
-fn reference_norm_modulate(x: Tensor<3>, weight: Tensor<1>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
-    from_prim(reference::rms_norm_modulate::<Dispatch>(prim(x), prim(weight), prim(shift), prim(scale), RMS_EPS))
+/// The reference `modulate(rms_norm(x))`, op by op, with shift and scale chunks `index` and
+/// `index + 1` of `modulation` `[B, n·D]`.
+fn reference_norm_modulate(x: Tensor<3>, weight: Tensor<1>, modulation: Tensor<2>, index: usize) -> Tensor<3> {
+    from_prim(reference::rms_norm_modulate::<Dispatch>(prim(x), prim(weight), prim(modulation), index, RMS_EPS))
+}
+
+/// Chunk `index` of `modulation` `[B, n·D]` as `[B, 1, D]`, by burn's slice.
+fn chunk(modulation: Tensor<2>, index: usize, d: usize) -> Tensor<3> {
+    modulation.narrow(1, index * d, d).unsqueeze_dim(1)
 }
 
 /// The reference `qkv_heads`, op by op: `[3, B, heads, T, hd]`.
@@ -78,18 +84,21 @@ fn rms_norm_modulate_gradients_match_the_tensor_ops() {
     let device = wgpu_device().autodiff();
     for (seed, &(b, t, d)) in NORM_SHAPES[..2].iter().enumerate() {
         let seed = seed as u64 * 10;
+        // The adaLN output [B, 4·D] as a [1, B, 4·D] leaf; shift and scale its chunks 1 and 2
+        // (its gradient: theirs there, zeros at chunks 0 and 3).
         let inputs = [
             random([b, t, d], 2.0, seed, &device),
             random_leaf([1, 1, d], 1.0, 0.5, seed + 3, &device),
-            random([b, 1, d], 1.0, seed + 1, &device),
-            random([b, 1, d], 0.5, seed + 2, &device),
+            random([1, b, 4 * d], 0.7, seed + 1, &device),
         ];
-        let with_norm = |[x, w, shift, scale]: [Tensor<3>; 4], fused_path: bool| {
-            let w = w.reshape([d]);
+        let with_norm = |[x, w, m]: [Tensor<3>; 3], fused_path: bool| {
+            let (w, m) = (w.reshape([d]), m.squeeze_dim::<2>(0));
             let out = if fused_path {
-                ops::rms_norm_modulate(x, w, shift, scale, RMS_EPS)
+                ops::rms_norm_modulate(x, w, m, 1, RMS_EPS)
             } else {
-                reference_norm_modulate(x, w, shift, scale)
+                let (shift, scale) = (chunk(m.clone(), 1, d), chunk(m, 2, d));
+                let n = x.clone().div(x.powi_scalar(2).mean_dim(2).add_scalar(RMS_EPS).sqrt()).mul(w.unsqueeze());
+                n.mul(scale.add_scalar(1.0)).add(shift)
             };
             out.unsqueeze()
         };
@@ -125,6 +134,37 @@ fn qkv_heads_gradients_match_the_tensor_ops() {
     }
 }
 
+/// `qkv_heads` and attention as one tracked operation (attention's three gradients straight
+/// into `qkv_heads`' backward kernels) against burn's autodiff of the tensor ops.
+#[test]
+fn qkv_attention_gradients_match_the_tensor_ops() {
+    let device = wgpu_device().autodiff();
+    for &(b, h, hd, grid, prefix) in &[(2, 3, 16, 3, 0), (1, 2, 64, 2, 4)] {
+        let t = prefix + grid * grid;
+        let rope = Rope::new(hd, grid, prefix, &device);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let inputs = [
+            random([b, t, 3 * h * hd], 1.5, hd as u64 + 3, &device),
+            random_leaf([1, 1, hd], 1.0, 0.5, 4, &device),
+            random_leaf([1, 1, hd], 1.0, 0.5, 5, &device),
+        ];
+        let attention = |[qkv, qw, kw]: [Tensor<3>; 3], fused_path: bool| {
+            let gains = (qw.reshape([hd]), kw.reshape([hd]));
+            let out = if fused_path {
+                ops::qkv_attention(qkv, gains, rope.tables(), h, scale, RMS_EPS)
+            } else {
+                let parts = reference_qkv_heads(qkv, gains, &rope, h);
+                let part = |i: usize| parts.clone().narrow(0, i, 1).squeeze_dim::<4>(0);
+                let scores = part(0).matmul(part(1).swap_dims(2, 3)).mul_scalar(scale);
+                burn::tensor::activation::softmax(scores, 3).matmul(part(2)).swap_dims(1, 2).reshape([b, t, h * hd])
+            };
+            out.unsqueeze()
+        };
+        let what = format!("qkv_attention {b}×{t}, {h} heads of {hd}");
+        assert_same_gradients(&what, inputs, |i| attention(i, true), |i| attention(i, false));
+    }
+}
+
 #[test]
 fn silu_gate_and_gated_residual_gradients_match_the_tensor_ops() {
     let device = wgpu_device().autodiff();
@@ -139,20 +179,24 @@ fn silu_gate_and_gated_residual_gradients_match_the_tensor_ops() {
             burn::tensor::activation::silu(halves[0].clone()).mul(halves[1].clone()).unsqueeze()
         },
     );
+    // The gate: chunk 1 of an adaLN output [B, 3·D] (a [1, B, 3·D] leaf).
     let (b, t, d) = (3, 17, 48);
-    let inputs =
-        [random([b, t, d], 1.0, 1, &device), random([b, 1, d], 1.0, 2, &device), random([b, t, d], 2.0, 3, &device)];
+    let inputs = [
+        random([b, t, d], 1.0, 1, &device),
+        random([1, b, 3 * d], 1.0, 2, &device),
+        random([b, t, d], 2.0, 3, &device),
+    ];
     assert_same_gradients(
         "gated_residual",
         inputs,
-        |[x, gate, y]| ops::gated_residual(x, gate, y).unsqueeze(),
-        |[x, gate, y]| x.add(gate.mul(y)).unsqueeze(),
+        |[x, m, y]| ops::gated_residual(x, m.squeeze_dim(0), 1, y).unsqueeze(),
+        |[x, m, y]| x.add(chunk(m.squeeze_dim(0), 1, d).mul(y)).unsqueeze(),
     );
 }
 
-/// The adaLN output's chunks, as a block passes them (views into one `[B, 3·D]` tensor), are
-/// read where they lie, with no copy, and their gradients match; chunks of a transposed output
-/// (channels not contiguous) are copied first.
+/// The adaLN output `[B, 3·D]`, as a block passes it whole to the ops that read its chunks:
+/// they are read where they lie, with no copy, and its gradient matches; chunks of a transposed
+/// output (channels not contiguous) are copied first.
 #[test]
 fn adaln_chunks_are_read_in_place_in_values_and_gradients() {
     let device = wgpu_device().autodiff();
@@ -160,21 +204,21 @@ fn adaln_chunks_are_read_in_place_in_values_and_gradients() {
         // The modulation as a [1, B, 3·D] or [1, 3·D, B] leaf.
         let m = random(if transposed { [1, 3 * d, b] } else { [1, b, 3 * d] }, 1.0, 2, &device);
         let inputs = [random([b, t, d], 1.0, 1, &device), m, random([b, t, d], 1.0, 3, &device)];
-        // Its chunks [B, 1, D] and the norm's gain.
+        // The output [B, 3·D] and the norm's gain.
         let parts = |m: Tensor<3>| {
             let m: Tensor<2> = m.squeeze_dim(0);
             let m = if transposed { m.transpose() } else { m };
             let w = Tensor::<1>::ones([d], &m.device());
-            (m.unsqueeze_dim::<3>(1).chunk(3, 2), w)
+            (m, w)
         };
         let fused = |[x, m, y]: [Tensor<3>; 3]| {
-            let (p, w) = parts(m);
-            let n = ops::rms_norm_modulate(x, w, p[0].clone(), p[1].clone(), RMS_EPS);
-            ops::gated_residual(y, p[2].clone(), n)
+            let (m, w) = parts(m);
+            let n = ops::rms_norm_modulate(x, w, m.clone(), 0, RMS_EPS);
+            ops::gated_residual(y, m, 2, n)
         };
         let plain = |[x, m, y]: [Tensor<3>; 3]| {
-            let (p, w) = parts(m);
-            y.add(p[2].clone().mul(reference_norm_modulate(x, w, p[0].clone(), p[1].clone())))
+            let (m, w) = parts(m);
+            y.add(chunk(m.clone(), 2, d).mul(reference_norm_modulate(x, w, m, 0)))
         };
         let what = format!("adaLN chunks {b}×{t}×{d}{}", if transposed { ", transposed" } else { "" });
         assert_same_gradients(&what, inputs.clone(), |i| fused(i).unsqueeze(), |i| plain(i).unsqueeze());
@@ -214,28 +258,33 @@ fn rms_norm_modulate_matches_the_tensor_ops() {
         for (seed, &(b, t, d)) in NORM_SHAPES.iter().enumerate() {
             let seed = seed as u64 * 10;
             let x = random([b, t, d], 2.0, seed, &device);
-            let (shift, scale) = (random([b, 1, d], 1.0, seed + 1, &device), random([b, 1, d], 0.5, seed + 2, &device));
+            let m = random([b, 3 * d], 0.7, seed + 1, &device);
             let w = gain(d, seed + 3, &device);
-            let ours = ops::rms_norm_modulate(x.clone(), w.clone(), shift.clone(), scale.clone(), RMS_EPS);
-            let reference = reference_norm_modulate(x, w, shift, scale);
+            let ours = ops::rms_norm_modulate(x.clone(), w.clone(), m.clone(), 1, RMS_EPS);
+            let reference = reference_norm_modulate(x, w, m, 1);
             let what = format!("rms_norm_modulate {b}×{t}×{d} on {device:?}");
             assert_close(&what, ours.unsqueeze(), reference.unsqueeze(), 1e-6);
         }
     }
 }
 
-/// Chunks of the adaLN output (views with strides, as the block passes them) are read right.
+/// The shift and scale as the chunks they are, against burn's slices of the adaLN output,
+/// whichever chunks they are (here of a `[B, 6·D]` output, as a block's).
 #[test]
-fn rms_norm_modulate_reads_strided_modulation() {
+fn rms_norm_modulate_reads_its_chunks_of_the_modulation() {
     let device = wgpu_device();
     let (b, t, d) = (3, 7, 40);
-    let m = random([b, 3 * d], 1.0, 5, &device);
-    let parts: Vec<Tensor<3>> = m.chunk(3, 1).into_iter().map(|c| c.unsqueeze_dim(1)).collect();
-    let x = random([b, t, d], 1.0, 6, &device).swap_dims(0, 1).swap_dims(0, 1);
+    let m = random([b, 6 * d], 1.0, 5, &device);
+    let x = random([b, t, d], 1.0, 6, &device);
     let w = gain(d, 7, &device);
-    let ours = ops::rms_norm_modulate(x.clone(), w.clone(), parts[1].clone(), parts[2].clone(), RMS_EPS);
-    let reference = reference_norm_modulate(x, w, parts[1].clone(), parts[2].clone());
-    assert_close("strided modulation", ours.unsqueeze(), reference.unsqueeze(), 1e-6);
+    for index in [0, 3, 4] {
+        let ours = ops::rms_norm_modulate(x.clone(), w.clone(), m.clone(), index, RMS_EPS);
+        let (shift, scale) = (chunk(m.clone(), index, d), chunk(m.clone(), index + 1, d));
+        let n =
+            x.clone().div(x.clone().powi_scalar(2).mean_dim(2).add_scalar(RMS_EPS).sqrt()).mul(w.clone().unsqueeze());
+        let reference = n.mul(scale.add_scalar(1.0)).add(shift);
+        assert_close(&format!("chunks {index}, {}", index + 1), ours.unsqueeze(), reference.unsqueeze(), 1e-6);
+    }
 }
 
 #[test]
@@ -272,7 +321,10 @@ fn qkv_heads_in_f16_matches_the_reference() {
         let t = prefix + grid * grid;
         let rope = Rope::new(hd, grid, prefix, &device);
         let qkv = random([b, t, 3 * h * hd], 1.5, hd as u64, &device).cast(FloatDType::F16);
+        // The parts' gradients: views into one [3, B, heads, T, hd] tensor, the second and third
+        // at an offset in its buffer.
         let grad = random([3, b, h, t, hd], 1.0, 9, &device).cast(FloatDType::F16);
+        let grads = || grad.clone().chunk(3, 0).into_iter().map(|g| prim(g.squeeze_dim::<4>(0))).collect::<Vec<_>>();
         let (qw, kw) = (gain(hd, 1, &device), gain(hd, 2, &device));
         let (cos, sin) = rope.tables();
         let args = || (prim(qkv.clone()), prim(qw.clone()), prim(kw.clone()), prim(cos.clone()), prim(sin.clone()));
@@ -284,11 +336,11 @@ fn qkv_heads_in_f16_matches_the_reference() {
         assert_eq!(ours.dtype(), DType::F16, "{what}: the output in qkv's type");
         assert_close(&what, ours.reshape([3 * b, h, t, hd]), theirs.reshape([3 * b, h, t, hd]), 1e-3);
         let (x, w1, w2, c, s) = args();
-        let (dqkv, dqw, dkw) =
-            <Dispatch as JitOps>::qkv_heads_backward(x, w1, w2, c, s, prim(grad.clone()), h, RMS_EPS);
+        let [dq, dk, dv] = <[_; 3]>::try_from(grads()).expect("three parts");
+        let (dqkv, dqw, dkw) = <Dispatch as JitOps>::qkv_heads_backward(x, w1, w2, c, s, dq, dk, dv, h, RMS_EPS);
         let (x, w1, w2, c, s) = args();
-        let (rqkv, rqw, rkw) =
-            reference::qkv_heads_backward::<Dispatch>(x, w1, w2, c, s, prim(grad.clone()), h, RMS_EPS);
+        let g = <[_; 3]>::try_from(grads()).expect("three parts");
+        let (rqkv, rqw, rkw) = reference::qkv_heads_backward::<Dispatch>(x, w1, w2, c, s, g, h, RMS_EPS);
         let (dqkv, rqkv): (Tensor<3>, Tensor<3>) = (from_prim(dqkv), from_prim(rqkv));
         assert_eq!(dqkv.dtype(), DType::F16, "{what}: dqkv in qkv's type");
         assert_close(&format!("{what}, dqkv"), dqkv.unsqueeze(), rqkv.unsqueeze(), 1e-3);
@@ -386,10 +438,9 @@ fn gated_residual_matches_the_tensor_ops() {
     let device = wgpu_device();
     for &(b, t, d) in &[(2, 17, 48), (3, 70, 300)] {
         let m = random([b, 3 * d], 1.0, d as u64, &device);
-        let gate = m.chunk(3, 1)[1].clone().unsqueeze_dim::<3>(1);
         let (x, y) = (random([b, t, d], 1.0, 1, &device), random([b, t, d], 2.0, 2, &device));
-        let ours = ops::gated_residual(x.clone(), gate.clone(), y.clone());
-        let reference = x.add(gate.mul(y));
+        let ours = ops::gated_residual(x.clone(), m.clone(), 1, y.clone());
+        let reference = x.add(chunk(m, 1, d).mul(y));
         assert_close(&format!("gated_residual {b}×{t}×{d}"), ours.unsqueeze(), reference.unsqueeze(), 1e-7);
     }
 }
@@ -411,12 +462,24 @@ fn adamw_with_both_emas_matches_the_tensor_ops() {
     let mut shapes: Vec<usize> = (0..70).map(|i| 1 + (i * 37) % 300).collect();
     shapes.push(70_001);
     let (params, grads, state) = adamw_inputs(&shapes, &device);
-    for factors in [
-        ops::AdamWEmaFactors::new(1e-3, 0.0, (0.9, 0.95), 1e-8, 1, (0.9999, 0.9996)),
-        ops::AdamWEmaFactors::new(2e-4, 0.05, (0.9, 0.999), 1e-6, 37, (0.5, 0.25)),
-    ] {
+    // A copy of its own (updated in place) or a clone sharing its memory (new outputs).
+    let own = |t: &Tensor<1>| Tensor::<1>::from_data(t.to_data(), &device);
+    let cases = [
+        (ops::AdamWEmaFactors::new(1e-3, 0.0, (0.9, 0.95), 1e-8, 1, (0.9999, 0.9996)), "shared"),
+        (ops::AdamWEmaFactors::new(2e-4, 0.05, (0.9, 0.999), 1e-6, 37, (0.5, 0.25)), "shared"),
+        (ops::AdamWEmaFactors::new(2e-4, 0.05, (0.9, 0.999), 1e-6, 37, (0.5, 0.25)), "own"),
+        (ops::AdamWEmaFactors::new(1e-3, 0.0, (0.9, 0.95), 1e-8, 2, (0.9999, 0.9996)), "every third own"),
+    ];
+    for (factors, memory) in cases {
+        let is_own = |i: usize| memory == "own" || (memory == "every third own" && i % 3 == 0);
+        let (p, st): (Vec<_>, Vec<_>) = params
+            .iter()
+            .zip(&state)
+            .enumerate()
+            .map(|(i, (p, s))| if is_own(i) { (own(p), s.each_ref().map(own)) } else { (p.clone(), s.clone()) })
+            .unzip();
         let before = ops::kernels_run();
-        let ours = ops::adamw_ema(params.clone(), grads.clone(), state.clone(), factors);
+        let ours = ops::adamw_ema(p, grads.clone(), st, factors);
         let ours: Vec<[Vec<f32>; 5]> = ours.into_iter().map(|out| out.map(to_vec)).collect();
         // Read back first: under burn's fusion the kernel runs when its results are needed.
         assert!(ops::kernels_run() > before, "the kernel not taken");
@@ -428,7 +491,8 @@ fn adamw_with_both_emas_matches_the_tensor_ops() {
         let reference = reference::adamw_ema::<Dispatch>(slots.collect(), &factors);
         for (i, (a, b)) in ours.into_iter().zip(reference).enumerate() {
             for (k, (a, b)) in a.into_iter().zip(b.map(from_prim::<1>)).enumerate() {
-                let what = format!("parameter {i} of {}, output {k} (θ, m, v, ema1, ema2), {factors:?}", shapes[i]);
+                let what =
+                    format!("parameter {i} of {}, output {k} (θ, m, v, ema1, ema2), {memory}, {factors:?}", shapes[i]);
                 let b = to_vec(b);
                 assert!(a.iter().all(|v| v.is_finite()), "{what}: non-finite values");
                 let err = rel_l2(&a, &b);

@@ -65,8 +65,7 @@ impl Attention {
                 // `dtype`, the type `proj` takes (casts to f32 and back would change nothing).
                 (_, Some(_)) => {
                     let qkv = mm.linear_in_type(&self.qkv, x);
-                    let (q, k, v) = ops::qkv_heads(qkv, gains, rope.tables(), h, RMS_EPS);
-                    ops::attention(q, k, v, scale)
+                    ops::qkv_attention(qkv, gains, rope.tables(), h, scale, RMS_EPS)
                 }
             }
         } else {

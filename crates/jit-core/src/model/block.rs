@@ -15,11 +15,10 @@ use super::norm::{RMS_EPS, RmsNorm};
 use super::rope::Rope;
 use super::{Init, MatmulDtype, linear};
 
-/// Splits an adaLN output `[B, n·D]` into n tensors `[B, 1, D]` ([`crate::ops::part`]s: views,
-/// each with a one-pass gradient).
-pub fn split_modulation(m: Tensor<2>, n: usize) -> Vec<Tensor<3>> {
-    (0..n).map(|i| crate::ops::part(m.clone(), 1, i, n).unsqueeze_dim::<3>(1)).collect()
-}
+/// The first of attention's chunks (shift, scale, gate) in a block's adaLN output.
+const MSA: usize = 0;
+/// The first of the MLP's chunks (shift, scale, gate) in a block's adaLN output.
+const MLP: usize = 3;
 
 /// `JiTBlock`: `x += gate_msa·Attn(modulate(norm1(x)))`, `x += gate_mlp·SwiGLU(modulate(norm2(x)))`.
 #[allow(non_snake_case)]
@@ -51,13 +50,13 @@ impl JitBlock {
 
     /// `x` `[B, T, D]`, `c_silu` = SiLU(c) `[B, D]` → `[B, T, D]`.
     pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
-        let m = split_modulation(mm.linear(&self.adaLN_modulation, c_silu), 6);
-        let [shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp] =
-            <[Tensor<3>; 6]>::try_from(m).expect("six chunks");
+        // The adaLN output [B, 6·D]: shift, scale, gate for attention, then for the MLP; each
+        // op reads its chunks of it (and writes its chunks of the gradient).
+        let m = mm.linear(&self.adaLN_modulation, c_silu);
         // modulate(x) = x·(1 + scale) + shift after each RMSNorm (adaLN).
-        let h = ops::rms_norm_modulate(x.clone(), self.norm1.weight.val(), shift_msa, scale_msa, RMS_EPS);
-        let x = ops::gated_residual(x, gate_msa, self.attn.forward(h, rope, mm));
-        let h = ops::rms_norm_modulate(x.clone(), self.norm2.weight.val(), shift_mlp, scale_mlp, RMS_EPS);
-        ops::gated_residual(x, gate_mlp, self.mlp.forward(h, mm))
+        let h = ops::rms_norm_modulate(x.clone(), self.norm1.weight.val(), m.clone(), MSA, RMS_EPS);
+        let x = ops::gated_residual(x, m.clone(), MSA + 2, self.attn.forward(h, rope, mm));
+        let h = ops::rms_norm_modulate(x.clone(), self.norm2.weight.val(), m.clone(), MLP, RMS_EPS);
+        ops::gated_residual(x, m, MLP + 2, self.mlp.forward(h, mm))
     }
 }

@@ -8,7 +8,6 @@ use burn::tensor::{Device, Tensor};
 
 use crate::ops;
 
-use super::block::split_modulation;
 use super::norm::{RMS_EPS, RmsNorm};
 use super::{Init, MatmulDtype, linear};
 
@@ -36,10 +35,9 @@ impl FinalLayer {
 
     /// `x` `[B, N, D]`, `c_silu` `[B, D]` → `[B, N, p·p·C]`.
     pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>, mm: MatmulDtype) -> Tensor<3> {
-        let mut m = split_modulation(mm.linear(&self.adaLN_modulation, c_silu), 2);
-        let scale = m.pop().expect("two chunks");
-        let shift = m.pop().expect("two chunks");
-        let h = ops::rms_norm_modulate(x, self.norm_final.weight.val(), shift, scale, RMS_EPS);
+        // The adaLN output [B, 2·D]: chunk 0 the shift, chunk 1 the scale.
+        let m = mm.linear(&self.adaLN_modulation, c_silu);
+        let h = ops::rms_norm_modulate(x, self.norm_final.weight.val(), m, 0, RMS_EPS);
         mm.linear(&self.linear, h)
     }
 }

@@ -8,6 +8,7 @@
 //! The EMA update is never differentiated; the backward methods themselves are not
 //! differentiable here (their reference bodies are, op by op).
 
+use burn::backend::TensorMetadata;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -17,8 +18,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend};
 use burn::tensor::Scalar;
 
-use super::reference::sum_dims;
-use super::{JitOps, reference};
+use super::{JitOps, reference, split_parts};
 
 type Ad<B, C> = Autodiff<B, C>;
 
@@ -79,22 +79,24 @@ impl<B: JitOps, const N: usize> Backward<B, N> for Linear {
 
 #[derive(Debug)]
 struct RmsNormModulate {
+    index: usize,
     eps: f32,
 }
 
-impl<B: JitOps> Backward<B, 4> for RmsNormModulate {
-    /// `(x, weight, scale)`.
+/// With parents `[x, weight, modulation]`: the adaLN output gets one gradient for both its
+/// chunks.
+impl<B: JitOps> Backward<B, 3> for RmsNormModulate {
+    /// `(x, weight, modulation)`.
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
-    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = grads.consume::<B>(&ops.node);
-        let [px, pw, pshift, pscale] = ids(&ops);
-        let (x, weight, scale) = ops.state;
-        let (dx, dweight, dshift, dscale) = B::rms_norm_modulate_backward(x, weight, scale, g, self.eps);
+        let [px, pw, pm] = ids(&ops);
+        let (x, weight, modulation) = ops.state;
+        let (dx, dweight, dmodulation) = B::rms_norm_modulate_backward(x, weight, modulation, self.index, g, self.eps);
         register::<B>(grads, px, || dx);
         register::<B>(grads, pw, || dweight);
-        register::<B>(grads, pshift, || dshift);
-        register::<B>(grads, pscale, || dscale);
+        register::<B>(grads, pm, || dmodulation);
     }
 }
 
@@ -112,8 +114,45 @@ impl<B: JitOps> Backward<B, 3> for QkvHeads {
         let g = grads.consume::<B>(&ops.node);
         let [pqkv, pq, pk] = ids(&ops);
         let (qkv, q_weight, k_weight, cos, sin) = ops.state;
+        let [dq, dk, dv] = split_parts::<B>(g);
         let (dqkv, dq_weight, dk_weight) =
-            B::qkv_heads_backward(qkv, q_weight, k_weight, cos, sin, g, self.heads, self.eps);
+            B::qkv_heads_backward(qkv, q_weight, k_weight, cos, sin, dq, dk, dv, self.heads, self.eps);
+        register::<B>(grads, pqkv, || dqkv);
+        register::<B>(grads, pq, || dq_weight);
+        register::<B>(grads, pk, || dk_weight);
+    }
+}
+
+#[derive(Debug)]
+struct QkvAttention {
+    heads: usize,
+    scale: f32,
+    eps: f32,
+}
+
+/// `qkv_heads` and attention as one node (parents `[qkv, q_weight, k_weight]`): attention's
+/// three gradients go straight into `qkv_heads`' backward pass, with no gradient of the stacked
+/// heads to pad and add up.
+impl<B: JitOps> Backward<B, 3> for QkvAttention {
+    /// `(qkv, q_weight, k_weight, cos, sin_signed, heads [3, B, heads, T, hd], probabilities)`.
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+        FloatTensor<B>,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<B>(&ops.node);
+        let [pqkv, pq, pk] = ids(&ops);
+        let (qkv, q_weight, k_weight, cos, sin, heads_out, probs) = ops.state;
+        let [q, k, v] = split_parts::<B>(heads_out);
+        let (dq, dk, dv) = B::head_attention_backward(q, k, v, probs, g, self.scale);
+        let (dqkv, dq_weight, dk_weight) =
+            B::qkv_heads_backward(qkv, q_weight, k_weight, cos, sin, dq, dk, dv, self.heads, self.eps);
         register::<B>(grads, pqkv, || dqkv);
         register::<B>(grads, pq, || dq_weight);
         register::<B>(grads, pk, || dk_weight);
@@ -186,18 +225,24 @@ impl<B: JitOps> Backward<B, 1> for Silu {
 }
 
 #[derive(Debug)]
-struct GatedResidual;
+struct GatedResidual {
+    index: usize,
+}
 
+/// With parents `[x, modulation, y]`.
 impl<B: JitOps> Backward<B, 3> for GatedResidual {
-    /// `(gate, y)`.
+    /// `(modulation, y)`.
     type State = (FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = grads.consume::<B>(&ops.node);
-        let [px, pgate, py] = ids(&ops);
-        let (gate, y) = ops.state;
-        register::<B>(grads, pgate, || sum_dims::<B>(B::float_mul(g.clone(), y), &[1]));
+        let [px, pm, py] = ids(&ops);
+        let (modulation, y) = ops.state;
+        let d = y.shape()[2];
+        let chunks = modulation.shape()[1] / d;
+        let gate = reference::chunk::<B>(modulation, self.index, d);
         register::<B>(grads, py, || B::float_mul(g.clone(), gate));
+        register::<B>(grads, pm, || B::gate_backward(g.clone(), y, self.index, chunks));
         register::<B>(grads, px, || g);
     }
 }
@@ -235,13 +280,13 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
     fn rms_norm_modulate(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        shift: FloatTensor<Self>,
-        scale: FloatTensor<Self>,
+        modulation: FloatTensor<Self>,
+        index: usize,
         eps: f32,
     ) -> FloatTensor<Self> {
-        let out = B::rms_norm_modulate(inner(&x), inner(&weight), inner(&shift), inner(&scale), eps);
-        let state = (inner(&x), inner(&weight), inner(&scale));
-        record::<B, C, _, 4>(RmsNormModulate { eps }, [&x, &weight, &shift, &scale], state, out)
+        let out = B::rms_norm_modulate(inner(&x), inner(&weight), inner(&modulation), index, eps);
+        let state = (inner(&x), inner(&weight), inner(&modulation));
+        record::<B, C, _, 3>(RmsNormModulate { index, eps }, [&x, &weight, &modulation], state, out)
     }
 
     fn qkv_heads(
@@ -257,6 +302,25 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
         let out = B::qkv_heads(inner(&qkv), inner(&q_weight), inner(&k_weight), cos.clone(), sin.clone(), heads, eps);
         let state = (inner(&qkv), inner(&q_weight), inner(&k_weight), cos, sin);
         record::<B, C, _, 3>(QkvHeads { heads, eps }, [&qkv, &q_weight, &k_weight], state, out)
+    }
+
+    fn qkv_attention(
+        qkv: FloatTensor<Self>,
+        q_weight: FloatTensor<Self>,
+        k_weight: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin_signed: FloatTensor<Self>,
+        heads: usize,
+        scale: f32,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let (cos, sin) = (inner(&cos), inner(&sin_signed));
+        let (x, qw, kw) = (inner(&qkv), inner(&q_weight), inner(&k_weight));
+        let heads_out = B::qkv_heads(x.clone(), qw.clone(), kw.clone(), cos.clone(), sin.clone(), heads, eps);
+        let [q, k, v] = split_parts::<B>(heads_out.clone());
+        let (out, probs) = B::head_attention_train(q, k, v, scale);
+        let state = (x, qw, kw, cos, sin, heads_out, probs);
+        record::<B, C, _, 3>(QkvAttention { heads, scale, eps }, [&qkv, &q_weight, &k_weight], state, out)
     }
 
     fn head_attention(
@@ -285,9 +349,15 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
         record::<B, C, _, 1>(Silu, [&x], inner(&x), out)
     }
 
-    fn gated_residual(x: FloatTensor<Self>, gate: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self> {
-        let out = B::gated_residual(inner(&x), inner(&gate), inner(&y));
-        record::<B, C, _, 3>(GatedResidual, [&x, &gate, &y], (inner(&gate), inner(&y)), out)
+    fn gated_residual(
+        x: FloatTensor<Self>,
+        modulation: FloatTensor<Self>,
+        index: usize,
+        y: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let out = B::gated_residual(inner(&x), inner(&modulation), index, inner(&y));
+        let state = (inner(&modulation), inner(&y));
+        record::<B, C, _, 3>(GatedResidual { index }, [&x, &modulation, &y], state, out)
     }
 
     fn cfg_mix(v: FloatTensor<Self>, scale: f32) -> FloatTensor<Self> {

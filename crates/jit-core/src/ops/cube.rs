@@ -11,7 +11,7 @@ use burn::tensor::{DType, Shape};
 use jit_shaders::{CubeBackend, CubeTensor};
 
 use super::lists::ListOps;
-use super::reference::narrow;
+use super::reference::{chunk, narrow};
 use super::{JitOps, reference};
 
 type B = CubeBackend;
@@ -30,39 +30,49 @@ impl JitOps for CubeBackend {
     fn rms_norm_modulate(
         x: CubeTensor,
         weight: CubeTensor,
-        shift: CubeTensor,
-        scale: CubeTensor,
+        modulation: CubeTensor,
+        index: usize,
         eps: f32,
     ) -> CubeTensor {
-        if !f32s(&[&x, &weight, &shift, &scale]) {
-            return reference::rms_norm_modulate::<B>(x, weight, shift, scale, eps);
+        if !f32s(&[&x, &weight, &modulation]) {
+            return reference::rms_norm_modulate::<B>(x, weight, modulation, index, eps);
         }
         super::count_kernel();
+        let d = x.shape()[2];
+        let (shift, scale) = (chunk::<B>(modulation.clone(), index, d), chunk::<B>(modulation, index + 1, d));
         jit_shaders::rms_norm_modulate(x, weight, shift, scale, eps)
     }
 
     /// `rms_rows`, then `rms_norm_modulate_dx` for `dx` and `rms_norm_modulate_sums` for
-    /// `dshift`, `dscale` and the images' parts of `dweight` (summed: one reduction).
+    /// `dmodulation` and the images' parts of `dweight` (summed: one reduction).
     fn rms_norm_modulate_backward(
         x: CubeTensor,
         weight: CubeTensor,
-        scale: CubeTensor,
+        modulation: CubeTensor,
+        index: usize,
         grad: CubeTensor,
         eps: f32,
-    ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
-        if !f32s(&[&x, &weight, &scale, &grad]) {
-            return reference::rms_norm_modulate_backward::<B>(x, weight, scale, grad, eps);
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        if !f32s(&[&x, &weight, &modulation, &grad]) {
+            return reference::rms_norm_modulate_backward::<B>(x, weight, modulation, index, grad, eps);
         }
         super::count_kernel();
         let d = x.shape()[2];
+        let chunks = modulation.shape()[1] / d;
+        let scale = chunk::<B>(modulation, index + 1, d);
         let rms = jit_shaders::rms_rows(x.clone(), d, eps);
-        let sums =
-            jit_shaders::rms_norm_modulate_sums(x.clone(), weight.clone(), scale.clone(), grad.clone(), rms.clone());
-        let part = |i: usize| narrow::<B>(sums.clone(), 1, i..i + 1);
-        let (dshift, dscale) = (part(0), part(1));
-        let dweight = B::float_reshape(B::float_sum_dim(part(2), 0), Shape::from(vec![d]));
+        let (dmodulation, partial) = jit_shaders::rms_norm_modulate_sums(
+            x.clone(),
+            weight.clone(),
+            scale.clone(),
+            grad.clone(),
+            rms.clone(),
+            index,
+            chunks,
+        );
+        let dweight = B::float_reshape(B::float_sum_dim(partial, 0), Shape::from(vec![d]));
         let dx = jit_shaders::rms_norm_modulate_dx(x, weight, scale, grad, rms);
-        (dx, dweight, dshift, dscale)
+        (dx, dweight, dmodulation)
     }
 
     fn qkv_heads(
@@ -88,12 +98,16 @@ impl JitOps for CubeBackend {
         k_weight: CubeTensor,
         cos: CubeTensor,
         sin_signed: CubeTensor,
-        grad: CubeTensor,
+        dq: CubeTensor,
+        dk: CubeTensor,
+        dv: CubeTensor,
         heads: usize,
         eps: f32,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        if !f32_or_f16(&qkv) || grad.dtype() != qkv.dtype() || !f32s(&[&q_weight, &k_weight, &cos, &sin_signed]) {
-            return reference::qkv_heads_backward::<B>(qkv, q_weight, k_weight, cos, sin_signed, grad, heads, eps);
+        let same_type = [&dq, &dk, &dv].iter().all(|g| g.dtype() == qkv.dtype());
+        if !f32_or_f16(&qkv) || !same_type || !f32s(&[&q_weight, &k_weight, &cos, &sin_signed]) {
+            let grads = [dq, dk, dv];
+            return reference::qkv_heads_backward::<B>(qkv, q_weight, k_weight, cos, sin_signed, grads, heads, eps);
         }
         super::count_kernel();
         let head_dim = qkv.shape()[2] / 3 / heads;
@@ -102,13 +116,13 @@ impl JitOps for CubeBackend {
             qkv.clone(),
             cos.clone(),
             sin_signed.clone(),
-            grad.clone(),
+            [dq.clone(), dk.clone()],
             rms.clone(),
             heads,
         );
         let dw = B::float_sum_dim(partial, 0);
         let part = |i| B::float_reshape(narrow::<B>(dw.clone(), 1, i..i + 1), Shape::from(vec![head_dim]));
-        let dqkv = jit_shaders::qkv_heads_dx(qkv, q_weight, k_weight, cos, sin_signed, grad, rms, heads);
+        let dqkv = jit_shaders::qkv_heads_dx(qkv, q_weight, k_weight, cos, sin_signed, [dq, dk, dv], rms, heads);
         (dqkv, part(0), part(1))
     }
 
@@ -144,12 +158,21 @@ impl JitOps for CubeBackend {
         jit_shaders::silu_gate(h)
     }
 
-    fn gated_residual(x: CubeTensor, gate: CubeTensor, y: CubeTensor) -> CubeTensor {
-        if !f32s(&[&x, &gate, &y]) {
-            return reference::gated_residual::<B>(x, gate, y);
+    fn gated_residual(x: CubeTensor, modulation: CubeTensor, index: usize, y: CubeTensor) -> CubeTensor {
+        if !f32s(&[&x, &modulation, &y]) {
+            return reference::gated_residual::<B>(x, modulation, index, y);
         }
         super::count_kernel();
+        let gate = chunk::<B>(modulation, index, x.shape()[2]);
         jit_shaders::gated_residual(x, gate, y)
+    }
+
+    fn gate_backward(grad: CubeTensor, y: CubeTensor, index: usize, chunks: usize) -> CubeTensor {
+        if !f32s(&[&grad, &y]) {
+            return reference::gate_backward::<B>(grad, y, index, chunks);
+        }
+        super::count_kernel();
+        jit_shaders::gate_backward(grad, y, index, chunks)
     }
 
     fn cfg_mix(v: CubeTensor, scale: f32) -> CubeTensor {

@@ -45,6 +45,25 @@ fn f32_bias(bias: Option<&FlexTensor>) -> Option<Option<[FlexTensor; 1]>> {
     }
 }
 
+/// Chunk `index` of the adaLN output `m` `[B, n·D]` (contiguous f32) as `[B·D]` values.
+fn chunk(m: &FlexTensor, index: usize, d: usize) -> Vec<f32> {
+    slice(m).chunks_exact(dims(m)[1]).flat_map(|row| &row[index * d..(index + 1) * d]).copied().collect()
+}
+
+/// The gradient of an adaLN output of `shape` `[B, n·D]` from its chunks' `[B·D]` gradients
+/// `(index, values)`: zeros at the other chunks.
+fn chunks_gradient(shape: Vec<usize>, chunks: &[(usize, &[f32])]) -> FlexTensor {
+    let row = shape[1];
+    let mut out = vec![0.0; shape[0] * row];
+    for &(index, values) in chunks {
+        let d = values.len() / shape[0].max(1);
+        for (b, src) in values.chunks_exact(d.max(1)).enumerate() {
+            out[b * row + index * d..][..d].copy_from_slice(src);
+        }
+    }
+    new(out, shape)
+}
+
 /// The layout of `qkv` `[B, T, 3·heads·hd]`, where the attention kernels take its head width.
 fn qkv_layout(qkv: &FlexTensor, heads: usize) -> Option<cpu::QkvLayout> {
     let [b, t, d3] = <[usize; 3]>::try_from(dims(qkv)).ok()?;
@@ -138,34 +157,38 @@ impl JitOps for Flex {
     fn rms_norm_modulate(
         x: FlexTensor,
         weight: FlexTensor,
-        shift: FlexTensor,
-        scale: FlexTensor,
+        modulation: FlexTensor,
+        index: usize,
         eps: f32,
     ) -> FlexTensor {
-        let Some([vx, w, sh, sc]) = f32s([&x, &weight, &shift, &scale]) else {
-            return reference::rms_norm_modulate::<Self>(x, weight, shift, scale, eps);
+        let Some([vx, w, m]) = f32s([&x, &weight, &modulation]) else {
+            return reference::rms_norm_modulate::<Self>(x, weight, modulation, index, eps);
         };
         super::count_kernel();
         let shape = dims(&x);
-        new(cpu::rms_norm_modulate(slice(&vx), shape[1], slice(&w), slice(&sh), slice(&sc), eps), shape)
+        let (shift, scale) = (chunk(&m, index, shape[2]), chunk(&m, index + 1, shape[2]));
+        new(cpu::rms_norm_modulate(slice(&vx), shape[1], slice(&w), &shift, &scale, eps), shape)
     }
 
     fn rms_norm_modulate_backward(
         x: FlexTensor,
         weight: FlexTensor,
-        scale: FlexTensor,
+        modulation: FlexTensor,
+        index: usize,
         grad: FlexTensor,
         eps: f32,
-    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
-        let Some([vx, w, sc, g]) = f32s([&x, &weight, &scale, &grad]) else {
-            return reference::rms_norm_modulate_backward::<Self>(x, weight, scale, grad, eps);
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let Some([vx, w, m, g]) = f32s([&x, &weight, &modulation, &grad]) else {
+            return reference::rms_norm_modulate_backward::<Self>(x, weight, modulation, index, grad, eps);
         };
         super::count_kernel();
         let shape = dims(&x);
+        let d = shape[2];
+        let scale = chunk(&m, index + 1, d);
         let (dx, dw, dshift, dscale) =
-            cpu::rms_norm_modulate_backward(slice(&vx), shape[1], slice(&w), slice(&sc), slice(&g), eps);
-        let modulation = vec![shape[0], 1, shape[2]];
-        (new(dx, shape.clone()), new(dw, vec![shape[2]]), new(dshift, modulation.clone()), new(dscale, modulation))
+            cpu::rms_norm_modulate_backward(slice(&vx), shape[1], slice(&w), &scale, slice(&g), eps);
+        let dm = chunks_gradient(dims(&m), &[(index, &dshift), (index + 1, &dscale)]);
+        (new(dx, shape), new(dw, vec![d]), dm)
     }
 
     fn qkv_heads(
@@ -194,21 +217,21 @@ impl JitOps for Flex {
         k_weight: FlexTensor,
         cos: FlexTensor,
         sin_signed: FlexTensor,
-        grad: FlexTensor,
+        dq: FlexTensor,
+        dk: FlexTensor,
+        dv: FlexTensor,
         heads: usize,
         eps: f32,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (Some(layout), Some([vqkv, qw, kw, c, s, g])) =
-            (qkv_layout(&qkv, heads), f32s([&qkv, &q_weight, &k_weight, &cos, &sin_signed, &grad]))
+        let (Some(layout), Some([vqkv, qw, kw, c, s, gq, gk, gv])) =
+            (qkv_layout(&qkv, heads), f32s([&qkv, &q_weight, &k_weight, &cos, &sin_signed, &dq, &dk, &dv]))
         else {
-            return reference::qkv_heads_backward::<Self>(qkv, q_weight, k_weight, cos, sin_signed, grad, heads, eps);
+            let grads = [dq, dk, dv];
+            return reference::qkv_heads_backward::<Self>(qkv, q_weight, k_weight, cos, sin_signed, grads, heads, eps);
         };
         super::count_kernel();
-        let per = slice(&g).len() / 3;
-        let (dq, rest) = slice(&g).split_at(per);
-        let (dk, dv) = rest.split_at(per);
-        let (dqkv, dqw, dkw) =
-            cpu::qkv_heads_backward(slice(&vqkv), &layout, &norm_rope(&[qw, kw, c, s], eps), [dq, dk, dv]);
+        let grads = [slice(&gq), slice(&gk), slice(&gv)];
+        let (dqkv, dqw, dkw) = cpu::qkv_heads_backward(slice(&vqkv), &layout, &norm_rope(&[qw, kw, c, s], eps), grads);
         let hd = layout.head_dim;
         (new(dqkv, dims(&qkv)), new(dqw, vec![hd]), new(dkw, vec![hd]))
     }
@@ -344,6 +367,38 @@ impl JitOps for Flex {
         let mut values = slice(&vx).to_vec();
         cpu::silu_inplace(&mut values);
         new(values, dims(&x))
+    }
+
+    fn gated_residual(x: FlexTensor, modulation: FlexTensor, index: usize, y: FlexTensor) -> FlexTensor {
+        let Some([vx, m, vy]) = f32s([&x, &modulation, &y]) else {
+            return reference::gated_residual::<Self>(x, modulation, index, y);
+        };
+        super::count_kernel();
+        let shape = dims(&x);
+        let (t, d) = (shape[1], shape[2]);
+        let gate = chunk(&m, index, d);
+        let mut out = slice(&vx).to_vec();
+        for (row, (o, y)) in out.chunks_exact_mut(d.max(1)).zip(slice(&vy).chunks_exact(d.max(1))).enumerate() {
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(&gate[(row / t) * d..][..d]) {
+                *o += g * y;
+            }
+        }
+        new(out, shape)
+    }
+
+    fn gate_backward(grad: FlexTensor, y: FlexTensor, index: usize, chunks: usize) -> FlexTensor {
+        let Some([g, vy]) = f32s([&grad, &y]) else {
+            return reference::gate_backward::<Self>(grad, y, index, chunks);
+        };
+        super::count_kernel();
+        let [b, t, d] = <[usize; 3]>::try_from(dims(&grad)).expect("grad is [B, T, D]");
+        let mut sums = vec![0.0f32; b * d];
+        for (row, (g, y)) in slice(&g).chunks_exact(d.max(1)).zip(slice(&vy).chunks_exact(d.max(1))).enumerate() {
+            for ((s, &g), &y) in sums[(row / t) * d..][..d].iter_mut().zip(g).zip(y) {
+                *s += g * y;
+            }
+        }
+        chunks_gradient(vec![b, chunks * d], &[(index, &sums)])
     }
 
     fn cfg_mix(v: FlexTensor, scale: f32) -> FlexTensor {

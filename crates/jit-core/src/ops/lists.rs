@@ -22,33 +22,41 @@ pub(super) trait ListOps: Backend {
 /// One parameter's `[θ, grad, m, v, ema1, ema2]` as `B`'s primitives.
 type Slot<B> = [FloatTensor<B>; 6];
 
-/// Every tensor as `B`'s primitive, if all are f32 on `B` and off the autodiff graph.
-fn on<B: Backend>(slots: &[[Tensor<1>; 6]], factors: &Tensor<1>) -> Option<(Vec<Slot<B>>, FloatTensor<B>)>
+/// Every tensor as `B`'s primitive, if all are f32 on `B`'s device and off the autodiff graph;
+/// else the slots back. The tensors are moved, not cloned, so that a parameter's memory held
+/// by nothing else can be updated in place.
+fn on<B: Backend>(
+    slots: Vec<[Tensor<1>; 6]>,
+    factors: &Tensor<1>,
+) -> Result<(Vec<Slot<B>>, FloatTensor<B>), Vec<[Tensor<1>; 6]>>
 where
     burn::backend::DispatchTensor: burn::backend::DispatchKindConversion<B>,
 {
-    let primitive = |t: &Tensor<1>| {
-        if t.dtype() != DType::F32 || t.is_autodiff() {
-            return None;
-        }
-        t.clone().try_into_primitive::<B>().ok()
-    };
-    let flat: Vec<FloatTensor<B>> = slots.iter().flatten().map(primitive).collect::<Option<_>>()?;
-    let mut flat = flat.into_iter();
-    let slots = slots.iter().map(|_| [(); 6].map(|_| flat.next().expect("six per parameter"))).collect();
-    Some((slots, primitive(factors)?))
+    let Ok(factors) = factors.clone().try_into_primitive::<B>() else { return Err(slots) };
+    let device = slots[0][0].device();
+    let fits = |t: &Tensor<1>| t.dtype() == DType::F32 && !t.is_autodiff() && t.device() == device;
+    if !slots.iter().flatten().all(fits) {
+        return Err(slots);
+    }
+    let primitive = |t: Tensor<1>| t.try_into_primitive::<B>().expect("on the factors' backend and device");
+    Ok((slots.into_iter().map(|slot| slot.map(primitive)).collect(), factors))
 }
 
 /// [`ListOps::adamw_ema`] on whichever backend the tensors are on (at least one parameter).
 pub(super) fn adamw_ema(slots: Vec<[Tensor<1>; 6]>, step: &AdamWEmaFactors) -> Vec<[Tensor<1>; 5]> {
     let factors = Tensor::<1>::from_floats(step.values(), &slots[0][0].device());
+    #[cfg_attr(not(any(feature = "flex", feature = "wgpu")), allow(unused_mut))] // no kernels in such a build
+    let mut slots = slots;
     macro_rules! run_on {
         ($b:ty) => {
-            if let Some((prims, factors)) = on::<$b>(&slots, &factors) {
-                return <$b as ListOps>::adamw_ema(prims, factors)
-                    .into_iter()
-                    .map(|out| out.map(Tensor::from_primitive::<$b>))
-                    .collect();
+            match on::<$b>(slots, &factors) {
+                Ok((prims, factors)) => {
+                    return <$b as ListOps>::adamw_ema(prims, factors)
+                        .into_iter()
+                        .map(|out| out.map(Tensor::from_primitive::<$b>))
+                        .collect();
+                }
+                Err(back) => slots = back,
             }
         };
     }

@@ -94,28 +94,33 @@ pub trait JitOps: Backend {
         reference::linear_layer_backward::<Self>(x, weight, grad)
     }
 
-    /// RMSNorm + adaLN modulate: `x` `[B, T, D]`, gain `[D]`, `shift`, `scale` `[B, 1, D]`.
+    /// RMSNorm + adaLN modulate: `x` `[B, T, D]`, gain `[D]`; shift and scale are chunks
+    /// `index` and `index + 1` of the adaLN output `modulation` `[B, n·D]` (n chunks of D).
     #[fusion(dtype = x, shape = x)]
     fn rms_norm_modulate(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        shift: FloatTensor<Self>,
-        scale: FloatTensor<Self>,
+        modulation: FloatTensor<Self>,
+        index: usize,
         eps: f32,
     ) -> FloatTensor<Self> {
-        reference::rms_norm_modulate::<Self>(x, weight, shift, scale, eps)
+        reference::rms_norm_modulate::<Self>(x, weight, modulation, index, eps)
     }
 
-    /// [`JitOps::rms_norm_modulate`]'s gradients `(dx, dweight, dshift, dscale)`.
-    #[fusion(meta = |x, weight, scale, _grad, _eps| (x.clone(), weight.clone(), scale.clone(), scale.clone()))]
+    /// [`JitOps::rms_norm_modulate`]'s gradients `(dx, dweight, dmodulation)`: `dmodulation`
+    /// `[B, n·D]` holds the shift's and the scale's gradients at their chunks and zeros at the
+    /// others (so the adaLN output's gradient is the sum of its consumers', without a copy per
+    /// chunk).
+    #[fusion(meta = |x, weight, modulation, _index, _grad, _eps| (x.clone(), weight.clone(), modulation.clone()))]
     fn rms_norm_modulate_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        scale: FloatTensor<Self>,
+        modulation: FloatTensor<Self>,
+        index: usize,
         grad: FloatTensor<Self>,
         eps: f32,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        reference::rms_norm_modulate_backward::<Self>(x, weight, scale, grad, eps)
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference::rms_norm_modulate_backward::<Self>(x, weight, modulation, index, grad, eps)
     }
 
     /// `qkv` `[B, T, 3·heads·hd]` → `[3, B, heads, T, hd]`: qk-norm (gains `[hd]`) and RoPE
@@ -135,21 +140,24 @@ pub trait JitOps: Backend {
         reference::qkv_heads::<Self>(qkv, q_weight, k_weight, cos, sin_signed, heads, eps)
     }
 
-    /// [`JitOps::qkv_heads`]'s gradients `(dqkv, dq_weight, dk_weight)` from `grad`
-    /// `[3, B, heads, T, hd]`.
-    #[fusion(meta = |qkv, q_weight, k_weight, _cos, _sin, _grad, _heads, _eps| (qkv.clone(), q_weight.clone(), k_weight.clone()))]
-    #[allow(clippy::too_many_arguments)] // the forward's inputs and the gradient
+    /// [`JitOps::qkv_heads`]'s gradients `(dqkv, dq_weight, dk_weight)` from the gradients of
+    /// its three parts, `dq`, `dk`, `dv` `[B, heads, T, hd]` (as attention's backward pass
+    /// gives them: no stacked copy).
+    #[fusion(meta = |qkv, q_weight, k_weight, _cos, _sin, _dq, _dk, _dv, _heads, _eps| (qkv.clone(), q_weight.clone(), k_weight.clone()))]
+    #[allow(clippy::too_many_arguments)] // the forward's inputs and the three gradients
     fn qkv_heads_backward(
         qkv: FloatTensor<Self>,
         q_weight: FloatTensor<Self>,
         k_weight: FloatTensor<Self>,
         cos: FloatTensor<Self>,
         sin_signed: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
+        dq: FloatTensor<Self>,
+        dk: FloatTensor<Self>,
+        dv: FloatTensor<Self>,
         heads: usize,
         eps: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        reference::qkv_heads_backward::<Self>(qkv, q_weight, k_weight, cos, sin_signed, grad, heads, eps)
+        reference::qkv_heads_backward::<Self>(qkv, q_weight, k_weight, cos, sin_signed, [dq, dk, dv], heads, eps)
     }
 
     /// Attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in token order
@@ -275,10 +283,23 @@ pub trait JitOps: Backend {
         reference::silu::<Self>(x)
     }
 
-    /// adaLN-Zero's gated residual `x + gate·y`, `x`, `y` `[B, T, D]`, `gate` `[B, 1, D]`.
+    /// adaLN-Zero's gated residual `x + gate·y`, `x`, `y` `[B, T, D]`, the gate chunk `index`
+    /// of the adaLN output `modulation` `[B, n·D]`.
     #[fusion(dtype = x, shape = x)]
-    fn gated_residual(x: FloatTensor<Self>, gate: FloatTensor<Self>, y: FloatTensor<Self>) -> FloatTensor<Self> {
-        reference::gated_residual::<Self>(x, gate, y)
+    fn gated_residual(
+        x: FloatTensor<Self>,
+        modulation: FloatTensor<Self>,
+        index: usize,
+        y: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        reference::gated_residual::<Self>(x, modulation, index, y)
+    }
+
+    /// [`JitOps::gated_residual`]'s gradient with respect to `modulation` `[B, chunks·D]`:
+    /// `Σ_t grad·y` at chunk `index`, zeros at the others (`grad`, `y` `[B, T, D]`).
+    #[fusion(dtype = grad, shape = chunks_shape(grad, chunks))]
+    fn gate_backward(grad: FloatTensor<Self>, y: FloatTensor<Self>, index: usize, chunks: usize) -> FloatTensor<Self> {
+        reference::gate_backward::<Self>(grad, y, index, chunks)
     }
 
     /// Classifier-free guidance of `v` `[2B, …]` (conditional half first) → `[B, …]`.
@@ -288,7 +309,7 @@ pub trait JitOps: Backend {
     }
 
     /// Part `index` of `parts` equal parts of `t` along dimension `dim` (a view where burn's
-    /// slice makes one): the adaLN output's six, `qkv_heads`' three.
+    /// slice makes one): `qkv_heads`' three, where attention is not one operation with it.
     #[fusion(default)]
     fn part(t: FloatTensor<Self>, dim: usize, index: usize, parts: usize) -> FloatTensor<Self> {
         reference::part::<Self>(t, dim, index, parts)
@@ -388,6 +409,12 @@ fn parts_shape(grad: &burn::tensor::Shape, dim: &usize, parts: &usize) -> burn::
 }
 
 #[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
+fn chunks_shape(grad: &burn::tensor::Shape, chunks: &usize) -> burn::tensor::Shape {
+    let d = grad.to_vec();
+    burn::tensor::Shape::from(vec![d[0], *chunks * d[2]])
+}
+
+#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
 fn half_batch_shape(v: &burn::tensor::Shape) -> burn::tensor::Shape {
     let mut d = v.to_vec();
     d[0] /= 2;
@@ -431,10 +458,10 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
     }
 }
 
-/// `modulate(rms_norm(x), shift, scale)` for `x` `[B, T, D]`, gain `weight` `[D]`, `shift`,
-/// `scale` `[B, 1, D]`.
-pub fn rms_norm_modulate(x: Tensor<3>, weight: Tensor<1>, shift: Tensor<3>, scale: Tensor<3>, eps: f32) -> Tensor<3> {
-    t(route!(rms_norm_modulate(d(x), d(weight), d(shift), d(scale), eps)))
+/// `modulate(rms_norm(x), shift, scale)` for `x` `[B, T, D]` and gain `weight` `[D]`, with
+/// shift and scale chunks `index` and `index + 1` of the adaLN output `modulation` `[B, n·D]`.
+pub fn rms_norm_modulate(x: Tensor<3>, weight: Tensor<1>, modulation: Tensor<2>, index: usize, eps: f32) -> Tensor<3> {
+    t(route!(rms_norm_modulate(d(x), d(weight), d(modulation), index, eps)))
 }
 
 /// The attention's inputs `(q, k, v)`, each `[B, heads, T, hd]`, from `qkv` `[B, T, 3·D]`:
@@ -519,9 +546,10 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     t(route!(silu(d(x))))
 }
 
-/// adaLN-Zero's gated residual `x + gate·y` for `x`, `y` `[B, T, D]` and `gate` `[B, 1, D]`.
-pub fn gated_residual(x: Tensor<3>, gate: Tensor<3>, y: Tensor<3>) -> Tensor<3> {
-    t(route!(gated_residual(d(x), d(gate), d(y))))
+/// adaLN-Zero's gated residual `x + gate·y` for `x`, `y` `[B, T, D]`, with the gate chunk
+/// `index` of the adaLN output `modulation` `[B, n·D]`.
+pub fn gated_residual(x: Tensor<3>, modulation: Tensor<2>, index: usize, y: Tensor<3>) -> Tensor<3> {
+    t(route!(gated_residual(d(x), d(modulation), index, d(y))))
 }
 
 /// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, C, H, W]`, the

@@ -67,22 +67,42 @@ fn rms_norm_dx<B: Backend>(x_hat: T<B>, rms: T<B>, g_hat: T<B>) -> T<B> {
     B::float_div(B::float_sub(g_hat, B::float_mul(x_hat, mean)), rms)
 }
 
+/// Chunk `index` of the adaLN output `modulation` `[B, n·D]` as `[B, 1, D]` (a view), for `D`
+/// = `dim`.
+pub fn chunk<B: Backend>(modulation: T<B>, index: usize, dim: usize) -> T<B> {
+    let b = dims::<B>(&modulation)[0];
+    reshape::<B>(narrow::<B>(modulation, 1, index * dim..(index + 1) * dim), &[b, 1, dim])
+}
+
+/// `grad` `[B, 1, D]` of chunk `index` as the gradient of the whole adaLN output
+/// `[B, chunks·D]` (zeros at the other chunks).
+fn chunk_backward<B: Backend>(grad: T<B>, index: usize, chunks: usize) -> T<B> {
+    let [b, _, d] = <[usize; 3]>::try_from(dims::<B>(&grad)).expect("[B, 1, D]");
+    part_backward::<B>(reshape::<B>(grad, &[b, d]), 1, index, chunks)
+}
+
 /// adaLN's `modulate(rms_norm(x), shift, scale)` = `n·(1 + scale) + shift` for `x` `[B, T, D]`,
-/// `weight` `[D]`, `shift`, `scale` `[B, 1, D]`.
-pub fn rms_norm_modulate<B: Backend>(x: T<B>, weight: T<B>, shift: T<B>, scale: T<B>, eps: f32) -> T<B> {
+/// `weight` `[D]`, shift and scale chunks `index` and `index + 1` of `modulation` `[B, n·D]`.
+pub fn rms_norm_modulate<B: Backend>(x: T<B>, weight: T<B>, modulation: T<B>, index: usize, eps: f32) -> T<B> {
+    let d = dims::<B>(&x)[2];
+    let (shift, scale) = (chunk::<B>(modulation.clone(), index, d), chunk::<B>(modulation, index + 1, d));
     let n = rms_norm::<B>(x, weight, eps);
     B::float_add(B::float_mul(n, B::float_add_scalar(scale, scalar(1.0))), shift)
 }
 
-/// [`rms_norm_modulate`]'s gradients `(dx, dweight, dshift, dscale)` from the output's `grad`.
+/// [`rms_norm_modulate`]'s gradients `(dx, dweight, dmodulation)` from the output's `grad`
+/// (`dmodulation`: the shift's and the scale's at their chunks, zeros elsewhere).
 pub fn rms_norm_modulate_backward<B: Backend>(
     x: T<B>,
     weight: T<B>,
-    scale: T<B>,
+    modulation: T<B>,
+    index: usize,
     grad: T<B>,
     eps: f32,
-) -> (T<B>, T<B>, T<B>, T<B>) {
+) -> (T<B>, T<B>, T<B>) {
     let d = dims::<B>(&x)[2];
+    let chunks = dims::<B>(&modulation)[1] / d;
+    let scale = chunk::<B>(modulation, index + 1, d);
     let r = rms::<B>(x.clone(), eps);
     let x_hat = B::float_div(x, r.clone());
     let w = last_axis::<B>(weight, 3);
@@ -92,7 +112,9 @@ pub fn rms_norm_modulate_backward<B: Backend>(
     let g_n = B::float_mul(grad, B::float_add_scalar(scale, scalar(1.0)));
     let dweight = reshape::<B>(sum_dims::<B>(B::float_mul(g_n.clone(), x_hat.clone()), &[0, 1]), &[d]);
     let dx = rms_norm_dx::<B>(x_hat, r, B::float_mul(g_n, w));
-    (dx, dweight, dshift, dscale)
+    let dmodulation =
+        B::float_add(chunk_backward::<B>(dshift, index, chunks), chunk_backward::<B>(dscale, index + 1, chunks));
+    (dx, dweight, dmodulation)
 }
 
 /// Swaps the channels of each pair `(x0, x1) → (x1, x0)` along the last dimension.
@@ -142,29 +164,29 @@ pub fn qkv_heads<B: Backend>(
     cast::<B>(B::float_cat(vec![q, k, part(2)], 0), dtype)
 }
 
-/// [`qkv_heads`]'s gradients `(dqkv, dq_weight, dk_weight)` from the output's `grad`
-/// `[3, B, heads, T, hd]`.
-#[allow(clippy::too_many_arguments)] // the forward's inputs and the gradient
+/// [`qkv_heads`]'s gradients `(dqkv, dq_weight, dk_weight)` from its three parts' gradients
+/// `[dq, dk, dv]`, each `[B, heads, T, hd]`.
+#[allow(clippy::too_many_arguments)] // the forward's inputs and the gradients
 pub fn qkv_heads_backward<B: Backend>(
     qkv: T<B>,
     q_weight: T<B>,
     k_weight: T<B>,
     cos: T<B>,
     sin_signed: T<B>,
-    grad: T<B>,
+    grads: [T<B>; 3],
     heads: usize,
     eps: f32,
 ) -> (T<B>, T<B>, T<B>) {
     let [b, t, d3] = <[usize; 3]>::try_from(dims::<B>(&qkv)).expect("qkv is [B, T, 3·D]");
     let hd = d3 / 3 / heads;
     let dtype = qkv.dtype();
-    let (qkv, grad) = (cast::<B>(qkv, DType::F32), cast::<B>(grad, DType::F32));
+    let qkv = cast::<B>(qkv, DType::F32);
+    let [dq, dk, dv] = grads.map(|g| reshape::<B>(cast::<B>(g, DType::F32), &[1, b, heads, t, hd]));
     let parts = B::float_permute(reshape::<B>(qkv, &[b, t, 3, heads, hd]), &[2, 0, 3, 1, 4]);
     let table = |tab: T<B>| reshape::<B>(tab, &[1, 1, 1, t, hd]);
     let (cos, sin) = (table(cos), table(sin_signed));
     // RoPE's transpose (`swap_pairs` is its own transpose), then RMSNorm's backward.
-    let part_backward = |i: usize, weight: T<B>| {
-        let g = narrow::<B>(grad.clone(), 0, i..i + 1);
+    let part_backward = |i: usize, g: T<B>, weight: T<B>| {
         let dn = B::float_add(B::float_mul(g.clone(), cos.clone()), swap_pairs::<B>(B::float_mul(g, sin.clone())));
         let x = narrow::<B>(parts.clone(), 0, i..i + 1);
         let r = rms::<B>(x.clone(), eps);
@@ -173,9 +195,8 @@ pub fn qkv_heads_backward<B: Backend>(
         let dx = rms_norm_dx::<B>(x_hat, r, B::float_mul(dn, last_axis::<B>(weight, 5)));
         (dx, dweight)
     };
-    let (dq, dq_weight) = part_backward(0, q_weight);
-    let (dk, dk_weight) = part_backward(1, k_weight);
-    let dv = narrow::<B>(grad, 0, 2..3);
+    let (dq, dq_weight) = part_backward(0, dq, q_weight);
+    let (dk, dk_weight) = part_backward(1, dk, k_weight);
     let d = B::float_permute(B::float_cat(vec![dq, dk, dv], 0), &[1, 3, 0, 2, 4]);
     (cast::<B>(reshape::<B>(d, &[b, t, d3]), dtype), dq_weight, dk_weight)
 }
@@ -370,9 +391,17 @@ pub fn silu_slope<B: Backend>(x: T<B>) -> T<B> {
     B::float_mul(sig, B::float_add_scalar(B::float_mul(x, one_minus), scalar(1.0)))
 }
 
-/// adaLN-Zero's gated residual `x + gate·y`, `gate` broadcast over the tokens.
-pub fn gated_residual<B: Backend>(x: T<B>, gate: T<B>, y: T<B>) -> T<B> {
+/// adaLN-Zero's gated residual `x + gate·y` for `x`, `y` `[B, T, D]`, the gate chunk `index` of
+/// `modulation` `[B, n·D]`.
+pub fn gated_residual<B: Backend>(x: T<B>, modulation: T<B>, index: usize, y: T<B>) -> T<B> {
+    let gate = chunk::<B>(modulation, index, dims::<B>(&x)[2]);
     B::float_add(x, B::float_mul(gate, y))
+}
+
+/// [`gated_residual`]'s gradient with respect to `modulation` `[B, chunks·D]`: `Σ_t grad·y` at
+/// chunk `index`, zeros elsewhere.
+pub fn gate_backward<B: Backend>(grad: T<B>, y: T<B>, index: usize, chunks: usize) -> T<B> {
+    chunk_backward::<B>(sum_dims::<B>(B::float_mul(grad, y), &[1]), index, chunks)
 }
 
 /// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, …]`, the conditional
