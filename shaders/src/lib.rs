@@ -15,11 +15,11 @@
 //!   where nothing else holds the values;
 //! - [`pad_part`]: the gradient of a part of a tensor (`qkv_heads`' three where attention is
 //!   not one operation with it), in place of zeros and a slice-assign;
-//! - the backward passes: [`rms_rows`] (each row's RMS), [`rms_norm_modulate_dx`],
-//!   [`rms_norm_modulate_sums`] and [`gate_backward`] (each writes its chunks of the adaLN
-//!   output's gradient whole, zeros included: no copy per chunk), [`qkv_heads_dx`] and
-//!   [`qkv_heads_dweight`] (from the three parts' gradients as attention's backward pass gives
-//!   them) and [`scaled_softmax_backward`].
+//! - the backward passes: [`rms_norm_modulate_dx`] (which also writes each row's RMS),
+//!   [`rms_norm_modulate_sums`] and [`gated_residual_backward`] (each writes its chunks of the adaLN
+//!   output's gradient whole, zeros included: no copy per chunk), [`qkv_heads_dx`] (each row's
+//!   RMS too) and [`qkv_heads_dweight`] (from the three parts' gradients as attention's backward
+//!   pass gives them) and [`scaled_softmax_backward`].
 //!
 //! They take and return burn's cubecl tensors ([`CubeTensor`], contiguous or not): f32, and
 //! where mixed precision passes the products' f16 (`qkv_heads` and its backward kernels,
@@ -41,7 +41,6 @@ mod qkv_heads_backward;
 mod reduce;
 mod rms_norm_modulate;
 mod rms_norm_modulate_backward;
-mod rms_rows;
 mod scaled_softmax;
 mod silu_gate;
 
@@ -49,13 +48,12 @@ pub use adamw_ema::{AdamWEmaSlot, adamw_ema, params_per_launch};
 pub use burn_cubecl::CubeBackend;
 pub use burn_cubecl::tensor::CubeTensor;
 pub use cfg_mix::cfg_mix;
-pub use gated_residual::{gate_backward, gated_residual};
+pub use gated_residual::{gated_residual, gated_residual_backward};
 pub use pad_part::pad_part;
 pub use qkv_heads::qkv_heads;
 pub use qkv_heads_backward::{qkv_heads_dweight, qkv_heads_dx};
 pub use rms_norm_modulate::rms_norm_modulate;
 pub use rms_norm_modulate_backward::{rms_norm_modulate_dx, rms_norm_modulate_sums};
-pub use rms_rows::rms_rows;
 pub use scaled_softmax::{scaled_softmax, scaled_softmax_backward};
 pub use silu_gate::silu_gate;
 

@@ -1,10 +1,11 @@
 //! The gradients of [`crate::qkv_heads`] from the gradients `g` of its three parts `[B, heads,
-//! T, hd]` (queries, keys, values: separate tensors, as attention's backward pass gives them) and
-//! the RMS of each `qkv` row of `hd` values (`rms_rows`): for a query or key row,
-//! RoPE's transpose `ĝ[i] = g[i]·cos[t, i] + g[i ^ 1]·sin_signed[t, i ^ 1]`, then RMSNorm's
+//! T, hd]` (queries, keys, values: separate tensors, as attention's backward pass gives them):
+//! for a query or key row, RoPE's transpose `ĝ[i] = g[i]·cos[t, i] + g[i ^ 1]·sin_signed[t, i ^ 1]`,
+//! then RMSNorm's
 //!
 //! - `dqkv = (ĝ·w − x̂·mean(ĝ·w·x̂)) / rms` with `x̂ = x / rms` (values: `g` moved back), one cube
-//!   per row, written in `qkv`'s layout `[B, T, 3·heads·hd]`;
+//!   per row, written in `qkv`'s layout `[B, T, 3·heads·hd]`; it works out each row's RMS of
+//!   `hd` values as it reads the row, and writes it for the next kernel;
 //! - `dw[i] = Σ_rows ĝ[i]·x̂[i]` for the queries' and the keys' gains: partial sums over chunks of
 //!   [`ROWS_PER_CHUNK`] rows, one unit per (chunk, part, i), which the caller adds up (a
 //!   B/16 batch of 128 has 393 216 query rows: one unit per (part, i) would loop over all).
@@ -15,7 +16,7 @@
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
+use crate::reduce::{cube_count, cube_index, cube_sum, row_rms, units_for};
 use crate::{assert_f32, buffer, contiguous, elementwise_grid, empty_f32, empty_like, with_float};
 
 /// `ĝ[i]`: RoPE's transpose of the output gradient at `dst` (the row's start) for channel `i`.
@@ -43,12 +44,13 @@ fn qkv_heads_dx_kernel<I: Float, F: Float>(
     dq: &[I],
     dk: &[I],
     dv: &[I],
-    rms: &[F],
+    rms: &mut [F],
     dqkv: &mut [I],
     batch: usize,
     tokens: usize,
     heads: usize,
     head_dim: usize,
+    eps: f32,
     #[comptime] units: usize,
 ) {
     // Rows of `qkv` viewed as [B, T, 3, heads, head_dim], as the forward kernel.
@@ -63,7 +65,10 @@ fn qkv_heads_dx_kernel<I: Float, F: Float>(
     let b = bt / tokens;
     let dst = ((b * heads + head) * tokens + t) * head_dim;
     let table = t * head_dim;
-    let r = if row < rows { rms[row] } else { F::new(1.0) };
+    let r = row_rms::<I, F>(qkv, start, len, head_dim, eps, units);
+    if row < rows && UNIT_POS == 0 {
+        rms[row] = r;
+    }
     let mut dot = F::new(0.0);
     let mut i = UNIT_POS as usize;
     while i < len && part < 2 {
@@ -137,8 +142,9 @@ fn qkv_heads_dweight_kernel<I: Float, F: Float>(
 }
 
 /// `dqkv` `[B, T, 3·heads·hd]` in `qkv`'s type from the forward's inputs, the parts' gradients
-/// `[dq, dk, dv]`, each `[B, heads, T, hd]` (`qkv`'s type), and the `qkv` rows' RMS
-/// `[B·T·3·heads]` (f32).
+/// `[dq, dk, dv]`, each `[B, heads, T, hd]` (`qkv`'s type); and the `qkv` rows' RMS
+/// `[B·T·3·heads]` (f32, `sqrt(mean(x²) + eps)` over each row of `hd` values, for
+/// [`qkv_heads_dweight`]).
 #[allow(clippy::too_many_arguments)] // the forward's inputs and the gradient
 pub fn qkv_heads_dx(
     qkv: CubeTensor,
@@ -147,21 +153,23 @@ pub fn qkv_heads_dx(
     cos: CubeTensor,
     sin_signed: CubeTensor,
     [dq, dk, dv]: [CubeTensor; 3],
-    rms: CubeTensor,
     heads: usize,
-) -> CubeTensor {
-    let [qkv, q_weight, k_weight, cos, sin_signed, dq, dk, dv, rms] =
-        [qkv, q_weight, k_weight, cos, sin_signed, dq, dk, dv, rms].map(contiguous);
+    eps: f32,
+) -> (CubeTensor, CubeTensor) {
+    let [qkv, q_weight, k_weight, cos, sin_signed, dq, dk, dv] =
+        [qkv, q_weight, k_weight, cos, sin_signed, dq, dk, dv].map(contiguous);
     let shape = qkv.meta.shape().to_vec();
     let (batch, tokens) = (shape[0], shape[1]);
     let head_dim = shape[2] / 3 / heads;
     assert_parts("qkv_heads_dx", &qkv, &shape, heads, &[&dq, &dk, &dv]);
-    assert_f32("qkv_heads_dx", &[&q_weight, &k_weight, &cos, &sin_signed, &rms]);
+    assert_f32("qkv_heads_dx", &[&q_weight, &k_weight, &cos, &sin_signed]);
     let dqkv = empty_like(&qkv, shape);
+    let rms = empty_f32(&qkv, vec![batch * tokens * 3 * heads]);
     let units = units_for(head_dim);
     // SAFETY: the operands are row-major in the layouts above; row `row < B·T·3·heads` reads and
     // writes `head_dim` values at `row·head_dim` in `qkv`/`dqkv` and at its per-head place in
-    // its part's gradient, the tables at token `t`'s row, the gains below `head_dim`.
+    // its part's gradient, the tables at token `t`'s row, the gains below `head_dim`, and
+    // writes `rms` at `row`.
     with_float!(qkv.dtype, "qkv_heads_dx", I => unsafe {
         qkv_heads_dx_kernel::launch_unchecked::<I, f32>(
             &qkv.client,
@@ -181,10 +189,11 @@ pub fn qkv_heads_dx(
             tokens,
             heads,
             head_dim,
+            eps,
             units,
         );
     });
-    dqkv
+    (dqkv, rms)
 }
 
 /// `[chunks, 2, hd]` (f32): partial sums of the gradients of the queries' and the keys' RMSNorm gains,

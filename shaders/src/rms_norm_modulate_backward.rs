@@ -1,7 +1,8 @@
 //! The gradients of [`crate::rms_norm_modulate`], `out = x̂·w·(1 + scale) + shift` with
-//! `x̂ = x / rms`, from the output's gradient `g` `[B, T, D]` and the rows' RMS (`rms_rows`):
+//! `x̂ = x / rms`, from the output's gradient `g` `[B, T, D]`:
 //!
-//! - `dx = (ĝ − x̂·mean(ĝ·x̂)) / rms` with `ĝ = g·(1 + scale)·w`, one cube per row;
+//! - `dx = (ĝ − x̂·mean(ĝ·x̂)) / rms` with `ĝ = g·(1 + scale)·w`, one cube per row, which
+//!   works out the row's RMS as it reads the row and writes it for the next kernel;
 //! - per batch image and channel, one unit per (b, d): `Σ_t g` (= `dshift`) and `w·Σ_t g·x̂`
 //!   (= `dscale`), written at their chunks of the adaLN output's gradient (zeros at the others),
 //!   and `(1 + scale)·Σ_t g·x̂`, whose sum over the images is `dweight`.
@@ -9,7 +10,7 @@
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::reduce::{cube_count, cube_index, cube_sum, units_for};
+use crate::reduce::{cube_count, cube_index, cube_sum, row_rms, units_for};
 use crate::{buffer, contiguous, elementwise_grid, empty_like, per_image};
 
 #[cube(launch_unchecked)]
@@ -18,19 +19,23 @@ fn rms_norm_modulate_dx_kernel<F: Float>(
     weight: &[F],
     scale: &[F],
     grad: &[F],
-    rms: &[F],
+    rms: &mut [F],
     dx: &mut [F],
     rows: usize,
     dim: usize,
     tokens: usize,
     scale_stride: usize,
+    eps: f32,
     #[comptime] units: usize,
 ) {
     let row = cube_index();
     let len = if row < rows { dim } else { 0usize };
     let start = row * dim;
     let batch = (row / tokens) * scale_stride;
-    let r = if row < rows { rms[row] } else { F::new(1.0) };
+    let r = row_rms::<F, F>(x, start, len, dim, eps, units);
+    if row < rows && UNIT_POS == 0 {
+        rms[row] = r;
+    }
     let mut dot = F::new(0.0);
     let mut i = UNIT_POS as usize;
     while i < len {
@@ -91,25 +96,27 @@ fn rms_norm_modulate_sums_kernel<F: Float>(
     }
 }
 
-/// `dx` `[B, T, D]` from `x`, the norm's `weight` `[D]`, `scale` `[B, 1, D]`, the output's
-/// gradient and the rows' RMS `[B·T]` (f32).
+/// `dx` `[B, T, D]` and the rows' RMS `[B·T]` (`sqrt(mean(x²) + eps)`, for
+/// [`rms_norm_modulate_sums`]) from `x`, the norm's `weight` `[D]`, `scale` `[B, 1, D]` and the
+/// output's gradient (f32).
 pub fn rms_norm_modulate_dx(
     x: CubeTensor,
     weight: CubeTensor,
     scale: CubeTensor,
     grad: CubeTensor,
-    rms: CubeTensor,
-) -> CubeTensor {
-    let [x, weight, grad, rms] = [x, weight, grad, rms].map(contiguous);
+    eps: f32,
+) -> (CubeTensor, CubeTensor) {
+    let [x, weight, grad] = [x, weight, grad].map(contiguous);
     let (scale, scale_stride) = per_image(scale);
     let shape = x.meta.shape().to_vec();
     let (tokens, dim) = (shape[1], shape[2]);
     let rows = shape[0] * tokens;
     let dx = empty_like(&x, shape);
+    let rms = empty_like(&x, vec![rows]);
     let units = units_for(dim);
     // SAFETY: the other operands are row-major with the shapes above; the kernel reads and
-    // writes row `row < rows` at `row·dim + i`, `i < dim`, and `scale` at `b·scale_stride + i`,
-    // inside the buffer `per_image` gave.
+    // writes row `row < rows` at `row·dim + i`, `i < dim`, `rms` at `row`, and reads `scale`
+    // at `b·scale_stride + i`, inside the buffer `per_image` gave.
     unsafe {
         rms_norm_modulate_dx_kernel::launch_unchecked::<f32>(
             &x.client,
@@ -125,10 +132,11 @@ pub fn rms_norm_modulate_dx(
             dim,
             tokens,
             scale_stride,
+            eps,
             units,
         );
     }
-    dx
+    (dx, rms)
 }
 
 /// `dmodulation` `[B, chunks·D]`, the gradient of the adaLN output whose chunks `index` and

@@ -408,14 +408,16 @@ fn the_reference_backward_passes_are_the_gradients_of_the_reference_forward_pass
     close("rms_norm_modulate dweight", dw, &want[1]);
     close("rms_norm_modulate dmodulation", dm, &want[2]);
 
-    // The gated residual's gradient with respect to its gate, chunk 2 of an adaLN output
-    // [2, 3·8] (seen as [1, 2, 24]).
+    // The gated residual's gradients, the gate chunk 2 of an adaLN output [2, 3·8] (seen as
+    // [1, 2, 24]).
     let [x, m, y] = [r([2, 5, 8], 14), r([1, 2, 24], 15), r([2, 5, 8], 16)];
     let g = r([2, 5, 8], 17);
     let want = reference_gradients(&[x.clone(), m.clone(), y.clone()], &g, |[x, m, y]| {
         t3(reference::gated_residual::<Dispatch>(p(x), p(m.reshape([2, 24])), 2, p(y)))
     });
-    close("gate_backward", reference::gate_backward::<Dispatch>(p(g), p(y), 2, 3), &want[1]);
+    let (dm, dy) = reference::gated_residual_backward::<Dispatch>(p(m.reshape([2, 24])), 2, p(g), p(y));
+    close("gated_residual dmodulation", dm, &want[1]);
+    close("gated_residual dy", dy, &want[2]);
 
     // qk-norm + RoPE: 2 images of 1 + 2×2 tokens, 2 heads of 8; the output [3, 2, 2, 5, 8]
     // seen as [3, 4, 40].

@@ -182,7 +182,7 @@ fn a_training_step_pads_no_parts_of_a_gradient() {
         assert!(grad.iter().all(|g| g.is_finite()), "{dtype:?}: finite gradients");
         assert_eq!(named(&launched, &["PadPart"]), 0, "{dtype:?}: {:?}", launched.by_kernel);
         // Two gates a block; a shift and scale twice a block and once in the final layer.
-        assert_eq!(named(&launched, &["GateBackward"]), 2 * depth, "{dtype:?}: {:?}", launched.by_kernel);
+        assert_eq!(named(&launched, &["GatedResidualBackward"]), 2 * depth, "{dtype:?}: {:?}", launched.by_kernel);
         assert_eq!(named(&launched, &["RmsNormModulateSums"]), 2 * depth + 1, "{dtype:?}: {:?}", launched.by_kernel);
         assert_eq!(named(&launched, &["QkvHeadsDxKernel<"]), depth, "{dtype:?}: {:?}", launched.by_kernel);
     }

@@ -8,7 +8,6 @@
 //! The EMA update is never differentiated; the backward methods themselves are not
 //! differentiable here (their reference bodies are, op by op).
 
-use burn::backend::TensorMetadata;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -238,11 +237,9 @@ impl<B: JitOps> Backward<B, 3> for GatedResidual {
         let g = grads.consume::<B>(&ops.node);
         let [px, pm, py] = ids(&ops);
         let (modulation, y) = ops.state;
-        let d = y.shape()[2];
-        let chunks = modulation.shape()[1] / d;
-        let gate = reference::chunk::<B>(modulation, self.index, d);
-        register::<B>(grads, py, || B::float_mul(g.clone(), gate));
-        register::<B>(grads, pm, || B::gate_backward(g.clone(), y, self.index, chunks));
+        let (dmodulation, dy) = B::gated_residual_backward(modulation, self.index, g.clone(), y);
+        register::<B>(grads, py, || dy);
+        register::<B>(grads, pm, || dmodulation);
         register::<B>(grads, px, || g);
     }
 }

@@ -43,7 +43,7 @@ impl JitOps for CubeBackend {
         jit_shaders::rms_norm_modulate(x, weight, shift, scale, eps)
     }
 
-    /// `rms_rows`, then `rms_norm_modulate_dx` for `dx` and `rms_norm_modulate_sums` for
+    /// `rms_norm_modulate_dx` for `dx` and the rows' RMS, then `rms_norm_modulate_sums` for
     /// `dmodulation` and the images' parts of `dweight` (summed: one reduction).
     fn rms_norm_modulate_backward(
         x: CubeTensor,
@@ -60,18 +60,9 @@ impl JitOps for CubeBackend {
         let d = x.shape()[2];
         let chunks = modulation.shape()[1] / d;
         let scale = chunk::<B>(modulation, index + 1, d);
-        let rms = jit_shaders::rms_rows(x.clone(), d, eps);
-        let (dmodulation, partial) = jit_shaders::rms_norm_modulate_sums(
-            x.clone(),
-            weight.clone(),
-            scale.clone(),
-            grad.clone(),
-            rms.clone(),
-            index,
-            chunks,
-        );
+        let (dx, rms) = jit_shaders::rms_norm_modulate_dx(x.clone(), weight.clone(), scale.clone(), grad.clone(), eps);
+        let (dmodulation, partial) = jit_shaders::rms_norm_modulate_sums(x, weight, scale, grad, rms, index, chunks);
         let dweight = B::float_reshape(B::float_sum_dim(partial, 0), Shape::from(vec![d]));
-        let dx = jit_shaders::rms_norm_modulate_dx(x, weight, scale, grad, rms);
         (dx, dweight, dmodulation)
     }
 
@@ -91,7 +82,7 @@ impl JitOps for CubeBackend {
         jit_shaders::qkv_heads(qkv, q_weight, k_weight, cos, sin_signed, heads, eps)
     }
 
-    /// `rms_rows`, then `qkv_heads_dx` and `qkv_heads_dweight`'s partial sums, summed.
+    /// `qkv_heads_dx` (with the rows' RMS), then `qkv_heads_dweight`'s partial sums, summed.
     fn qkv_heads_backward(
         qkv: CubeTensor,
         q_weight: CubeTensor,
@@ -111,18 +102,20 @@ impl JitOps for CubeBackend {
         }
         super::count_kernel();
         let head_dim = qkv.shape()[2] / 3 / heads;
-        let rms = jit_shaders::rms_rows(qkv.clone(), head_dim, eps);
-        let partial = jit_shaders::qkv_heads_dweight(
+        let grads = [dq.clone(), dk.clone(), dv];
+        let (dqkv, rms) = jit_shaders::qkv_heads_dx(
             qkv.clone(),
+            q_weight,
+            k_weight,
             cos.clone(),
             sin_signed.clone(),
-            [dq.clone(), dk.clone()],
-            rms.clone(),
+            grads,
             heads,
+            eps,
         );
+        let partial = jit_shaders::qkv_heads_dweight(qkv, cos, sin_signed, [dq, dk], rms, heads);
         let dw = B::float_sum_dim(partial, 0);
         let part = |i| B::float_reshape(narrow::<B>(dw.clone(), 1, i..i + 1), Shape::from(vec![head_dim]));
-        let dqkv = jit_shaders::qkv_heads_dx(qkv, q_weight, k_weight, cos, sin_signed, [dq, dk, dv], rms, heads);
         (dqkv, part(0), part(1))
     }
 
@@ -167,12 +160,20 @@ impl JitOps for CubeBackend {
         jit_shaders::gated_residual(x, gate, y)
     }
 
-    fn gate_backward(grad: CubeTensor, y: CubeTensor, index: usize, chunks: usize) -> CubeTensor {
-        if !f32s(&[&grad, &y]) {
-            return reference::gate_backward::<B>(grad, y, index, chunks);
+    fn gated_residual_backward(
+        modulation: CubeTensor,
+        index: usize,
+        grad: CubeTensor,
+        y: CubeTensor,
+    ) -> (CubeTensor, CubeTensor) {
+        if !f32s(&[&modulation, &grad, &y]) {
+            return reference::gated_residual_backward::<B>(modulation, index, grad, y);
         }
         super::count_kernel();
-        jit_shaders::gate_backward(grad, y, index, chunks)
+        let d = y.shape()[2];
+        let chunks = modulation.shape()[1] / d;
+        let gate = chunk::<B>(modulation, index, d);
+        jit_shaders::gated_residual_backward(gate, index, chunks, grad, y)
     }
 
     fn cfg_mix(v: CubeTensor, scale: f32) -> CubeTensor {

@@ -386,19 +386,33 @@ impl JitOps for Flex {
         new(out, shape)
     }
 
-    fn gate_backward(grad: FlexTensor, y: FlexTensor, index: usize, chunks: usize) -> FlexTensor {
-        let Some([g, vy]) = f32s([&grad, &y]) else {
-            return reference::gate_backward::<Self>(grad, y, index, chunks);
+    fn gated_residual_backward(
+        modulation: FlexTensor,
+        index: usize,
+        grad: FlexTensor,
+        y: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let Some([m, g, vy]) = f32s([&modulation, &grad, &y]) else {
+            return reference::gated_residual_backward::<Self>(modulation, index, grad, y);
         };
         super::count_kernel();
-        let [b, t, d] = <[usize; 3]>::try_from(dims(&grad)).expect("grad is [B, T, D]");
-        let mut sums = vec![0.0f32; b * d];
-        for (row, (g, y)) in slice(&g).chunks_exact(d.max(1)).zip(slice(&vy).chunks_exact(d.max(1))).enumerate() {
-            for ((s, &g), &y) in sums[(row / t) * d..][..d].iter_mut().zip(g).zip(y) {
+        let shape = dims(&grad);
+        let (t, d) = (shape[1], shape[2]);
+        let gate = chunk(&m, index, d);
+        let mut sums = vec![0.0f32; shape[0] * d];
+        let mut dy = vec![0.0f32; slice(&g).len()];
+        let rows =
+            slice(&g).chunks_exact(d.max(1)).zip(slice(&vy).chunks_exact(d.max(1))).zip(dy.chunks_exact_mut(d.max(1)));
+        for (row, ((g, y), dy)) in rows.enumerate() {
+            let image = (row / t) * d..(row / t + 1) * d;
+            for (((s, dy), &gate), (&g, &y)) in
+                sums[image.clone()].iter_mut().zip(dy).zip(&gate[image]).zip(g.iter().zip(y))
+            {
                 *s += g * y;
+                *dy = g * gate;
             }
         }
-        chunks_gradient(vec![b, chunks * d], &[(index, &sums)])
+        (chunks_gradient(dims(&m), &[(index, &sums)]), new(dy, shape))
     }
 
     fn cfg_mix(v: FlexTensor, scale: f32) -> FlexTensor {

@@ -295,11 +295,17 @@ pub trait JitOps: Backend {
         reference::gated_residual::<Self>(x, modulation, index, y)
     }
 
-    /// [`JitOps::gated_residual`]'s gradient with respect to `modulation` `[B, chunks·D]`:
-    /// `Σ_t grad·y` at chunk `index`, zeros at the others (`grad`, `y` `[B, T, D]`).
-    #[fusion(dtype = grad, shape = chunks_shape(grad, chunks))]
-    fn gate_backward(grad: FloatTensor<Self>, y: FloatTensor<Self>, index: usize, chunks: usize) -> FloatTensor<Self> {
-        reference::gate_backward::<Self>(grad, y, index, chunks)
+    /// [`JitOps::gated_residual`]'s gradients `(dmodulation, dy)` from the output's `grad`
+    /// `[B, T, D]`: `dmodulation` `[B, n·D]` is `Σ_t grad·y` at the gate's chunk `index` and
+    /// zeros at the others, `dy = grad·gate` (`x`'s gradient is `grad` itself).
+    #[fusion(meta = |modulation, _index, grad, _y| (modulation.clone(), grad.clone()))]
+    fn gated_residual_backward(
+        modulation: FloatTensor<Self>,
+        index: usize,
+        grad: FloatTensor<Self>,
+        y: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::gated_residual_backward::<Self>(modulation, index, grad, y)
     }
 
     /// Classifier-free guidance of `v` `[2B, …]` (conditional half first) → `[B, …]`.
@@ -406,12 +412,6 @@ fn parts_shape(grad: &burn::tensor::Shape, dim: &usize, parts: &usize) -> burn::
     let mut d = grad.to_vec();
     d[*dim] *= *parts;
     burn::tensor::Shape::from(d)
-}
-
-#[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata
-fn chunks_shape(grad: &burn::tensor::Shape, chunks: &usize) -> burn::tensor::Shape {
-    let d = grad.to_vec();
-    burn::tensor::Shape::from(vec![d[0], *chunks * d[2]])
 }
 
 #[cfg_attr(not(feature = "fusion"), allow(dead_code))] // fusion's output metadata

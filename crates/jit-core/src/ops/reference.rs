@@ -398,10 +398,14 @@ pub fn gated_residual<B: Backend>(x: T<B>, modulation: T<B>, index: usize, y: T<
     B::float_add(x, B::float_mul(gate, y))
 }
 
-/// [`gated_residual`]'s gradient with respect to `modulation` `[B, chunks·D]`: `Σ_t grad·y` at
-/// chunk `index`, zeros elsewhere.
-pub fn gate_backward<B: Backend>(grad: T<B>, y: T<B>, index: usize, chunks: usize) -> T<B> {
-    chunk_backward::<B>(sum_dims::<B>(B::float_mul(grad, y), &[1]), index, chunks)
+/// [`gated_residual`]'s gradients `(dmodulation, dy)`: `Σ_t grad·y` at the gate's chunk `index`
+/// of `modulation` `[B, n·D]` (zeros elsewhere) and `grad·gate`.
+pub fn gated_residual_backward<B: Backend>(modulation: T<B>, index: usize, grad: T<B>, y: T<B>) -> (T<B>, T<B>) {
+    let d = dims::<B>(&y)[2];
+    let chunks = dims::<B>(&modulation)[1] / d;
+    let gate = chunk::<B>(modulation, index, d);
+    let dmodulation = chunk_backward::<B>(sum_dims::<B>(B::float_mul(grad.clone(), y), &[1]), index, chunks);
+    (dmodulation, B::float_mul(grad, gate))
 }
 
 /// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, …]`, the conditional
