@@ -471,7 +471,7 @@ fn adamw_with_both_emas_matches_the_tensor_ops() {
         (ops::AdamWEmaFactors::new(1e-3, 0.0, (0.9, 0.95), 1e-8, 2, (0.9999, 0.9996)), "every third own"),
     ];
     for (factors, memory) in cases {
-        let is_own = |i: usize| memory == "own" || (memory == "every third own" && i % 3 == 0);
+        let is_own = |i: usize| memory == "own" || (memory == "every third own" && i.is_multiple_of(3));
         let (p, st): (Vec<_>, Vec<_>) = params
             .iter()
             .zip(&state)

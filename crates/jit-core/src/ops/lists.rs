@@ -22,13 +22,13 @@ pub(super) trait ListOps: Backend {
 /// One parameter's `[θ, grad, m, v, ema1, ema2]` as `B`'s primitives.
 type Slot<B> = [FloatTensor<B>; 6];
 
+/// Every slot and the factors as `B`'s primitives, or the slots back.
+type OnBackend<B> = Result<(Vec<Slot<B>>, FloatTensor<B>), Vec<[Tensor<1>; 6]>>;
+
 /// Every tensor as `B`'s primitive, if all are f32 on `B`'s device and off the autodiff graph;
 /// else the slots back. The tensors are moved, not cloned, so that a parameter's memory held
 /// by nothing else can be updated in place.
-fn on<B: Backend>(
-    slots: Vec<[Tensor<1>; 6]>,
-    factors: &Tensor<1>,
-) -> Result<(Vec<Slot<B>>, FloatTensor<B>), Vec<[Tensor<1>; 6]>>
+fn on<B: Backend>(slots: Vec<[Tensor<1>; 6]>, factors: &Tensor<1>) -> OnBackend<B>
 where
     burn::backend::DispatchTensor: burn::backend::DispatchKindConversion<B>,
 {
