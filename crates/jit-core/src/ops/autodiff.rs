@@ -105,15 +105,22 @@ struct QkvHeads {
     eps: f32,
 }
 
-impl<B: JitOps> Backward<B, 3> for QkvHeads {
-    /// `(qkv, q_weight, k_weight, cos, sin_signed)`.
-    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+/// `qkv_heads`' inputs `(qkv, q_weight, k_weight, cos, sin_signed)`.
+type QkvInputs<B> = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let g = grads.consume::<B>(&ops.node);
-        let [pqkv, pq, pk] = ids(&ops);
-        let (qkv, q_weight, k_weight, cos, sin) = ops.state;
-        let [dq, dk, dv] = split_parts::<B>(g);
+impl QkvHeads {
+    /// Registers `qkv_heads`' gradients for its tracked `parents` `[qkv, q_weight, k_weight]`
+    /// from its three parts' gradients.
+    fn register<B: JitOps>(
+        &self,
+        grads: &mut Gradients,
+        parents: [Option<NodeId>; 3],
+        inputs: QkvInputs<B>,
+        parts: [FloatTensor<B>; 3],
+    ) {
+        let [pqkv, pq, pk] = parents;
+        let (qkv, q_weight, k_weight, cos, sin) = inputs;
+        let [dq, dk, dv] = parts;
         let (dqkv, dq_weight, dk_weight) =
             B::qkv_heads_backward(qkv, q_weight, k_weight, cos, sin, dq, dk, dv, self.heads, self.eps);
         register::<B>(grads, pqkv, || dqkv);
@@ -122,39 +129,35 @@ impl<B: JitOps> Backward<B, 3> for QkvHeads {
     }
 }
 
+impl<B: JitOps> Backward<B, 3> for QkvHeads {
+    type State = QkvInputs<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<B>(&ops.node);
+        self.register::<B>(grads, ids(&ops), ops.state, split_parts::<B>(g));
+    }
+}
+
 #[derive(Debug)]
 struct QkvAttention {
-    heads: usize,
+    qkv_heads: QkvHeads,
     scale: f32,
-    eps: f32,
 }
 
 /// `qkv_heads` and attention as one node (parents `[qkv, q_weight, k_weight]`): attention's
 /// three gradients go straight into `qkv_heads`' backward pass, with no gradient of the stacked
 /// heads to pad and add up.
 impl<B: JitOps> Backward<B, 3> for QkvAttention {
-    /// `(qkv, q_weight, k_weight, cos, sin_signed, heads [3, B, heads, T, hd], probabilities)`.
-    type State = (
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-        FloatTensor<B>,
-    );
+    /// `qkv_heads`' inputs, its output `[3, B, heads, T, hd]` and attention's probabilities.
+    type State = (QkvInputs<B>, FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = grads.consume::<B>(&ops.node);
-        let [pqkv, pq, pk] = ids(&ops);
-        let (qkv, q_weight, k_weight, cos, sin, heads_out, probs) = ops.state;
+        let parents = ids(&ops);
+        let (inputs, heads_out, probs) = ops.state;
         let [q, k, v] = split_parts::<B>(heads_out);
         let (dq, dk, dv) = B::head_attention_backward(q, k, v, probs, g, self.scale);
-        let (dqkv, dq_weight, dk_weight) =
-            B::qkv_heads_backward(qkv, q_weight, k_weight, cos, sin, dq, dk, dv, self.heads, self.eps);
-        register::<B>(grads, pqkv, || dqkv);
-        register::<B>(grads, pq, || dq_weight);
-        register::<B>(grads, pk, || dk_weight);
+        self.qkv_heads.register::<B>(grads, parents, inputs, [dq, dk, dv]);
     }
 }
 
@@ -316,8 +319,9 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
         let heads_out = B::qkv_heads(x.clone(), qw.clone(), kw.clone(), cos.clone(), sin.clone(), heads, eps);
         let [q, k, v] = split_parts::<B>(heads_out.clone());
         let (out, probs) = B::head_attention_train(q, k, v, scale);
-        let state = (x, qw, kw, cos, sin, heads_out, probs);
-        record::<B, C, _, 3>(QkvAttention { heads, scale, eps }, [&qkv, &q_weight, &k_weight], state, out)
+        let state = ((x, qw, kw, cos, sin), heads_out, probs);
+        let op = QkvAttention { qkv_heads: QkvHeads { heads, eps }, scale };
+        record::<B, C, _, 3>(op, [&qkv, &q_weight, &k_weight], state, out)
     }
 
     fn head_attention(
