@@ -90,10 +90,13 @@ run() {
   pytorch bf16 75
   # The same again: compiled kernels and autotune results come from the persistence cache.
   bench "B16-spirv-f16-second-run" 50 gpu "${b16[@]}" --precision f16 --no-sample
+  # Attention as the flash pair (scores on chip, f32 FMA) against two products (tensor cores).
+  bench "B16-spirv-f16-flash" 90 gpu "${b16[@]}" --precision f16 --attention flash
   # What the kernels of shaders/ gain in training (the tracked chains, adamw_ema).
   bench "B16-spirv-f16-no-fused" 100 gpu "${b16[@]}" --precision f16 --no-sample --no-fused
   pytorch f32 75
   bench "B16-spirv-f32" 90 gpu "${b16[@]}" --no-sample
+  bench "B16-spirv-f32-flash" 60 gpu "${b16[@]}" --no-sample --attention flash
   bench "B16-spirv-bf16" 90 gpu "${b16[@]}" --precision bf16 --no-sample
   bench "B16-wgsl-f32" 90 wgsl "${b16[@]}" --no-sample
   bench "S4-spirv-f32" 45 gpu "${s4[@]}"

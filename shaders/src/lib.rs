@@ -5,8 +5,11 @@
 //! - [`rms_norm_modulate`]: RMSNorm + adaLN modulate (two per block);
 //! - [`qkv_heads`]: the `qkv` projection split into heads, qk-norm and the 2-D RoPE (one per
 //!   block; the unfused chain is a permute copy and ~12 element-wise kernels);
+//! - [`flash_attention`]: attention in one kernel, the scores kept on chip (one per block), and
+//!   its backward pass in two, [`flash_attention_backward`];
 //! - [`scaled_softmax`]: attention's softmax in f32 over scores in f32 or f16, with the
-//!   probabilities in both types (one per block; burn's chain is eight kernels);
+//!   probabilities in both types, where attention runs as two products (one per block; burn's
+//!   chain is eight kernels);
 //! - [`silu_gate`]: SwiGLU's gate `SiLU(x1)·x2` (one per block);
 //! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block), the gate a chunk of the
 //!   adaLN output;
@@ -33,6 +36,7 @@ extern crate alloc;
 
 mod adamw_ema;
 mod cfg_mix;
+mod flash_attention;
 mod gated_residual;
 pub mod launches;
 mod pad_part;
@@ -48,6 +52,7 @@ pub use adamw_ema::{AdamWEmaSlot, adamw_ema, params_per_launch};
 pub use burn_cubecl::CubeBackend;
 pub use burn_cubecl::tensor::CubeTensor;
 pub use cfg_mix::cfg_mix;
+pub use flash_attention::{MAX_HEAD_DIM, flash_attention, flash_attention_backward};
 pub use gated_residual::{gated_residual, gated_residual_backward};
 pub use pad_part::pad_part;
 pub use qkv_heads::qkv_heads;

@@ -10,6 +10,7 @@ use jit_core::TrainState;
 use jit_core::checkpoint::{self, CheckpointMeta, StoreDtype};
 use jit_core::host::labels as labels_tensor;
 use jit_core::objective::StepNoise;
+use jit_core::ops::AttentionKernels;
 use jit_core::optim::OptimConfig;
 use jit_core::rng::PortableRng;
 use jit_core::sampler::{Progress, Sampling, initial_noise, sample};
@@ -360,10 +361,16 @@ fn same_seed_same_sample_on_cpu_and_wgpu() {
         let z0 = PortableRng::new(1234).noise([2, 1, 8, 8], d.noise_scale, device);
         to_vec(sample(net, &d, &s, z0, labels_tensor(&[0, 2], device), |_| true).unwrap())
     };
-    let (a, b) = (run(&net_cpu, &cpu), run(&net_gpu, &gpu));
-    let err = rel_l2(&b, &a);
-    println!("cpu vs wgpu sample rel L2 {err:.2e}");
-    assert!(err <= 1e-3, "cpu vs wgpu: {err}");
+    let a = run(&net_cpu, &cpu);
+    // Attention on the GPU as two products and as the flash kernel.
+    for kernels in [AttentionKernels::Products, AttentionKernels::Flash] {
+        jit_core::ops::set_attention_kernels(kernels);
+        let b = run(&net_gpu, &gpu);
+        jit_core::ops::set_attention_kernels(AttentionKernels::Products);
+        let err = rel_l2(&b, &a);
+        println!("cpu vs wgpu ({kernels:?}) sample rel L2 {err:.2e}");
+        assert!(err <= 1e-3, "cpu vs wgpu ({kernels:?}): {err}");
+    }
     assert_ne!(run(&net_cpu, &cpu), to_vec(PortableRng::new(1).noise([2, 1, 8, 8], 1.0, &cpu)));
 }
 
@@ -437,7 +444,8 @@ fn sampler_overrides_and_sampling_requests_are_checked_in_one_place() {
 }
 
 /// A training step on wgpu (the block's chains as tracked operations with the backward kernels
-/// of `shaders/`) follows the same step on the CPU (its own kernels): loss, weights, EMA.
+/// of `shaders/`, attention either way) follows the same step on the CPU (its own kernels):
+/// loss, weights, EMA.
 #[test]
 fn a_training_step_on_wgpu_follows_the_cpu_step() {
     let config = tiny(true);
@@ -458,10 +466,17 @@ fn a_training_step_on_wgpu_follows_the_cpu_step() {
         state.apply(l, 3);
         (value, all_params(&state.model.valid()), all_params(&state.ema1.model))
     };
-    let (cpu, gpu) = (step(&Device::flex()), step(&wgpu_device()));
-    assert!(((cpu.0 - gpu.0) / cpu.0).abs() <= 1e-5, "loss {} on the CPU, {} on wgpu", cpu.0, gpu.0);
-    let (w, e) = (rel_l2(&gpu.1, &cpu.1), rel_l2(&gpu.2, &cpu.2));
-    assert!(w <= 1e-5 && e <= 1e-5, "weights after the step differ by rel. L2 {w:e} (EMA {e:e})");
+    let cpu = step(&Device::flex());
+    // Attention on the GPU as two products and as the flash pair.
+    for kernels in [AttentionKernels::Products, AttentionKernels::Flash] {
+        jit_core::ops::set_attention_kernels(kernels);
+        let gpu = step(&wgpu_device());
+        jit_core::ops::set_attention_kernels(AttentionKernels::Products);
+        let what = format!("{kernels:?}: loss {} on the CPU, {} on wgpu", cpu.0, gpu.0);
+        assert!(((cpu.0 - gpu.0) / cpu.0).abs() <= 1e-5, "{what}");
+        let (w, e) = (rel_l2(&gpu.1, &cpu.1), rel_l2(&gpu.2, &cpu.2));
+        assert!(w <= 1e-5 && e <= 1e-5, "{kernels:?}: weights after the step differ by rel. L2 {w:e} (EMA {e:e})");
+    }
 }
 
 /// The loss of `net` (on an autodiff device) on a fixed batch and fixed draws.

@@ -203,11 +203,21 @@ fn g_samplers(set: &GoldenSet) -> Vec<(String, SamplerConfig)> {
 
 #[test]
 fn golden_wgpu_forward() {
+    use jit_core::ops::AttentionKernels;
     let sets = golden_sets();
     let device = wgpu_device();
     let mut failures = Vec::new();
-    // The smallest set keeps lavapipe time down; forward and activations only.
+    // The smallest set keeps lavapipe time down; forward and activations only, with attention
+    // as two products and as the flash kernel.
     let set = sets.iter().min_by_key(|s| s.bytes.len()).unwrap();
-    forward_checks(set, &device, &mut failures);
+    for kernels in [AttentionKernels::Products, AttentionKernels::Flash] {
+        jit_core::ops::set_attention_kernels(kernels);
+        let before = failures.len();
+        forward_checks(set, &device, &mut failures);
+        for failure in &mut failures[before..] {
+            *failure = format!("{kernels:?}: {failure}");
+        }
+    }
+    jit_core::ops::set_attention_kernels(AttentionKernels::Products);
     assert!(failures.is_empty(), "golden mismatches on wgpu:\n{}", failures.join("\n"));
 }

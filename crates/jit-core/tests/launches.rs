@@ -77,13 +77,18 @@ fn the_kernels_are_taken_for_f32_tensors_in_and_outside_autodiff_while_on() {
     assert!(gated(checkpointed, true), "so does training with gradient checkpointing");
 }
 
-/// Attention's softmax is one kernel each way, in and outside autodiff, for f32 and f16 (no
-/// reductions or exponentials of burn's softmax chain).
+/// Attention, in autodiff, for f32 and f16: as the flash pair, one kernel forward and two
+/// backward and no products, softmax or reductions; as two products, its softmax one kernel
+/// each way (no reductions or exponentials of burn's softmax chain).
 #[test]
-fn attention_runs_its_softmax_as_one_kernel_each_way() {
+fn attention_runs_as_the_flash_pair_or_with_its_softmax_as_one_kernel_each_way() {
+    use ops::AttentionKernels::{Flash, Products};
     let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = wgpu_device().autodiff();
-    for dtype in [FloatDType::F32, FloatDType::F16] {
+    for (kernels, dtype) in
+        [(Flash, FloatDType::F32), (Flash, FloatDType::F16), (Products, FloatDType::F32), (Products, FloatDType::F16)]
+    {
+        ops::set_attention_kernels(kernels);
         let values: Vec<f32> = (0..2 * 3 * 12 * 8).map(|i| ((i * 7) % 23) as f32 / 23.0 - 0.5).collect();
         let leaf = || Tensor::<4>::from_data(TensorData::new(values.clone(), [2, 3, 12, 8]), &device).require_grad();
         let (q, k, v) = (leaf(), leaf(), leaf());
@@ -94,11 +99,21 @@ fn attention_runs_its_softmax_as_one_kernel_each_way() {
         };
         step(); // compile first; then count
         let (grads, launched) = jit_core::launches::count(step);
-        assert!(grads.iter().flatten().all(|g| g.is_finite()), "{dtype:?}: finite gradients");
-        assert_eq!(named(&launched, &["ScaledSoftmaxKernel"]), 1, "{dtype:?}: {:?}", launched.by_kernel);
-        assert_eq!(named(&launched, &["ScaledSoftmaxBackwardKernel"]), 1, "{dtype:?}: {:?}", launched.by_kernel);
-        let reductions = named(&launched, &["reduce"]);
-        assert_eq!(reductions, 1, "{dtype:?}: only the loss's sum reduces: {:?}", launched.by_kernel);
+        ops::set_attention_kernels(Products);
+        let what = format!("{kernels:?}, {dtype:?}: {:?}", launched.by_kernel);
+        assert!(grads.iter().flatten().all(|g| g.is_finite()), "{what}: finite gradients");
+        let (flash, softmax) = (named(&launched, &["FlashAttention"]), named(&launched, &["ScaledSoftmax"]));
+        if kernels == Flash {
+            assert_eq!(named(&launched, &["FlashAttentionKernel<"]), 1, "{what}");
+            assert_eq!(named(&launched, &["FlashAttentionDqKernel<"]), 1, "{what}");
+            assert_eq!(named(&launched, &["FlashAttentionDkdvKernel<"]), 1, "{what}");
+            assert_eq!((flash, softmax, named(&launched, &["atmul"])), (3, 0, 0), "{what}: no products");
+        } else {
+            assert_eq!(named(&launched, &["ScaledSoftmaxKernel"]), 1, "{what}");
+            assert_eq!(named(&launched, &["ScaledSoftmaxBackwardKernel"]), 1, "{what}");
+            assert_eq!(flash, 0, "{what}");
+        }
+        assert_eq!(named(&launched, &["reduce"]), 1, "{what}: only the loss's sum reduces");
     }
 }
 
@@ -166,11 +181,15 @@ fn a_training_step_pads_no_parts_of_a_gradient() {
     let x = Tensor::<4>::from_data(TensorData::new(values, [b, 3, 8, 8]), &device);
     let t = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [b]), &device);
     let y = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0i64, 2], [b]), &device);
-    for dtype in [None, Some(FloatDType::F16)] {
+    use ops::AttentionKernels::{Flash, Products};
+    for (dtype, kernels) in
+        [(None, Products), (Some(FloatDType::F16), Products), (None, Flash), (Some(FloatDType::F16), Flash)]
+    {
         if dtype.is_some_and(|d| !device.supports_dtype(d)) {
             eprintln!("SKIP {dtype:?}: not supported on this adapter");
             continue;
         }
+        ops::set_attention_kernels(kernels);
         let net = net.clone().with_matmul_dtype(dtype);
         let step = || {
             let grads = net.forward(x.clone(), t.clone(), y.clone()).cast(FloatDType::F32).sum().backward();
@@ -179,12 +198,16 @@ fn a_training_step_pads_no_parts_of_a_gradient() {
         };
         step(); // compile first; then count
         let (grad, launched) = jit_core::launches::count(step);
+        ops::set_attention_kernels(Products);
         assert!(grad.iter().all(|g| g.is_finite()), "{dtype:?}: finite gradients");
         assert_eq!(named(&launched, &["PadPart"]), 0, "{dtype:?}: {:?}", launched.by_kernel);
         // Two gates a block; a shift and scale twice a block and once in the final layer.
         assert_eq!(named(&launched, &["GatedResidualBackward"]), 2 * depth, "{dtype:?}: {:?}", launched.by_kernel);
         assert_eq!(named(&launched, &["RmsNormModulateSums"]), 2 * depth + 1, "{dtype:?}: {:?}", launched.by_kernel);
         assert_eq!(named(&launched, &["QkvHeadsDxKernel<"]), depth, "{dtype:?}: {:?}", launched.by_kernel);
+        // Attention as the flash pair: one kernel forward, two backward; else none of them.
+        let flash = if kernels == Flash { 3 * depth } else { 0 };
+        assert_eq!(named(&launched, &["FlashAttention"]), flash, "{dtype:?}, {kernels:?}: {:?}", launched.by_kernel);
     }
 }
 

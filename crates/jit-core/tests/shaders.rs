@@ -135,11 +135,16 @@ fn qkv_heads_gradients_match_the_tensor_ops() {
 }
 
 /// `qkv_heads` and attention as one tracked operation (attention's three gradients straight
-/// into `qkv_heads`' backward kernels) against burn's autodiff of the tensor ops.
+/// into `qkv_heads`' backward kernels), attention as the flash pair and as two products, against
+/// burn's autodiff of the tensor ops.
 #[test]
 fn qkv_attention_gradients_match_the_tensor_ops() {
+    use ops::AttentionKernels::{Flash, Products};
     let device = wgpu_device().autodiff();
-    for &(b, h, hd, grid, prefix) in &[(2, 3, 16, 3, 0), (1, 2, 64, 2, 4)] {
+    for &(b, h, hd, grid, prefix, kernels) in
+        &[(2, 3, 16, 3, 0, Flash), (1, 2, 64, 2, 4, Flash), (2, 3, 16, 3, 0, Products), (1, 2, 64, 2, 4, Products)]
+    {
+        ops::set_attention_kernels(kernels);
         let t = prefix + grid * grid;
         let rope = Rope::new(hd, grid, prefix, &device);
         let scale = 1.0 / (hd as f32).sqrt();
@@ -160,9 +165,10 @@ fn qkv_attention_gradients_match_the_tensor_ops() {
             };
             out.unsqueeze()
         };
-        let what = format!("qkv_attention {b}×{t}, {h} heads of {hd}");
+        let what = format!("qkv_attention {b}×{t}, {h} heads of {hd}, {kernels:?}");
         assert_same_gradients(&what, inputs, |i| attention(i, true), |i| attention(i, false));
     }
+    ops::set_attention_kernels(Products);
 }
 
 #[test]
@@ -352,18 +358,90 @@ fn qkv_heads_in_f16_matches_the_reference() {
     }
 }
 
-/// Attention for sampling on GPUs (the two products and `scaled_softmax`) against burn's tensor
-/// ops.
+/// Attention for sampling on GPUs (the flash kernel; the two products and `scaled_softmax`)
+/// against burn's tensor ops.
 #[test]
 fn attention_matches_the_tensor_ops() {
+    use ops::AttentionKernels::{Flash, Products};
     let device = wgpu_device();
-    for &(b, h, t, hd) in &[(2, 3, 10, 16), (1, 2, 68, 64)] {
-        let [q, k, v] = [1, 2, 3].map(|i| random([b, h, t, hd], 1.0, 40 + i, &device));
-        let scale = 1.0 / (hd as f64).sqrt();
-        let ours = ops::attention(q.clone(), k.clone(), v.clone(), scale as f32);
-        let p = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
-        let reference = p.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
-        assert_close(&format!("attention {b}×{h}×{t}×{hd}"), ours.unsqueeze(), reference.unsqueeze(), 1e-5);
+    for kernels in [Flash, Products] {
+        ops::set_attention_kernels(kernels);
+        for &(b, h, t, hd) in &[(2, 3, 10, 16), (1, 2, 68, 64)] {
+            let [q, k, v] = [1, 2, 3].map(|i| random([b, h, t, hd], 1.0, 40 + i, &device));
+            let scale = 1.0 / (hd as f64).sqrt();
+            let ours = ops::attention(q.clone(), k.clone(), v.clone(), scale as f32);
+            let p = burn::tensor::activation::softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
+            let reference = p.matmul(v).swap_dims(1, 2).reshape([b, t, h * hd]);
+            let what = format!("attention {b}×{h}×{t}×{hd}, {kernels:?}");
+            assert_close(&what, ours.unsqueeze(), reference.unsqueeze(), 1e-5);
+        }
+    }
+    ops::set_attention_kernels(Products);
+}
+
+/// The flash pair against the reference bodies on wgpu: the output and each query's
+/// log-sum-exp against `reference::flash_attention`, the three gradients against the products'
+/// backward pass from the probabilities. Token counts within a tile, across key tiles and across
+/// cubes of 64 queries (70), spare cubes (several heads), head widths 16 to 128, f32 and f16, and
+/// scores of ±100 and more (exp overflows f32 without the running maximum).
+#[test]
+fn flash_attention_matches_the_reference_in_values_and_gradients() {
+    use burn::tensor::FloatDType::{F16, F32};
+    use jit_core::ops::JitOps;
+    let device = wgpu_device();
+    for &(b, h, t, hd, dtype, std) in &[
+        (2, 3, 10, 16, F32, 1.0),
+        (1, 2, 70, 64, F32, 1.0),
+        (3, 1, 33, 40, F32, 1.0),
+        (1, 1, 20, 128, F32, 1.0),
+        (1, 2, 130, 80, F32, 1.0),
+        (2, 1, 70, 64, F32, 40.0),
+        (1, 2, 70, 64, F16, 1.0),
+        (2, 1, 33, 40, F16, 10.0),
+    ] {
+        let what = format!("flash_attention {b}×{h}×{t}×{hd} {dtype:?}, q of std {std}");
+        let q = random([b, h, t, hd], std, 51, &device).cast(dtype);
+        let [k, v] = [52, 53].map(|seed| random([b, h, t, hd], 1.0, seed, &device).cast(dtype));
+        let grad = random([b, t, h * hd], 1.0, 54, &device).cast(dtype);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (out, lse) =
+            <Dispatch as JitOps>::flash_attention(prim(q.clone()), prim(k.clone()), prim(v.clone()), scale);
+        let (out, lse): (Tensor<3>, Tensor<3>) = (from_prim(out), from_prim(lse));
+        assert_eq!(out.dtype(), burn::tensor::DType::from(dtype), "{what}: the output in the inputs' type");
+        let dq_dk_dv = <Dispatch as JitOps>::flash_attention_backward(
+            prim(q.clone()),
+            prim(k.clone()),
+            prim(v.clone()),
+            prim(out.clone()),
+            prim(lse.clone()),
+            prim(grad.clone()),
+            scale,
+        );
+        // The reference in f32 on the same (f16-rounded) values: the kernels work in f32.
+        let f32s = |t: Tensor<4>| prim(t.cast(F32));
+        let (ref_out, ref_lse) =
+            reference::flash_attention::<Dispatch>(f32s(q.clone()), f32s(k.clone()), f32s(v.clone()), scale);
+        let probs = reference::head_attention::<Dispatch>(f32s(q.clone()), f32s(k.clone()), f32s(v.clone()), scale).1;
+        let grads = reference::head_attention_backward::<Dispatch>(
+            f32s(q),
+            f32s(k),
+            f32s(v),
+            probs,
+            prim(grad.cast(F32)),
+            scale,
+        );
+        // f16 outputs are rounded to 11 bits (2⁻¹¹ ≈ 4.9e-4 relative).
+        let tol = if dtype == F32 { 1e-5 } else { 1e-3 };
+        let flat = |t: Tensor<3>| t.cast(F32).unsqueeze::<4>();
+        assert_close(&format!("{what}, output"), flat(out), flat(from_prim(ref_out)), tol);
+        assert_close(&format!("{what}, log-sum-exp"), flat(lse), flat(from_prim(ref_lse)), 1e-6);
+        for (name, ours, theirs) in
+            [("dq", dq_dk_dv.0, grads.0), ("dk", dq_dk_dv.1, grads.1), ("dv", dq_dk_dv.2, grads.2)]
+        {
+            let ours: Tensor<4> = from_prim(ours);
+            assert_eq!(ours.dtype(), burn::tensor::DType::from(dtype), "{what}: {name} in the inputs' type");
+            assert_close(&format!("{what}, {name}"), ours.cast(F32), from_prim(theirs), tol);
+        }
     }
 }
 

@@ -37,7 +37,18 @@ pub enum Precision {
     Bf16,
 }
 
-/// `--backend` and `--precision`, shared by every subcommand that computes.
+/// How a GPU runs attention (`jit_core::ops::AttentionKernels`; the CPU has its own kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Attention {
+    /// One flash-style kernel forward and two backward: the [B, heads, T, T] scores stay on
+    /// chip (f32 arithmetic, no tensor cores).
+    Flash,
+    /// Two matrix products (tensor cores where the GPU has them) around a softmax kernel: the
+    /// scores and probabilities in memory.
+    Products,
+}
+
+/// `--backend`, `--precision` and `--attention`, shared by every subcommand that computes.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
     /// Compute backend.
@@ -46,6 +57,9 @@ pub struct BackendArgs {
     /// Precision of the linear layers (mixed precision: f32 weights and accumulation).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// How a GPU runs attention.
+    #[arg(long, value_enum, default_value_t = Attention::Products)]
+    pub attention: Attention,
     /// Which GPU: the index among the machine's discrete GPUs. [default: 0; under mpirun or
     /// srun, the process's rank on its machine]
     #[arg(long, value_name = "K")]
@@ -115,7 +129,8 @@ impl BackendArgs {
         self.limit.get()
     }
 
-    /// Initialises the chosen device and says on stderr which one it is.
+    /// Initialises the chosen device (and how it runs attention) and says on stderr which one
+    /// it is.
     pub fn device(&self) -> Result<Device> {
         self.device_named().map(|(device, _)| device)
     }
@@ -130,6 +145,10 @@ impl BackendArgs {
     /// starts the line that names the device ("rank 1 of 8 (local 1): ").
     pub fn device_for_rank(&self, local_rank: Option<usize>, who: &str) -> Result<(Device, String)> {
         let index = self.device_index.or(local_rank);
+        jit_core::ops::set_attention_kernels(match self.attention {
+            Attention::Flash => jit_core::ops::AttentionKernels::Flash,
+            Attention::Products => jit_core::ops::AttentionKernels::Products,
+        });
         let api = match self.backend {
             BackendKind::Cpu => None,
             // On Linux a GPU that wgpu can compute on has Vulkan; probing OpenGL as well (EGL,

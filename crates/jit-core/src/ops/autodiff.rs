@@ -148,15 +148,16 @@ struct QkvAttention {
 /// three gradients go straight into `qkv_heads`' backward pass, with no gradient of the stacked
 /// heads to pad and add up.
 impl<B: JitOps> Backward<B, 3> for QkvAttention {
-    /// `qkv_heads`' inputs, its output `[3, B, heads, T, hd]` and attention's probabilities.
-    type State = (QkvInputs<B>, FloatTensor<B>, FloatTensor<B>);
+    /// `qkv_heads`' inputs, its output `[3, B, heads, T, hd]`, attention's output and what it
+    /// kept for its backward pass.
+    type State = (QkvInputs<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = grads.consume::<B>(&ops.node);
         let parents = ids(&ops);
-        let (inputs, heads_out, probs) = ops.state;
+        let (inputs, heads_out, out, saved) = ops.state;
         let [q, k, v] = split_parts::<B>(heads_out);
-        let (dq, dk, dv) = B::head_attention_backward(q, k, v, probs, g, self.scale);
+        let (dq, dk, dv) = B::head_attention_backward(q, k, v, out, saved, g, self.scale);
         self.qkv_heads.register::<B>(grads, parents, inputs, [dq, dk, dv]);
     }
 }
@@ -167,14 +168,14 @@ struct Attention {
 }
 
 impl<B: JitOps> Backward<B, 3> for Attention {
-    /// `(q, k, v, probabilities)`.
-    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+    /// `(q, k, v, output, what attention kept for its backward pass)`.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = grads.consume::<B>(&ops.node);
         let [pq, pk, pv] = ids(&ops);
-        let (q, k, v, probs) = ops.state;
-        let (dq, dk, dv) = B::head_attention_backward(q, k, v, probs, g, self.scale);
+        let (q, k, v, out, saved) = ops.state;
+        let (dq, dk, dv) = B::head_attention_backward(q, k, v, out, saved, g, self.scale);
         register::<B>(grads, pq, || dq);
         register::<B>(grads, pk, || dk);
         register::<B>(grads, pv, || dv);
@@ -318,8 +319,8 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
         let (x, qw, kw) = (inner(&qkv), inner(&q_weight), inner(&k_weight));
         let heads_out = B::qkv_heads(x.clone(), qw.clone(), kw.clone(), cos.clone(), sin.clone(), heads, eps);
         let [q, k, v] = split_parts::<B>(heads_out.clone());
-        let (out, probs) = B::head_attention_train(q, k, v, scale);
-        let state = ((x, qw, kw, cos, sin), heads_out, probs);
+        let (out, saved) = B::head_attention_train(q, k, v, scale);
+        let state = ((x, qw, kw, cos, sin), heads_out, out.clone(), saved);
         let op = QkvAttention { qkv_heads: QkvHeads { heads, eps }, scale };
         record::<B, C, _, 3>(op, [&qkv, &q_weight, &k_weight], state, out)
     }
@@ -330,8 +331,8 @@ impl<B: JitOps, C: CheckpointStrategy> JitOps for Autodiff<B, C> {
         v: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self> {
-        let (out, probs) = B::head_attention_train(inner(&q), inner(&k), inner(&v), scale);
-        let state = (inner(&q), inner(&k), inner(&v), probs);
+        let (out, saved) = B::head_attention_train(inner(&q), inner(&k), inner(&v), scale);
+        let state = (inner(&q), inner(&k), inner(&v), out.clone(), saved);
         record::<B, C, _, 3>(Attention { scale }, [&q, &k, &v], state, out)
     }
 

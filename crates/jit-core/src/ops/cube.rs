@@ -1,6 +1,6 @@
 //! [`JitOps`] on burn's cubecl backend (GPUs through wgpu): the CubeCL kernels of `shaders/`
-//! (crate `jit-shaders`) for f32 tensors (`qkv_heads`, the parts' gradients and attention's
-//! softmax also for f16, the mixed-precision products' type). Under
+//! (crate `jit-shaders`) for f32 tensors (`qkv_heads`, the parts' gradients, flash attention and
+//! attention's softmax also for f16, the mixed-precision products' type). Under
 //! burn's `fusion` each call is one custom operation in fusion's stream, the backward passes
 //! included. The matrix products (linear layers, attention) are burn's own kernels (the
 //! reference bodies); other dtypes run the reference bodies.
@@ -24,6 +24,13 @@ fn f32s(ts: &[&CubeTensor]) -> bool {
 /// Whether `t` is f32 or f16 (the storage types of the kernels that follow the products' type).
 fn f32_or_f16(t: &CubeTensor) -> bool {
     matches!(t.dtype(), DType::F32 | DType::F16)
+}
+
+/// Whether the flash kernels take `q`, `k`, `v`: one type, f32 or f16, heads of at most
+/// [`jit_shaders::MAX_HEAD_DIM`] channels.
+fn flash_fits(q: &CubeTensor, k: &CubeTensor, v: &CubeTensor) -> bool {
+    let head_dim = q.shape().to_vec().last().copied().unwrap_or(0);
+    f32_or_f16(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype() && head_dim <= jit_shaders::MAX_HEAD_DIM
 }
 
 impl JitOps for CubeBackend {
@@ -133,6 +140,31 @@ impl JitOps for CubeBackend {
         }
         super::count_kernel();
         jit_shaders::scaled_softmax_backward(probs, grad, scale)
+    }
+
+    fn flash_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, scale: f32) -> (CubeTensor, CubeTensor) {
+        if !flash_fits(&q, &k, &v) {
+            return reference::flash_attention::<B>(q, k, v, scale);
+        }
+        super::count_kernel();
+        jit_shaders::flash_attention(q, k, v, scale)
+    }
+
+    fn flash_attention_backward(
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        out: CubeTensor,
+        lse: CubeTensor,
+        grad: CubeTensor,
+        scale: f32,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let typed = [&out, &grad].iter().all(|t| t.dtype() == q.dtype()) && lse.dtype() == DType::F32;
+        if !flash_fits(&q, &k, &v) || !typed {
+            return reference::flash_attention_backward::<B>(q, k, v, out, lse, grad, scale);
+        }
+        super::count_kernel();
+        jit_shaders::flash_attention_backward(q, k, v, out, lse, grad, scale)
     }
 
     fn part_backward(grad: CubeTensor, dim: usize, index: usize, parts: usize) -> CubeTensor {

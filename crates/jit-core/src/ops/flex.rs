@@ -258,16 +258,22 @@ impl JitOps for Flex {
         )
     }
 
+    /// From the probabilities `saved` that `head_attention_train` keeps here (the log-sum-exp of
+    /// another path takes the reference body).
     fn head_attention_backward(
         q: FlexTensor,
         k: FlexTensor,
         v: FlexTensor,
-        probs: FlexTensor,
+        out: FlexTensor,
+        saved: FlexTensor,
         grad: FlexTensor,
         scale: f32,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (Some(shape), Some([vq, vk, vv, p, g])) = (attention_shape(&q), f32s([&q, &k, &v, &probs, &grad])) else {
-            return reference::head_attention_backward::<Self>(q, k, v, probs, grad, scale);
+        if saved.shape().num_dims() == 3 {
+            return reference::flash_attention_backward::<Self>(q, k, v, out, saved, grad, scale);
+        }
+        let (Some(shape), Some([vq, vk, vv, p, g])) = (attention_shape(&q), f32s([&q, &k, &v, &saved, &grad])) else {
+            return reference::head_attention_backward::<Self>(q, k, v, saved, grad, scale);
         };
         super::count_kernel();
         let [dq, dk, dv] =

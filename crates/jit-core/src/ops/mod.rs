@@ -1,7 +1,7 @@
 //! The network's op layer: one burn backend extension, [`JitOps`], with a method per fused
 //! operation (the linear layers, RMSNorm + adaLN modulate, `qkv` → qk-norm + RoPE → attention
-//! and its softmax, SwiGLU's gate, the gated residual, the CFG mix) and the backward passes the
-//! training step needs, and [`adamw_ema`] over lists of tensors (AdamW with both EMAs, many
+//! and its softmax or a flash-style pair, SwiGLU's gate, the gated residual, the CFG mix) and the
+//! backward passes the training step needs, and [`adamw_ema`] over lists of tensors (AdamW with both EMAs, many
 //! parameters per launch), which burn's backend extensions cannot take and `lists` routes by
 //! hand. The model calls only the tensor-level functions below; they take tensors and scalars,
 //! never model structs.
@@ -10,7 +10,7 @@
 //! |---|---|
 //! | default bodies | [`reference`]: the maths in burn's primitive tensor ops, for any backend |
 //! | Flex (CPU), f32 | [`flex`]: the kernels of [`crate::fused`] (one pass over memory each, `gemm` for the products) |
-//! | Cube (GPUs through wgpu), f32 (also f16 where mixed precision passes it: `qkv_heads`, the parts' gradients, attention's softmax) | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
+//! | Cube (GPUs through wgpu), f32 (also f16 where mixed precision passes it: `qkv_heads`, the parts' gradients, attention's softmax, flash attention) | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
 //! | `Autodiff<B, C>`, any checkpoint strategy | [`autodiff`]: each operation one tracked node whose backward pass calls `B`'s backward method |
 //!
 //! A backend's method falls back to the reference body for inputs its kernels do not take
@@ -48,6 +48,30 @@ pub fn set_enabled(on: bool) {
 /// Whether the kernels are on ([`set_enabled`]).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// How attention runs where the backend takes [`JitOps::head_attention`]'s default body (GPUs;
+/// the CPU has its own kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKernels {
+    /// [`JitOps::flash_attention`]: one kernel forward and two backward, the `[B, heads, T, T]`
+    /// scores kept on chip (FMA arithmetic in f32, no tensor cores).
+    Flash,
+    /// Two of the backend's matrix products (tensor cores where it has them) around
+    /// [`JitOps::scaled_softmax`], the scores and probabilities in memory.
+    Products,
+}
+
+static FLASH: AtomicBool = AtomicBool::new(false);
+
+/// Chooses how GPUs run attention, process-wide ([`AttentionKernels::Products`] by default).
+pub fn set_attention_kernels(kernels: AttentionKernels) {
+    FLASH.store(kernels == AttentionKernels::Flash, Ordering::Relaxed);
+}
+
+/// How GPUs run attention ([`set_attention_kernels`]).
+pub fn attention_kernels() -> AttentionKernels {
+    if FLASH.load(Ordering::Relaxed) { AttentionKernels::Flash } else { AttentionKernels::Products }
 }
 
 static KERNELS: AtomicUsize = AtomicUsize::new(0);
@@ -161,8 +185,9 @@ pub trait JitOps: Backend {
     }
 
     /// Attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]`, in token order
-    /// `[B, T, heads·hd]`: the two products and [`JitOps::scaled_softmax`]. (Under burn's fusion
-    /// the body stays in its stream, the softmax one custom operation in it.)
+    /// `[B, T, heads·hd]`: [`JitOps::flash_attention`] where [`attention_kernels`] says
+    /// [`AttentionKernels::Flash`], else the two products and [`JitOps::scaled_softmax`]. (Under
+    /// burn's fusion the body stays in its stream, the kernels custom operations in it.)
     #[fusion(default)]
     fn head_attention(
         q: FloatTensor<Self>,
@@ -170,10 +195,12 @@ pub trait JitOps: Backend {
         v: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self> {
-        reference::head_attention_with::<Self>(q, k, v, scale, Self::scaled_softmax).0
+        Self::head_attention_train(q, k, v, scale).0
     }
 
-    /// [`JitOps::head_attention`] and its probabilities `[B, heads, T, T]` (for the backward pass).
+    /// [`JitOps::head_attention`] and what its backward pass needs besides the inputs and the
+    /// output: the probabilities `[B, heads, T, T]` (f32) after the products, each query's
+    /// log-sum-exp `[B, heads, T]` (f32) after [`JitOps::flash_attention`].
     #[fusion(default)]
     fn head_attention_train(
         q: FloatTensor<Self>,
@@ -181,21 +208,67 @@ pub trait JitOps: Backend {
         v: FloatTensor<Self>,
         scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        reference::head_attention_with::<Self>(q, k, v, scale, Self::scaled_softmax)
+        match attention_kernels() {
+            AttentionKernels::Flash => Self::flash_attention(q, k, v, scale),
+            AttentionKernels::Products => reference::head_attention_with::<Self>(q, k, v, scale, Self::scaled_softmax),
+        }
     }
 
-    /// [`JitOps::head_attention`]'s gradients `(dq, dk, dv)` from the probabilities and `grad`
+    /// [`JitOps::head_attention`]'s gradients `(dq, dk, dv)` from its inputs, its output `out`,
+    /// what [`JitOps::head_attention_train`] kept (`saved`: the probabilities, or the
+    /// log-sum-exp, which [`JitOps::flash_attention_backward`] takes) and the output's `grad`
     /// `[B, T, heads·hd]`.
     #[fusion(default)]
+    #[allow(clippy::too_many_arguments)] // the forward's inputs and outputs, the gradient, the scale
     fn head_attention_backward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        probs: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        saved: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        reference::head_attention_backward_with::<Self>(q, k, v, probs, grad, scale, Self::scaled_softmax_backward)
+        use burn::backend::TensorMetadata;
+        if saved.shape().num_dims() == 3 {
+            return Self::flash_attention_backward(q, k, v, out, saved, grad, scale);
+        }
+        reference::head_attention_backward_with::<Self>(q, k, v, saved, grad, scale, Self::scaled_softmax_backward)
+    }
+
+    /// Attention as a flash-style pair: the output in token order `[B, T, heads·hd]` (`v`'s
+    /// type) and each query's log-sum-exp `[B, heads, T]` (f32), the `[B, heads, T, T]` scores
+    /// never in memory (on GPUs; the reference body writes them).
+    #[fusion(meta = |q, _k, _v, _scale| {
+        let [b, h, t, hd] = <[usize; 4]>::try_from(q.shape.to_vec()).expect("[B, heads, T, hd]");
+        (
+            burn::backend::fusion::custom::TensorSpec::new(burn::tensor::Shape::from(vec![b, t, h * hd]), q.dtype),
+            burn::backend::fusion::custom::TensorSpec::new(burn::tensor::Shape::from(vec![b, h, t]), burn::tensor::DType::F32),
+        )
+    })]
+    fn flash_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        reference::flash_attention::<Self>(q, k, v, scale)
+    }
+
+    /// [`JitOps::flash_attention`]'s gradients `(dq, dk, dv)` `[B, heads, T, hd]` from its
+    /// inputs, its output `out`, the log-sum-exp `lse` and the output's `grad`.
+    #[fusion(meta = |q, k, v, _out, _lse, _grad, _scale| (q.clone(), k.clone(), v.clone()))]
+    #[allow(clippy::too_many_arguments)] // the forward's inputs and outputs, the gradient, the scale
+    fn flash_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        reference::flash_attention_backward::<Self>(q, k, v, out, lse, grad, scale)
     }
 
     /// Attention's softmax `softmax(scale·scores)` over the last dimension of `scores`

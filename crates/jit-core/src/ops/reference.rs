@@ -285,6 +285,41 @@ pub fn head_attention_backward_with<B: Backend>(
     (dq, dk, dv)
 }
 
+/// [`head_attention`]'s output and, in place of the probabilities, each query's log-sum-exp
+/// `lse = ln Σ_j exp(scale·q·k_j)` `[B, heads, T]` (f32): what a flash-style kernel keeps for
+/// the backward pass.
+pub fn flash_attention<B: Backend>(q: T<B>, k: T<B>, v: T<B>, scale: f32) -> (T<B>, T<B>) {
+    let [b, h, t, _] = <[usize; 4]>::try_from(dims::<B>(&q)).expect("[B, heads, T, hd]");
+    let dtype = v.dtype();
+    let scores =
+        B::float_mul_scalar(cast::<B>(B::float_matmul(q, B::float_swap_dims(k, 2, 3)), DType::F32), scalar(scale));
+    let max = B::float_max_dim(scores.clone(), 3);
+    let sum = B::float_sum_dim(B::float_exp(B::float_sub(scores.clone(), max.clone())), 3);
+    let lse = B::float_add(max, B::float_log(sum));
+    let probs = B::float_exp(B::float_sub(scores, lse.clone()));
+    (tokens_first::<B>(B::float_matmul(cast::<B>(probs, dtype), v)), reshape::<B>(lse, &[b, h, t]))
+}
+
+/// [`flash_attention`]'s gradients `(dq, dk, dv)`: the probabilities `exp(scale·q·kᵀ − lse)`
+/// worked out again from the log-sum-exp `lse` `[B, heads, T]`, then
+/// [`head_attention_backward`]. (`out`, the forward output, is what a kernel reads for
+/// `Σ_d grad·out`; this body does not need it.)
+pub fn flash_attention_backward<B: Backend>(
+    q: T<B>,
+    k: T<B>,
+    v: T<B>,
+    _out: T<B>,
+    lse: T<B>,
+    grad: T<B>,
+    scale: f32,
+) -> (T<B>, T<B>, T<B>) {
+    let [b, h, t, _] = <[usize; 4]>::try_from(dims::<B>(&q)).expect("[B, heads, T, hd]");
+    let scores = B::float_matmul(q.clone(), B::float_swap_dims(k.clone(), 2, 3));
+    let scores = B::float_mul_scalar(cast::<B>(scores, DType::F32), scalar(scale));
+    let probs = B::float_exp(B::float_sub(scores, reshape::<B>(lse, &[b, h, t, 1])));
+    head_attention_backward::<B>(q, k, v, probs, grad, scale)
+}
+
 /// `x` plus `bias` `[n]` over its last dimension.
 fn add_bias<B: Backend>(x: T<B>, bias: T<B>) -> T<B> {
     let rank = x.shape().num_dims();

@@ -147,10 +147,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mm = a.backend.matmul_dtype(&device)?;
     let peak = peak(&adapter, a.backend.precision);
     println!(
-        "device: {adapter} | precision {:?} | peak {} | fused kernels {}",
+        "device: {adapter} | precision {:?} | peak {} | fused kernels {} | attention {:?}",
         a.backend.precision,
         peak.map_or("unknown".into(), |p| format!("{p} TFLOP/s")),
-        if a.no_fused { "off" } else { "on" }
+        if a.no_fused { "off" } else { "on" },
+        a.backend.attention
     );
     println!(
         "| model | params | image | batch | first step (s) | train step (s, median) | train img/s | train TFLOP/s (% peak) | first sample step (s) | sample img/s ({} Heun steps, CFG) | sample TFLOP/s | train img/s (mean step) | launches / train step | launches / sample step | host part of a step (s, median) | train img/s (one read-back per {} steps) |",

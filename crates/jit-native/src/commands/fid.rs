@@ -388,6 +388,7 @@ mod tests {
         let backend = BackendArgs {
             backend: crate::backend::BackendKind::Cpu,
             precision: crate::backend::Precision::F32,
+            attention: crate::backend::Attention::Products,
             device_index: None,
             limit: crate::backend::LimitArgs { max_memory: 16.0 },
         };

@@ -1,0 +1,451 @@
+//! Attention `o = softmax(scale·q·kᵀ)·v` as a flash-style pair: the `[B, heads, T, T]` scores
+//! and probabilities never reach memory.
+//!
+//! - [`flash_attention`]: one kernel. One cube per image, head and block of [`ROWS`] queries,
+//!   one unit per query. The keys and values pass through shared memory a tile at a time, and
+//!   each unit keeps a running softmax (maximum, sum, weighted values). It writes `o` in token
+//!   order `[B, T, heads·hd]` and each query's log-sum-exp `lse = max + ln Σ exp(s − max)`
+//!   `[B, heads, T]` for the backward pass.
+//! - [`flash_attention_backward`]: two kernels. Both recompute `p = exp(scale·q·k − lse)`.
+//!   - The queries' kernel (one unit per query): `δ = Σ_d do·o`, then `dq = scale·Σ_j ds_j·k_j`
+//!     with `ds = p·(do·v − δ)`. It writes `δ` for the keys' kernel.
+//!   - The keys' kernel (one unit per key): `dv = Σ_i p_i·do_i` and `dk = scale·Σ_i ds_i·q_i`.
+//!     Tiles of queries, their output gradients, `lse` and `δ` pass through shared memory.
+//!
+//! `q`, `k`, `v` `[B, heads, T, hd]`, `o` and its gradient are f32 or f16. The arithmetic, `lse`
+//! and `δ` are f32. The head width is a compile-time constant (one compiled kernel per width),
+//! at most [`MAX_HEAD_DIM`]. The tiles take as many rows (up to [`ROWS`]) as the device's
+//! workgroup memory holds: 32 keys of 64 channels in WebGPU's guaranteed 16 KiB.
+
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use crate::reduce::{cube_count, cube_index};
+use crate::{buffer, contiguous, empty_f32, empty_like, with_float};
+
+/// Queries (or keys) per cube: one unit each.
+pub const ROWS: usize = 64;
+
+/// The widest head the kernels take (each unit keeps up to four rows of it in registers).
+pub const MAX_HEAD_DIM: usize = 128;
+
+/// Rows per tile for a kernel whose tiles take `per_row` f32 values a row, in the device's
+/// workgroup memory (`shared` bytes; WebGPU guarantees 16 KiB): a power of two, at most
+/// [`ROWS`].
+fn tile_rows(shared: usize, per_row: usize) -> usize {
+    let rows = shared / 4 / per_row.max(1);
+    (1usize << rows.max(1).ilog2()).min(ROWS)
+}
+
+/// Rows per key tile of the forward and queries' kernels: a key and a value row each.
+fn key_rows(q: &CubeTensor, head_dim: usize) -> usize {
+    tile_rows(q.client.properties().hardware.max_shared_memory_size, 2 * head_dim)
+}
+
+/// Rows per query tile of the keys' kernel: a query row, its output gradient, `lse` and `δ`.
+fn query_rows(q: &CubeTensor, head_dim: usize) -> usize {
+    tile_rows(q.client.properties().hardware.max_shared_memory_size, 2 * head_dim + 2)
+}
+
+/// Row `row` of `src` (`[B·heads, T, hd]` rows of one head) into `tile` at row `slot`, zeros past
+/// the last token: the cube's units share the `rows × head_dim` values.
+#[cube]
+fn load_tile<F: Float>(
+    src: &[F],
+    tile: &mut Shared<[f32]>,
+    start: usize,
+    first: usize,
+    tokens: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+) {
+    let mut idx = UNIT_POS as usize;
+    while idx < rows * head_dim {
+        let row = first + idx / head_dim;
+        tile[idx] = if row < tokens { f32::cast_from(src[start + first * head_dim + idx]) } else { 0.0f32 };
+        idx += ROWS;
+    }
+}
+
+/// Like [`load_tile`], from a tensor in token order `[B, T, heads·hd]` (`o`'s gradient).
+#[cube]
+#[allow(clippy::too_many_arguments)] // the source and its shape, the tile and its place
+fn load_token_tile<F: Float>(
+    src: &[F],
+    tile: &mut Shared<[f32]>,
+    image: usize,
+    head: usize,
+    heads: usize,
+    first: usize,
+    tokens: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+) {
+    let mut idx = UNIT_POS as usize;
+    while idx < rows * head_dim {
+        let row = first + idx / head_dim;
+        let at = ((image * tokens + row) * heads + head) * head_dim + idx % head_dim;
+        tile[idx] = if row < tokens { f32::cast_from(src[at]) } else { 0.0f32 };
+        idx += ROWS;
+    }
+}
+
+/// `Σ_d a[d]·tile[row·hd + d]`.
+#[cube]
+fn dot_tile(a: &Array<f32>, tile: &Shared<[f32]>, row: usize, #[comptime] head_dim: usize) -> f32 {
+    let mut sum = 0.0f32;
+    let at = row * head_dim;
+    #[unroll]
+    for d in 0..head_dim {
+        sum += a[d] * tile[at + d];
+    }
+    sum
+}
+
+/// `acc[d] += w·tile[row·hd + d]`.
+#[cube]
+fn add_tile(acc: &mut Array<f32>, w: f32, tile: &Shared<[f32]>, row: usize, #[comptime] head_dim: usize) {
+    let at = row * head_dim;
+    #[unroll]
+    for d in 0..head_dim {
+        acc[d] += w * tile[at + d];
+    }
+}
+
+/// `row = src[at .. at + hd]` in f32, times `factor`.
+#[cube]
+fn load_row<F: Float>(row: &mut Array<f32>, src: &[F], at: usize, factor: f32, #[comptime] head_dim: usize) {
+    #[unroll]
+    for d in 0..head_dim {
+        row[d] = f32::cast_from(src[at + d]) * factor;
+    }
+}
+
+/// `dst[at .. at + hd] = row·factor` in `F`.
+#[cube]
+fn store_row<F: Float>(dst: &mut [F], at: usize, row: &Array<f32>, factor: f32, #[comptime] head_dim: usize) {
+    #[unroll]
+    for d in 0..head_dim {
+        dst[at + d] = F::cast_from(row[d] * factor);
+    }
+}
+
+/// The cube's head (`image·heads + head`) and its unit's row, from cubes numbered head-major,
+/// `blocks` blocks of [`ROWS`] rows a head.
+#[cube]
+fn head_and_row(blocks: usize) -> (usize, usize) {
+    let cube = cube_index();
+    (cube / blocks, (cube % blocks) * ROWS + UNIT_POS as usize)
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)] // three inputs, two outputs, the shape, the scale, the tiling
+fn flash_attention_kernel<F: Float>(
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    out: &mut [F],
+    lse: &mut [f32],
+    all_heads: usize,
+    heads: usize,
+    tokens: usize,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] keys: usize,
+) {
+    let blocks = tokens.div_ceil(ROWS);
+    let (bh, i) = head_and_row(blocks);
+    // Spare cubes (past the last head) run no tiles: the trip count is the cube's, so every
+    // unit reaches the same barriers.
+    let span = if bh < all_heads { tokens } else { 0usize };
+    let live = bh < all_heads && i < tokens;
+    let start = bh * tokens * head_dim;
+    let mut qi = Array::<f32>::new(head_dim);
+    if live {
+        load_row::<F>(&mut qi, q, start + i * head_dim, scale, head_dim);
+    }
+    let mut acc = Array::<f32>::new(head_dim);
+    let mut k_tile = Shared::<[f32]>::new_slice(keys * head_dim);
+    let mut v_tile = Shared::<[f32]>::new_slice(keys * head_dim);
+    let mut max = f32::min_value();
+    let mut sum = 0.0f32;
+    let mut first = 0usize;
+    while first < span {
+        sync_cube();
+        load_tile::<F>(k, &mut k_tile, start, first, tokens, keys, head_dim);
+        load_tile::<F>(v, &mut v_tile, start, first, tokens, keys, head_dim);
+        sync_cube();
+        let count = min(keys, tokens - first);
+        for j in 0..count {
+            let s = dot_tile(&qi, &k_tile, j, head_dim);
+            if s > max {
+                // A new maximum: the running sum and values rescale to it.
+                let alpha = f32::exp(max - s);
+                sum *= alpha;
+                #[unroll]
+                for d in 0..head_dim {
+                    acc[d] *= alpha;
+                }
+                max = s;
+            }
+            let p = f32::exp(s - max);
+            sum += p;
+            add_tile(&mut acc, p, &v_tile, j, head_dim);
+        }
+        first += keys;
+    }
+    if live {
+        let (image, head) = (bh / heads, bh % heads);
+        store_row::<F>(out, ((image * tokens + i) * heads + head) * head_dim, &acc, 1.0f32 / sum, head_dim);
+        lse[bh * tokens + i] = max + f32::ln(sum);
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)] // the forward's inputs and outputs, the gradient, dq, δ, shape
+fn flash_attention_dq_kernel<F: Float>(
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    out: &[F],
+    lse: &[f32],
+    grad: &[F],
+    dq: &mut [F],
+    delta: &mut [f32],
+    all_heads: usize,
+    heads: usize,
+    tokens: usize,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] keys: usize,
+) {
+    let blocks = tokens.div_ceil(ROWS);
+    let (bh, i) = head_and_row(blocks);
+    let span = if bh < all_heads { tokens } else { 0usize };
+    let live = bh < all_heads && i < tokens;
+    let start = bh * tokens * head_dim;
+    let (image, head) = (bh / heads, bh % heads);
+    let token_row = ((image * tokens + i) * heads + head) * head_dim;
+    let mut qi = Array::<f32>::new(head_dim);
+    let mut gi = Array::<f32>::new(head_dim);
+    let mut lse_i = 0.0f32;
+    let mut delta_i = 0.0f32;
+    if live {
+        load_row::<F>(&mut qi, q, start + i * head_dim, scale, head_dim);
+        load_row::<F>(&mut gi, grad, token_row, 1.0f32, head_dim);
+        #[unroll]
+        for d in 0..head_dim {
+            delta_i += gi[d] * f32::cast_from(out[token_row + d]);
+        }
+        delta[bh * tokens + i] = delta_i;
+        lse_i = lse[bh * tokens + i];
+    }
+    let mut acc = Array::<f32>::new(head_dim);
+    let mut k_tile = Shared::<[f32]>::new_slice(keys * head_dim);
+    let mut v_tile = Shared::<[f32]>::new_slice(keys * head_dim);
+    let mut first = 0usize;
+    while first < span {
+        sync_cube();
+        load_tile::<F>(k, &mut k_tile, start, first, tokens, keys, head_dim);
+        load_tile::<F>(v, &mut v_tile, start, first, tokens, keys, head_dim);
+        sync_cube();
+        let count = min(keys, tokens - first);
+        for j in 0..count {
+            let p = f32::exp(dot_tile(&qi, &k_tile, j, head_dim) - lse_i);
+            let ds = p * (dot_tile(&gi, &v_tile, j, head_dim) - delta_i);
+            add_tile(&mut acc, ds, &k_tile, j, head_dim);
+        }
+        first += keys;
+    }
+    if live {
+        store_row::<F>(dq, start + i * head_dim, &acc, scale, head_dim);
+    }
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)] // the forward's inputs, lse, δ, the gradient, dk, dv, shape
+fn flash_attention_dkdv_kernel<F: Float>(
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    lse: &[f32],
+    delta: &[f32],
+    grad: &[F],
+    dk: &mut [F],
+    dv: &mut [F],
+    all_heads: usize,
+    heads: usize,
+    tokens: usize,
+    scale: f32,
+    #[comptime] head_dim: usize,
+    #[comptime] queries: usize,
+) {
+    let blocks = tokens.div_ceil(ROWS);
+    let (bh, j) = head_and_row(blocks);
+    let span = if bh < all_heads { tokens } else { 0usize };
+    let live = bh < all_heads && j < tokens;
+    let start = bh * tokens * head_dim;
+    let (image, head) = (bh / heads, bh % heads);
+    let mut kj = Array::<f32>::new(head_dim);
+    let mut vj = Array::<f32>::new(head_dim);
+    if live {
+        load_row::<F>(&mut kj, k, start + j * head_dim, scale, head_dim);
+        load_row::<F>(&mut vj, v, start + j * head_dim, 1.0f32, head_dim);
+    }
+    let mut dk_acc = Array::<f32>::new(head_dim);
+    let mut dv_acc = Array::<f32>::new(head_dim);
+    let mut q_tile = Shared::<[f32]>::new_slice(queries * head_dim);
+    let mut g_tile = Shared::<[f32]>::new_slice(queries * head_dim);
+    let mut lse_tile = Shared::<[f32]>::new_slice(queries);
+    let mut delta_tile = Shared::<[f32]>::new_slice(queries);
+    let mut first = 0usize;
+    while first < span {
+        sync_cube();
+        load_tile::<F>(q, &mut q_tile, start, first, tokens, queries, head_dim);
+        load_token_tile::<F>(grad, &mut g_tile, image, head, heads, first, tokens, queries, head_dim);
+        let unit = UNIT_POS as usize;
+        if unit < queries {
+            let row = first + unit;
+            // Past the last query: p = exp(s − f32::MAX) = 0, so the row adds nothing.
+            lse_tile[unit] = if row < tokens { lse[bh * tokens + row] } else { f32::max_value() };
+            delta_tile[unit] = if row < tokens { delta[bh * tokens + row] } else { 0.0f32 };
+        }
+        sync_cube();
+        let count = min(queries, tokens - first);
+        for r in 0..count {
+            let p = f32::exp(dot_tile(&kj, &q_tile, r, head_dim) - lse_tile[r]);
+            add_tile(&mut dv_acc, p, &g_tile, r, head_dim);
+            let ds = p * (dot_tile(&vj, &g_tile, r, head_dim) - delta_tile[r]);
+            add_tile(&mut dk_acc, ds, &q_tile, r, head_dim);
+        }
+        first += queries;
+    }
+    if live {
+        store_row::<F>(dk, start + j * head_dim, &dk_acc, scale, head_dim);
+        store_row::<F>(dv, start + j * head_dim, &dv_acc, 1.0f32, head_dim);
+    }
+}
+
+/// `q`, `k`, `v` row-major, and their shape `[B, heads, T, hd]` (checked alike).
+fn operands(what: &str, q: CubeTensor, k: CubeTensor, v: CubeTensor) -> ([CubeTensor; 3], [usize; 4]) {
+    let [q, k, v] = [q, k, v].map(contiguous);
+    let dims = q.meta.shape().to_vec();
+    assert!(dims.len() == 4, "{what}: q, k and v are [B, heads, T, hd]");
+    for t in [&k, &v] {
+        assert_eq!(t.meta.shape().to_vec(), dims, "{what}: q, k and v differ in shape");
+        assert_eq!(t.dtype, q.dtype, "{what}: q, k and v differ in type");
+    }
+    let shape = [dims[0], dims[1], dims[2], dims[3]];
+    assert!((1..=MAX_HEAD_DIM).contains(&shape[3]), "{what}: heads of 1 to {MAX_HEAD_DIM} channels, not {}", shape[3]);
+    ([q, k, v], shape)
+}
+
+/// The grid of the three kernels: one cube per head and block of [`ROWS`] rows.
+fn grid([b, h, t, _]: [usize; 4]) -> (CubeCount, CubeDim) {
+    (cube_count(b * h * t.div_ceil(ROWS)), CubeDim::new_1d(ROWS as u32))
+}
+
+/// Attention `softmax(scale·q·kᵀ)·v` for `q`, `k`, `v` `[B, heads, T, hd]` (f32 or f16, one
+/// type) → the output in token order `[B, T, heads·hd]` (their type) and each query's
+/// log-sum-exp `[B, heads, T]` (f32, for [`flash_attention_backward`]).
+pub fn flash_attention(q: CubeTensor, k: CubeTensor, v: CubeTensor, scale: f32) -> (CubeTensor, CubeTensor) {
+    let ([q, k, v], shape) = operands("flash_attention", q, k, v);
+    let [b, h, t, hd] = shape;
+    let out = empty_like(&q, vec![b, t, h * hd]);
+    let lse = empty_f32(&q, vec![b, h, t]);
+    let (count, dim) = grid(shape);
+    // SAFETY: `q`, `k`, `v` hold B·heads·T·hd values (shapes checked), `out` as many and `lse`
+    // B·heads·T. A unit reads rows `< T` of its head only and writes its own query's row of
+    // `out` and its value of `lse`, and only for a head `< B·heads` and a query `< T`.
+    with_float!(q.dtype, "flash_attention", F => unsafe {
+        flash_attention_kernel::launch_unchecked::<F>(
+            &q.client,
+            count,
+            dim,
+            buffer(&q),
+            buffer(&k),
+            buffer(&v),
+            buffer(&out),
+            buffer(&lse),
+            b * h,
+            h,
+            t,
+            scale,
+            hd,
+            key_rows(&q, hd),
+        );
+    });
+    (out, lse)
+}
+
+/// [`flash_attention`]'s gradients `(dq, dk, dv)` `[B, heads, T, hd]` (in `q`'s type) from its
+/// inputs, its output `out` and log-sum-exp `lse`, and the output's gradient `grad`
+/// `[B, T, heads·hd]`.
+pub fn flash_attention_backward(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    out: CubeTensor,
+    lse: CubeTensor,
+    grad: CubeTensor,
+    scale: f32,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let what = "flash_attention_backward";
+    let ([q, k, v], shape) = operands(what, q, k, v);
+    let [b, h, t, hd] = shape;
+    let [out, lse, grad] = [out, lse, grad].map(contiguous);
+    for (name, x, dims) in [("the output", &out, vec![b, t, h * hd]), ("its gradient", &grad, vec![b, t, h * hd])] {
+        assert_eq!(x.meta.shape().to_vec(), dims, "{what}: {name} is [B, T, heads·hd]");
+        assert_eq!(x.dtype, q.dtype, "{what}: {name} in q's type");
+    }
+    assert_eq!(lse.meta.shape().to_vec(), vec![b, h, t], "{what}: the log-sum-exp is [B, heads, T]");
+    assert_eq!(lse.dtype, burn::tensor::DType::F32, "{what}: the log-sum-exp is f32");
+    let [dq, dk, dv] = [0, 1, 2].map(|_| empty_like(&q, vec![b, h, t, hd]));
+    let delta = empty_f32(&q, vec![b, h, t]);
+    let (count, dim) = grid(shape);
+    // SAFETY: as `flash_attention`: every buffer holds its shape's values (checked above); a
+    // unit reads rows `< T` of its head, writes its own row of `dq` (or `dk` and `dv`) and its
+    // value of `delta`, and only for a head `< B·heads` and a row `< T`. The keys' kernel reads
+    // `delta` after the queries' kernel, launched before it on the same stream, wrote it.
+    with_float!(q.dtype, "flash_attention_backward", F => unsafe {
+        flash_attention_dq_kernel::launch_unchecked::<F>(
+            &q.client,
+            count.clone(),
+            dim,
+            buffer(&q),
+            buffer(&k),
+            buffer(&v),
+            buffer(&out),
+            buffer(&lse),
+            buffer(&grad),
+            buffer(&dq),
+            buffer(&delta),
+            b * h,
+            h,
+            t,
+            scale,
+            hd,
+            key_rows(&q, hd),
+        );
+        flash_attention_dkdv_kernel::launch_unchecked::<F>(
+            &q.client,
+            count,
+            dim,
+            buffer(&q),
+            buffer(&k),
+            buffer(&v),
+            buffer(&lse),
+            buffer(&delta),
+            buffer(&grad),
+            buffer(&dk),
+            buffer(&dv),
+            b * h,
+            h,
+            t,
+            scale,
+            hd,
+            query_rows(&q, hd),
+        );
+    });
+    (dq, dk, dv)
+}
