@@ -130,12 +130,17 @@ fn store_row<F: Float>(dst: &mut [F], at: usize, row: &Array<f32>, factor: f32, 
     }
 }
 
-/// The cube's head (`image·heads + head`) and its unit's row, from cubes numbered head-major,
-/// `blocks` blocks of [`ROWS`] rows a head.
+/// The cube's head (`image·heads + head`, of `all_heads`) and its unit's row (of `tokens`), from
+/// cubes numbered head-major, blocks of [`ROWS`] rows a head; then the rows the cube's tile loop
+/// spans (none for a spare cube past the last head: the trip count is the cube's, so every unit
+/// reaches the same barriers) and whether the unit's row exists.
 #[cube]
-fn head_and_row(blocks: usize) -> (usize, usize) {
+fn head_and_row(all_heads: usize, tokens: usize) -> (usize, usize, usize, bool) {
     let cube = cube_index();
-    (cube / blocks, (cube % blocks) * ROWS + UNIT_POS as usize)
+    let blocks = tokens.div_ceil(ROWS);
+    let (head, row) = (cube / blocks, (cube % blocks) * ROWS + UNIT_POS as usize);
+    let span = if head < all_heads { tokens } else { 0usize };
+    (head, row, span, head < all_heads && row < tokens)
 }
 
 #[cube(launch_unchecked)]
@@ -153,12 +158,7 @@ fn flash_attention_kernel<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] keys: usize,
 ) {
-    let blocks = tokens.div_ceil(ROWS);
-    let (bh, i) = head_and_row(blocks);
-    // Spare cubes (past the last head) run no tiles: the trip count is the cube's, so every
-    // unit reaches the same barriers.
-    let span = if bh < all_heads { tokens } else { 0usize };
-    let live = bh < all_heads && i < tokens;
+    let (bh, i, span, live) = head_and_row(all_heads, tokens);
     let start = bh * tokens * head_dim;
     let mut qi = Array::<f32>::new(head_dim);
     if live {
@@ -219,10 +219,7 @@ fn flash_attention_dq_kernel<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] keys: usize,
 ) {
-    let blocks = tokens.div_ceil(ROWS);
-    let (bh, i) = head_and_row(blocks);
-    let span = if bh < all_heads { tokens } else { 0usize };
-    let live = bh < all_heads && i < tokens;
+    let (bh, i, span, live) = head_and_row(all_heads, tokens);
     let start = bh * tokens * head_dim;
     let (image, head) = (bh / heads, bh % heads);
     let token_row = ((image * tokens + i) * heads + head) * head_dim;
@@ -280,10 +277,7 @@ fn flash_attention_dkdv_kernel<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] queries: usize,
 ) {
-    let blocks = tokens.div_ceil(ROWS);
-    let (bh, j) = head_and_row(blocks);
-    let span = if bh < all_heads { tokens } else { 0usize };
-    let live = bh < all_heads && j < tokens;
+    let (bh, j, span, live) = head_and_row(all_heads, tokens);
     let start = bh * tokens * head_dim;
     let (image, head) = (bh / heads, bh % heads);
     let mut kj = Array::<f32>::new(head_dim);
