@@ -1,10 +1,10 @@
 //! The network's op layer: one burn backend extension, [`JitOps`], with a method per fused
 //! operation (the linear layers, RMSNorm + adaLN modulate, `qkv` → qk-norm + RoPE → attention
-//! and its softmax or a flash-style pair, SwiGLU's gate, the gated residual, the CFG mix) and the
-//! backward passes the training step needs, and [`adamw_ema`] over lists of tensors (AdamW with both EMAs, many
-//! parameters per launch), which burn's backend extensions cannot take and `lists` routes by
-//! hand. The model calls only the tensor-level functions below; they take tensors and scalars,
-//! never model structs.
+//! and its softmax or a flash-style pair, SwiGLU's gate, the gated residual, the CFG mix) and
+//! the backward passes the training step needs, and [`adamw_ema`] over lists of tensors (AdamW
+//! with both EMAs, many parameters per launch), which burn's backend extensions cannot take and
+//! `lists` routes by hand. The model calls only the tensor-level functions below; they take
+//! tensors and scalars, never model structs.
 //!
 //! | backend | implementation |
 //! |---|---|
