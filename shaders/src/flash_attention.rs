@@ -14,7 +14,7 @@
 //!
 //! `q`, `k`, `v` `[B, heads, T, hd]`, `o` and its gradient are f32 or f16. The arithmetic, `lse`
 //! and `δ` are f32. The head width is a compile-time constant (one compiled kernel per width),
-//! at most [`MAX_HEAD_DIM`]. The tiles take as many rows (up to [`ROWS`]) as the device's
+//! a multiple of 4 (rows move four channels at a time) up to [`MAX_HEAD_DIM`]. The tiles take as many rows (up to [`ROWS`]) as the device's
 //! workgroup memory holds: 32 keys of 64 channels in WebGPU's guaranteed 16 KiB.
 
 use burn_cubecl::tensor::CubeTensor;
@@ -47,22 +47,47 @@ fn query_rows(q: &CubeTensor, head_dim: usize) -> usize {
     tile_rows(q.client.properties().hardware.max_shared_memory_size, 2 * head_dim + 2)
 }
 
-/// Row `row` of `src` (`[B·heads, T, hd]` rows of one head) into `tile` at row `slot`, zeros past
-/// the last token: the cube's units share the `rows × head_dim` values.
+/// Four channels of a row: the unit in which rows move through workgroup memory and registers
+/// (one 16-byte read in place of four).
+type Quad = Vector<f32, Const<4>>;
+
+/// `src[at .. at + 4]` in f32, times `factor`.
+#[cube]
+fn quad<F: Float>(src: &[F], at: usize, factor: f32) -> Quad {
+    let mut v = Quad::new(0.0f32);
+    v.insert(0usize, f32::cast_from(src[at]) * factor);
+    v.insert(1usize, f32::cast_from(src[at + 1]) * factor);
+    v.insert(2usize, f32::cast_from(src[at + 2]) * factor);
+    v.insert(3usize, f32::cast_from(src[at + 3]) * factor);
+    v
+}
+
+/// The sum of a quad's four values.
+#[cube]
+fn quad_sum(v: Quad) -> f32 {
+    v.extract(0usize) + v.extract(1usize) + v.extract(2usize) + v.extract(3usize)
+}
+
+/// Rows `first ..` of `src` (`[B·heads, T, hd]`, the head's rows from `start`) into `tile`,
+/// zeros past the last token: the cube's units share the `rows × head_dim` values.
 #[cube]
 fn load_tile<F: Float>(
     src: &[F],
-    tile: &mut Shared<[f32]>,
+    tile: &mut Shared<[Quad]>,
     start: usize,
     first: usize,
     tokens: usize,
     #[comptime] rows: usize,
     #[comptime] head_dim: usize,
 ) {
+    let quads = comptime!(head_dim / 4);
     let mut idx = UNIT_POS as usize;
-    while idx < rows * head_dim {
-        let row = first + idx / head_dim;
-        tile[idx] = if row < tokens { f32::cast_from(src[start + first * head_dim + idx]) } else { 0.0f32 };
+    while idx < rows * quads {
+        let mut v = Quad::new(0.0f32);
+        if first + idx / quads < tokens {
+            v = quad::<F>(src, start + first * head_dim + idx * 4, 1.0f32);
+        }
+        tile[idx] = v;
         idx += ROWS;
     }
 }
@@ -72,7 +97,7 @@ fn load_tile<F: Float>(
 #[allow(clippy::too_many_arguments)] // the source and its shape, the tile and its place
 fn load_token_tile<F: Float>(
     src: &[F],
-    tile: &mut Shared<[f32]>,
+    tile: &mut Shared<[Quad]>,
     image: usize,
     head: usize,
     heads: usize,
@@ -81,52 +106,75 @@ fn load_token_tile<F: Float>(
     #[comptime] rows: usize,
     #[comptime] head_dim: usize,
 ) {
+    let quads = comptime!(head_dim / 4);
     let mut idx = UNIT_POS as usize;
-    while idx < rows * head_dim {
-        let row = first + idx / head_dim;
-        let at = ((image * tokens + row) * heads + head) * head_dim + idx % head_dim;
-        tile[idx] = if row < tokens { f32::cast_from(src[at]) } else { 0.0f32 };
+    while idx < rows * quads {
+        let row = first + idx / quads;
+        let mut v = Quad::new(0.0f32);
+        if row < tokens {
+            v = quad::<F>(src, ((image * tokens + row) * heads + head) * head_dim + (idx % quads) * 4, 1.0f32);
+        }
+        tile[idx] = v;
         idx += ROWS;
     }
 }
 
 /// `Σ_d a[d]·tile[row·hd + d]`.
 #[cube]
-fn dot_tile(a: &Array<f32>, tile: &Shared<[f32]>, row: usize, #[comptime] head_dim: usize) -> f32 {
-    let mut sum = 0.0f32;
-    let at = row * head_dim;
+fn dot_tile(a: &Array<Quad>, tile: &Shared<[Quad]>, row: usize, #[comptime] head_dim: usize) -> f32 {
+    let quads = comptime!(head_dim / 4);
+    let at = row * quads;
+    let mut sum = Quad::new(0.0f32);
     #[unroll]
-    for d in 0..head_dim {
-        sum += a[d] * tile[at + d];
+    for c in 0..quads {
+        sum = sum + a[c] * tile[at + c];
     }
-    sum
+    quad_sum(sum)
+}
+
+/// `Σ_d a[d]·b[d]` of two rows.
+#[cube]
+fn dot_rows(a: &Array<Quad>, b: &Array<Quad>, #[comptime] head_dim: usize) -> f32 {
+    let mut sum = Quad::new(0.0f32);
+    #[unroll]
+    for c in 0..comptime!(head_dim / 4) {
+        sum = sum + a[c] * b[c];
+    }
+    quad_sum(sum)
 }
 
 /// `acc[d] += w·tile[row·hd + d]`.
 #[cube]
-fn add_tile(acc: &mut Array<f32>, w: f32, tile: &Shared<[f32]>, row: usize, #[comptime] head_dim: usize) {
-    let at = row * head_dim;
+fn add_tile(acc: &mut Array<Quad>, w: f32, tile: &Shared<[Quad]>, row: usize, #[comptime] head_dim: usize) {
+    let quads = comptime!(head_dim / 4);
+    let at = row * quads;
+    let w = Quad::new(w);
     #[unroll]
-    for d in 0..head_dim {
-        acc[d] += w * tile[at + d];
+    for c in 0..quads {
+        acc[c] = acc[c] + w * tile[at + c];
     }
 }
 
 /// `row = src[at .. at + hd]` in f32, times `factor`.
 #[cube]
-fn load_row<F: Float>(row: &mut Array<f32>, src: &[F], at: usize, factor: f32, #[comptime] head_dim: usize) {
+fn load_row<F: Float>(row: &mut Array<Quad>, src: &[F], at: usize, factor: f32, #[comptime] head_dim: usize) {
     #[unroll]
-    for d in 0..head_dim {
-        row[d] = f32::cast_from(src[at + d]) * factor;
+    for c in 0..comptime!(head_dim / 4) {
+        row[c] = quad::<F>(src, at + c * 4, factor);
     }
 }
 
 /// `dst[at .. at + hd] = row·factor` in `F`.
 #[cube]
-fn store_row<F: Float>(dst: &mut [F], at: usize, row: &Array<f32>, factor: f32, #[comptime] head_dim: usize) {
+fn store_row<F: Float>(dst: &mut [F], at: usize, row: &Array<Quad>, factor: f32, #[comptime] head_dim: usize) {
     #[unroll]
-    for d in 0..head_dim {
-        dst[at + d] = F::cast_from(row[d] * factor);
+    for c in 0..comptime!(head_dim / 4) {
+        let v = row[c];
+        let to = at + c * 4;
+        dst[to] = F::cast_from(v.extract(0usize) * factor);
+        dst[to + 1] = F::cast_from(v.extract(1usize) * factor);
+        dst[to + 2] = F::cast_from(v.extract(2usize) * factor);
+        dst[to + 3] = F::cast_from(v.extract(3usize) * factor);
     }
 }
 
@@ -160,13 +208,13 @@ fn flash_attention_kernel<F: Float>(
 ) {
     let (bh, i, span, live) = head_and_row(all_heads, tokens);
     let start = bh * tokens * head_dim;
-    let mut qi = Array::<f32>::new(head_dim);
+    let mut qi = Array::<Quad>::new(comptime!(head_dim / 4));
     if live {
         load_row::<F>(&mut qi, q, start + i * head_dim, scale, head_dim);
     }
-    let mut acc = Array::<f32>::new(head_dim);
-    let mut k_tile = Shared::<[f32]>::new_slice(keys * head_dim);
-    let mut v_tile = Shared::<[f32]>::new_slice(keys * head_dim);
+    let mut acc = Array::<Quad>::new(comptime!(head_dim / 4));
+    let mut k_tile = Shared::<[Quad]>::new_slice(keys * comptime!(head_dim / 4));
+    let mut v_tile = Shared::<[Quad]>::new_slice(keys * comptime!(head_dim / 4));
     let mut max = f32::min_value();
     let mut sum = 0.0f32;
     let mut first = 0usize;
@@ -182,9 +230,10 @@ fn flash_attention_kernel<F: Float>(
                 // A new maximum: the running sum and values rescale to it.
                 let alpha = f32::exp(max - s);
                 sum *= alpha;
+                let scale_by = Quad::new(alpha);
                 #[unroll]
-                for d in 0..head_dim {
-                    acc[d] *= alpha;
+                for c in 0..comptime!(head_dim / 4) {
+                    acc[c] = acc[c] * scale_by;
                 }
                 max = s;
             }
@@ -223,23 +272,22 @@ fn flash_attention_dq_kernel<F: Float>(
     let start = bh * tokens * head_dim;
     let (image, head) = (bh / heads, bh % heads);
     let token_row = ((image * tokens + i) * heads + head) * head_dim;
-    let mut qi = Array::<f32>::new(head_dim);
-    let mut gi = Array::<f32>::new(head_dim);
+    let mut qi = Array::<Quad>::new(comptime!(head_dim / 4));
+    let mut gi = Array::<Quad>::new(comptime!(head_dim / 4));
     let mut lse_i = 0.0f32;
     let mut delta_i = 0.0f32;
     if live {
         load_row::<F>(&mut qi, q, start + i * head_dim, scale, head_dim);
         load_row::<F>(&mut gi, grad, token_row, 1.0f32, head_dim);
-        #[unroll]
-        for d in 0..head_dim {
-            delta_i += gi[d] * f32::cast_from(out[token_row + d]);
-        }
+        let mut out_row = Array::<Quad>::new(comptime!(head_dim / 4));
+        load_row::<F>(&mut out_row, out, token_row, 1.0f32, head_dim);
+        delta_i = dot_rows(&gi, &out_row, head_dim);
         delta[bh * tokens + i] = delta_i;
         lse_i = lse[bh * tokens + i];
     }
-    let mut acc = Array::<f32>::new(head_dim);
-    let mut k_tile = Shared::<[f32]>::new_slice(keys * head_dim);
-    let mut v_tile = Shared::<[f32]>::new_slice(keys * head_dim);
+    let mut acc = Array::<Quad>::new(comptime!(head_dim / 4));
+    let mut k_tile = Shared::<[Quad]>::new_slice(keys * comptime!(head_dim / 4));
+    let mut v_tile = Shared::<[Quad]>::new_slice(keys * comptime!(head_dim / 4));
     let mut first = 0usize;
     while first < span {
         sync_cube();
@@ -280,16 +328,16 @@ fn flash_attention_dkdv_kernel<F: Float>(
     let (bh, j, span, live) = head_and_row(all_heads, tokens);
     let start = bh * tokens * head_dim;
     let (image, head) = (bh / heads, bh % heads);
-    let mut kj = Array::<f32>::new(head_dim);
-    let mut vj = Array::<f32>::new(head_dim);
+    let mut kj = Array::<Quad>::new(comptime!(head_dim / 4));
+    let mut vj = Array::<Quad>::new(comptime!(head_dim / 4));
     if live {
         load_row::<F>(&mut kj, k, start + j * head_dim, scale, head_dim);
         load_row::<F>(&mut vj, v, start + j * head_dim, 1.0f32, head_dim);
     }
-    let mut dk_acc = Array::<f32>::new(head_dim);
-    let mut dv_acc = Array::<f32>::new(head_dim);
-    let mut q_tile = Shared::<[f32]>::new_slice(queries * head_dim);
-    let mut g_tile = Shared::<[f32]>::new_slice(queries * head_dim);
+    let mut dk_acc = Array::<Quad>::new(comptime!(head_dim / 4));
+    let mut dv_acc = Array::<Quad>::new(comptime!(head_dim / 4));
+    let mut q_tile = Shared::<[Quad]>::new_slice(queries * comptime!(head_dim / 4));
+    let mut g_tile = Shared::<[Quad]>::new_slice(queries * comptime!(head_dim / 4));
     let mut lse_tile = Shared::<[f32]>::new_slice(queries);
     let mut delta_tile = Shared::<[f32]>::new_slice(queries);
     let mut first = 0usize;

@@ -382,8 +382,9 @@ fn attention_matches_the_tensor_ops() {
 /// The flash pair against the reference bodies on wgpu: the output and each query's
 /// log-sum-exp against `reference::flash_attention`, the three gradients against the products'
 /// backward pass from the probabilities. Token counts within a tile, across key tiles and across
-/// cubes of 64 queries (70), spare cubes (several heads), head widths 16 to 128, f32 and f16, and
-/// scores of ±100 and more (exp overflows f32 without the running maximum).
+/// cubes of 64 queries (70), spare cubes (several heads), head widths 16 to 128 (and 6, which
+/// falls back to the reference body), f32 and f16, and scores of ±100 and more (exp overflows
+/// f32 without the running maximum).
 #[test]
 fn flash_attention_matches_the_reference_in_values_and_gradients() {
     use burn::tensor::FloatDType::{F16, F32};
@@ -398,6 +399,8 @@ fn flash_attention_matches_the_reference_in_values_and_gradients() {
         (2, 1, 70, 64, F32, 40.0),
         (1, 2, 70, 64, F16, 1.0),
         (2, 1, 33, 40, F16, 10.0),
+        // A head width the kernels do not take (not a multiple of 4): the reference body.
+        (1, 2, 9, 6, F32, 1.0),
     ] {
         let what = format!("flash_attention {b}×{h}×{t}×{hd} {dtype:?}, q of std {std}");
         let q = random([b, h, t, hd], std, 51, &device).cast(dtype);
@@ -430,8 +433,14 @@ fn flash_attention_matches_the_reference_in_values_and_gradients() {
             prim(grad.cast(F32)),
             scale,
         );
-        // f16 outputs are rounded to 11 bits (2⁻¹¹ ≈ 4.9e-4 relative).
-        let tol = if dtype == F32 { 1e-5 } else { 1e-3 };
+        // f16 outputs are rounded to 11 bits (2⁻¹¹ ≈ 4.9e-4 relative). With scores of ±100 the
+        // softmax is nearly one-hot and `dq = Σ p·(dp − δ)·k` mostly cancels: both sides carry f32
+        // rounding of ≈ 1e-5 there (a missing running maximum gives non-finite values instead).
+        let tol = match (dtype, std > 1.0) {
+            (F32, false) => 1e-5,
+            (F32, true) => 3e-5,
+            _ => 1e-3,
+        };
         let flat = |t: Tensor<3>| t.cast(F32).unsqueeze::<4>();
         assert_close(&format!("{what}, output"), flat(out), flat(from_prim(ref_out)), tol);
         assert_close(&format!("{what}, log-sum-exp"), flat(lse), flat(from_prim(ref_lse)), 1e-6);

@@ -26,11 +26,12 @@ fn f32_or_f16(t: &CubeTensor) -> bool {
     matches!(t.dtype(), DType::F32 | DType::F16)
 }
 
-/// Whether the flash kernels take `q`, `k`, `v`: one type, f32 or f16, heads of at most
-/// [`jit_shaders::MAX_HEAD_DIM`] channels.
+/// Whether the flash kernels take `q`, `k`, `v`: one type, f32 or f16, heads of a multiple of 4
+/// channels up to [`jit_shaders::MAX_HEAD_DIM`].
 fn flash_fits(q: &CubeTensor, k: &CubeTensor, v: &CubeTensor) -> bool {
     let head_dim = q.shape().to_vec().last().copied().unwrap_or(0);
-    f32_or_f16(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype() && head_dim <= jit_shaders::MAX_HEAD_DIM
+    let width = head_dim.is_multiple_of(4) && (4..=jit_shaders::MAX_HEAD_DIM).contains(&head_dim);
+    f32_or_f16(q) && k.dtype() == q.dtype() && v.dtype() == q.dtype() && width
 }
 
 impl JitOps for CubeBackend {
