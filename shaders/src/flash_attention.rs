@@ -127,7 +127,7 @@ fn dot_tile(a: &Array<Quad>, tile: &Shared<[Quad]>, row: usize, #[comptime] head
     let mut sum = Quad::new(0.0f32);
     #[unroll]
     for c in 0..quads {
-        sum = sum + a[c] * tile[at + c];
+        sum += a[c] * tile[at + c];
     }
     quad_sum(sum)
 }
@@ -138,7 +138,7 @@ fn dot_rows(a: &Array<Quad>, b: &Array<Quad>, #[comptime] head_dim: usize) -> f3
     let mut sum = Quad::new(0.0f32);
     #[unroll]
     for c in 0..comptime!(head_dim / 4) {
-        sum = sum + a[c] * b[c];
+        sum += a[c] * b[c];
     }
     quad_sum(sum)
 }
@@ -151,7 +151,7 @@ fn add_tile(acc: &mut Array<Quad>, w: f32, tile: &Shared<[Quad]>, row: usize, #[
     let w = Quad::new(w);
     #[unroll]
     for c in 0..quads {
-        acc[c] = acc[c] + w * tile[at + c];
+        acc[c] += w * tile[at + c];
     }
 }
 
@@ -233,7 +233,7 @@ fn flash_attention_kernel<F: Float>(
                 let scale_by = Quad::new(alpha);
                 #[unroll]
                 for c in 0..comptime!(head_dim / 4) {
-                    acc[c] = acc[c] * scale_by;
+                    acc[c] *= scale_by;
                 }
                 max = s;
             }
