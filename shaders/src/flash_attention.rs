@@ -92,6 +92,27 @@ fn load_tile<F: Float>(
     }
 }
 
+/// Keys and values `first ..` into their tiles, between barriers (the previous tile's reads
+/// done before, the whole tile written after).
+#[cube]
+#[allow(clippy::too_many_arguments)] // the sources, the tiles, the rows and the shape
+fn load_keys<F: Float>(
+    k: &[F],
+    v: &[F],
+    k_tile: &mut Shared<[Quad]>,
+    v_tile: &mut Shared<[Quad]>,
+    start: usize,
+    first: usize,
+    tokens: usize,
+    #[comptime] rows: usize,
+    #[comptime] head_dim: usize,
+) {
+    sync_cube();
+    load_tile::<F>(k, k_tile, start, first, tokens, rows, head_dim);
+    load_tile::<F>(v, v_tile, start, first, tokens, rows, head_dim);
+    sync_cube();
+}
+
 /// Like [`load_tile`], from a tensor in token order `[B, T, heads·hd]` (`o`'s gradient).
 #[cube]
 #[allow(clippy::too_many_arguments)] // the source and its shape, the tile and its place
@@ -219,10 +240,7 @@ fn flash_attention_kernel<F: Float>(
     let mut sum = 0.0f32;
     let mut first = 0usize;
     while first < span {
-        sync_cube();
-        load_tile::<F>(k, &mut k_tile, start, first, tokens, keys, head_dim);
-        load_tile::<F>(v, &mut v_tile, start, first, tokens, keys, head_dim);
-        sync_cube();
+        load_keys::<F>(k, v, &mut k_tile, &mut v_tile, start, first, tokens, keys, head_dim);
         let count = min(keys, tokens - first);
         for j in 0..count {
             let s = dot_tile(&qi, &k_tile, j, head_dim);
@@ -290,10 +308,7 @@ fn flash_attention_dq_kernel<F: Float>(
     let mut v_tile = Shared::<[Quad]>::new_slice(keys * comptime!(head_dim / 4));
     let mut first = 0usize;
     while first < span {
-        sync_cube();
-        load_tile::<F>(k, &mut k_tile, start, first, tokens, keys, head_dim);
-        load_tile::<F>(v, &mut v_tile, start, first, tokens, keys, head_dim);
-        sync_cube();
+        load_keys::<F>(k, v, &mut k_tile, &mut v_tile, start, first, tokens, keys, head_dim);
         let count = min(keys, tokens - first);
         for j in 0..count {
             let p = f32::exp(dot_tile(&qi, &k_tile, j, head_dim) - lse_i);
