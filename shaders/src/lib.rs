@@ -10,7 +10,8 @@
 //! - [`scaled_softmax`]: attention's softmax in f32 over scores in f32 or f16, with the
 //!   probabilities in both types, where attention runs as two products (one per block; burn's
 //!   chain is eight kernels);
-//! - [`silu_gate`]: SwiGLU's gate `SiLU(x1)·x2` (one per block);
+//! - [`silu_gate`]: SwiGLU's gate `SiLU(x1)·x2` (one per block), and its gradient,
+//!   [`silu_gate_backward`];
 //! - [`gated_residual`]: adaLN-Zero's `x + gate·y` (two per block), the gate a chunk of the
 //!   adaLN output;
 //! - [`cfg_mix`]: classifier-free guidance in the sampler;
@@ -26,7 +27,8 @@
 //!
 //! They take and return burn's cubecl tensors ([`CubeTensor`], contiguous or not): f32, and
 //! where mixed precision passes the products' f16 (`qkv_heads` and its backward kernels,
-//! `pad_part`, `scaled_softmax`) also f16, with the arithmetic in f32;
+//! `pad_part`, `scaled_softmax`, flash attention, the SwiGLU gate both ways) also f16, with the
+//! arithmetic in f32;
 //! `jit-core`'s op layer (`jit_core::ops`, a burn backend extension) calls them on
 //! [`CubeBackend`], in fusion's stream where burn's `fusion` is on and as tracked operations
 //! under autodiff. [`launches::count`] counts the kernels some work launches. Each kernel is
@@ -60,7 +62,7 @@ pub use qkv_heads_backward::{qkv_heads_dweight, qkv_heads_dx};
 pub use rms_norm_modulate::rms_norm_modulate;
 pub use rms_norm_modulate_backward::{rms_norm_modulate_dx, rms_norm_modulate_sums};
 pub use scaled_softmax::{scaled_softmax, scaled_softmax_backward};
-pub use silu_gate::silu_gate;
+pub use silu_gate::{silu_gate, silu_gate_backward};
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;

@@ -1,23 +1,51 @@
-//! SwiGLU's gate, one unit per output value: rows of `2·hidden` values `(x1, x2)` → rows of
-//! `hidden` values `SiLU(x1)·x2`, `SiLU(a) = a / (1 + e^−a)`.
+//! SwiGLU's gate and its gradient, one unit per gated value: rows of `2·hidden` values
+//! `(x1, x2)` → rows of `hidden` values `SiLU(x1)·x2`, `SiLU(a) = a / (1 + e^−a)`. Storage f32
+//! or f16 (the mixed-precision products' type: the `w12` product's output and the `w3`
+//! product's input, no casts around the kernels), arithmetic f32.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::{buffer, contiguous, elementwise_grid, empty_like};
+use crate::{buffer, contiguous, elementwise_grid, empty_like, with_float};
+
+/// Where gated value `i` (row-major `[rows, hidden]`) finds its `x1` in `h` `[rows, 2·hidden]`
+/// (its `x2` lies `hidden` further on).
+#[cube]
+fn x1_at(i: usize, hidden: usize) -> usize {
+    let row = i / hidden;
+    row * 2 * hidden + (i - row * hidden)
+}
+
+/// `σ(a) = 1 / (1 + e^−a)`.
+#[cube]
+fn sigmoid(a: f32) -> f32 {
+    1.0 / (1.0 + f32::exp(-a))
+}
 
 #[cube(launch_unchecked)]
 fn silu_gate_kernel<F: Float>(h: &[F], out: &mut [F], len: usize, hidden: usize) {
     let i = ABSOLUTE_POS;
     if i < len {
-        let row = i / hidden;
-        let at = row * 2 * hidden + (i - row * hidden);
-        let a = h[at];
-        out[i] = a / (F::new(1.0) + F::exp(-a)) * h[at + hidden];
+        let at = x1_at(i, hidden);
+        let a = f32::cast_from(h[at]);
+        out[i] = F::cast_from(a * sigmoid(a) * f32::cast_from(h[at + hidden]));
     }
 }
 
-/// `h` `[…, 2·hidden]` (f32) → `[…, hidden]`.
+/// `dh = (g·x2·SiLU'(x1), g·SiLU(x1))`, `SiLU'(a) = σ(a)·(1 + a·(1 − σ(a)))`.
+#[cube(launch_unchecked)]
+fn silu_gate_backward_kernel<F: Float>(h: &[F], grad: &[F], dh: &mut [F], len: usize, hidden: usize) {
+    let i = ABSOLUTE_POS;
+    if i < len {
+        let at = x1_at(i, hidden);
+        let (a, b, g) = (f32::cast_from(h[at]), f32::cast_from(h[at + hidden]), f32::cast_from(grad[i]));
+        let s = sigmoid(a);
+        dh[at] = F::cast_from(g * b * s * (1.0 + a * (1.0 - s)));
+        dh[at + hidden] = F::cast_from(g * a * s);
+    }
+}
+
+/// `h` `[…, 2·hidden]` (f32 or f16) → `[…, hidden]` in its type.
 pub fn silu_gate(h: CubeTensor) -> CubeTensor {
     let h = contiguous(h);
     let mut shape = h.meta.shape().to_vec();
@@ -27,18 +55,42 @@ pub fn silu_gate(h: CubeTensor) -> CubeTensor {
     let len: usize = shape.iter().product();
     let out = empty_like(&h, shape);
     let (cube_count, cube_dim) = elementwise_grid(&h, len);
-    // SAFETY: `h` and `out` are row-major with `2·len` and `len` values, and the kernel reads
-    // `h` at `row·2·hidden + c (+ hidden)` and writes `out` at `i` only for `i < len`.
-    unsafe {
-        silu_gate_kernel::launch_unchecked::<f32>(
+    // SAFETY: `h` and `out` are row-major in one type (`out` made like `h`) with `2·len` and
+    // `len` values, and the kernel reads `h` at `row·2·hidden + c (+ hidden)` and writes `out`
+    // at `i` only for `i < len`.
+    with_float!(h.dtype, "silu_gate", F => unsafe {
+        silu_gate_kernel::launch_unchecked::<F>(&h.client, cube_count, cube_dim, buffer(&h), buffer(&out), len, hidden);
+    });
+    out
+}
+
+/// [`silu_gate`]'s gradient: `h` `[…, 2·hidden]` and the output's gradient `grad`
+/// `[…, hidden]`, one type (f32 or f16) → `dh` `[…, 2·hidden]` in it.
+pub fn silu_gate_backward(h: CubeTensor, grad: CubeTensor) -> CubeTensor {
+    let (h, grad) = (contiguous(h), contiguous(grad));
+    let shape = h.meta.shape().to_vec();
+    let hidden = shape[shape.len() - 1] / 2;
+    let len = grad.meta.shape().num_elements();
+    assert!(
+        grad.dtype == h.dtype && len * 2 == h.meta.shape().num_elements(),
+        "silu_gate_backward: the gradient has h's type and half its values"
+    );
+    let dh = empty_like(&h, shape);
+    let (cube_count, cube_dim) = elementwise_grid(&h, len);
+    // SAFETY: `h` and `dh` are row-major with `2·len` values and `grad` with `len`, one type
+    // (checked); the kernel reads `grad` at `i`, and `h` and writes `dh` at `row·2·hidden + c`
+    // and `hidden` further, only for `i < len`: each value of `dh` exactly once.
+    with_float!(h.dtype, "silu_gate_backward", F => unsafe {
+        silu_gate_backward_kernel::launch_unchecked::<F>(
             &h.client,
             cube_count,
             cube_dim,
             buffer(&h),
-            buffer(&out),
+            buffer(&grad),
+            buffer(&dh),
             len,
             hidden,
         );
-    }
-    out
+    });
+    dh
 }

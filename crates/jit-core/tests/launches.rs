@@ -152,7 +152,8 @@ fn f16_qkv_heads_run_without_casts() {
 /// A training step's backward pass writes the gradients of each adaLN output and each `qkv`
 /// projection whole: the ops that read their chunks write their chunks of the gradient (zeros
 /// elsewhere), and attention's three gradients go straight into `qkv_heads`' backward pass, so
-/// no part's gradient is padded (`pad_part`) and added up. In f32 and with f16 products.
+/// no part's gradient is padded (`pad_part`) and added up; SwiGLU's gate is one kernel each way.
+/// In f32 and with f16 products.
 #[test]
 fn a_training_step_pads_no_parts_of_a_gradient() {
     use jit_core::{Jit, JitConfig};
@@ -205,6 +206,10 @@ fn a_training_step_pads_no_parts_of_a_gradient() {
         assert_eq!(named(&launched, &["GatedResidualBackward"]), 2 * depth, "{dtype:?}: {:?}", launched.by_kernel);
         assert_eq!(named(&launched, &["RmsNormModulateSums"]), 2 * depth + 1, "{dtype:?}: {:?}", launched.by_kernel);
         assert_eq!(named(&launched, &["QkvHeadsDxKernel<"]), depth, "{dtype:?}: {:?}", launched.by_kernel);
+        // SwiGLU's gate one kernel each way, in the products' type (no casts around it).
+        let typed = if dtype.is_some() { "f16" } else { "f32" };
+        assert_eq!(named(&launched, &["SiluGateKernel<", typed]), depth, "{dtype:?}: {:?}", launched.by_kernel);
+        assert_eq!(named(&launched, &["SiluGateBackwardKernel<", typed]), depth, "{dtype:?}: {:?}", launched.by_kernel);
         // Attention as the flash pair: one kernel forward, two backward; else none of them.
         let flash = if kernels == Flash { 3 * depth } else { 0 };
         assert_eq!(named(&launched, &["FlashAttention"]), flash, "{dtype:?}, {kernels:?}: {:?}", launched.by_kernel);

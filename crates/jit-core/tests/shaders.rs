@@ -315,6 +315,33 @@ fn qkv_heads_matches_the_tensor_ops() {
     }
 }
 
+/// SwiGLU's gate and its gradient on the f16 `w12` product's output (the mixed-precision path),
+/// one kernel each with the arithmetic in f32, against the reference bodies (f32, rounded once
+/// to f16); f32 too, to 1e-6. Large inputs (±12) reach SiLU's flat and linear ends.
+#[test]
+fn silu_gate_and_its_gradient_in_f32_and_f16_match_the_reference() {
+    use burn::tensor::{DType, FloatDType};
+    use jit_core::ops::JitOps;
+    let device = wgpu_device();
+    for (dtype, tol) in [(FloatDType::F32, 1e-6), (FloatDType::F16, 1e-3)] {
+        for &(b, t, hidden) in &[(2, 9, 37), (3, 70, 384)] {
+            let h = random([b, t, 2 * hidden], 4.0, hidden as u64, &device).cast(dtype);
+            let g = random([b, t, hidden], 1.0, 7, &device).cast(dtype);
+            let what = format!("{dtype:?} silu_gate {b}×{t}×{hidden}");
+            let before = ops::kernels_run();
+            let ours: Tensor<3> = from_prim(<Dispatch as JitOps>::silu_gate(prim(h.clone())));
+            let dh: Tensor<3> = from_prim(<Dispatch as JitOps>::silu_gate_backward(prim(h.clone()), prim(g.clone())));
+            let theirs: Tensor<3> = from_prim(reference::silu_gate::<Dispatch>(prim(h.clone())));
+            let rdh: Tensor<3> = from_prim(reference::silu_gate_backward::<Dispatch>(prim(h), prim(g)));
+            assert_eq!((ours.dtype(), dh.dtype()), (DType::from(dtype), DType::from(dtype)), "{what}: h's type");
+            assert_close(&what, ours.unsqueeze(), theirs.unsqueeze(), tol);
+            assert_close(&format!("{what}, dh"), dh.unsqueeze(), rdh.unsqueeze(), tol);
+            // (Counted once read: under burn's fusion the kernels run when their values are.)
+            assert_eq!(ops::kernels_run() - before, 2, "{what}: both ran a kernel");
+        }
+    }
+}
+
 /// `qkv_heads` and its backward pass on f16 `qkv` (the mixed-precision product's output) and
 /// f16 gradients, as one kernel each with the arithmetic in f32, against the reference bodies
 /// (which compute in f32 and round the results to f16).

@@ -29,11 +29,12 @@ impl SwiGlu {
         }
     }
 
-    /// `x` `[B, N, D]` → `[B, N, D]`.
+    /// `x` `[B, N, D]` → `[B, N, D]`. Under mixed precision the `w12` product's output and the
+    /// gate stay in the products' type (the gate computed in f32), the type `w3` takes.
     pub fn forward(&self, x: Tensor<3>, mm: MatmulDtype) -> Tensor<3> {
         let gated = match (&self.w12.bias, mm.0) {
             (Some(bias), None) => ops::swiglu_hidden(x, self.w12.weight.val(), bias.val()),
-            _ => ops::silu_gate(mm.linear(&self.w12, x)),
+            _ => ops::silu_gate(mm.linear_in_type(&self.w12, x)),
         };
         self.drop.forward(mm.linear(&self.w3, gated))
     }

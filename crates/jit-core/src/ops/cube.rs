@@ -1,6 +1,7 @@
 //! [`JitOps`] on burn's cubecl backend (GPUs through wgpu): the CubeCL kernels of `shaders/`
-//! (crate `jit-shaders`) for f32 tensors (`qkv_heads`, the parts' gradients, flash attention and
-//! attention's softmax also for f16, the mixed-precision products' type). Under
+//! (crate `jit-shaders`) for f32 tensors (`qkv_heads`, the parts' gradients, flash attention,
+//! attention's softmax and the SwiGLU gate both ways also for f16, the mixed-precision products'
+//! type). Under
 //! burn's `fusion` each call is one custom operation in fusion's stream, the backward passes
 //! included. The matrix products (linear layers, attention) are burn's own kernels (the
 //! reference bodies); other dtypes run the reference bodies.
@@ -177,11 +178,19 @@ impl JitOps for CubeBackend {
     }
 
     fn silu_gate(h: CubeTensor) -> CubeTensor {
-        if !f32s(&[&h]) {
+        if !f32_or_f16(&h) {
             return reference::silu_gate::<B>(h);
         }
         super::count_kernel();
         jit_shaders::silu_gate(h)
+    }
+
+    fn silu_gate_backward(h: CubeTensor, grad: CubeTensor) -> CubeTensor {
+        if !f32_or_f16(&h) || grad.dtype() != h.dtype() {
+            return reference::silu_gate_backward::<B>(h, grad);
+        }
+        super::count_kernel();
+        jit_shaders::silu_gate_backward(h, grad)
     }
 
     fn gated_residual(x: CubeTensor, modulation: CubeTensor, index: usize, y: CubeTensor) -> CubeTensor {

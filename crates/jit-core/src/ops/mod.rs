@@ -10,7 +10,7 @@
 //! |---|---|
 //! | default bodies | [`reference`]: the maths in burn's primitive tensor ops, for any backend |
 //! | Flex (CPU), f32 | [`flex`]: the kernels of [`crate::fused`] (one pass over memory each, `gemm` for the products) |
-//! | Cube (GPUs through wgpu), f32 (also f16 where mixed precision passes it: `qkv_heads`, the parts' gradients, attention's softmax, flash attention) | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
+//! | Cube (GPUs through wgpu), f32 (also f16 where mixed precision passes it: `qkv_heads`, the parts' gradients, attention's softmax, flash attention, the SwiGLU gate) | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
 //! | `Autodiff<B, C>`, any checkpoint strategy | [`autodiff`]: each operation one tracked node whose backward pass calls `B`'s backward method |
 //!
 //! A backend's method falls back to the reference body for inputs its kernels do not take
@@ -329,7 +329,8 @@ pub trait JitOps: Backend {
         Self::qkv_attention(qkv, q_weight, k_weight, cos, sin_signed, heads, scale, eps)
     }
 
-    /// SwiGLU's gate `SiLU(x1)·x2` of `h` `[…, 2·hidden]` → `[…, hidden]`.
+    /// SwiGLU's gate `SiLU(x1)·x2` of `h` `[…, 2·hidden]` → `[…, hidden]` in `h`'s type
+    /// (computed in f32).
     #[fusion(dtype = h, shape = half_last_shape(h))]
     fn silu_gate(h: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::silu_gate::<Self>(h)
@@ -343,9 +344,9 @@ pub trait JitOps: Backend {
         Self::silu_gate(Self::linear_layer(x, weight, bias))
     }
 
-    /// [`JitOps::silu_gate`]'s gradient `dh`.
-    /// (Element-wise tensor ops: under burn's fusion they stay in its stream, to be joined.)
-    #[fusion(default)]
+    /// [`JitOps::silu_gate`]'s gradient `dh` `[…, 2·hidden]` from `h` and the output's
+    /// gradient `grad` `[…, hidden]`.
+    #[fusion(dtype = h, shape = h)]
     fn silu_gate_backward(h: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::silu_gate_backward::<Self>(h, grad)
     }

@@ -387,25 +387,30 @@ pub fn split_parts<B: Backend>(x: T<B>) -> [T<B>; 3] {
     [0, 1, 2].map(|i| reshape::<B>(part::<B>(x.clone(), 0, i, 3), &d[1..]))
 }
 
-/// SwiGLU's gate: `h` `[…, 2·hidden]` = `(x1, x2)` → `SiLU(x1)·x2`.
+/// SwiGLU's gate: `h` `[…, 2·hidden]` = `(x1, x2)` → `SiLU(x1)·x2`, computed in f32 and
+/// returned in `h`'s type (an f16/bf16 `h` is the mixed-precision `w12` product's output).
 pub fn silu_gate<B: Backend>(h: T<B>) -> T<B> {
+    let dtype = h.dtype();
+    let h = cast::<B>(h, DType::F32);
     let last = h.shape().num_dims() - 1;
     let hidden = dims::<B>(&h)[last] / 2;
     let x1 = narrow::<B>(h.clone(), last, 0..hidden);
     let x2 = narrow::<B>(h, last, hidden..2 * hidden);
-    B::float_mul(silu::<B>(x1), x2)
+    cast::<B>(B::float_mul(silu::<B>(x1), x2), dtype)
 }
 
-/// [`silu_gate`]'s gradient `dh` from the output's `grad`:
-/// `(g·x2·SiLU'(x1), g·SiLU(x1))`, `SiLU'(x) = σ(x)·(1 + x·(1 − σ(x)))`.
+/// [`silu_gate`]'s gradient `dh` from the output's `grad` (both in `h`'s type; computed in
+/// f32): `(g·x2·SiLU'(x1), g·SiLU(x1))`, `SiLU'(x) = σ(x)·(1 + x·(1 − σ(x)))`.
 pub fn silu_gate_backward<B: Backend>(h: T<B>, grad: T<B>) -> T<B> {
+    let dtype = h.dtype();
+    let (h, grad) = (cast::<B>(h, DType::F32), cast::<B>(grad, DType::F32));
     let last = h.shape().num_dims() - 1;
     let hidden = dims::<B>(&h)[last] / 2;
     let x1 = narrow::<B>(h.clone(), last, 0..hidden);
     let x2 = narrow::<B>(h, last, hidden..2 * hidden);
     let dx1 = B::float_mul(B::float_mul(grad.clone(), x2), silu_slope::<B>(x1.clone()));
     let dx2 = B::float_mul(grad, silu::<B>(x1));
-    B::float_cat(vec![dx1, dx2], last)
+    cast::<B>(B::float_cat(vec![dx1, dx2], last), dtype)
 }
 
 /// SwiGLU's hidden activations from its input `x` `[…, D]`: the `w12` layer (`weight`
