@@ -252,3 +252,56 @@ fn adamw_with_both_emas_runs_many_parameters_per_launch() {
     let [shared, own] = launches;
     assert!(own < shared || shared == 1, "in place, more parameters a launch: {own} launches against {shared}");
 }
+
+/// A network made `for_sampling` with f16 products stores its linear layers' weights in f16:
+/// the same output, bit for bit, as casting them at every forward pass, with a cast launch fewer
+/// per linear layer (4 in the embedders, 5 a block, 2 in the head).
+#[test]
+fn sampling_weights_stored_in_f16_are_cast_once() {
+    use burn::tensor::DType;
+    use jit_core::{Jit, JitConfig};
+    let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = wgpu_device();
+    if !device.supports_dtype(FloatDType::F16) {
+        eprintln!("SKIP: f16 not supported on this adapter");
+        return;
+    }
+    let depth = 2;
+    let config = JitConfig {
+        input_size: 8,
+        patch_size: 4,
+        in_channels: 3,
+        hidden_size: 32,
+        depth,
+        num_heads: 2,
+        mlp_ratio: 2.0,
+        num_classes: 3,
+        bottleneck_dim: 8,
+        in_context_len: 2,
+        in_context_start: 1,
+        attn_drop: 0.0,
+        proj_drop: 0.0,
+    };
+    let net = common::randomized(&config, &device, 9);
+    let b = 2;
+    let values: Vec<f32> = (0..b * 3 * 8 * 8).map(|i| ((i * 11) % 29) as f32 / 29.0 - 0.5).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(values, [b, 3, 8, 8]), &device);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [b]), &device);
+    let y = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0i64, 2], [b]), &device);
+    let cast_each_pass = net.clone().with_matmul_dtype(Some(FloatDType::F16));
+    let stored = net.for_sampling(Some(FloatDType::F16));
+    assert_eq!(stored.blocks[1].mlp.w12.weight.val().dtype(), DType::F16, "weights stored in f16");
+    assert_eq!(stored.blocks[1].mlp.w12.bias.as_ref().map(|b| b.val().dtype()), Some(DType::F32), "biases f32");
+    let forward = |net: &Jit| to_vec(net.forward(x.clone(), t.clone(), y.clone()).cast(FloatDType::F32));
+    let (want, got) = (forward(&cast_each_pass), forward(&stored));
+    let (again, each) = jit_core::launches::count(|| forward(&cast_each_pass));
+    let (_, once) = jit_core::launches::count(|| forward(&stored));
+    assert_eq!(got, want, "the same output");
+    assert_eq!(again, want, "the same output when counted");
+    // 16 weights cast at each pass; burn's fusion may fold one into a product's read, so at
+    // least one fewer cast launch per block layer, and nothing launched in their place.
+    let casts = |l: &jit_core::launches::Launches| named(l, &["CastElement"]);
+    let (fewer, layers) = (casts(&each).saturating_sub(casts(&once)), 4 + 5 * depth + 2);
+    assert!((5 * depth..=layers).contains(&fewer), "{fewer} fewer casts: {:?}\n{:?}", each.by_kernel, once.by_kernel);
+    assert!(each.total() >= once.total() + fewer, "{} launches against {}", once.total(), each.total());
+}

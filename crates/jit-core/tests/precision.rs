@@ -78,6 +78,10 @@ fn half_precision_linears_match_f32_within_their_precision() {
         eprintln!("{dtype:?} linears: output rel L2 {err:.2e}");
         assert!(err < tolerance, "{dtype:?}: {err}");
         assert!(err > 0.0, "{dtype:?} must actually compute in lower precision");
+        // Weights stored in the products' type for sampling: the same values as cast each pass.
+        let stored = net.clone().for_sampling(Some(dtype));
+        assert_eq!(stored.blocks[0].attn.qkv.weight.val().dtype(), dtype.into(), "{dtype:?}: stored weights");
+        assert_eq!(to_vec(stored.forward(x.clone(), t.clone(), y.clone())), out, "{dtype:?}: for_sampling");
         // The objective and its gradients run too, in f32 around the half-precision products.
         let draw = StepNoise { t: t.clone(), noise: x.clone().mul_scalar(0.5), labels: y.clone() };
         let l_mixed: f32 = loss(&mixed, &DiffusionConfig::default(), x.clone().tanh(), draw).into_scalar();

@@ -311,7 +311,7 @@ impl JitGenerator {
             let copy = meta.copies.first().cloned().unwrap_or_default();
             let (model, meta) = checkpoint::load(&bytes, &copy, &device)
                 .map_err(|e| err(format!("not a usable JiT checkpoint: {e}")))?;
-            let model = model.with_matmul_dtype((precision == "f16").then_some(FloatDType::F16));
+            let model = model.for_sampling((precision == "f16").then_some(FloatDType::F16));
             let params = model.num_params();
             let inner =
                 Inner { model, meta, backend: backend.into(), precision, note, params, cancelled: Cell::new(false) };

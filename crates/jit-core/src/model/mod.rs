@@ -57,6 +57,15 @@ impl MatmulDtype {
         }
     }
 
+    /// Stores `layer`'s weight in the products' type (nothing for f32), so that [`Self::linear`]
+    /// and [`Self::linear_in_type`] find it there and do not cast it.
+    pub(crate) fn store_weight(self, layer: &mut Linear) {
+        if let Some(dtype) = self.0 {
+            // (A clone of the parameter shares its tensor: nothing is copied before the cast.)
+            layer.weight = layer.weight.clone().map(|w| w.cast(dtype));
+        }
+    }
+
     /// `x·weight (+ bias)` with every operand cast to `dtype` (no cast where one already is).
     fn typed<const D: usize>(dtype: FloatDType, layer: &Linear, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
         crate::ops::linear(x.cast(dtype), layer.weight.val().cast(dtype), bias.map(|b| b.cast(dtype)))

@@ -222,7 +222,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let (first_sample, sample_ips, sample_rate, sample_launches) = if a.no_sample {
             ("—".into(), "—".into(), "—".into(), "—".into())
         } else {
-            let ema = state.ema1.model.clone();
+            let ema = state.ema1.model.clone().for_sampling(mm);
             let (first, secs, images, launches) = time_sampling(&lanes, &ema, &diffusion, &a, &device)?;
             let flops = config.forward_flops(images);
             (format!("{first:.3}"), format!("{:.2}", a.sample_count as f64 / secs), rate(flops, secs, peak), launches)

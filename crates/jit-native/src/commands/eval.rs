@@ -85,7 +85,7 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
     let loaded = match &a.checkpoint {
         Some(p) => {
             let (model, meta) = model_file::load(p, a.weights, &device, a.backend.memory_limit())?;
-            Some((model.with_matmul_dtype(a.backend.matmul_dtype(&device)?), meta))
+            Some((model.for_sampling(a.backend.matmul_dtype(&device)?), meta))
         }
         None => None,
     };

@@ -179,7 +179,7 @@ pub fn run(
         score_folder(dir, &net, f.fid_batch, &mut got)?;
     } else if let Some(ckpt) = checkpoint {
         let (model, meta) = model_file::load(ckpt, weights, &device, backend.memory_limit())?;
-        let model = model.with_matmul_dtype(backend.matmul_dtype(&device)?);
+        let model = model.for_sampling(backend.matmul_dtype(&device)?);
         let sampler = SamplerConfig {
             steps: steps.unwrap_or(meta.sampler.steps),
             cfg: cfg.unwrap_or(meta.sampler.cfg),

@@ -134,7 +134,7 @@ fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
     let (device, _) = a.backend.device_for_rank((size > 1).then(|| world.local_rank()), &who)?;
     let limit = a.backend.memory_limit();
     let (model, meta) = model_file::load(&a.checkpoint, a.weights, &device, limit)?;
-    let model = model.with_matmul_dtype(a.backend.matmul_dtype(&device)?);
+    let model = model.for_sampling(a.backend.matmul_dtype(&device)?);
     let c = &meta.network;
     let sampler = meta.sampler.with(SamplerOverrides {
         method: a.sampler,
