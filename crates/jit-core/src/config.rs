@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::JitError;
+use crate::ops::{self, AttentionKernels};
 
 /// The JiT network, with the reference's field names (`model_jit.py`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,13 +273,20 @@ impl JitConfig {
         2.0 * macs * images as f64
     }
 
-    /// Bytes of the largest activations of one block for `batch` images, roughly: tokens ×
-    /// (4·D + 2·max(MLP width, 3·D)) plus the attention scores heads × T², all f32.
+    /// Bytes of the largest activations of one block for `batch` images, roughly, all f32:
+    /// tokens × (4·D + 2·max(MLP width, 3·D)), plus attention's scores and probabilities
+    /// 2·heads·T² where attention runs as products (the default, and the CPU's kernels), or its
+    /// log-sum-exps heads·T with [`AttentionKernels::Flash`] (as [`ops::attention_kernels`] is
+    /// set when the estimate is made).
     pub fn block_activation_bytes(&self, batch: usize) -> u64 {
         let tokens = (self.num_patches() + self.in_context_len) as u128;
         let (b, d, heads) = (batch as u128, self.hidden_size as u128, self.num_heads as u128);
         let wide = (self.mlp_hidden() as u128).max(3 * d);
-        let bytes = 4 * (b * tokens * (4 * d + 2 * wide) + b * heads * tokens * tokens * 2);
+        let attention = match ops::attention_kernels() {
+            AttentionKernels::Products => 2 * tokens * tokens,
+            AttentionKernels::Flash => tokens,
+        };
+        let bytes = 4 * (b * tokens * (4 * d + 2 * wide) + b * heads * attention);
         bytes.min(u64::MAX as u128) as u64
     }
 

@@ -409,6 +409,27 @@ fn a_step_in_parts_is_the_whole_batch_step() {
     assert_eq!(parts.step, 1);
 }
 
+/// With the flash pair attention keeps no `[B, heads, T, T]` scores, and the estimate knows it:
+/// B/16 at 256² in batches of 96 fits the default 16 GiB that way (≈ 12.4 GiB), not with the
+/// products (≈ 20.9 GiB).
+#[test]
+fn the_memory_estimate_follows_how_attention_runs() {
+    use jit_core::MemoryLimit;
+    use jit_core::ops::{AttentionKernels, set_attention_kernels};
+    let config = JitConfig::preset("JiT-B/16", 256, 3, 1000).unwrap();
+    let (b, t, heads) = (96u64, 256 + 32, 12u64);
+    let products = config.train_bytes(96);
+    set_attention_kernels(AttentionKernels::Flash);
+    let flash = config.train_bytes(96);
+    let fits = MemoryLimit::default().check_training(&config, 96);
+    set_attention_kernels(AttentionKernels::Products);
+    // Per block: 2·heads·T² f32 scores and probabilities against heads·T log-sum-exps.
+    assert_eq!(products - flash, 12 * 4 * b * heads * (2 * t * t - t), "{products} against {flash}");
+    assert!(fits.is_ok(), "{fits:?}");
+    let refused = MemoryLimit::default().check_training(&config, 96).unwrap_err().to_string();
+    assert!(refused.contains("over the memory limit"), "{refused}");
+}
+
 #[test]
 fn a_step_is_split_only_as_far_as_the_memory_limit_allows() {
     use jit_core::MemoryLimit;

@@ -145,10 +145,6 @@ impl BackendArgs {
     /// starts the line that names the device ("rank 1 of 8 (local 1): ").
     pub fn device_for_rank(&self, local_rank: Option<usize>, who: &str) -> Result<(Device, String)> {
         let index = self.device_index.or(local_rank);
-        jit_core::ops::set_attention_kernels(match self.attention {
-            Attention::Flash => jit_core::ops::AttentionKernels::Flash,
-            Attention::Products => jit_core::ops::AttentionKernels::Products,
-        });
         let api = match self.backend {
             BackendKind::Cpu => None,
             // On Linux a GPU that wgpu can compute on has Vulkan; probing OpenGL as well (EGL,
@@ -186,7 +182,17 @@ impl BackendArgs {
             }
         };
         eprintln!("{who}backend: {name}");
-        if device == Device::flex() {
+        // The CPU runs its own attention kernels, which keep the probabilities: the switch (and
+        // the memory estimate that reads it) says so there.
+        let on_cpu = device == Device::flex();
+        if on_cpu && self.attention == Attention::Flash {
+            eprintln!("{who}note: --attention flash is for GPUs; the CPU runs its own attention kernels");
+        }
+        jit_core::ops::set_attention_kernels(match self.attention {
+            Attention::Flash if !on_cpu => jit_core::ops::AttentionKernels::Flash,
+            _ => jit_core::ops::AttentionKernels::Products,
+        });
+        if on_cpu {
             // burn creates some state (tensors made without a device) on `Device::default()`,
             // which is a GPU backend when compiled in; keep it on the CPU backend we chose.
             // SAFETY: set once during start-up, before the data loader thread starts.

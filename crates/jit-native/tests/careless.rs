@@ -116,6 +116,14 @@ fn every_number_is_checked_where_it_enters() {
     let out = ok(&["train", "--backend", "cpu", "--image-size", "1024", "--patch-size", "16", "--dry-run"]);
     assert!(stdout(&out).contains("\"patch_size\": 16"), "{}", stdout(&out));
     assert!(!run.exists(), "nothing was written by refused or dry runs");
+    // A run over the memory limit is refused before its directory is made; on the CPU the
+    // estimate keeps attention's probabilities even with --attention flash (a GPU switch).
+    let args = train_args(&run, &["--attention", "flash", "--max-memory", "0.000001"]);
+    let out = common::jit(&refs(&args));
+    assert!(!out.status.success() && stderr(&out).contains("memory limit"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--attention flash is for GPUs"), "{}", stderr(&out));
+    common::fails(&refs(&args), "memory limit");
+    assert!(!run.exists(), "nothing was written by a run over the memory limit");
     // Counts and scales.
     refused(&["bench", "--backend", "cpu", "--batch-size", "0"], "batch-size");
     refused(&["bench", "--backend", "cpu", "--sample-count", "0"], "sample-count");

@@ -138,6 +138,9 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
         dist::check_same(world, dist::settings_hash(&[&names]), "sees another dataset (size or classes)")?;
     }
     let limit = args.backend.memory_limit();
+    let (device, _) = args.backend.device_for_rank((size > 1).then(|| world.local_rank()), &who)?;
+    // Once the device is known (the estimate follows how it runs attention), before a run
+    // directory is made.
     limit.check_training(&r.network, r.batch_size)?;
     let is_resume = args.resume.is_some();
     let dir = match (lead, resumed) {
@@ -145,7 +148,6 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
         (true, Some(dir)) => Some(dir),
         (true, None) => Some(RunDir::create(&args.out.clone().unwrap_or_else(default_run_dir))?),
     };
-    let (device, _) = args.backend.device_for_rank((size > 1).then(|| world.local_rank()), &who)?;
     // Rank 0 picks the checkpoint to resume from; every rank restores the same bytes.
     let (state, mut bytes) = match (&dir, is_resume) {
         (Some(dir), true) => resume_newest_intact(dir, &r, &device, limit)?,
