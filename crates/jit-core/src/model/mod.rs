@@ -38,7 +38,8 @@ impl MatmulDtype {
             Some(dtype) => {
                 let product = Self::typed(dtype, layer, x, None).cast(FloatDType::F32);
                 match bias {
-                    Some(b) => product.add(b.unsqueeze()),
+                    // (An f32 bias is not cast; one stored in another type is added in f32.)
+                    Some(b) => product.add(b.cast(FloatDType::F32).unsqueeze()),
                     None => product,
                 }
             }
@@ -58,11 +59,20 @@ impl MatmulDtype {
     }
 
     /// Stores `layer`'s weight in the products' type (nothing for f32), so that [`Self::linear`]
-    /// and [`Self::linear_in_type`] find it there and do not cast it.
+    /// and [`Self::linear_in_type`] find it there and do not cast it at each call.
     pub(crate) fn store_weight(self, layer: &mut Linear) {
         if let Some(dtype) = self.0 {
             // (A clone of the parameter shares its tensor: nothing is copied before the cast.)
             layer.weight = layer.weight.clone().map(|w| w.cast(dtype));
+        }
+    }
+
+    /// [`Self::store_weight`], and the bias too, for a layer that runs through
+    /// [`Self::linear_in_type`] (which adds its bias in the products' type).
+    pub(crate) fn store_in_type(self, layer: &mut Linear) {
+        self.store_weight(layer);
+        if let (Some(dtype), Some(bias)) = (self.0, layer.bias.as_mut()) {
+            *bias = bias.clone().map(|b| b.cast(dtype));
         }
     }
 
