@@ -27,8 +27,9 @@
 //!
 //! They take and return burn's cubecl tensors ([`CubeTensor`], contiguous or not): f32, and
 //! where mixed precision passes the products' f16 (`qkv_heads` and its backward kernels,
-//! `pad_part`, `scaled_softmax`, flash attention, the SwiGLU gate both ways) also f16, with the
-//! arithmetic in f32;
+//! `pad_part`, `scaled_softmax`, flash attention, the SwiGLU gate both ways, the adaLN output
+//! that `rms_norm_modulate` and `gated_residual` read and whose gradient they write) also f16,
+//! with the arithmetic in f32;
 //! `jit-core`'s op layer (`jit_core::ops`, a burn backend extension) calls them on
 //! [`CubeBackend`], in fusion's stream where burn's `fusion` is on and as tracked operations
 //! under autodiff. [`launches::count`] counts the kernels some work launches. Each kernel is
@@ -124,7 +125,12 @@ fn empty_f32(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
 
 /// A new row-major tensor of `shape` on `like`'s device, with its dtype.
 fn empty_like(like: &CubeTensor, shape: Vec<usize>) -> CubeTensor {
-    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), Shape::from(shape), like.dtype)
+    empty_typed(like, shape, like.dtype)
+}
+
+/// A new row-major tensor of `shape` and `dtype` on `like`'s device.
+fn empty_typed(like: &CubeTensor, shape: Vec<usize>, dtype: DType) -> CubeTensor {
+    empty_device_contiguous_dtype(like.client.clone(), like.device.clone(), Shape::from(shape), dtype)
 }
 
 /// The cubes and their size for a kernel with one unit per value of `len` values on `like`'s

@@ -6,21 +6,24 @@
 //! - per batch image and channel, one unit per (b, d): `Σ_t g` (= `dshift`) and `w·Σ_t g·x̂`
 //!   (= `dscale`), written at their chunks of the adaLN output's gradient (zeros at the others),
 //!   and `(1 + scale)·Σ_t g·x̂`, whose sum over the images is `dweight`.
+//!
+//! `x`, `weight`, `dx`, the RMS and `dweight`'s parts are f32; `scale`, `g` and the adaLN
+//! output's gradient are in the adaLN output's type, f32 or f16; the arithmetic is f32.
 
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, cube_sum, row_rms, units_for};
-use crate::{buffer, contiguous, elementwise_grid, empty_like, per_image};
+use crate::{assert_f32, buffer, contiguous, elementwise_grid, empty_f32, empty_typed, per_image, with_float};
 
 #[cube(launch_unchecked)]
-fn rms_norm_modulate_dx_kernel<F: Float>(
-    x: &[F],
-    weight: &[F],
-    scale: &[F],
-    grad: &[F],
-    rms: &mut [F],
-    dx: &mut [F],
+fn rms_norm_modulate_dx_kernel<M: Float>(
+    x: &[f32],
+    weight: &[f32],
+    scale: &[M],
+    grad: &[M],
+    rms: &mut [f32],
+    dx: &mut [f32],
     rows: usize,
     dim: usize,
     tokens: usize,
@@ -32,21 +35,21 @@ fn rms_norm_modulate_dx_kernel<F: Float>(
     let len = if row < rows { dim } else { 0usize };
     let start = row * dim;
     let batch = (row / tokens) * scale_stride;
-    let r = row_rms::<F, F>(x, start, len, dim, eps, units);
+    let r = row_rms::<f32, f32>(x, start, len, dim, eps, units);
     if row < rows && UNIT_POS == 0 {
         rms[row] = r;
     }
-    let mut dot = F::new(0.0);
+    let mut dot = 0.0f32;
     let mut i = UNIT_POS as usize;
     while i < len {
-        let g_hat = grad[start + i] * (F::new(1.0) + scale[batch + i]) * weight[i];
+        let g_hat = f32::cast_from(grad[start + i]) * (1.0 + f32::cast_from(scale[batch + i])) * weight[i];
         dot += g_hat * x[start + i] / r;
         i += units;
     }
-    let mean = cube_sum::<F>(dot, units) / F::cast_from(dim);
+    let mean = cube_sum::<f32>(dot, units) / f32::cast_from(dim);
     let mut i = UNIT_POS as usize;
     while i < len {
-        let g_hat = grad[start + i] * (F::new(1.0) + scale[batch + i]) * weight[i];
+        let g_hat = f32::cast_from(grad[start + i]) * (1.0 + f32::cast_from(scale[batch + i])) * weight[i];
         dx[start + i] = (g_hat - x[start + i] / r * mean) / r;
         i += units;
     }
@@ -54,14 +57,14 @@ fn rms_norm_modulate_dx_kernel<F: Float>(
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)] // the inputs, both outputs, the shape and the chunks
-fn rms_norm_modulate_sums_kernel<F: Float>(
-    x: &[F],
-    weight: &[F],
-    scale: &[F],
-    grad: &[F],
-    rms: &[F],
-    dmodulation: &mut [F],
-    partial: &mut [F],
+fn rms_norm_modulate_sums_kernel<M: Float>(
+    x: &[f32],
+    weight: &[f32],
+    scale: &[M],
+    grad: &[M],
+    rms: &[f32],
+    dmodulation: &mut [M],
+    partial: &mut [f32],
     batch: usize,
     tokens: usize,
     dim: usize,
@@ -72,11 +75,11 @@ fn rms_norm_modulate_sums_kernel<F: Float>(
     let unit = ABSOLUTE_POS;
     if unit < batch * dim {
         let (b, d) = (unit / dim, unit % dim);
-        let mut sum_g = F::new(0.0);
-        let mut sum_gx = F::new(0.0);
+        let mut sum_g = 0.0f32;
+        let mut sum_gx = 0.0f32;
         for t in 0..tokens {
             let row = b * tokens + t;
-            let g = grad[row * dim + d];
+            let g = f32::cast_from(grad[row * dim + d]);
             sum_g += g;
             sum_gx += g * x[row * dim + d] / rms[row];
         }
@@ -88,17 +91,17 @@ fn rms_norm_modulate_sums_kernel<F: Float>(
             } else if c == index + 1 {
                 weight[d] * sum_gx
             } else {
-                F::new(0.0)
+                0.0f32
             };
-            dmodulation[(b * chunks + c) * dim + d] = value;
+            dmodulation[(b * chunks + c) * dim + d] = M::cast_from(value);
         }
-        partial[unit] = (F::new(1.0) + scale[b * scale_stride + d]) * sum_gx;
+        partial[unit] = (1.0 + f32::cast_from(scale[b * scale_stride + d])) * sum_gx;
     }
 }
 
 /// `dx` `[B, T, D]` and the rows' RMS `[B·T]` (`sqrt(mean(x²) + eps)`, for
-/// [`rms_norm_modulate_sums`]) from `x`, the norm's `weight` `[D]`, `scale` `[B, 1, D]` and the
-/// output's gradient (f32).
+/// [`rms_norm_modulate_sums`]) from `x`, the norm's `weight` `[D]` (f32), `scale` `[B, 1, D]` and
+/// the output's gradient (one type, f32 or f16).
 pub fn rms_norm_modulate_dx(
     x: CubeTensor,
     weight: CubeTensor,
@@ -107,18 +110,22 @@ pub fn rms_norm_modulate_dx(
     eps: f32,
 ) -> (CubeTensor, CubeTensor) {
     let [x, weight, grad] = [x, weight, grad].map(contiguous);
+    assert_f32("rms_norm_modulate_dx", &[&x, &weight]);
+    assert_eq!(grad.dtype, scale.dtype, "rms_norm_modulate_dx: the gradient in the scale's type");
+    let typed = scale.dtype;
     let (scale, scale_stride) = per_image(scale);
     let shape = x.meta.shape().to_vec();
     let (tokens, dim) = (shape[1], shape[2]);
     let rows = shape[0] * tokens;
-    let dx = empty_like(&x, shape);
-    let rms = empty_like(&x, vec![rows]);
+    let dx = empty_f32(&x, shape);
+    let rms = empty_f32(&x, vec![rows]);
     let units = units_for(dim);
-    // SAFETY: the other operands are row-major with the shapes above; the kernel reads and
-    // writes row `row < rows` at `row·dim + i`, `i < dim`, `rms` at `row`, and reads `scale`
-    // at `b·scale_stride + i`, inside the buffer `per_image` gave.
-    unsafe {
-        rms_norm_modulate_dx_kernel::launch_unchecked::<f32>(
+    // SAFETY: the other operands are row-major with the shapes above, `x`, `weight`, `dx` and
+    // `rms` f32 and `grad` in the scale's type (checked); the kernel reads and writes row
+    // `row < rows` at `row·dim + i`, `i < dim`, `rms` at `row`, and reads `scale` at
+    // `b·scale_stride + i`, inside the buffer `per_image` gave.
+    with_float!(typed, "rms_norm_modulate_dx", M => unsafe {
+        rms_norm_modulate_dx_kernel::launch_unchecked::<M>(
             &x.client,
             cube_count(rows),
             CubeDim::new_1d(units as u32),
@@ -135,7 +142,7 @@ pub fn rms_norm_modulate_dx(
             eps,
             units,
         );
-    }
+    });
     (dx, rms)
 }
 
@@ -143,7 +150,8 @@ pub fn rms_norm_modulate_dx(
 /// `index + 1` are the shift and the scale: `Σ_t grad` (`dshift`) and `weight·Σ_t grad·x̂`
 /// (`dscale`) there, zeros at the other chunks; and `[B, D]`, `(1 + scale)·Σ_t grad·x̂` (summed
 /// over `B`: `dweight`). For `x` and `grad` `[B, T, D]`, `weight` `[D]`, `scale` `[B, 1, D]`,
-/// `rms` `[B·T]`, `x̂ = x/rms` (all f32).
+/// `rms` `[B·T]`, `x̂ = x/rms`; `x`, `weight`, `rms` and the `[B, D]` part f32, `scale`, `grad`
+/// and `dmodulation` in one type, f32 or f16.
 pub fn rms_norm_modulate_sums(
     x: CubeTensor,
     weight: CubeTensor,
@@ -155,18 +163,22 @@ pub fn rms_norm_modulate_sums(
 ) -> (CubeTensor, CubeTensor) {
     assert!(index + 1 < chunks, "rms_norm_modulate_sums: shift and scale are chunks of the modulation");
     let [x, weight, grad, rms] = [x, weight, grad, rms].map(contiguous);
+    assert_f32("rms_norm_modulate_sums", &[&x, &weight, &rms]);
+    assert_eq!(grad.dtype, scale.dtype, "rms_norm_modulate_sums: the gradient in the scale's type");
+    let typed = scale.dtype;
     let (scale, scale_stride) = per_image(scale);
     let shape = x.meta.shape().to_vec();
     let (batch, tokens, dim) = (shape[0], shape[1], shape[2]);
-    let dmodulation = empty_like(&x, vec![batch, chunks * dim]);
-    let partial = empty_like(&x, vec![batch, dim]);
+    let dmodulation = empty_typed(&x, vec![batch, chunks * dim], typed);
+    let partial = empty_f32(&x, vec![batch, dim]);
     let (count, cube_dim) = elementwise_grid(&x, batch * dim);
     // SAFETY: one unit per (b, d) < batch·dim (checked in the kernel) reads rows b·T..(b+1)·T
     // of `x` and `grad` at column d, `rms` at those rows, `weight` at d and `scale` at
     // b·scale_stride + d (inside the buffer `per_image` gave), and writes `dmodulation` at
-    // (b, c·dim + d) for c < chunks and `partial` at (b, d).
-    unsafe {
-        rms_norm_modulate_sums_kernel::launch_unchecked::<f32>(
+    // (b, c·dim + d) for c < chunks and `partial` at (b, d); each buffer of the type the kernel
+    // binds it as (checked).
+    with_float!(typed, "rms_norm_modulate_sums", M => unsafe {
+        rms_norm_modulate_sums_kernel::launch_unchecked::<M>(
             &x.client,
             count,
             cube_dim,
@@ -184,6 +196,6 @@ pub fn rms_norm_modulate_sums(
             index,
             chunks,
         );
-    }
+    });
     (dmodulation, partial)
 }

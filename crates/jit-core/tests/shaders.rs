@@ -315,6 +315,67 @@ fn qkv_heads_matches_the_tensor_ops() {
     }
 }
 
+/// `rms_norm_modulate` and `gated_residual`, both ways, with the adaLN output in f16 (the
+/// mixed-precision path: f32 `x`, `y` and gains), one kernel each with the arithmetic in f32,
+/// against the reference bodies (f32, results rounded once to the modulation's type): the
+/// normalised tokens and the adaLN output's gradients in f16, the rest f32.
+#[test]
+fn the_adaln_kernels_take_an_f16_adaln_output() {
+    use burn::tensor::{DType, FloatDType};
+    use jit_core::ops::JitOps;
+    let device = wgpu_device();
+    for &(b, t, d, index) in &[(2, 9, 256, 0), (3, 70, 40, 3)] {
+        let x = random([b, t, d], 2.0, 1, &device);
+        let y = random([b, t, d], 1.0, 2, &device);
+        let m = random([b, 6 * d], 0.7, 3, &device).cast(FloatDType::F16);
+        let w = gain(d, 4, &device);
+        let g16 = random([b, t, d], 1.0, 5, &device).cast(FloatDType::F16);
+        let g32 = random([b, t, d], 1.0, 6, &device);
+        let what = format!("f16 adaLN output, {b}×{t}×{d}, chunk {index}");
+        let before = ops::kernels_run();
+        let [x_, y_, g16_, g32_] = [x, y, g16, g32].map(prim);
+        let (w_, m_) = (prim(w), prim(m));
+        let pairs: Vec<(&str, Tensor<3>, Tensor<3>, f64)> = {
+            type D = Dispatch;
+            let h = <D as JitOps>::rms_norm_modulate(x_.clone(), w_.clone(), m_.clone(), index, RMS_EPS);
+            let rh = reference::rms_norm_modulate::<D>(x_.clone(), w_.clone(), m_.clone(), index, RMS_EPS);
+            let (dx, dw, dm) = <D as JitOps>::rms_norm_modulate_backward(
+                x_.clone(),
+                w_.clone(),
+                m_.clone(),
+                index,
+                g16_.clone(),
+                RMS_EPS,
+            );
+            let (rdx, rdw, rdm) =
+                reference::rms_norm_modulate_backward::<D>(x_.clone(), w_.clone(), m_.clone(), index, g16_, RMS_EPS);
+            let out = <D as JitOps>::gated_residual(x_.clone(), m_.clone(), index + 2, y_.clone());
+            let rout = reference::gated_residual::<D>(x_.clone(), m_.clone(), index + 2, y_.clone());
+            let (gm, gy) = <D as JitOps>::gated_residual_backward(m_.clone(), index + 2, g32_.clone(), y_.clone());
+            let (rgm, rgy) = reference::gated_residual_backward::<D>(m_, index + 2, g32_, y_);
+            let t3 = |t| from_prim::<3>(t);
+            let m3 = |t| from_prim::<2>(t).unsqueeze::<3>();
+            let w3 = |t| from_prim::<1>(t).reshape([1, 1, d]);
+            vec![
+                ("h", t3(h), t3(rh), 1e-3),
+                ("dx", t3(dx), t3(rdx), 1e-5),
+                ("dweight", w3(dw), w3(rdw), 1e-5),
+                ("dmodulation (norm)", m3(dm), m3(rdm), 1e-3),
+                ("out", t3(out), t3(rout), 1e-6),
+                ("dmodulation (gate)", m3(gm), m3(rgm), 1e-3),
+                ("dy", t3(gy), t3(rgy), 1e-6),
+            ]
+        };
+        for (name, ours, theirs, tol) in pairs {
+            let typed = if name == "h" || name.starts_with("dmodulation") { DType::F16 } else { DType::F32 };
+            assert_eq!(ours.dtype(), typed, "{what}, {name}: its type");
+            assert_close(&format!("{what}, {name}"), ours.unsqueeze(), theirs.unsqueeze(), tol);
+        }
+        // (Counted once read: under burn's fusion the kernels run when their values are.)
+        assert_eq!(ops::kernels_run() - before, 4, "{what}: all four ran their kernels");
+    }
+}
+
 /// SwiGLU's gate and its gradient on the f16 `w12` product's output (the mixed-precision path),
 /// one kernel each with the arithmetic in f32, against the reference bodies (f32, rounded once
 /// to f16); f32 too, to 1e-6. Large inputs (±12) reach SiLU's flat and linear ends.

@@ -51,8 +51,10 @@ impl JitBlock {
     /// `x` `[B, T, D]`, `c_silu` = SiLU(c) `[B, D]` → `[B, T, D]`.
     pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>, rope: &Rope, mm: MatmulDtype) -> Tensor<3> {
         // The adaLN output [B, 6·D]: shift, scale, gate for attention, then for the MLP; each
-        // op reads its chunks of it (and writes its chunks of the gradient).
-        let m = mm.linear(&self.adaLN_modulation, c_silu);
+        // op reads its chunks of it (and writes its chunks of the gradient). Under mixed
+        // precision it stays in the products' type, as the reference's autocast leaves it, and
+        // so do the normalised tokens `rms_norm_modulate` writes for `qkv` and `w12`.
+        let m = mm.linear_in_type(&self.adaLN_modulation, c_silu);
         // modulate(x) = x·(1 + scale) + shift after each RMSNorm (adaLN).
         let h = ops::rms_norm_modulate(x.clone(), self.norm1.weight.val(), m.clone(), MSA, RMS_EPS);
         let x = ops::gated_residual(x, m.clone(), MSA + 2, self.attn.forward(h, rope, mm));

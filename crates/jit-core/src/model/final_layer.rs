@@ -35,8 +35,9 @@ impl FinalLayer {
 
     /// `x` `[B, N, D]`, `c_silu` `[B, D]` → `[B, N, p·p·C]`.
     pub fn forward(&self, x: Tensor<3>, c_silu: Tensor<2>, mm: MatmulDtype) -> Tensor<3> {
-        // The adaLN output [B, 2·D]: chunk 0 the shift, chunk 1 the scale.
-        let m = mm.linear(&self.adaLN_modulation, c_silu);
+        // The adaLN output [B, 2·D]: chunk 0 the shift, chunk 1 the scale (in the products' type
+        // under mixed precision, as the normalised tokens that `linear` takes).
+        let m = mm.linear_in_type(&self.adaLN_modulation, c_silu);
         let h = ops::rms_norm_modulate(x, self.norm_final.weight.val(), m, 0, RMS_EPS);
         mm.linear(&self.linear, h)
     }

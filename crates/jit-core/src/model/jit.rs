@@ -94,9 +94,9 @@ impl Jit {
     /// The same network for sampling, its linear layers computing in `dtype` (`None`: f32) with
     /// their weights stored in it, cast once here rather than at every forward pass (the same
     /// values; a sampler step saves two casts of every weight and their launches, and f16
-    /// weights take half the memory). So are the biases of `qkv` and `w12`, whose results stay
-    /// in that type; other biases, norms and embeddings stay f32. Not for training: the weights
-    /// are no longer f32 master weights.
+    /// weights take half the memory). So are the biases of the layers whose results stay in that
+    /// type (`adaLN_modulation`, `qkv`, `w12`); other biases, norms and embeddings stay f32. Not
+    /// for training: the weights are no longer f32 master weights.
     pub fn for_sampling(self, dtype: Option<FloatDType>) -> Self {
         let mut net = self.with_matmul_dtype(dtype);
         let mm = net.matmul;
@@ -106,13 +106,13 @@ impl Jit {
         stored(&mut net.t_embedder.mlp0);
         stored(&mut net.t_embedder.mlp2);
         for block in &mut net.blocks {
-            stored(&mut block.adaLN_modulation);
+            mm.store_in_type(&mut block.adaLN_modulation);
             mm.store_in_type(&mut block.attn.qkv);
             stored(&mut block.attn.proj);
             mm.store_in_type(&mut block.mlp.w12);
             stored(&mut block.mlp.w3);
         }
-        stored(&mut net.final_layer.adaLN_modulation);
+        mm.store_in_type(&mut net.final_layer.adaLN_modulation);
         stored(&mut net.final_layer.linear);
         net
     }

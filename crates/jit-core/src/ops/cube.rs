@@ -1,7 +1,7 @@
 //! [`JitOps`] on burn's cubecl backend (GPUs through wgpu): the CubeCL kernels of `shaders/`
 //! (crate `jit-shaders`) for f32 tensors (`qkv_heads`, the parts' gradients, flash attention,
-//! attention's softmax and the SwiGLU gate both ways also for f16, the mixed-precision products'
-//! type). Under burn's `fusion` each call is one custom operation in fusion's stream, the
+//! attention's softmax and the SwiGLU gate both ways also for f16, and the adaLN output that
+//! `rms_norm_modulate` and `gated_residual` read: the mixed-precision products' type). Under burn's `fusion` each call is one custom operation in fusion's stream, the
 //! backward passes included. The matrix products (linear layers, attention) are burn's own
 //! kernels (the reference bodies); other dtypes run the reference bodies.
 
@@ -42,7 +42,7 @@ impl JitOps for CubeBackend {
         index: usize,
         eps: f32,
     ) -> CubeTensor {
-        if !f32s(&[&x, &weight, &modulation]) {
+        if !f32s(&[&x, &weight]) || !f32_or_f16(&modulation) {
             return reference::rms_norm_modulate::<B>(x, weight, modulation, index, eps);
         }
         super::count_kernel();
@@ -61,7 +61,7 @@ impl JitOps for CubeBackend {
         grad: CubeTensor,
         eps: f32,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        if !f32s(&[&x, &weight, &modulation, &grad]) {
+        if !f32s(&[&x, &weight]) || !f32_or_f16(&modulation) || grad.dtype() != modulation.dtype() {
             return reference::rms_norm_modulate_backward::<B>(x, weight, modulation, index, grad, eps);
         }
         super::count_kernel();
@@ -193,7 +193,7 @@ impl JitOps for CubeBackend {
     }
 
     fn gated_residual(x: CubeTensor, modulation: CubeTensor, index: usize, y: CubeTensor) -> CubeTensor {
-        if !f32s(&[&x, &modulation, &y]) {
+        if !f32s(&[&x, &y]) || !f32_or_f16(&modulation) {
             return reference::gated_residual::<B>(x, modulation, index, y);
         }
         super::count_kernel();
@@ -207,7 +207,7 @@ impl JitOps for CubeBackend {
         grad: CubeTensor,
         y: CubeTensor,
     ) -> (CubeTensor, CubeTensor) {
-        if !f32s(&[&modulation, &grad, &y]) {
+        if !f32s(&[&grad, &y]) || !f32_or_f16(&modulation) {
             return reference::gated_residual_backward::<B>(modulation, index, grad, y);
         }
         super::count_kernel();

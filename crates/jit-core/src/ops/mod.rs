@@ -10,7 +10,7 @@
 //! |---|---|
 //! | default bodies | [`reference`]: the maths in burn's primitive tensor ops, for any backend |
 //! | Flex (CPU), f32 | [`flex`]: the kernels of [`crate::fused`] (one pass over memory each, `gemm` for the products) |
-//! | Cube (GPUs through wgpu), f32 (also f16 where mixed precision passes it: `qkv_heads`, the parts' gradients, attention's softmax, flash attention, the SwiGLU gate) | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
+//! | Cube (GPUs through wgpu), f32 (also f16 where mixed precision passes it: `qkv_heads`, the parts' gradients, attention's softmax, flash attention, the SwiGLU gate, the adaLN output) | [`cube`]: the CubeCL kernels of `shaders/` (crate `jit-shaders`); under burn's `fusion`, custom operations in its stream |
 //! | `Autodiff<B, C>`, any checkpoint strategy | [`autodiff`]: each operation one tracked node whose backward pass calls `B`'s backward method |
 //!
 //! A backend's method falls back to the reference body for inputs its kernels do not take
@@ -119,8 +119,10 @@ pub trait JitOps: Backend {
     }
 
     /// RMSNorm + adaLN modulate: `x` `[B, T, D]`, gain `[D]`; shift and scale are chunks
-    /// `index` and `index + 1` of the adaLN output `modulation` `[B, n·D]` (n chunks of D).
-    #[fusion(dtype = x, shape = x)]
+    /// `index` and `index + 1` of the adaLN output `modulation` `[B, n·D]` (n chunks of D). The
+    /// result is in `modulation`'s type (under mixed precision the products' type, which the
+    /// next layer takes), computed in f32.
+    #[fusion(dtype = modulation, shape = x)]
     fn rms_norm_modulate(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,

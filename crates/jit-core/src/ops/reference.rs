@@ -82,16 +82,21 @@ fn chunk_backward<B: Backend>(grad: T<B>, index: usize, chunks: usize) -> T<B> {
 }
 
 /// adaLN's `modulate(rms_norm(x), shift, scale)` = `n·(1 + scale) + shift` for `x` `[B, T, D]`,
-/// `weight` `[D]`, shift and scale chunks `index` and `index + 1` of `modulation` `[B, n·D]`.
+/// `weight` `[D]`, shift and scale chunks `index` and `index + 1` of `modulation` `[B, n·D]`;
+/// computed in f32, returned in `modulation`'s type (an f16/bf16 `modulation` is the
+/// mixed-precision adaLN product's output, and the result feeds `qkv` or `w12` in that type).
 pub fn rms_norm_modulate<B: Backend>(x: T<B>, weight: T<B>, modulation: T<B>, index: usize, eps: f32) -> T<B> {
     let d = dims::<B>(&x)[2];
+    let dtype = modulation.dtype();
+    let modulation = cast::<B>(modulation, DType::F32);
     let (shift, scale) = (chunk::<B>(modulation.clone(), index, d), chunk::<B>(modulation, index + 1, d));
     let n = rms_norm::<B>(x, weight, eps);
-    B::float_add(B::float_mul(n, B::float_add_scalar(scale, scalar(1.0))), shift)
+    cast::<B>(B::float_add(B::float_mul(n, B::float_add_scalar(scale, scalar(1.0))), shift), dtype)
 }
 
-/// [`rms_norm_modulate`]'s gradients `(dx, dweight, dmodulation)` from the output's `grad`
-/// (`dmodulation`: the shift's and the scale's at their chunks, zeros elsewhere).
+/// [`rms_norm_modulate`]'s gradients `(dx, dweight, dmodulation)` from the output's `grad` (in
+/// `modulation`'s type; computed in f32; `dmodulation` in that type: the shift's and the
+/// scale's at their chunks, zeros elsewhere).
 pub fn rms_norm_modulate_backward<B: Backend>(
     x: T<B>,
     weight: T<B>,
@@ -102,6 +107,8 @@ pub fn rms_norm_modulate_backward<B: Backend>(
 ) -> (T<B>, T<B>, T<B>) {
     let d = dims::<B>(&x)[2];
     let chunks = dims::<B>(&modulation)[1] / d;
+    let dtype = modulation.dtype();
+    let (modulation, grad) = (cast::<B>(modulation, DType::F32), cast::<B>(grad, DType::F32));
     let scale = chunk::<B>(modulation, index + 1, d);
     let r = rms::<B>(x.clone(), eps);
     let x_hat = B::float_div(x, r.clone());
@@ -114,7 +121,7 @@ pub fn rms_norm_modulate_backward<B: Backend>(
     let dx = rms_norm_dx::<B>(x_hat, r, B::float_mul(g_n, w));
     let dmodulation =
         B::float_add(chunk_backward::<B>(dshift, index, chunks), chunk_backward::<B>(dscale, index + 1, chunks));
-    (dx, dweight, dmodulation)
+    (dx, dweight, cast::<B>(dmodulation, dtype))
 }
 
 /// Swaps the channels of each pair `(x0, x1) → (x1, x0)` along the last dimension.
@@ -432,20 +439,21 @@ pub fn silu_slope<B: Backend>(x: T<B>) -> T<B> {
 }
 
 /// adaLN-Zero's gated residual `x + gate·y` for `x`, `y` `[B, T, D]`, the gate chunk `index` of
-/// `modulation` `[B, n·D]`.
+/// `modulation` `[B, n·D]` (of any float type; computed in `x`'s).
 pub fn gated_residual<B: Backend>(x: T<B>, modulation: T<B>, index: usize, y: T<B>) -> T<B> {
-    let gate = chunk::<B>(modulation, index, dims::<B>(&x)[2]);
+    let gate = cast::<B>(chunk::<B>(modulation, index, dims::<B>(&x)[2]), x.dtype());
     B::float_add(x, B::float_mul(gate, y))
 }
 
 /// [`gated_residual`]'s gradients `(dmodulation, dy)`: `Σ_t grad·y` at the gate's chunk `index`
-/// of `modulation` `[B, n·D]` (zeros elsewhere) and `grad·gate`.
+/// of `modulation` `[B, n·D]` (zeros elsewhere), in its type, and `grad·gate`.
 pub fn gated_residual_backward<B: Backend>(modulation: T<B>, index: usize, grad: T<B>, y: T<B>) -> (T<B>, T<B>) {
     let d = dims::<B>(&y)[2];
     let chunks = dims::<B>(&modulation)[1] / d;
-    let gate = chunk::<B>(modulation, index, d);
+    let dtype = modulation.dtype();
+    let gate = cast::<B>(chunk::<B>(modulation, index, d), y.dtype());
     let dmodulation = chunk_backward::<B>(sum_dims::<B>(B::float_mul(grad.clone(), y), &[1]), index, chunks);
-    (dmodulation, B::float_mul(grad, gate))
+    (cast::<B>(dmodulation, dtype), B::float_mul(grad, gate))
 }
 
 /// Classifier-free guidance `v_u + scale·(v_c − v_u)` from `v` `[2B, …]`, the conditional
