@@ -21,6 +21,39 @@ fn named(launched: &jit_core::launches::Launches, parts: &[&str]) -> usize {
     launched.by_kernel.iter().filter(|(name, _)| all(name)).map(|(_, n)| n).sum()
 }
 
+/// Blocks of [`tiny_config`].
+const TINY_DEPTH: usize = 2;
+
+/// A network of [`TINY_DEPTH`] blocks of width 32 (two heads) over 8×8 RGB images in 4×4
+/// patches, with two in-context tokens from the second block on.
+fn tiny_config() -> jit_core::JitConfig {
+    jit_core::JitConfig {
+        input_size: 8,
+        patch_size: 4,
+        in_channels: 3,
+        hidden_size: 32,
+        depth: TINY_DEPTH,
+        num_heads: 2,
+        mlp_ratio: 2.0,
+        num_classes: 3,
+        bottleneck_dim: 8,
+        in_context_len: 2,
+        in_context_start: 1,
+        attn_drop: 0.0,
+        proj_drop: 0.0,
+    }
+}
+
+/// Two images for [`tiny_config`], their timesteps and labels.
+fn tiny_batch(device: &burn::tensor::Device) -> (Tensor<4>, Tensor<1>, Tensor<1, burn::tensor::Int>) {
+    let b = 2;
+    let values: Vec<f32> = (0..b * 3 * 8 * 8).map(|i| ((i * 11) % 29) as f32 / 29.0 - 0.5).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(values, [b, 3, 8, 8]), device);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [b]), device);
+    let y = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0i64, 2], [b]), device);
+    (x, t, y)
+}
+
 #[test]
 fn the_launch_counter_sees_each_kernel() {
     let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -157,32 +190,13 @@ fn f16_qkv_heads_run_without_casts() {
 /// in f16).
 #[test]
 fn a_training_step_pads_no_parts_of_a_gradient() {
-    use jit_core::{Jit, JitConfig};
+    use jit_core::Jit;
     let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = wgpu_device().autodiff();
-    let depth = 2;
-    let config = JitConfig {
-        input_size: 8,
-        patch_size: 4,
-        in_channels: 3,
-        hidden_size: 32,
-        depth,
-        num_heads: 2,
-        mlp_ratio: 2.0,
-        num_classes: 3,
-        bottleneck_dim: 8,
-        in_context_len: 2,
-        in_context_start: 1,
-        attn_drop: 0.0,
-        proj_drop: 0.0,
-    };
+    let (config, depth) = (tiny_config(), TINY_DEPTH);
     device.seed(5);
     let net = Jit::new(&config, &device).expect("a valid config");
-    let b = 2;
-    let values: Vec<f32> = (0..b * 3 * 8 * 8).map(|i| ((i * 11) % 29) as f32 / 29.0 - 0.5).collect();
-    let x = Tensor::<4>::from_data(TensorData::new(values, [b, 3, 8, 8]), &device);
-    let t = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [b]), &device);
-    let y = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0i64, 2], [b]), &device);
+    let (x, t, y) = tiny_batch(&device);
     use ops::AttentionKernels::{Flash, Products};
     for (dtype, kernels) in
         [(None, Products), (Some(FloatDType::F16), Products), (None, Flash), (Some(FloatDType::F16), Flash)]
@@ -271,35 +285,16 @@ fn adamw_with_both_emas_runs_many_parameters_per_launch() {
 #[test]
 fn sampling_weights_stored_in_f16_are_cast_once() {
     use burn::tensor::DType;
-    use jit_core::{Jit, JitConfig};
+    use jit_core::Jit;
     let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let device = wgpu_device();
     if !device.supports_dtype(FloatDType::F16) {
         eprintln!("SKIP: f16 not supported on this adapter");
         return;
     }
-    let depth = 2;
-    let config = JitConfig {
-        input_size: 8,
-        patch_size: 4,
-        in_channels: 3,
-        hidden_size: 32,
-        depth,
-        num_heads: 2,
-        mlp_ratio: 2.0,
-        num_classes: 3,
-        bottleneck_dim: 8,
-        in_context_len: 2,
-        in_context_start: 1,
-        attn_drop: 0.0,
-        proj_drop: 0.0,
-    };
+    let (config, depth) = (tiny_config(), TINY_DEPTH);
     let net = common::randomized(&config, &device, 9);
-    let b = 2;
-    let values: Vec<f32> = (0..b * 3 * 8 * 8).map(|i| ((i * 11) % 29) as f32 / 29.0 - 0.5).collect();
-    let x = Tensor::<4>::from_data(TensorData::new(values, [b, 3, 8, 8]), &device);
-    let t = Tensor::<1>::from_data(TensorData::new(vec![0.3f32, 0.8], [b]), &device);
-    let y = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(vec![0i64, 2], [b]), &device);
+    let (x, t, y) = tiny_batch(&device);
     let cast_each_pass = net.clone().with_matmul_dtype(Some(FloatDType::F16));
     let stored = net.for_sampling(Some(FloatDType::F16));
     assert_eq!(stored.blocks[1].mlp.w12.weight.val().dtype(), DType::F16, "weights stored in f16");
