@@ -49,6 +49,44 @@ fn update<F: Float>(theta: F, g: F, m: F, v: F, e1: F, e2: F, factors: &[f32]) -
     }
 }
 
+/// The step of value `j` of parameter `k` (`k` known at compile time: a sequence index).
+#[cube]
+#[allow(clippy::too_many_arguments)] // the six values' sequences, the place, the factors
+fn step_at<F: Float>(
+    param: &Values<F>,
+    grad: &Values<F>,
+    m: &Values<F>,
+    v: &Values<F>,
+    ema1: &Values<F>,
+    ema2: &Values<F>,
+    #[comptime] k: usize,
+    j: usize,
+    factors: &[f32],
+) -> Updated<F> {
+    let (p, g) = (param.index(k)[j], grad.index(k)[j]);
+    update::<F>(p, g, m.index(k)[j], v.index(k)[j], ema1.index(k)[j], ema2.index(k)[j], factors)
+}
+
+/// Writes `u` as value `j` of parameter `k`'s θ, moments and EMAs.
+#[cube]
+#[allow(clippy::too_many_arguments)] // the five values' sequences, the place, the values
+fn store_at<F: Float>(
+    param: &mut Values<F>,
+    m: &mut Values<F>,
+    v: &mut Values<F>,
+    ema1: &mut Values<F>,
+    ema2: &mut Values<F>,
+    #[comptime] k: usize,
+    j: usize,
+    u: Updated<F>,
+) {
+    param.index_mut(k)[j] = u.theta;
+    m.index_mut(k)[j] = u.m;
+    v.index_mut(k)[j] = u.v;
+    ema1.index_mut(k)[j] = u.ema1;
+    ema2.index_mut(k)[j] = u.ema2;
+}
+
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)] // six inputs, five outputs, the layout, the factors
 fn adamw_ema_kernel<F: Float>(
@@ -67,18 +105,12 @@ fn adamw_ema_kernel<F: Float>(
     factors: &[f32],
 ) {
     let i = ABSOLUTE_POS;
-    let count = comptime!(param.len());
     #[unroll]
-    for k in 0..count {
+    for k in 0..comptime!(param.len()) {
         if i >= starts[k] && i < starts[k + 1] {
             let j = i - starts[k];
-            let (g, p) = (grad.index(k)[j], param.index(k)[j]);
-            let u = update::<F>(p, g, m.index(k)[j], v.index(k)[j], ema1.index(k)[j], ema2.index(k)[j], factors);
-            param_out.index_mut(k)[j] = u.theta;
-            m_out.index_mut(k)[j] = u.m;
-            v_out.index_mut(k)[j] = u.v;
-            ema1_out.index_mut(k)[j] = u.ema1;
-            ema2_out.index_mut(k)[j] = u.ema2;
+            let u = step_at::<F>(param, grad, m, v, ema1, ema2, k, j, factors);
+            store_at::<F>(param_out, m_out, v_out, ema1_out, ema2_out, k, j, u);
         }
     }
 }
@@ -96,18 +128,12 @@ fn adamw_ema_in_place_kernel<F: Float>(
     factors: &[f32],
 ) {
     let i = ABSOLUTE_POS;
-    let count = comptime!(grad.len());
     #[unroll]
-    for k in 0..count {
+    for k in 0..comptime!(grad.len()) {
         if i >= starts[k] && i < starts[k + 1] {
             let j = i - starts[k];
-            let (g, p) = (grad.index(k)[j], param.index(k)[j]);
-            let u = update::<F>(p, g, m.index(k)[j], v.index(k)[j], ema1.index(k)[j], ema2.index(k)[j], factors);
-            param.index_mut(k)[j] = u.theta;
-            m.index_mut(k)[j] = u.m;
-            v.index_mut(k)[j] = u.v;
-            ema1.index_mut(k)[j] = u.ema1;
-            ema2.index_mut(k)[j] = u.ema2;
+            let u = step_at::<F>(&*param, grad, &*m, &*v, &*ema1, &*ema2, k, j, factors);
+            store_at::<F>(param, m, v, ema1, ema2, k, j, u);
         }
     }
 }
