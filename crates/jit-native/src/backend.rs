@@ -210,7 +210,16 @@ impl BackendArgs {
             Precision::Bf16 => FloatDType::BF16,
         };
         if !device.supports_dtype(dtype) {
-            bail!("this device does not support {:?} arithmetic; use --precision f32", self.precision);
+            let (name, other, other_name) = match dtype {
+                FloatDType::BF16 => ("bf16", FloatDType::F16, "f16"),
+                _ => ("f16", FloatDType::BF16, "bf16"),
+            };
+            let instead = if device.supports_dtype(other) {
+                format!("--precision {other_name} (the same mixed precision) or f32")
+            } else {
+                "--precision f32".to_string()
+            };
+            bail!("this device does not compute in {name}; use {instead}");
         }
         Ok(Some(dtype))
     }

@@ -124,6 +124,12 @@ fn every_number_is_checked_where_it_enters() {
     assert!(stderr(&out).contains("--attention flash is for GPUs"), "{}", stderr(&out));
     common::fails(&refs(&args), "memory limit");
     assert!(!run.exists(), "nothing was written by a run over the memory limit");
+    // A precision the device cannot compute in (lavapipe has f16, not bf16) is refused before
+    // the run directory is made, naming the precision it can.
+    let mut args = train_args(&run, &["--precision", "bf16"]);
+    args[2] = "vulkan".into();
+    common::fails(&refs(&args), "does not compute in bf16; use --precision f16");
+    assert!(!run.exists(), "nothing was written by a run in a precision the device lacks");
     // Counts and scales.
     refused(&["bench", "--backend", "cpu", "--batch-size", "0"], "batch-size");
     refused(&["bench", "--backend", "cpu", "--sample-count", "0"], "sample-count");

@@ -139,9 +139,10 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
     }
     let limit = args.backend.memory_limit();
     let (device, _) = args.backend.device_for_rank((size > 1).then(|| world.local_rank()), &who)?;
-    // Once the device is known (the estimate follows how it runs attention), before a run
-    // directory is made.
+    // Once the device is known (the estimate follows how it runs attention, and the device may
+    // not compute in --precision's type), before a run directory is made.
     limit.check_training(&r.network, r.batch_size)?;
+    let mm = args.backend.matmul_dtype(&device)?;
     let is_resume = args.resume.is_some();
     let dir = match (lead, resumed) {
         (false, _) => None,
@@ -163,7 +164,6 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
         None => TrainState::from_checkpoint(&bytes, r.optim.clone(), r.seed, &device, limit)?.0,
     };
     drop(bytes);
-    let mm = args.backend.matmul_dtype(&device)?;
     state.model = state.model.with_matmul_dtype(mm);
     state.ema1.model = state.ema1.model.with_matmul_dtype(mm);
     state.ema2.model = state.ema2.model.with_matmul_dtype(mm);
