@@ -1,6 +1,7 @@
 //! One AdamW step and both EMA updates over many parameters in one launch (multi-tensor, as
 //! PyTorch's fused AdamW): each unit takes one value of one parameter,
 //! ```text
+//! g ← s·g (s: 1, or the loss scale's inverse)
 //! m ← β₁·m + (1 − β₁)·g            v ← β₂·v + (1 − β₂)·g²
 //! θ ← θ·(1 − lr·wd) − lr · (m / c₁) / (√(v / c₂) + ε)      c₁ = 1 − β₁ᵗ, c₂ = 1 − β₂ᵗ
 //! e₁ ← e₁·d₁ + θ·(1 − d₁)          e₂ ← e₂·d₂ + θ·(1 − d₂)
@@ -34,6 +35,7 @@ struct Updated<F: Float> {
 /// `factors` as [`adamw_ema`] takes them.
 #[cube]
 fn update<F: Float>(theta: F, g: F, m: F, v: F, e1: F, e2: F, factors: &[f32]) -> Updated<F> {
+    let g = g * F::cast_from(factors[13]);
     let m1 = m * F::cast_from(factors[2]) + g * F::cast_from(factors[3]);
     let v1 = v * F::cast_from(factors[4]) + g * g * F::cast_from(factors[5]);
     let m_hat = m1 / F::cast_from(factors[6]);
@@ -184,13 +186,13 @@ pub fn params_per_launch(bindings: usize, in_place: bool) -> usize {
 }
 
 /// The AdamW + EMA step of every slot; returns `(param, m, v, ema1, ema2)` per slot, in order
-/// (the slot's own tensors, updated, where it was [`AdamWEmaSlot::in_place`]). `factors` `[13]`
+/// (the slot's own tensors, updated, where it was [`AdamWEmaSlot::in_place`]). `factors` `[14]`
 /// (f32, on the device) = `[lr, 1 − lr·wd, β₁, 1 − β₁, β₂, 1 − β₂, 1 − β₁ᵗ, 1 − β₂ᵗ, ε, d₁,
-/// 1 − d₁, d₂, 1 − d₂]`. Parameters go in launches of as many as the adapter's storage bindings
+/// 1 − d₁, d₂, 1 − d₂, s]` (the gradients' factor `s`). Parameters go in launches of as many as the adapter's storage bindings
 /// and [`MAX_VALUES_PER_LAUNCH`] allow (a parameter larger than that goes alone), those updated
 /// in place apart from the others.
 pub fn adamw_ema(slots: Vec<AdamWEmaSlot>, factors: CubeTensor) -> Vec<[CubeTensor; 5]> {
-    assert_eq!(factors.meta.shape().num_elements(), 13, "adamw_ema: 13 factors");
+    assert_eq!(factors.meta.shape().num_elements(), 14, "adamw_ema: 14 factors");
     crate::assert_f32("adamw_ema", &[&factors]);
     let factors = contiguous(factors);
     let Some(first) = slots.first() else { return Vec::new() };

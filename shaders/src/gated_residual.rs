@@ -8,7 +8,10 @@
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use crate::{assert_f32, buffer, contiguous, elementwise_grid, empty_like, empty_typed, per_image, with_float};
+use crate::{
+    assert_f32, assert_shape, buffer, contiguous, elementwise_grid, empty_like, empty_typed, per_image, tokens_shape,
+    with_float,
+};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)] // three inputs, the output, the shape, the gate's stride
@@ -34,12 +37,13 @@ fn gated_residual_kernel<M: Float>(
 pub fn gated_residual(x: CubeTensor, gate: CubeTensor, y: CubeTensor) -> CubeTensor {
     let (x, y) = (contiguous(x), contiguous(y));
     assert_f32("gated_residual", &[&x, &y]);
+    let shape = tokens_shape("gated_residual", &x);
+    let [batch, tokens, dim] = shape;
+    assert_shape("gated_residual", "y", &y, &shape);
     let typed = gate.dtype;
-    let (gate, gate_stride) = per_image(gate);
-    let shape = x.meta.shape().to_vec();
-    let (tokens, dim) = (shape[1], shape[2]);
+    let (gate, gate_stride) = per_image("gated_residual", gate, batch, dim);
     let len: usize = shape.iter().product();
-    let out = empty_like(&x, shape);
+    let out = empty_like(&x, shape.to_vec());
     let (cube_count, cube_dim) = elementwise_grid(&x, len);
     // SAFETY: `x`, `y` and `out` are row-major with `len` values; the kernel touches index
     // `i < len` of those and `(row / tokens)·gate_stride + c`, `c < dim`, of `gate`, inside the
@@ -108,13 +112,13 @@ pub fn gated_residual_backward(
     assert!(index < chunks, "gated_residual_backward: the gate is a chunk of the modulation");
     assert_f32("gated_residual_backward", &[&grad, &y]);
     let (grad, y) = (contiguous(grad), contiguous(y));
+    let shape = tokens_shape("gated_residual_backward", &grad);
+    let [batch, tokens, dim] = shape;
+    assert_shape("gated_residual_backward", "y", &y, &shape);
     let typed = gate.dtype;
-    let (gate, gate_stride) = per_image(gate);
-    let shape = grad.meta.shape().to_vec();
-    assert_eq!(y.meta.shape().to_vec(), shape, "gated_residual_backward: grad and y are [B, T, D]");
-    let (batch, tokens, dim) = (shape[0], shape[1], shape[2]);
+    let (gate, gate_stride) = per_image("gated_residual_backward", gate, batch, dim);
     let dmodulation = empty_typed(&grad, vec![batch, chunks * dim], typed);
-    let dy = empty_like(&grad, shape);
+    let dy = empty_like(&grad, shape.to_vec());
     let (count, cube_dim) = elementwise_grid(&grad, batch * dim);
     // SAFETY: `grad`, `y` and `dy` are row-major `[B, T, D]`; one unit per (b, d) < batch·dim
     // (checked in the kernel) reads `gate` at b·gate_stride + d (inside the buffer `per_image`

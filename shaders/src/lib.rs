@@ -28,8 +28,10 @@
 //! They take and return burn's cubecl tensors ([`CubeTensor`], contiguous or not): f32, and
 //! where mixed precision passes the products' f16 (`qkv_heads` and its backward kernels,
 //! `pad_part`, `scaled_softmax`, flash attention, the SwiGLU gate both ways, the adaLN output
-//! that `rms_norm_modulate` and `gated_residual` read and whose gradient they write) also f16,
-//! with the arithmetic in f32;
+//! that `rms_norm_modulate` and `gated_residual` read and whose gradient they write, and the
+//! normalised tokens `rms_norm_modulate` writes) also f16, with the arithmetic in f32. Each
+//! checks the shapes and types its kernel indexes by before it launches (a panic, never a read
+//! or write out of bounds).
 //! `jit-core`'s op layer (`jit_core::ops`, a burn backend extension) calls them on
 //! [`CubeBackend`], in fusion's stream where burn's `fusion` is on and as tracked operations
 //! under autodiff. [`launches::count`] counts the kernels some work launches. Each kernel is
@@ -95,14 +97,24 @@ fn contiguous(t: CubeTensor) -> CubeTensor {
     into_contiguous(t)
 }
 
-/// A per-image vector `[B, 1, D]` (a chunk of the adaLN output, `[B, n·D]` seen as n parts) as
-/// its buffer and the distance between images in it: the chunk as it lies where its channels
-/// are contiguous (no copy), else a row-major copy (distance `D`).
-fn per_image(t: CubeTensor) -> (BufferArg, usize) {
-    let shape = t.meta.shape().to_vec();
+/// Panics unless `t` has `shape`: the sizes a kernel's indexing assumes of an operand.
+fn assert_shape(what: &str, name: &str, t: &CubeTensor, shape: &[usize]) {
+    assert_eq!(t.meta.shape().to_vec(), shape, "{what}: {name} has the shape {shape:?}");
+}
+
+/// `x`'s shape `[B, T, D]` (panics for another rank).
+fn tokens_shape(what: &str, x: &CubeTensor) -> [usize; 3] {
+    let shape = x.meta.shape().to_vec();
+    <[usize; 3]>::try_from(shape).unwrap_or_else(|s| panic!("{what}: x is [B, T, D], not {s:?}"))
+}
+
+/// A per-image vector `[images, 1, dim]` (checked; a chunk of the adaLN output, `[B, n·D]`
+/// seen as n parts) as its buffer and the distance between images in it: the chunk as it lies
+/// where its channels are contiguous (no copy), else a row-major copy (distance `dim`).
+fn per_image(what: &str, t: CubeTensor, images: usize, dim: usize) -> (BufferArg, usize) {
+    assert_shape(what, "the adaLN chunk", &t, &[images, 1, dim]);
     let strides = t.meta.strides().to_vec();
-    let (images, dim) = (shape[0], shape[2]);
-    let t = if shape.len() == 3 && shape[1] == 1 && strides[2] == 1 && strides[0] >= dim { t } else { contiguous(t) };
+    let t = if strides[2] == 1 && strides[0] >= dim { t } else { contiguous(t) };
     let stride = if images > 1 { t.meta.strides()[0] } else { dim };
     // SAFETY: image `b < images` holds channels `b·stride .. b·stride + dim`, the last ending at
     // `(images − 1)·stride + dim`: inside the buffer the view (or the copy) was cut from.

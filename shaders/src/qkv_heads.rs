@@ -10,7 +10,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, row_rms, units_for};
-use crate::{assert_f32, buffer, contiguous, empty_like, with_float};
+use crate::{assert_f32, assert_shape, buffer, contiguous, empty_like, with_float};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)] // qkv, gains, tables, output, shape, eps, the cube
@@ -71,8 +71,7 @@ pub fn qkv_heads(
 ) -> CubeTensor {
     let [qkv, q_weight, k_weight, cos, sin_signed] = [qkv, q_weight, k_weight, cos, sin_signed].map(contiguous);
     let shape = qkv.meta.shape().to_vec();
-    let (batch, tokens) = (shape[0], shape[1]);
-    let head_dim = shape[2] / 3 / heads;
+    let [batch, tokens, head_dim] = qkv_layout("qkv_heads", &qkv, heads, &[&cos, &sin_signed], &[&q_weight, &k_weight]);
     assert_f32("qkv_heads", &[&q_weight, &k_weight, &cos, &sin_signed]);
     let out = empty_like(&qkv, qkv_heads_shape(&shape, heads));
     let units = units_for(head_dim);
@@ -100,6 +99,30 @@ pub fn qkv_heads(
         );
     });
     out
+}
+
+/// `qkv`'s `[B, T, hd]` once checked to be `[B, T, 3·heads·hd]`, with each RoPE table `[T, hd]`
+/// and each norm gain `[hd]`: the layout the kernels index by.
+pub(crate) fn qkv_layout(
+    what: &str,
+    qkv: &CubeTensor,
+    heads: usize,
+    tables: &[&CubeTensor],
+    gains: &[&CubeTensor],
+) -> [usize; 3] {
+    let shape = qkv.meta.shape().to_vec();
+    assert!(
+        shape.len() == 3 && heads > 0 && shape[2].is_multiple_of(3 * heads),
+        "{what}: qkv is [B, T, 3·heads·hd] with {heads} heads, not {shape:?}"
+    );
+    let (tokens, head_dim) = (shape[1], shape[2] / 3 / heads);
+    for t in tables {
+        assert_shape(what, "a RoPE table", t, &[tokens, head_dim]);
+    }
+    for g in gains {
+        assert_shape(what, "a norm gain", g, &[head_dim]);
+    }
+    [shape[0], tokens, head_dim]
 }
 
 /// The output shape of [`qkv_heads`] for `qkv` of `shape`.

@@ -16,6 +16,7 @@
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use crate::qkv_heads::qkv_layout;
 use crate::reduce::{cube_count, cube_index, cube_sum, row_rms, units_for};
 use crate::{assert_f32, buffer, contiguous, elementwise_grid, empty_f32, empty_like, with_float};
 
@@ -159,8 +160,8 @@ pub fn qkv_heads_dx(
     let [qkv, q_weight, k_weight, cos, sin_signed, dq, dk, dv] =
         [qkv, q_weight, k_weight, cos, sin_signed, dq, dk, dv].map(contiguous);
     let shape = qkv.meta.shape().to_vec();
-    let (batch, tokens) = (shape[0], shape[1]);
-    let head_dim = shape[2] / 3 / heads;
+    let [batch, tokens, head_dim] =
+        qkv_layout("qkv_heads_dx", &qkv, heads, &[&cos, &sin_signed], &[&q_weight, &k_weight]);
     assert_parts("qkv_heads_dx", &qkv, &shape, heads, &[&dq, &dk, &dv]);
     assert_f32("qkv_heads_dx", &[&q_weight, &k_weight, &cos, &sin_signed]);
     let dqkv = empty_like(&qkv, shape);
@@ -208,7 +209,9 @@ pub fn qkv_heads_dweight(
 ) -> CubeTensor {
     let [qkv, cos, sin_signed, dq, dk, rms] = [qkv, cos, sin_signed, dq, dk, rms].map(contiguous);
     let shape = qkv.meta.shape().to_vec();
-    let (batch, tokens) = (shape[0], shape[1]);
+    let [batch, tokens, _] = qkv_layout("qkv_heads_dweight", &qkv, heads, &[&cos, &sin_signed], &[]);
+    let rows = rms.meta.shape().num_elements();
+    assert_eq!(rows, batch * tokens * 3 * heads, "qkv_heads_dweight: one RMS a row of qkv_heads_dx");
     let out_shape = dweight_partials_shape(&shape, heads);
     let (chunks, head_dim) = (out_shape[0], out_shape[2]);
     assert_parts("qkv_heads_dweight", &qkv, &shape, heads, &[&dq, &dk]);

@@ -8,7 +8,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, row_rms, units_for};
-use crate::{assert_f32, buffer, contiguous, empty_typed, per_image, with_float};
+use crate::{assert_f32, assert_shape, buffer, contiguous, empty_typed, per_image, tokens_shape, with_float};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)] // four inputs, the output, the shape, two strides, eps
@@ -35,8 +35,8 @@ fn rms_norm_modulate_kernel<M: Float>(
     let mut i = UNIT_POS as usize;
     while i < len {
         let normed = x[start + i] / rms * weight[i];
-        let (shift, scale) = (f32::cast_from(shift[at_shift + i]), f32::cast_from(scale[at_scale + i]));
-        out[start + i] = M::cast_from(normed * (1.0 + scale) + shift);
+        let (sh, sc) = (f32::cast_from(shift[at_shift + i]), f32::cast_from(scale[at_scale + i]));
+        out[start + i] = M::cast_from(normed * (1.0 + sc) + sh);
         i += units;
     }
 }
@@ -54,11 +54,12 @@ pub fn rms_norm_modulate(
     assert_f32("rms_norm_modulate", &[&x, &weight]);
     assert_eq!(shift.dtype, scale.dtype, "rms_norm_modulate: shift and scale in one type");
     let out_type = scale.dtype;
-    let ((shift, shift_stride), (scale, scale_stride)) = (per_image(shift), per_image(scale));
-    let shape = x.meta.shape().to_vec();
-    let (dim, tokens) = (shape[2], shape[1]);
-    let rows = shape[0] * tokens;
-    let out = empty_typed(&x, shape, out_type);
+    let [batch, tokens, dim] = tokens_shape("rms_norm_modulate", &x);
+    assert_shape("rms_norm_modulate", "the gain", &weight, &[dim]);
+    let (shift, shift_stride) = per_image("rms_norm_modulate", shift, batch, dim);
+    let (scale, scale_stride) = per_image("rms_norm_modulate", scale, batch, dim);
+    let rows = batch * tokens;
+    let out = empty_typed(&x, vec![batch, tokens, dim], out_type);
     let units = units_for(dim);
     // SAFETY: `x` and `out` are row-major `[rows, dim]`, `weight` `[dim]`, `x` and `weight` f32
     // and `out` in the type of `shift` and `scale` (checked); the kernel reads and writes row

@@ -14,7 +14,10 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use crate::reduce::{cube_count, cube_index, cube_sum, row_rms, units_for};
-use crate::{assert_f32, buffer, contiguous, elementwise_grid, empty_f32, empty_typed, per_image, with_float};
+use crate::{
+    assert_f32, assert_shape, buffer, contiguous, elementwise_grid, empty_f32, empty_typed, per_image, tokens_shape,
+    with_float,
+};
 
 #[cube(launch_unchecked)]
 fn rms_norm_modulate_dx_kernel<M: Float>(
@@ -113,11 +116,13 @@ pub fn rms_norm_modulate_dx(
     assert_f32("rms_norm_modulate_dx", &[&x, &weight]);
     assert_eq!(grad.dtype, scale.dtype, "rms_norm_modulate_dx: the gradient in the scale's type");
     let typed = scale.dtype;
-    let (scale, scale_stride) = per_image(scale);
-    let shape = x.meta.shape().to_vec();
-    let (tokens, dim) = (shape[1], shape[2]);
-    let rows = shape[0] * tokens;
-    let dx = empty_f32(&x, shape);
+    let shape = tokens_shape("rms_norm_modulate_dx", &x);
+    let [batch, tokens, dim] = shape;
+    assert_shape("rms_norm_modulate_dx", "the gain", &weight, &[dim]);
+    assert_shape("rms_norm_modulate_dx", "the gradient", &grad, &shape);
+    let (scale, scale_stride) = per_image("rms_norm_modulate_dx", scale, batch, dim);
+    let rows = batch * tokens;
+    let dx = empty_f32(&x, shape.to_vec());
     let rms = empty_f32(&x, vec![rows]);
     let units = units_for(dim);
     // SAFETY: the other operands are row-major with the shapes above, `x`, `weight`, `dx` and
@@ -166,9 +171,12 @@ pub fn rms_norm_modulate_sums(
     assert_f32("rms_norm_modulate_sums", &[&x, &weight, &rms]);
     assert_eq!(grad.dtype, scale.dtype, "rms_norm_modulate_sums: the gradient in the scale's type");
     let typed = scale.dtype;
-    let (scale, scale_stride) = per_image(scale);
-    let shape = x.meta.shape().to_vec();
-    let (batch, tokens, dim) = (shape[0], shape[1], shape[2]);
+    let shape = tokens_shape("rms_norm_modulate_sums", &x);
+    let [batch, tokens, dim] = shape;
+    assert_shape("rms_norm_modulate_sums", "the gain", &weight, &[dim]);
+    assert_shape("rms_norm_modulate_sums", "the gradient", &grad, &shape);
+    assert_eq!(rms.meta.shape().num_elements(), batch * tokens, "rms_norm_modulate_sums: one RMS a token");
+    let (scale, scale_stride) = per_image("rms_norm_modulate_sums", scale, batch, dim);
     let dmodulation = empty_typed(&x, vec![batch, chunks * dim], typed);
     let partial = empty_f32(&x, vec![batch, dim]);
     let (count, cube_dim) = elementwise_grid(&x, batch * dim);

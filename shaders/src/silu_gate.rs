@@ -45,13 +45,19 @@ fn silu_gate_backward_kernel<F: Float>(h: &[F], grad: &[F], dh: &mut [F], len: u
     }
 }
 
+/// `h`'s shape `[…, 2·hidden]` with its last dimension halved (checked to be even).
+fn half_shape(h: &CubeTensor, op: &str) -> Vec<usize> {
+    let mut shape = h.meta.shape().to_vec();
+    let last = shape.last_mut().filter(|w| w.is_multiple_of(2));
+    *last.unwrap_or_else(|| panic!("{op}: h's last dimension is even, [.., 2·hidden]")) /= 2;
+    shape
+}
+
 /// `h` `[…, 2·hidden]` (f32 or f16) → `[…, hidden]` in its type.
 pub fn silu_gate(h: CubeTensor) -> CubeTensor {
     let h = contiguous(h);
-    let mut shape = h.meta.shape().to_vec();
-    let last = shape.len() - 1;
-    shape[last] /= 2;
-    let hidden = shape[last];
+    let shape = half_shape(&h, "silu_gate");
+    let hidden = shape[shape.len() - 1];
     let len: usize = shape.iter().product();
     let out = empty_like(&h, shape);
     let (cube_count, cube_dim) = elementwise_grid(&h, len);
@@ -68,14 +74,13 @@ pub fn silu_gate(h: CubeTensor) -> CubeTensor {
 /// `[…, hidden]`, one type (f32 or f16) → `dh` `[…, 2·hidden]` in it.
 pub fn silu_gate_backward(h: CubeTensor, grad: CubeTensor) -> CubeTensor {
     let (h, grad) = (contiguous(h), contiguous(grad));
-    let shape = h.meta.shape().to_vec();
-    let hidden = shape[shape.len() - 1] / 2;
-    let len = grad.meta.shape().num_elements();
+    let half = half_shape(&h, "silu_gate_backward");
     assert!(
-        grad.dtype == h.dtype && len * 2 == h.meta.shape().num_elements(),
-        "silu_gate_backward: the gradient has h's type and half its values"
+        grad.dtype == h.dtype && grad.meta.shape().to_vec() == half,
+        "silu_gate_backward: the gradient has h's type and shape [.., hidden]"
     );
-    let dh = empty_like(&h, shape);
+    let (hidden, len) = (half[half.len() - 1], grad.meta.shape().num_elements());
+    let dh = empty_like(&h, h.meta.shape().to_vec());
     let (cube_count, cube_dim) = elementwise_grid(&h, len);
     // SAFETY: `h` and `dh` are row-major with `2·len` values and `grad` with `len`, one type
     // (checked); the kernel reads `grad` at `i`, and `h` and writes `dh` at `row·2·hidden + c`

@@ -37,8 +37,9 @@ impl<M: Module> AdamW<M> {
         Self { m: zeros.clone(), v: zeros, steps }
     }
 
-    /// One AdamW step of `model` at learning rate `lr` on `grads`, with both EMA updates
-    /// towards the new weights, in place (parameter ids and autodiff settings kept). The old
+    /// One AdamW step of `model` at learning rate `lr` on `grads` times `grad_scale` (1, or the
+    /// loss scale's inverse), with both EMA updates towards the new weights, in place
+    /// (parameter ids and autodiff settings kept). The old
     /// values are moved out of the modules first, so each launch's inputs are freed as it ends:
     /// the step holds at most one launch's new values beside the old ones.
     pub fn step(
@@ -47,6 +48,7 @@ impl<M: Module> AdamW<M> {
         lr: f64,
         model: &mut M,
         mut grads: GradientsParams,
+        grad_scale: f32,
         (ema1, ema2): (&mut Ema<M>, &mut Ema<M>),
     ) {
         let params = take(model, Some(&mut grads));
@@ -80,7 +82,8 @@ impl<M: Module> AdamW<M> {
         let decays = (ema1.decay, ema2.decay);
         for ((step, decayed), members) in groups {
             let wd = if decayed { config.weight_decay } else { 0.0 };
-            let factors = AdamWEmaFactors::new(lr, wd, (config.beta1, config.beta2), config.epsilon, step, decays);
+            let factors = AdamWEmaFactors::new(lr, wd, (config.beta1, config.beta2), config.epsilon, step, decays)
+                .with_grad_scale(grad_scale);
             let once = "each parameter in one group";
             let group_values = members.iter().map(|&i| values[i].take().expect(once)).collect();
             let group_grads = members.iter().map(|&i| grads[i].take().expect(once)).collect();

@@ -17,9 +17,10 @@
 //!   trait the diffusion math drives (JiT, the toy MLP).
 //! - [`objective`]: the training loss (the reference's `Denoiser.forward`).
 //! - [`sampler`]: Euler/Heun with CFG (the reference's `Denoiser.generate`), step by step.
-//! - [`optim`]: AdamW and the learning-rate schedule; [`ema`]: weight averages;
-//!   [`train_state`]: network + AdamW + EMAs + step, the training step, save/resume (these
-//!   three, and the op layer's tracked operations, with the default `train` feature).
+//! - [`optim`]: AdamW and the learning-rate schedule; [`ema`]: weight averages; [`loss_scale`]:
+//!   dynamic loss scaling for f16 training;
+//!   [`train_state`]: network + AdamW + EMAs + step, the training step, save/resume (all but
+//!   [`ema`], and the op layer's tracked operations, with the default `train` feature).
 //! - [`checkpoint`] and [`state_dict`]: weights in and out, named as the reference names them.
 //! - [`host`]: reading tensors back, label tensors, 8-bit images; [`rng`]: portable noise.
 
@@ -33,6 +34,8 @@ pub mod error;
 pub mod flat;
 pub mod fused;
 pub mod host;
+#[cfg(feature = "train")]
+pub mod loss_scale;
 pub mod model;
 pub mod network;
 pub mod objective;
@@ -51,6 +54,8 @@ pub use jit_shaders::launches;
 
 pub use config::{DiffusionConfig, JitConfig, MemoryLimit, Method, SamplerConfig, SamplerOverrides, Target};
 pub use error::JitError;
+#[cfg(feature = "train")]
+pub use loss_scale::LossScale;
 pub use model::Jit;
 pub use network::Network;
 #[cfg(feature = "train")]

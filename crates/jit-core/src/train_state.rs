@@ -8,16 +8,17 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, FloatDType, Int, Tensor};
 
 use crate::adamw::AdamW;
 use crate::checkpoint::{self, CheckpointMeta, StoreDtype, WeightCopy};
 use crate::config::{DiffusionConfig, MemoryLimit};
 use crate::ema::Ema;
 use crate::error::JitError;
+use crate::loss_scale::{LossScale, gradients_finite};
 use crate::model::Jit;
 use crate::network::Network;
-use crate::objective::{draw_noise_shard, loss};
+use crate::objective::{StepNoise, draw_noise_shard, loss};
 use crate::optim::OptimConfig;
 use crate::state_dict;
 
@@ -26,6 +27,8 @@ const ADAMW_M: &str = "adamw_m";
 const ADAMW_V: &str = "adamw_v";
 /// Blob holding AdamW's step count of each parameter (JSON, visiting order).
 const ADAMW_STEPS_BLOB: &str = "adamw_steps";
+/// Blob holding the loss scale (JSON), in checkpoints of runs with f16 products.
+const LOSS_SCALE_BLOB: &str = "loss_scale";
 /// Blob holding burn's AdamW record in checkpoints of earlier versions.
 const OPTIMIZER_BLOB: &str = "optimizer";
 /// Blob holding the parameter ids (burn's AdamW record is keyed by them) beside it.
@@ -47,6 +50,9 @@ pub struct TrainState<M> {
     pub step: u64,
     /// Base seed; diffusion step s draws its noise after `device.seed(seed + s)`.
     pub seed: u64,
+    /// Dynamic loss scaling of [`Self::train_step`] and its variants (f16 products; see
+    /// [`TrainState::set_matmul_dtype`]), `None` without.
+    pub loss_scale: Option<LossScale>,
 }
 
 impl<M: Module> TrainState<M> {
@@ -57,7 +63,7 @@ impl<M: Module> TrainState<M> {
         let adamw = AdamW::new(&model);
         let ema1 = Ema::new(&model, optim_config.ema_decays.0);
         let ema2 = Ema::new(&model, optim_config.ema_decays.1);
-        Self { model, adamw, ema1, ema2, optim_config, step: 0, seed }
+        Self { model, adamw, ema1, ema2, optim_config, step: 0, seed, loss_scale: None }
     }
 
     /// The device training runs on (autodiff).
@@ -79,9 +85,14 @@ impl<M: Module> TrainState<M> {
 
     /// [`Self::apply`] with the gradients already computed.
     pub fn apply_gradients(&mut self, grads: GradientsParams, batch: usize) {
+        self.apply_scaled(grads, batch, 1.0);
+    }
+
+    /// [`Self::apply_gradients`] on gradients to be multiplied by `grad_scale` first.
+    fn apply_scaled(&mut self, grads: GradientsParams, batch: usize, grad_scale: f32) {
         let lr = self.lr(batch);
         let emas = (&mut self.ema1, &mut self.ema2);
-        self.adamw.step(&self.optim_config, lr, &mut self.model, grads, emas);
+        self.adamw.step(&self.optim_config, lr, &mut self.model, grads, grad_scale, emas);
         self.step += 1;
     }
 }
@@ -125,7 +136,10 @@ impl<M: Module + Network + Send + 'static> TrainState<M> {
     /// `run` as in [`Self::train_step_in_parts`]) weigh their losses by their share of the
     /// global batch; `reduce` turns this process's summed gradients and loss into the global
     /// ones (an all-reduce sum over the processes); then every process takes the same AdamW
-    /// and EMA step at the global batch's learning rate. Returns the global loss.
+    /// and EMA step at the global batch's learning rate. Under loss scaling the losses are
+    /// scaled for the backward pass and the gradients unscaled in the AdamW step; a step whose
+    /// gradients are not finite changes no weight, moment or EMA (the step count still moves
+    /// on, as the data does). Returns the global loss (unscaled).
     #[allow(clippy::too_many_arguments)]
     pub fn train_step_sharded(
         &mut self,
@@ -138,19 +152,40 @@ impl<M: Module + Network + Send + 'static> TrainState<M> {
         reduce: impl FnOnce(&M, GradientsParams, Tensor<1>) -> (GradientsParams, Tensor<1>),
     ) -> Tensor<1> {
         let device = self.device();
-        let [batch, c, h, w] = x.dims();
-        assert_eq!(sizes.iter().sum::<usize>(), batch, "parts must cover the batch");
-        let x = x.to_device(&device);
+        let [_, c, h, w] = x.dims();
         let labels = labels.to_device(&device);
         device.seed(self.seed.wrapping_add(self.step));
         let global = [shard.global, c, h, w];
         let draw = draw_noise_shard(diffusion, self.model.null_class(), global, shard.offset, labels, &device);
+        self.train_step_drawn(diffusion, x, draw, sizes, shard.global, run, reduce)
+    }
+
+    /// [`Self::train_step_sharded`] with this process's draws given (`draw`, for `x`'s images)
+    /// and the global batch's size `global`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_drawn(
+        &mut self,
+        diffusion: &DiffusionConfig,
+        x: Tensor<4>,
+        draw: StepNoise,
+        sizes: &[usize],
+        global: usize,
+        run: impl FnOnce(Vec<PartJob>) -> Vec<(Tensor<1>, GradientsParams)>,
+        reduce: impl FnOnce(&M, GradientsParams, Tensor<1>) -> (GradientsParams, Tensor<1>),
+    ) -> Tensor<1> {
+        let device = self.device();
+        let batch = x.dims()[0];
+        assert_eq!(sizes.iter().sum::<usize>(), batch, "parts must cover the batch");
+        let x = x.to_device(&device);
+        let scale = self.loss_scale.map_or(1.0, |s| s.scale);
+        // The loss the backward pass starts from.
+        let scaled = move |loss: &Tensor<1>| if scale == 1.0 { loss.clone() } else { loss.clone().mul_scalar(scale) };
         let (grads, loss) = if sizes.len() <= 1 {
             let mut loss = loss(&self.model, diffusion, x, draw);
-            if batch != shard.global {
-                loss = loss.mul_scalar(batch as f64 / shard.global as f64);
+            if batch != global {
+                loss = loss.mul_scalar(batch as f64 / global as f64);
             }
-            (GradientsParams::from_grads(loss.backward(), &self.model), loss.without_autodiff())
+            (GradientsParams::from_grads(scaled(&loss).backward(), &self.model), loss.without_autodiff())
         } else {
             let jobs = x
                 .split_with_sizes(sizes.to_vec(), 0)
@@ -161,10 +196,10 @@ impl<M: Module + Network + Send + 'static> TrainState<M> {
                     // A fork has the same parameter ids and values, as new leaves of its own graph.
                     let model = self.model.clone().fork(&device);
                     let diffusion = diffusion.clone();
-                    let share = part as f64 / shard.global as f64;
+                    let share = part as f64 / global as f64;
                     Box::new(move || {
                         let loss = loss(&model, &diffusion, x, draw).mul_scalar(share);
-                        let grads = GradientsParams::from_grads(loss.backward(), &model);
+                        let grads = GradientsParams::from_grads(scaled(&loss).backward(), &model);
                         (loss.without_autodiff(), grads)
                     }) as PartJob
                 })
@@ -174,7 +209,15 @@ impl<M: Module + Network + Send + 'static> TrainState<M> {
             (sum_gradients(&self.model, grads), loss)
         };
         let (grads, loss) = reduce(&self.model, grads, loss);
-        self.apply_gradients(grads, shard.global);
+        let take = match &mut self.loss_scale {
+            Some(s) => s.update(gradients_finite(&self.model, &grads)),
+            None => true,
+        };
+        if take {
+            self.apply_scaled(grads, global, 1.0 / scale);
+        } else {
+            self.step += 1;
+        }
         loss
     }
 }
@@ -217,14 +260,33 @@ pub fn sum_gradients<M: Module>(model: &M, parts: Vec<GradientsParams>) -> Gradi
 }
 
 impl TrainState<Jit> {
+    /// Products in `dtype` (`None`: f32) for the network and both EMAs. f16 turns dynamic loss
+    /// scaling on (a scale restored from a checkpoint carries on); another type turns it off.
+    pub fn set_matmul_dtype(&mut self, dtype: Option<FloatDType>) {
+        self.model = self.model.clone().with_matmul_dtype(dtype);
+        self.ema1.model = self.ema1.model.clone().with_matmul_dtype(dtype);
+        self.ema2.model = self.ema2.model.clone().with_matmul_dtype(dtype);
+        self.loss_scale = match dtype {
+            Some(FloatDType::F16) => Some(self.loss_scale.unwrap_or_default()),
+            _ => None,
+        };
+    }
+
     /// The whole state as one checkpoint file (f32 weights of `net`, `ema1`, `ema2`, AdamW's
-    /// moments as two more copies and its step counts); `meta.step` is set to the current step.
+    /// moments as two more copies and its step counts, the loss scale if any); `meta.step` is
+    /// set to the current step.
     /// Fails with [`JitError::NonFinite`] when any weight copy holds NaN or ∞, so such weights
     /// never replace a good checkpoint.
     pub fn to_checkpoint(&self, meta: &CheckpointMeta) -> Result<Vec<u8>, JitError> {
         let mut meta = meta.clone();
         meta.step = self.step;
-        let steps = serde_json::to_vec(&self.adamw.steps).map_err(|e| JitError::Backend(e.to_string()))?;
+        let json = |e: serde_json::Error| JitError::Backend(e.to_string());
+        let steps = serde_json::to_vec(&self.adamw.steps).map_err(json)?;
+        let scale = self.loss_scale.as_ref().map(serde_json::to_vec).transpose().map_err(json)?;
+        let mut blobs = vec![(ADAMW_STEPS_BLOB, &steps[..])];
+        if let Some(scale) = &scale {
+            blobs.push((LOSS_SCALE_BLOB, &scale[..]));
+        }
         checkpoint::save_with_blobs(
             &meta,
             &[
@@ -235,7 +297,7 @@ impl TrainState<Jit> {
                 (ADAMW_V, &self.adamw.v),
             ],
             StoreDtype::F32,
-            &[(ADAMW_STEPS_BLOB, &steps[..])],
+            &blobs,
         )
     }
 
@@ -281,7 +343,17 @@ impl TrainState<Jit> {
                 .map_err(|e| JitError::BadMetadata(format!("corrupt parameter ids: {e}")))?;
             AdamW::from_burn_record(&state_dict::set_param_ids(net.clone(), &ids), &record)?
         };
+        let loss_scale = match checkpoint::blob(bytes, LOSS_SCALE_BLOB)? {
+            None => None,
+            Some(json) => Some(
+                serde_json::from_slice::<LossScale>(&json)
+                    .ok()
+                    .and_then(LossScale::checked)
+                    .ok_or_else(|| JitError::BadMetadata("corrupt loss scale".into()))?,
+            ),
+        };
         let mut state = Self::new(net, optim_config, seed);
+        state.loss_scale = loss_scale;
         state.ema1.model = ema1;
         state.ema2.model = ema2;
         state.adamw = adamw;

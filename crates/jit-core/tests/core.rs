@@ -363,10 +363,10 @@ fn same_seed_same_sample_on_cpu_and_wgpu() {
     };
     let a = run(&net_cpu, &cpu);
     // Attention on the GPU as two products and as the flash kernel.
+    let switch = AttentionSwitch::hold();
     for kernels in [AttentionKernels::Products, AttentionKernels::Flash] {
-        jit_core::ops::set_attention_kernels(kernels);
+        switch.set(kernels);
         let b = run(&net_gpu, &gpu);
-        jit_core::ops::set_attention_kernels(AttentionKernels::Products);
         let err = rel_l2(&b, &a);
         println!("cpu vs wgpu ({kernels:?}) sample rel L2 {err:.2e}");
         assert!(err <= 1e-3, "cpu vs wgpu ({kernels:?}): {err}");
@@ -415,14 +415,14 @@ fn a_step_in_parts_is_the_whole_batch_step() {
 #[test]
 fn the_memory_estimate_follows_how_attention_runs() {
     use jit_core::MemoryLimit;
-    use jit_core::ops::{AttentionKernels, set_attention_kernels};
     let config = JitConfig::preset("JiT-B/16", 256, 3, 1000).unwrap();
     let (b, t, heads) = (96u64, 256 + 32, 12u64);
+    let switch = AttentionSwitch::hold();
     let products = config.train_bytes(96);
-    set_attention_kernels(AttentionKernels::Flash);
+    switch.set(AttentionKernels::Flash);
     let flash = config.train_bytes(96);
     let fits = MemoryLimit::default().check_training(&config, 96);
-    set_attention_kernels(AttentionKernels::Products);
+    switch.set(AttentionKernels::Products);
     // Per block: 2·heads·T² f32 scores and probabilities against heads·T log-sum-exps.
     assert_eq!(products - flash, 12 * 4 * b * heads * (2 * t * t - t), "{products} against {flash}");
     assert!(fits.is_ok(), "{fits:?}");
@@ -434,6 +434,7 @@ fn the_memory_estimate_follows_how_attention_runs() {
 fn a_step_is_split_only_as_far_as_the_memory_limit_allows() {
     use jit_core::MemoryLimit;
     let config = JitConfig::preset("JiT-B/16", 256, 3, 1000).unwrap();
+    let _products = AttentionSwitch::hold(); // the estimate with attention as products
     let (step, gradients) = (config.train_bytes(32), 4 * config.param_count());
     // Room for the step and two and a half more gradient sets: three parts.
     assert_eq!(MemoryLimit(step + 5 * gradients / 2).training_parts(&config, 32, 8), 3);
@@ -489,10 +490,10 @@ fn a_training_step_on_wgpu_follows_the_cpu_step() {
     };
     let cpu = step(&Device::flex());
     // Attention on the GPU as two products and as the flash pair.
+    let switch = AttentionSwitch::hold();
     for kernels in [AttentionKernels::Products, AttentionKernels::Flash] {
-        jit_core::ops::set_attention_kernels(kernels);
+        switch.set(kernels);
         let gpu = step(&wgpu_device());
-        jit_core::ops::set_attention_kernels(AttentionKernels::Products);
         let what = format!("{kernels:?}: loss {} on the CPU, {} on wgpu", cpu.0, gpu.0);
         assert!(((cpu.0 - gpu.0) / cpu.0).abs() <= 1e-5, "{what}");
         let (w, e) = (rel_l2(&gpu.1, &cpu.1), rel_l2(&gpu.2, &cpu.2));

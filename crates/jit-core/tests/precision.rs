@@ -170,3 +170,121 @@ fn training_step_follows_f32(device: &Device, dtype: FloatDType) {
     assert!(moved < 5e-4, "mean weight difference after one step {moved}");
     assert!(rel_l2(&e16, &e32) < 1e-3);
 }
+
+/// f16 training at the paper's scale: the loss's gradient at each output value is about
+/// 1/(B·C·H·W), which f16 products round to zero or a few bits without loss scaling. A step on
+/// 4 images weighed as 4 of a 16 384-image batch (the share of one value in JiT-B/16's 256²
+/// batches of 64) follows the f32 step with the loss scale on, and not without it.
+fn loss_scaling_keeps_small_f16_gradients(device: &Device) {
+    let global = 4 * 4096;
+    let net0 = trained_like(device);
+    // ε = 1 makes AdamW's first update g/(|g| + 1) ≈ g for such small gradients: the weights'
+    // change after one step compares the gradients.
+    let optim = OptimConfig { lr: Some(1.0), epsilon: 1.0, ..OptimConfig::default() };
+    let change = |dtype: Option<FloatDType>, scaling: bool| {
+        let mut state = TrainState::new(net0.clone(), optim.clone(), 5);
+        state.set_matmul_dtype(dtype);
+        assert_eq!(state.loss_scale.is_some(), dtype == Some(FloatDType::F16), "f16 scales its losses");
+        if !scaling {
+            state.loss_scale = None;
+        }
+        let weights = |s: &TrainState<Jit>| {
+            let b = &s.model.blocks[0];
+            [b.attn.qkv.weight.val(), b.mlp.w12.weight.val()].map(|w| to_vec(w.without_autodiff()))
+        };
+        let before = weights(&state);
+        let (x, draw) = step_draws(&state.device());
+        let loss = state.train_step_drawn(
+            &DiffusionConfig::default(),
+            x,
+            draw,
+            &[4],
+            global,
+            |jobs| jobs.into_iter().map(|job| job()).collect(),
+            |_, grads, loss| (grads, loss),
+        );
+        assert!(loss.into_scalar::<f32>().is_finite());
+        let after = weights(&state);
+        before.iter().zip(&after).map(|(b, a)| a.iter().zip(b).map(|(a, b)| a - b).collect()).collect::<Vec<Vec<f32>>>()
+    };
+    let f32_change = change(None, false);
+    let errors =
+        |changes: Vec<Vec<f32>>| -> Vec<f64> { changes.iter().zip(&f32_change).map(|(a, b)| rel_l2(a, b)).collect() };
+    let scaled = errors(change(Some(FloatDType::F16), true));
+    let unscaled = errors(change(Some(FloatDType::F16), false));
+    println!("f16 gradients of qkv, w12 against f32: {scaled:?} with loss scaling, {unscaled:?} without");
+    assert!(scaled.iter().all(|&e| e < 1e-2), "with loss scaling: {scaled:?}");
+    assert!(unscaled.iter().all(|&e| e > 0.1), "without loss scaling f16 should lose these gradients: {unscaled:?}");
+}
+
+/// The images and draws of one step of 4 images (explicit, not from the device RNG).
+fn step_draws(device: &Device) -> (Tensor<4>, StepNoise) {
+    let x = PortableRng::new(2).noise([4, 3, 16, 16], 0.5, device).clamp(-1.0, 1.0);
+    let draw = StepNoise {
+        t: Tensor::<1>::from_data(TensorData::new(vec![0.2f32, 0.5, 0.8, 0.9], [4]), device),
+        noise: PortableRng::new(4).noise([4, 3, 16, 16], 1.0, device),
+        labels: Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), device),
+    };
+    (x, draw)
+}
+
+#[test]
+fn f16_training_scales_its_losses_on_the_cpu() {
+    let device = Device::flex();
+    if !device.supports_dtype(FloatDType::F16) {
+        eprintln!("SKIP: no f16 on this backend");
+        return;
+    }
+    loss_scaling_keeps_small_f16_gradients(&device);
+}
+
+#[test]
+fn f16_training_scales_its_losses_on_wgpu() {
+    let device = common::wgpu_device();
+    if !device.supports_dtype(FloatDType::F16) {
+        eprintln!("SKIP: this wgpu adapter has no shader-f16");
+        return;
+    }
+    loss_scaling_keeps_small_f16_gradients(&device);
+}
+
+/// A step whose scaled gradients overflow f16 changes no weight, moment or EMA, halves the
+/// scale, and still counts; the scale goes to the checkpoint and back.
+#[test]
+fn an_overflowing_f16_step_is_skipped_and_the_scale_is_saved() {
+    let device = Device::flex();
+    if !device.supports_dtype(FloatDType::F16) {
+        eprintln!("SKIP: no f16 on this backend");
+        return;
+    }
+    let mut state = TrainState::new(trained_like(&device), OptimConfig::default(), 5);
+    state.set_matmul_dtype(Some(FloatDType::F16));
+    // At 2²⁴ these gradients (≈ 1e-2) overflow f16's 65 504.
+    state.loss_scale =
+        Some(jit_core::LossScale { scale: jit_core::LossScale::MAX, good_steps: 5, ..jit_core::LossScale::default() });
+    let snapshot = |s: &TrainState<Jit>| {
+        let w = |net: &Jit| to_vec(net.blocks[0].attn.qkv.weight.val().without_autodiff());
+        (w(&s.model), w(&s.ema1.model), w(&s.adamw.m), s.adamw.steps.clone())
+    };
+    let before = snapshot(&state);
+    let (x, draw) = step_draws(&state.device());
+    let run = |jobs: Vec<jit_core::train_state::PartJob>| jobs.into_iter().map(|job| job()).collect();
+    let loss = state.train_step_drawn(&DiffusionConfig::default(), x, draw, &[2, 2], 4, run, |_, g, l| (g, l));
+    assert!(loss.into_scalar::<f32>().is_finite(), "the loss itself is finite");
+    assert!(before == snapshot(&state), "a skipped step changes no weight, EMA, moment or AdamW step count");
+    let scale = state.loss_scale.expect("still scaling");
+    assert_eq!((scale.scale, scale.good_steps, scale.skipped), (jit_core::LossScale::MAX / 2.0, 0, 1));
+    assert_eq!(state.step, 1, "the run's step count moves on");
+    // Saved with the checkpoint, restored with it.
+    let meta = jit_core::checkpoint::CheckpointMeta::new(config(), DiffusionConfig::default(), Default::default());
+    let bytes = state.to_checkpoint(&meta).unwrap();
+    let limit = jit_core::MemoryLimit::default();
+    let (restored, _) = TrainState::from_checkpoint(&bytes, OptimConfig::default(), 5, &device, limit).unwrap();
+    assert_eq!(restored.loss_scale, Some(scale));
+    // A run without f16 saves none.
+    let mut plain = restored;
+    plain.set_matmul_dtype(None);
+    let bytes = plain.to_checkpoint(&meta).unwrap();
+    let (restored, _) = TrainState::from_checkpoint(&bytes, OptimConfig::default(), 5, &device, limit).unwrap();
+    assert_eq!(restored.loss_scale, None);
+}

@@ -359,6 +359,56 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
     }
 }
 
+/// `--precision f16` scales its losses (the scale in every metrics line), and a resumed run
+/// carries on with the scale its checkpoint saved.
+#[test]
+fn an_f16_run_scales_its_losses_and_resumes_with_its_scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("f16");
+    let scales = || -> Vec<f64> {
+        let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss_scale"].as_f64().unwrap())
+            .collect()
+    };
+    let args = common::tiny_train_args(&run, 4, &["--precision", "f16", "--steps", "2"]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(scales(), vec![65536.0; 2]);
+    assert_eq!(losses(&run).len(), 2);
+    // A saved scale other than the first one comes back on resume.
+    let ckpt = run.join("ckpt-00000002.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let (mut state, meta) = jit_core::TrainState::from_checkpoint(
+        &bytes,
+        Default::default(),
+        0,
+        &Device::flex(),
+        jit_core::MemoryLimit::default(),
+    )
+    .unwrap();
+    state.loss_scale = Some(jit_core::LossScale { scale: 1024.0, ..Default::default() });
+    std::fs::write(&ckpt, state.to_checkpoint(&meta).unwrap()).unwrap();
+    let resume = |steps: &str, precision: &str| {
+        ok(&[
+            "train",
+            "--resume",
+            run.to_str().unwrap(),
+            "--backend",
+            "cpu",
+            "--steps",
+            steps,
+            "--precision",
+            precision,
+        ])
+    };
+    resume("3", "f16");
+    assert_eq!(scales(), vec![65536.0, 65536.0, 1024.0]);
+    // Without f16 there is no scale.
+    resume("4", "f32");
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(!text.lines().last().unwrap().contains("loss_scale"), "{text}");
+}
+
 #[test]
 fn toy_x_prediction_stays_on_the_manifold_where_eps_prediction_does_not() {
     let tmp = tempfile::tempdir().unwrap();

@@ -19,22 +19,26 @@ use burn::nn::Linear;
 use burn::tensor::{Device, FloatDType, Tensor};
 
 /// Float type of the linear layers' matrix products. The reference trains and samples under
-/// bf16 autocast: linear layers take bf16 inputs and weights and accumulate in f32 (here a
-/// layer whose result returns to f32 adds its bias in f32 to the rounded product, where autocast
-/// rounds their sum once; one feeding an f16/bf16 consumer, `qkv`, adds it in that type), while
-/// norms, RoPE, attention, softmax, residual sums and the loss stay f32 (so do the weights,
-/// their gradients, AdamW's moments and the EMAs). `None` computes everything in f32.
+/// bf16 autocast: linear layers take bf16 inputs and weights and accumulate in f32. Here a
+/// layer whose result returns to f32 (`proj`, `w3`, the embedders, the final layer) adds its
+/// bias in f32 to the rounded product, where autocast rounds their sum once; one whose result
+/// feeds a consumer that reads the products' type (`adaLN_modulation`, `qkv`, `w12`) adds it in
+/// that type ([`Self::linear_in_type`]). Norms, RoPE, the attention softmax, residual sums and
+/// the loss compute in f32; training keeps f32 weights, gradients, AdamW moments and EMAs, and
+/// casts the weights at each call, while [`crate::Jit::for_sampling`] stores them in the
+/// products' type once. `None` computes everything in f32 (weights stored in another type are
+/// cast back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MatmulDtype(pub Option<FloatDType>);
 
 impl MatmulDtype {
     /// `layer(x)`, with the product in the chosen type and the result back in f32. Under mixed
     /// precision the bias is added to the product's result in f32 (one rounding, as a fused
-    /// bias epilogue of a GPU product, and no casts of the bias or its gradient).
+    /// bias epilogue of a GPU product; an f32 bias and its gradient are not cast).
     pub fn linear<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         let bias = layer.bias.as_ref().map(|b| b.val());
         match self.0 {
-            None => crate::ops::linear(x, layer.weight.val(), bias),
+            None => Self::typed(FloatDType::F32, layer, x, bias),
             Some(dtype) => {
                 let product = Self::typed(dtype, layer, x, None).cast(FloatDType::F32);
                 match bias {
@@ -52,10 +56,7 @@ impl MatmulDtype {
     /// type is not cast.
     pub fn linear_in_type<const D: usize>(self, layer: &Linear, x: Tensor<D>) -> Tensor<D> {
         let bias = layer.bias.as_ref().map(|b| b.val());
-        match self.0 {
-            None => crate::ops::linear(x, layer.weight.val(), bias),
-            Some(dtype) => Self::typed(dtype, layer, x, bias),
-        }
+        Self::typed(self.0.unwrap_or(FloatDType::F32), layer, x, bias)
     }
 
     /// Stores `layer`'s weight in the products' type (nothing for f32), so that [`Self::linear`]

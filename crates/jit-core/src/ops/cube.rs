@@ -1,9 +1,10 @@
 //! [`JitOps`] on burn's cubecl backend (GPUs through wgpu): the CubeCL kernels of `shaders/`
 //! (crate `jit-shaders`) for f32 tensors (`qkv_heads`, the parts' gradients, flash attention,
 //! attention's softmax and the SwiGLU gate both ways also for f16, and the adaLN output that
-//! `rms_norm_modulate` and `gated_residual` read: the mixed-precision products' type). Under burn's `fusion` each call is one custom operation in fusion's stream, the
-//! backward passes included. The matrix products (linear layers, attention) are burn's own
-//! kernels (the reference bodies); other dtypes run the reference bodies.
+//! `rms_norm_modulate` and `gated_residual` read: the mixed-precision products' type). Under
+//! burn's `fusion` each call is one custom operation in fusion's stream, the backward passes
+//! included. The matrix products (linear layers, attention) are burn's own kernels (the
+//! reference bodies); other dtypes run the reference bodies.
 
 use burn::backend::TensorMetadata;
 use burn::backend::ops::FloatTensorOps;

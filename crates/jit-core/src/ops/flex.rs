@@ -436,7 +436,7 @@ impl ListOps for Flex {
     fn adamw_ema(slots: Vec<[FlexTensor; 6]>, factors: FlexTensor) -> Vec<[FlexTensor; 5]> {
         super::count_kernel();
         let factors = contiguous(factors);
-        let factors: &[f32; 13] = slice(&factors).try_into().expect("adamw_ema: 13 factors");
+        let factors: &[f32; super::AdamWEmaFactors::COUNT] = slice(&factors).try_into().expect("adamw_ema: 14 factors");
         let step = |[p, g, m, v, e1, e2]: [FlexTensor; 6]| {
             let shape = dims(&p);
             let g = contiguous(g);

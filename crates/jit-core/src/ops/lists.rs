@@ -14,7 +14,7 @@ use super::{AdamWEmaFactors, enabled, reference};
 /// autodiff graph).
 pub(super) trait ListOps: Backend {
     /// [`reference::adamw_ema`]: per parameter `[θ, grad, m, v, ema1, ema2]` (f32, one shape
-    /// each), `factors` `[13]` ([`AdamWEmaFactors::values`], on the device, where the kernels
+    /// each), `factors` `[14]` ([`AdamWEmaFactors::values`], on the device, where the kernels
     /// read them) → per parameter `[θ, m, v, ema1, ema2]`.
     fn adamw_ema(slots: Vec<[FloatTensor<Self>; 6]>, factors: FloatTensor<Self>) -> Vec<[FloatTensor<Self>; 5]>;
 }

@@ -424,6 +424,9 @@ pub struct AdamWEmaFactors {
     pub ema1: [f32; 2],
     /// The second EMA's decay and `1 − decay`.
     pub ema2: [f32; 2],
+    /// The gradients' factor before the step: `1 / loss scale` under f16 loss scaling
+    /// ([`crate::LossScale`]), else 1.
+    pub grad_scale: f32,
 }
 
 impl AdamWEmaFactors {
@@ -443,6 +446,10 @@ impl AdamWEmaFactors {
     pub const EMA1: usize = 9;
     /// Index of the second EMA's decay (`1 − decay` follows).
     pub const EMA2: usize = 11;
+    /// Index of the gradients' factor.
+    pub const GRAD_SCALE: usize = 13;
+    /// How many factors [`Self::values`] gives.
+    pub const COUNT: usize = 14;
 
     /// The step's factors: learning rate `lr`, weight decay `weight_decay`, `betas`, `epsilon`,
     /// the parameter's step `step` (from 1) and the two EMAs' `decays`.
@@ -460,19 +467,27 @@ impl AdamWEmaFactors {
             epsilon: epsilon as f32,
             ema1: pair(decays.0),
             ema2: pair(decays.1),
+            grad_scale: 1.0,
         }
     }
 
-    /// The factors as the kernels take them (a `[13]` tensor on the device, as PyTorch's
+    /// The same step on gradients multiplied by `1 / grad_scale` first (the loss scale's
+    /// inverse: a power of two, so the product is exact).
+    pub fn with_grad_scale(self, grad_scale: f32) -> Self {
+        Self { grad_scale, ..self }
+    }
+
+    /// The factors as the kernels take them (a `[14]` tensor on the device, as PyTorch's
     /// capturable AdamW keeps its learning rate there): `[lr, 1 − lr·wd, β₁, 1 − β₁, β₂, 1 − β₂,
-    /// 1 − β₁ᵗ, 1 − β₂ᵗ, ε, d₁, 1 − d₁, d₂, 1 − d₂]` (indices [`AdamWEmaFactors::LR`] …).
-    pub fn values(&self) -> [f32; 13] {
+    /// 1 − β₁ᵗ, 1 − β₂ᵗ, ε, d₁, 1 − d₁, d₂, 1 − d₂, grad_scale]` (indices
+    /// [`AdamWEmaFactors::LR`] …).
+    pub fn values(&self) -> [f32; Self::COUNT] {
         let [b1, rb1] = self.beta1;
         let [b2, rb2] = self.beta2;
         let [c1, c2] = self.corrections;
         let [d1, r1] = self.ema1;
         let [d2, r2] = self.ema2;
-        [self.lr, self.decay, b1, rb1, b2, rb2, c1, c2, self.epsilon, d1, r1, d2, r2]
+        [self.lr, self.decay, b1, rb1, b2, rb2, c1, c2, self.epsilon, d1, r1, d2, r2, self.grad_scale]
     }
 }
 

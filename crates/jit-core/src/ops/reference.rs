@@ -83,20 +83,21 @@ fn chunk_backward<B: Backend>(grad: T<B>, index: usize, chunks: usize) -> T<B> {
 
 /// adaLN's `modulate(rms_norm(x), shift, scale)` = `n·(1 + scale) + shift` for `x` `[B, T, D]`,
 /// `weight` `[D]`, shift and scale chunks `index` and `index + 1` of `modulation` `[B, n·D]`;
-/// computed in f32, returned in `modulation`'s type (an f16/bf16 `modulation` is the
-/// mixed-precision adaLN product's output, and the result feeds `qkv` or `w12` in that type).
+/// computed in f32 whatever the inputs' types, returned in `modulation`'s type (an f16/bf16
+/// `modulation` is the mixed-precision adaLN product's output, and the result feeds `qkv` or
+/// `w12` in that type).
 pub fn rms_norm_modulate<B: Backend>(x: T<B>, weight: T<B>, modulation: T<B>, index: usize, eps: f32) -> T<B> {
     let d = dims::<B>(&x)[2];
     let dtype = modulation.dtype();
-    let modulation = cast::<B>(modulation, DType::F32);
+    let [x, weight, modulation] = [x, weight, modulation].map(|t| cast::<B>(t, DType::F32));
     let (shift, scale) = (chunk::<B>(modulation.clone(), index, d), chunk::<B>(modulation, index + 1, d));
     let n = rms_norm::<B>(x, weight, eps);
     cast::<B>(B::float_add(B::float_mul(n, B::float_add_scalar(scale, scalar(1.0))), shift), dtype)
 }
 
 /// [`rms_norm_modulate`]'s gradients `(dx, dweight, dmodulation)` from the output's `grad` (in
-/// `modulation`'s type; computed in f32; `dmodulation` in that type: the shift's and the
-/// scale's at their chunks, zeros elsewhere).
+/// `modulation`'s type), each in its input's type (computed in f32; `dmodulation` is the
+/// shift's and the scale's gradient at their chunks, zeros elsewhere).
 pub fn rms_norm_modulate_backward<B: Backend>(
     x: T<B>,
     weight: T<B>,
@@ -107,8 +108,8 @@ pub fn rms_norm_modulate_backward<B: Backend>(
 ) -> (T<B>, T<B>, T<B>) {
     let d = dims::<B>(&x)[2];
     let chunks = dims::<B>(&modulation)[1] / d;
-    let dtype = modulation.dtype();
-    let (modulation, grad) = (cast::<B>(modulation, DType::F32), cast::<B>(grad, DType::F32));
+    let dtypes = [x.dtype(), weight.dtype(), modulation.dtype()];
+    let [x, weight, modulation, grad] = [x, weight, modulation, grad].map(|t| cast::<B>(t, DType::F32));
     let scale = chunk::<B>(modulation, index + 1, d);
     let r = rms::<B>(x.clone(), eps);
     let x_hat = B::float_div(x, r.clone());
@@ -121,7 +122,7 @@ pub fn rms_norm_modulate_backward<B: Backend>(
     let dx = rms_norm_dx::<B>(x_hat, r, B::float_mul(g_n, w));
     let dmodulation =
         B::float_add(chunk_backward::<B>(dshift, index, chunks), chunk_backward::<B>(dscale, index + 1, chunks));
-    (dx, dweight, cast::<B>(dmodulation, dtype))
+    (cast::<B>(dx, dtypes[0]), cast::<B>(dweight, dtypes[1]), cast::<B>(dmodulation, dtypes[2]))
 }
 
 /// Swaps the channels of each pair `(x0, x1) → (x1, x0)` along the last dimension.
@@ -466,12 +467,14 @@ pub fn cfg_mix<B: Backend>(v: T<B>, scale: f32) -> T<B> {
 }
 
 /// One AdamW step and both EMA updates of one parameter, in burn's AdamW's order of
-/// operations (its tensor ops, rounded as they round): `m ← β₁·m + (1 − β₁)·g`,
+/// operations (its tensor ops, rounded as they round), on the gradient times
+/// [`AdamWEmaFactors::grad_scale`] `g`: `m ← β₁·m + (1 − β₁)·g`,
 /// `v ← β₂·v + (1 − β₂)·g²`, `θ ← θ·(1 − lr·wd) − lr·(m/c₁)/(√(v/c₂) + ε)`, then
 /// `e ← e·d + θ·(1 − d)` for each EMA. Returns `[θ, m, v, ema1, ema2]`.
 pub fn adamw_ema_one<B: Backend>(param: T<B>, grad: T<B>, state: [T<B>; 4], f: &AdamWEmaFactors) -> [T<B>; 5] {
     let [m, v, ema1, ema2] = state;
     let mul = |t: T<B>, x: f32| B::float_mul_scalar(t, scalar(x));
+    let grad = if f.grad_scale == 1.0 { grad } else { mul(grad, f.grad_scale) };
     let m = B::float_add(mul(m, f.beta1[0]), mul(grad.clone(), f.beta1[1]));
     let v = B::float_add(mul(v, f.beta2[0]), mul(B::float_mul(grad.clone(), grad), f.beta2[1]));
     let m_hat = B::float_div_scalar(m.clone(), scalar(f.corrections[0]));

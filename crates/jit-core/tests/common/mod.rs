@@ -108,3 +108,26 @@ impl burn::module::ModuleMapper for ToGrad<'_> {
         burn::module::Param::initialized(param.id, grad)
     }
 }
+
+/// The process-wide attention switch ([`jit_core::ops::set_attention_kernels`]), held by one test
+/// at a time: tests run on parallel threads, and the switch also changes the memory estimate.
+/// Dropping it sets the default (products) back, a failed assertion included.
+pub struct AttentionSwitch(std::sync::MutexGuard<'static, ()>);
+
+static ATTENTION_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl AttentionSwitch {
+    pub fn hold() -> Self {
+        Self(ATTENTION_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    pub fn set(&self, kernels: jit_core::ops::AttentionKernels) {
+        jit_core::ops::set_attention_kernels(kernels);
+    }
+}
+
+impl Drop for AttentionSwitch {
+    fn drop(&mut self) {
+        jit_core::ops::set_attention_kernels(jit_core::ops::AttentionKernels::Products);
+    }
+}

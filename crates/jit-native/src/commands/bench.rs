@@ -169,10 +169,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         config.validate()?;
         a.backend.memory_limit().check_training(&config, a.batch_size)?;
         a.backend.memory_limit().check(&config, 2 * a.sample_count)?;
-        let model = Jit::new(&config, &device)?.with_matmul_dtype(mm);
+        let model = Jit::new(&config, &device)?;
         let params = model.num_params();
         let diffusion = DiffusionConfig::default();
         let mut state = TrainState::new(model, OptimConfig::default(), 0);
+        // As `train` runs: f16 products with loss scaling.
+        state.set_matmul_dtype(mm);
         let mut rng = PortableRng::new(1);
         let shape = [a.batch_size, a.channels, a.image_size, a.image_size];
         let labels: Vec<i64> = (0..a.batch_size).map(|i| (i % a.num_classes) as i64).collect();

@@ -164,9 +164,7 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
         None => TrainState::from_checkpoint(&bytes, r.optim.clone(), r.seed, &device, limit)?.0,
     };
     drop(bytes);
-    state.model = state.model.with_matmul_dtype(mm);
-    state.ema1.model = state.ema1.model.with_matmul_dtype(mm);
-    state.ema2.model = state.ema2.model.with_matmul_dtype(mm);
+    state.set_matmul_dtype(mm);
     if size > 1 {
         let sum = jit_core::flat::weights_checksum(&state.model)?;
         dist::check_same(world, sum, &format!("starts from other weights at step {}", state.step))?;
@@ -263,13 +261,26 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
             bar.abandon();
             bail!("loss became {loss} at step {step}; stopped. {}", dir.as_ref().map_or(String::new(), last_good));
         }
+        if state.loss_scale.is_some_and(|s| s.diverged()) {
+            bar.abandon();
+            let last = dir.as_ref().map_or(String::new(), last_good);
+            bail!(
+                "the gradients were not finite at step {step} even at loss scale 1 (training diverged); stopped. {last}"
+            );
+        }
         if size > 1 && step % args.check_every == 0 {
             let sum = jit_core::flat::weights_checksum(&state.model)?;
             dist::check_same(world, sum, &format!("has other weights after step {step}"))?;
         }
         let ips = r.global_batch as f64 / dt.max(1e-9);
         if let Some(metrics) = &mut metrics {
-            writeln!(metrics, "{}", serde_json::json!({"step": step, "loss": loss, "lr": lr, "images_per_s": ips}))?;
+            let mut line = serde_json::json!({"step": step, "loss": loss, "lr": lr, "images_per_s": ips});
+            if let Some(s) = state.loss_scale {
+                // f16 products: the loss scale after this step, and whether the step was skipped.
+                line["loss_scale"] = s.scale.into();
+                line["skipped"] = (s.skipped > 0).into();
+            }
+            writeln!(metrics, "{line}")?;
         }
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.4} | {ips:.1} img/s"));
@@ -385,7 +396,10 @@ fn last_good(dir: &RunDir) -> String {
             p.display(),
             dir.path.display()
         ),
-        None => "No checkpoint was written yet (lower the learning rate and start again).".into(),
+        None => format!(
+            "No checkpoint was written yet (start again with a lower --lr, in another --out or after removing {}).",
+            dir.path.display()
+        ),
     }
 }
 

@@ -46,15 +46,16 @@ pub struct AdamWEmaValues<'a> {
 }
 
 /// One AdamW step and both EMA updates in place, in burn's AdamW's order of operations (each
-/// product rounded as its separate tensor ops round it): `factors` = `[lr, 1 − lr·wd, β₁,
-/// 1 − β₁, β₂, 1 − β₂, 1 − β₁ᵗ, 1 − β₂ᵗ, ε, d₁, 1 − d₁, d₂, 1 − d₂]`
+/// product rounded as its separate tensor ops round it), on the gradient times `s`: `factors` =
+/// `[lr, 1 − lr·wd, β₁, 1 − β₁, β₂, 1 − β₂, 1 − β₁ᵗ, 1 − β₂ᵗ, ε, d₁, 1 − d₁, d₂, 1 − d₂, s]`
 /// (`jit_core::ops::reference::adamw_ema_one` is the reference).
-pub fn adamw_ema(values: AdamWEmaValues<'_>, grad: &[f32], factors: &[f32; 13]) {
+pub fn adamw_ema(values: AdamWEmaValues<'_>, grad: &[f32], factors: &[f32; 14]) {
     multiversion! {
-        fn kernel(param: &mut [f32], m: &mut [f32], v: &mut [f32], ema1: &mut [f32], ema2: &mut [f32], grad: &[f32], factors: &[f32; 13]) {
-            let [lr, decay, b1, rb1, b2, rb2, c1, c2, eps, d1, r1, d2, r2] = *factors;
+        fn kernel(param: &mut [f32], m: &mut [f32], v: &mut [f32], ema1: &mut [f32], ema2: &mut [f32], grad: &[f32], factors: &[f32; 14]) {
+            let [lr, decay, b1, rb1, b2, rb2, c1, c2, eps, d1, r1, d2, r2, s] = *factors;
             let state = m.iter_mut().zip(v.iter_mut()).zip(ema1.iter_mut()).zip(ema2.iter_mut());
             for ((p, &g), (((m, v), e1), e2)) in param.iter_mut().zip(grad).zip(state) {
+                let g = g * s;
                 *m = *m * b1 + g * rb1;
                 *v = *v * b2 + g * g * rb2;
                 let delta = (*m / c1) / ((*v / c2).sqrt() + eps);
