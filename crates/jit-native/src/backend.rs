@@ -73,11 +73,19 @@ pub struct BackendArgs {
 pub struct LimitArgs {
     /// Memory a model may need, in GiB: models and batches estimated to need more are refused
     /// before anything is allocated.
-    #[arg(long, value_name = "GIB", default_value_t = DEFAULT_MEMORY_LIMIT.0 as f64 / GIB)]
+    #[arg(long, value_name = "GIB", default_value_t = DEFAULT_MEMORY_LIMIT.0 as f64 / GIB, value_parser = positive_gib)]
     pub max_memory: f64,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
+
+/// A memory size in GiB: positive and finite.
+fn positive_gib(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s}: a positive number of GiB, such as 16 or 0.5")),
+    }
+}
 
 impl LimitArgs {
     /// The limit in bytes.

@@ -79,6 +79,18 @@ pub fn check_output(out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Checks a cache file the user names (read if it is one, else written): refused when it is a
+/// file of a training run or exists and is not a regular file.
+pub fn check_cache(path: &Path) -> Result<()> {
+    if let Some(run) = crate::training::run_dir::run_owning(path) {
+        refuse!("{} is a file of the training run in {}; name a cache file elsewhere", path.display(), run.display());
+    }
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        refuse!("{} exists and is not a regular file; name another cache file", path.display());
+    }
+    Ok(())
+}
+
 /// Whether two paths name the same file (hard links and symlinks included).
 fn same_file(a: &Path, b: &Path) -> bool {
     #[cfg(unix)]

@@ -87,6 +87,15 @@ fn outputs_never_replace_a_runs_files_or_their_input_and_others_need_force() {
     ok(&["sample", w, "--backend", "cpu", "--steps", "1", "--out", s]);
     refused(&["sample", w, "--backend", "cpu", "--steps", "1", "--out", s], "--force");
     ok(&["sample", w, "--backend", "cpu", "--steps", "1", "--out", s, "--force"]);
+    // A smaller sample into the same folder would leave images of the larger one beside its
+    // own: refused, even with --force; the same count replaces them all.
+    let fewer = ["sample", w, "--backend", "cpu", "--steps", "1", "--out", s, "--force", "--class", "0"];
+    refused(&fewer, "would not replace");
+    let names = ["--names", "official"];
+    refused(
+        &[&["sample", w, "--backend", "cpu", "--steps", "1", "--out", s, "--force"][..], &names].concat(),
+        "would not replace",
+    );
 }
 
 #[test]
@@ -195,4 +204,60 @@ fn a_run_without_a_terminal_logs_its_progress() {
         .unwrap();
     let log = stderr(&out);
     assert!(out.status.success() && !log.contains("XDG_RUNTIME_DIR") && !log.contains("error"), "{log}");
+}
+
+/// `eval`'s report and classifier cache and `toy`'s outputs never replace what a user saved:
+/// a run's files are refused, a cache file that is not a classifier is left as it is, existing
+/// outputs need --force; and their numbers are checked before any work (image sizes, counts,
+/// epochs, threads, the toy's MLP), with memory estimates where sizes multiply.
+#[test]
+fn eval_bench_and_toy_write_over_nothing_and_check_their_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    ok(&refs(&train_args(&run, &["--steps", "1"])));
+    let ckpt = run.join("ckpt-00000001.safetensors");
+    let saved = std::fs::read(&ckpt).unwrap();
+    let c = ckpt.to_str().unwrap();
+    let eval_with = |extra: &[&str]| -> Vec<String> {
+        let base = ["eval", "--backend", "cpu", "--data", "shapes"];
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let eval = |extra: &[&str]| eval_with(&[&["--image-size", "16", "--count", "10"], extra].concat());
+    refused(&refs(&eval(&["--classifier", c])), "file of the training run");
+    let settings = run.join("settings.json");
+    refused(&refs(&eval(&["--json", settings.to_str().unwrap()])), "file of the training run");
+    let notes = tmp.path().join("notes.mpk");
+    std::fs::write(&notes, "not a classifier").unwrap();
+    let n = notes.to_str().unwrap();
+    common::fails(&refs(&eval(&["--classifier", n, "--classifier-epochs", "1"])), "is not a classifier");
+    assert_eq!(std::fs::read(&notes).unwrap(), b"not a classifier", "a user's file is never replaced");
+    refused(&refs(&eval(&["--json", n])), "--force");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), saved, "the run's checkpoint is untouched");
+    for (flags, needle) in [
+        (&["--count", "1"][..], "--count 1"),
+        (&["--classifier-epochs", "0"], "classifier-epochs"),
+        (&["--image-size", "100000"], "image-size"),
+    ] {
+        refused(&refs(&eval_with(flags)), needle);
+    }
+    // Within the bounds, a size whose classifier would not fit is refused before any work.
+    refused(&refs(&eval_with(&["--image-size", "4096", "--count", "10"])), "memory limit");
+    let bench = ["bench", "--backend", "cpu", "--loader", "shapes", "--train-steps", "1"];
+    let with = |extra: &[&str]| -> Vec<String> { bench.iter().chain(extra).map(|s| s.to_string()).collect() };
+    refused(&refs(&with(&["--loader-threads", "100000"])), "loader-threads");
+    refused(&refs(&with(&["--image-size", "5000"])), "image-size");
+    refused(&refs(&with(&["--image-size", "4096", "--batch-size", "100000"])), "memory limit");
+    for limit in ["nan", "0", "-1", "inf"] {
+        refused(&refs(&with(&[&format!("--max-memory={limit}")])), "max-memory");
+    }
+    for (flag, value) in [("--dims", "1"), ("--hidden", "0"), ("--lr", "nan"), ("--lr=-1", ""), ("--samples", "1")] {
+        let args: Vec<&str> = ["toy", flag, value].into_iter().filter(|s| !s.is_empty()).collect();
+        refused(&args, flag.trim_end_matches("=-1"));
+    }
+    // The toy's outputs: an existing one needs --force.
+    let out = tmp.path().join("toy");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("toy.json"), "mine").unwrap();
+    refused(&["toy", "--out", out.to_str().unwrap(), "--steps", "1"], "--force");
+    assert_eq!(std::fs::read(out.join("toy.json")).unwrap(), b"mine");
 }

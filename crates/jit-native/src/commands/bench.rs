@@ -30,10 +30,10 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "JiT-T/4,JiT-S/4")]
     pub model: Vec<String>,
     /// Image size.
-    #[arg(long, default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 32, value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub image_size: usize,
     /// Channels.
-    #[arg(long, default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..=4))]
     pub channels: usize,
     /// Classes.
     #[arg(long, default_value_t = 10, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
@@ -82,7 +82,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub inception: Option<std::path::PathBuf>,
     /// The loader's decoding threads (default: the machine's cores).
-    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub loader_threads: Option<usize>,
     #[command(flatten)]
     pub backend: BackendArgs,
@@ -302,6 +302,9 @@ fn time_sampling(
 /// Markdown row.
 fn loader(a: &BenchArgs, data: &DataSource) -> Result<()> {
     let threads = a.loader_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The batch being filled and the two waiting, f32.
+    let batch = image_bytes(a.batch_size, a.channels, a.image_size).saturating_mul(4 * 3);
+    a.backend.memory_limit().check_bytes("the loader's batches (--batch-size, --image-size)", batch)?;
     let dataset: std::sync::Arc<dyn crate::data::Dataset> = data.open(a.image_size, a.channels, true)?.into();
     let loader = Loader::spawn(dataset.clone(), a.batch_size, 0..a.batch_size, 0, 0, 2, threads)?;
     loader.next()?;
@@ -325,12 +328,19 @@ fn loader(a: &BenchArgs, data: &DataSource) -> Result<()> {
     Ok(())
 }
 
+/// Values in `n` images of `channels`×`side`×`side` (saturating: a bound to check, not an index).
+fn image_bytes(n: usize, channels: usize, side: usize) -> u64 {
+    [n, channels, side, side].iter().fold(1u64, |a, &b| a.saturating_mul(b as u64))
+}
+
 /// `bench --inception FILE`: the FID extractor's images/s on random images.
 fn inception(a: &BenchArgs, weights: &std::path::Path) -> Result<()> {
     let (device, adapter) = a.backend.device_named()?;
     let net = crate::commands::fid::load_inception(weights, &device)?;
     let (n, side) = (a.batch_size, a.image_size);
-    a.backend.memory_limit().check_bytes("the Inception's activations (--batch-size)", batch_bytes(n))?;
+    let limit = a.backend.memory_limit();
+    limit.check_bytes("the Inception's activations (--batch-size)", batch_bytes(n))?;
+    limit.check_bytes("the batch of 8-bit images (--batch-size, --image-size)", image_bytes(n, 3, side))?;
     let mut rng = PortableRng::new(1);
     let images: Vec<u8> = (0..n * side * side * 3).map(|_| (rng.next_u64() >> 56) as u8).collect();
     net.run(&images, n, side, side)?;

@@ -22,6 +22,7 @@ use crate::backend::BackendArgs;
 use crate::data::DataSource;
 use crate::generate::{GenerateOptions, generate};
 use crate::model_file;
+use crate::refuse;
 use crate::science::classifier::{default_cache, features_and_accuracy, load_or_train, splits};
 use crate::science::frechet::frechet_distance;
 
@@ -34,7 +35,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "fashion-mnist")]
     pub data: DataSource,
     /// Image size (default: the checkpoint's, else 32).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub image_size: Option<usize>,
     /// Generated images (and real images per split) [default: 1000; with --fid-inception, 50
     /// per class].
@@ -49,13 +50,14 @@ pub struct EvalArgs {
     /// Which weights of a training checkpoint.
     #[arg(long, value_enum, default_value_t = WeightCopy::Ema1)]
     pub weights: WeightCopy,
-    /// Classifier cache file (default: ~/.cache/jit-engine/classifier-<dataset>-<size>.mpk).
+    /// Classifier cache file (default: ~/.cache/jit-engine/classifier-<dataset>-<size>.mpk). A
+    /// file given here that is not a classifier for these images is refused, never replaced.
     #[arg(long)]
     pub classifier: Option<PathBuf>,
     /// Classifier training epochs (when not cached).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
     pub classifier_epochs: usize,
-    /// Write the report as JSON here.
+    /// Write the report as JSON here (an existing file only with --force).
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
@@ -80,6 +82,17 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
         return Ok(Vec::new());
     }
     let count = a.count.unwrap_or(1000);
+    if count < 2 {
+        refuse!("--count {count}: must be at least 2 (images per split, for a covariance)");
+    }
+    // Outputs are checked before any work.
+    let inputs: Vec<&std::path::Path> = a.checkpoint.iter().chain(&a.classifier).map(PathBuf::as_path).collect();
+    if let Some(json) = &a.json {
+        crate::fsutil::check_output(json, &inputs, a.fid.force)?;
+    }
+    if let Some(cache) = &a.classifier {
+        crate::fsutil::check_cache(cache)?;
+    }
     let device = a.backend.device()?;
     let source = a.data.clone();
     let loaded = match &a.checkpoint {
@@ -103,8 +116,15 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
             meta.network.num_classes
         );
     }
-    let cache = a.classifier.clone().unwrap_or_else(|| default_cache(&source, size));
-    let clf = load_or_train(&cache, &train, a.classifier_epochs, &device)?;
+    // The classifier (weights, gradients, two AdamW moments) and four sets of images, f32.
+    let pixels = (c * size * size) as u64;
+    let need = (16 * pixels * 512).saturating_add(16 * pixels * count.min(1 << 20) as u64);
+    a.backend.memory_limit().check_bytes("the classifier and its images (--image-size, --count)", need)?;
+    let (cache, given) = match &a.classifier {
+        Some(p) => (p.clone(), true),
+        None => (default_cache(&source, size), false),
+    };
+    let clf = load_or_train(&cache, given, &train, a.classifier_epochs, &device)?;
     let shape = [c, size, size];
     let n = count.min(test_a.indices.len()).min(test_b.indices.len());
     if n < 2 {

@@ -53,7 +53,7 @@ pub struct FidArgs {
     /// Noise seed of the samples.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Replace `--stats-out` if it exists.
+    /// Replace `--stats-out` (or `eval --json`) if it exists.
     #[arg(long)]
     pub force: bool,
 }
@@ -158,6 +158,11 @@ pub fn run(
         let size = image_size.unwrap_or(256);
         let data = source.open(size, 3, false)?;
         let n = count.unwrap_or(data.len()).min(data.len());
+        if n < 2 {
+            refuse!("--make-stats needs at least 2 images for a covariance ({n} given or in the dataset)");
+        }
+        let batch = (f.fid_batch as u64).saturating_mul(3 * 4 * (size * size) as u64);
+        backend.memory_limit().check_bytes("a batch of real images (--fid-batch, --image-size)", batch)?;
         let bar = bar(n, "real images")?;
         let mut rng = PortableRng::new(0);
         for start in (0..n).step_by(f.fid_batch) {

@@ -90,6 +90,17 @@ pub enum Names {
     Official,
 }
 
+/// Whether `name` is an image file `sample` writes under either naming (`sample-NNN-classK.png`,
+/// `NNNNN.png`).
+fn is_sample_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(stem) = name.strip_suffix(".png") else { return false };
+    match stem.strip_prefix("sample-").and_then(|rest| rest.split_once("-class")) {
+        Some((i, k)) => digits(i) && digits(k),
+        None => stem.len() == 5 && digits(stem),
+    }
+}
+
 /// The file of image `i` (of class `label`).
 fn sample_name(names: Names, i: usize, label: i64) -> String {
     match names {
@@ -174,6 +185,22 @@ fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
         for out in &outputs {
             check_output(out, &[&a.checkpoint], a.force)?;
         }
+        // Images of an earlier sample that this one would not replace would be scored with it
+        // by an evaluation of the folder (`eval --images`).
+        if !a.grid_only && a.out.is_dir() {
+            let ours: std::collections::HashSet<&std::path::Path> = outputs.iter().map(|p| p.as_path()).collect();
+            let entries = std::fs::read_dir(&a.out).with_context(|| format!("cannot read {}", a.out.display()))?;
+            let stale = entries
+                .filter_map(|e| e.ok())
+                .filter(|e| is_sample_name(&e.file_name().to_string_lossy()) && !ours.contains(e.path().as_path()))
+                .count();
+            if stale > 0 {
+                refuse!(
+                    "--out {} holds {stale} sample images this run would not replace (an earlier, larger or differently named sample); an evaluation of the folder would mix them: choose an empty folder",
+                    a.out.display()
+                );
+            }
+        }
     }
     // This process's images: a contiguous part of the batch.
     let part = rank * n / size..(rank + 1) * n / size;
@@ -245,4 +272,21 @@ fn sample(a: &SampleArgs, world: &dyn Collective) -> Result<()> {
         a.out.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_names_are_recognised_under_both_namings() {
+        for (i, label) in [(0, 0), (7, 3), (1234, 12)] {
+            assert!(is_sample_name(&sample_name(Names::Ours, i, label)));
+            assert!(is_sample_name(&sample_name(Names::Official, i, label)));
+        }
+        for other in ["grid.png", "previews.png", "sample-1-class.png", "1234.png", "00012.jpg", "sample-a-class1.png"]
+        {
+            assert!(!is_sample_name(other), "{other}");
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use clap::builder::RangedU64ValueParser;
 use image::{Rgb, RgbImage};
 use jit_core::Target;
 use jit_core::rng::PortableRng;
@@ -16,32 +17,32 @@ use crate::science::toy::{CellConfig, run_cell, sliced_w1, spiral};
 /// `toy` flags.
 #[derive(Args, Debug)]
 pub struct ToyArgs {
-    /// Ambient dimensions D.
-    #[arg(long, value_delimiter = ',', default_value = "2,8,16,512")]
+    /// Ambient dimensions D (2 to 4096: the 2-D spiral embedded in D dimensions).
+    #[arg(long, value_delimiter = ',', default_value = "2,8,16,512", value_parser = RangedU64ValueParser::<usize>::new().range(2..=4096))]
     pub dims: Vec<usize>,
     /// Prediction targets (all trained with the v-loss).
     #[arg(long, value_delimiter = ',', value_enum, default_value = "x,eps,v")]
     pub targets: Vec<Target>,
     /// Training steps per model.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 3000, value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
     pub steps: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=65_536))]
     pub batch_size: usize,
     /// MLP width.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub hidden: usize,
     /// MLP depth (linear layers).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = RangedU64ValueParser::<usize>::new().range(1..=32))]
     pub layers: usize,
     /// Learning rate (AdamW, β 0.9/0.95).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = positive_rate)]
     pub lr: f64,
     /// Generated points per model (and held-out real points).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = RangedU64ValueParser::<usize>::new().range(2..=1_000_000))]
     pub samples: usize,
     /// Heun steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub sample_steps: usize,
     /// Seed.
     #[arg(long, default_value_t = 0)]
@@ -49,7 +50,21 @@ pub struct ToyArgs {
     /// Output folder (toy.png, toy.json, toy.md).
     #[arg(long, default_value = "toy")]
     pub out: PathBuf,
+    /// Replace toy.png, toy.json and toy.md where they exist.
+    #[arg(long)]
+    pub force: bool,
 }
+
+/// A learning rate: positive and finite.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("{s}: a positive learning rate, such as 1e-3")),
+    }
+}
+
+/// The files `toy` writes in its output folder.
+const OUTPUTS: [&str; 3] = ["toy.png", "toy.json", "toy.md"];
 
 impl ToyArgs {
     fn cell(&self) -> CellConfig {
@@ -101,6 +116,9 @@ fn draw_panel(img: &mut RgbImage, x0: u32, y0: u32, size: u32, real: &[[f32; 2]]
 /// Runs `toy`.
 pub fn run(a: ToyArgs) -> Result<()> {
     let targets = a.targets.clone();
+    for name in OUTPUTS {
+        crate::fsutil::check_output(&a.out.join(name), &[], a.force)?;
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
     let size = 200u32;
     let mut img = RgbImage::from_pixel(size * a.dims.len() as u32, size * targets.len() as u32, Rgb([255, 255, 255]));

@@ -178,7 +178,10 @@ pub fn default_cache(source: &DataSource, size: usize) -> PathBuf {
     home.join(".cache/jit-engine").join(format!("classifier-{tag}-{size}.mpk"))
 }
 
-pub fn load_or_train(path: &Path, split: &Split, epochs: usize, device: &Device) -> Result<Classifier> {
+/// The classifier cached at `path`, or one trained on `split` for `epochs` and cached there
+/// (written to a temporary file, then renamed over it). A file the user `given` that is not a
+/// classifier for these images is refused, never replaced; the default cache is retrained.
+pub fn load_or_train(path: &Path, given: bool, split: &Split, epochs: usize, device: &Device) -> Result<Classifier> {
     let d = &split.data;
     let fresh = Classifier::new(d.channels() * d.size() * d.size(), d.class_names().len(), device);
     if path.is_file() {
@@ -187,16 +190,30 @@ pub fn load_or_train(path: &Path, split: &Split, epochs: usize, device: &Device)
                 eprintln!("classifier: cached {}", path.display());
                 return Ok(m);
             }
+            Err(e) if given => anyhow::bail!(
+                "{} is not a classifier for {}×{}×{} images of {} classes ({e:?}); it is left as it is: pass another --classifier path",
+                path.display(),
+                d.channels(),
+                d.size(),
+                d.size(),
+                d.class_names().len()
+            ),
             Err(e) => eprintln!("classifier cache {} unusable ({e:?}); retraining", path.display()),
         }
     }
     let model = train_classifier(split, epochs, device)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
-    model
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).ok();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let saved = model
         .clone()
-        .save_file(path)
-        .map_err(|e| anyhow::anyhow!("cannot cache the classifier at {}: {e:?}", path.display()))?;
+        .save_file(&tmp)
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
+    if let Err(e) = saved {
+        std::fs::remove_file(&tmp).ok();
+        anyhow::bail!("cannot cache the classifier at {}: {e}", path.display());
+    }
     Ok(model)
 }
