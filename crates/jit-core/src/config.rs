@@ -117,7 +117,8 @@ impl MemoryLimit {
     }
 }
 
-/// Named model sizes: the paper's presets and small ones for CPU work.
+/// Named model sizes: the paper's presets and small ones for CPU work (which also take patches
+/// of 2, 8 and 16: [`JitConfig::preset`]).
 pub const PRESETS: &[&str] =
     &["JiT-B/16", "JiT-B/32", "JiT-L/16", "JiT-L/32", "JiT-H/16", "JiT-H/32", "JiT-T/4", "JiT-S/4", "JiT-S/8"];
 

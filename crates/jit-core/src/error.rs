@@ -6,7 +6,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum JitError {
     /// A model preset name that does not exist.
-    #[error("unknown model preset '{0}' (known: {known})", known = crate::config::PRESETS.join(", "))]
+    #[error("unknown model preset '{0}' (the paper's JiT-B, -L and -H over patches of 16 or 32; ours, JiT-T and -S, over 2, 4, 8 or 16: {known})", known = crate::config::PRESETS.join(", "))]
     UnknownPreset(String),
     /// Sizes or settings that do not fit together.
     #[error("invalid config: {0}")]

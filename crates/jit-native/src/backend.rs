@@ -196,6 +196,9 @@ impl BackendArgs {
         if on_cpu && self.attention == Attention::Flash {
             eprintln!("{who}note: --attention flash is for GPUs; the CPU runs its own attention kernels");
         }
+        if on_cpu && self.device_index.is_some() {
+            eprintln!("{who}note: --device-index picks a GPU adapter; the CPU has none to pick");
+        }
         jit_core::ops::set_attention_kernels(match self.attention {
             Attention::Flash if !on_cpu => jit_core::ops::AttentionKernels::Flash,
             _ => jit_core::ops::AttentionKernels::Products,

@@ -254,6 +254,22 @@ fn eval_bench_and_toy_write_over_nothing_and_check_their_numbers() {
         let args: Vec<&str> = ["toy", flag, value].into_iter().filter(|s| !s.is_empty()).collect();
         refused(&args, flag.trim_end_matches("=-1"));
     }
+    // Names and paths that would mislead later commands.
+    let web = tmp.path().join("web.safetensors");
+    let classes = |names: &str| -> Vec<String> {
+        ["export", c, "--out", web.to_str().unwrap(), "--class-names", names].map(String::from).to_vec()
+    };
+    common::fails(&refs(&classes(",,,,,")), "is empty");
+    common::fails(&refs(&classes("a,b,c,d,e,A")), "given twice");
+    assert!(!web.exists());
+    let out = common::jit(&["bench", "--backend", "cpu", "--model", "JiT-T/4,JiT-Z/9", "--train-steps", "1"]);
+    assert!(!out.status.success() && common::stderr(&out).contains("unknown model preset"));
+    assert!(!stdout(&out).contains("| JiT-T/4"), "no model is measured before every name is known");
+    let folder = format!("folder:{}", notes.display());
+    common::fails(
+        &["bench", "--backend", "cpu", "--loader", &folder, "--train-steps", "1"],
+        "is a file, not an image folder",
+    );
     // The toy's outputs: an existing one needs --force.
     let out = tmp.path().join("toy");
     std::fs::create_dir_all(&out).unwrap();

@@ -144,6 +144,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return inception(&a, weights);
     }
     let (device, adapter) = a.backend.device_named()?;
+    if a.launches_by_kernel && device == burn::tensor::Device::flex() {
+        eprintln!("note: --launches-by-kernel counts GPU kernels; the CPU launches none");
+    }
     let mm = a.backend.matmul_dtype(&device)?;
     let peak = peak(&adapter, a.backend.precision);
     println!(
@@ -159,6 +162,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.train_steps.max(1)
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // Every name before the first is measured.
+    for name in &a.model {
+        JitConfig::preset_unchecked(name, a.image_size, a.channels, a.num_classes)?;
+    }
     let lanes = CpuLanes::new(&device);
     for name in &a.model {
         let mut config = JitConfig::preset_unchecked(name, a.image_size, a.channels, a.num_classes)?;

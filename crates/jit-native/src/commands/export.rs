@@ -45,6 +45,14 @@ pub fn run(a: ExportArgs) -> Result<()> {
         if names.len() != meta.network.num_classes {
             bail!("--class-names has {} names but the model has {} classes", names.len(), meta.network.num_classes);
         }
+        // `sample --class NAME` picks a class by its name: each must be there, and once.
+        if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
+            bail!("--class-names: name {} is empty; give each class a name", i + 1);
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = names.iter().find(|n| !seen.insert(n.to_lowercase())) {
+            bail!("--class-names: '{}' is given twice; give each class its own name", checkpoint::printable(dup));
+        }
         meta.class_names = names.iter().map(|n| checkpoint::printable(n)).collect();
     }
     meta.extra.clear();

@@ -25,6 +25,9 @@ pub struct ImageFolder {
 impl ImageFolder {
     /// Scans `dir/<class>/*.{png,jpg,jpeg,bmp}`.
     pub fn open(dir: &Path, size: usize, channels: usize, flip: bool) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            bail!("{} is a file, not an image folder (folder:DIR: one subfolder of images per class)", dir.display());
+        }
         if !dir.is_dir() {
             bail!("image folder {} does not exist", dir.display());
         }
