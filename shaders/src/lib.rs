@@ -17,6 +17,8 @@
 //! - [`cfg_mix`]: classifier-free guidance in the sampler;
 //! - [`adamw_ema`]: AdamW's step and both EMA updates over many parameters per launch, in place
 //!   where nothing else holds the values;
+//! - [`non_finite`]: the count of NaN and ±∞ values over many tensors per launch (f16 loss
+//!   scaling's check of the gradients);
 //! - [`pad_part`]: the gradient of a part of a tensor (`qkv_heads`' three where attention is
 //!   not one operation with it), in place of zeros and a slice-assign;
 //! - the backward passes: [`rms_norm_modulate_dx`] (which also writes each row's RMS),
@@ -44,6 +46,7 @@ mod cfg_mix;
 mod flash_attention;
 mod gated_residual;
 pub mod launches;
+mod non_finite;
 mod pad_part;
 mod qkv_heads;
 mod qkv_heads_backward;
@@ -59,6 +62,7 @@ pub use burn_cubecl::tensor::CubeTensor;
 pub use cfg_mix::cfg_mix;
 pub use flash_attention::{MAX_HEAD_DIM, flash_attention, flash_attention_backward};
 pub use gated_residual::{gated_residual, gated_residual_backward};
+pub use non_finite::non_finite;
 pub use pad_part::pad_part;
 pub use qkv_heads::qkv_heads;
 pub use qkv_heads_backward::{qkv_heads_dweight, qkv_heads_dx};

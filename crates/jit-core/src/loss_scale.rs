@@ -73,28 +73,26 @@ impl LossScale {
     }
 }
 
-/// Whether every gradient in `grads` of `model`'s parameters is finite: one sum per parameter
-/// (NaN or ∞ anywhere in a gradient makes its sum so; finite f16-born gradients cannot sum to
-/// f32's overflow) and one value read back.
+/// Whether every gradient in `grads` of `model`'s parameters is finite: one multi-tensor count
+/// of NaN and ±∞ values ([`crate::ops::non_finite`]) and one value read back.
 pub fn gradients_finite<M: Module>(model: &M, grads: &GradientsParams) -> bool {
-    struct Sums<'a> {
+    struct Flat<'a> {
         grads: &'a GradientsParams,
-        sums: Vec<Tensor<1>>,
+        values: Vec<Tensor<1>>,
     }
-    impl ModuleVisitor for Sums<'_> {
+    impl ModuleVisitor for Flat<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             if let Some(g) = self.grads.get::<D>(param.id) {
-                self.sums.push(g.sum());
+                self.values.push(g.reshape([-1]));
             }
         }
     }
-    let mut visitor = Sums { grads, sums: Vec::new() };
+    let mut visitor = Flat { grads, values: Vec::new() };
     model.visit(&mut visitor);
-    if visitor.sums.is_empty() {
+    if visitor.values.is_empty() {
         return true;
     }
-    let total: f32 = Tensor::cat(visitor.sums, 0).sum().into_scalar();
-    total.is_finite()
+    crate::ops::non_finite(visitor.values).into_scalar::<f32>() == 0.0
 }
 
 #[cfg(test)]

@@ -557,3 +557,17 @@ fn the_network_agrees_on_all_paths_in_values_and_gradients() {
         }
     }
 }
+
+/// The CPU's count of non-finite values equals the reference's (NaN, ±∞, and finite extremes).
+#[test]
+fn non_finite_counts_as_the_reference_does() {
+    let device = Device::flex();
+    let values =
+        [vec![1.0f32, f32::NAN, 3.0], vec![f32::MAX, -f32::MAX, f32::MIN_POSITIVE], vec![f32::INFINITY; 5], vec![-0.0]];
+    let tensors: Vec<Tensor<1>> = values.iter().map(|v| Tensor::from_floats(v.as_slice(), &device)).collect();
+    let reference = reference::non_finite(&tensors).into_scalar::<f32>();
+    let _one = one_at_a_time();
+    let (ours, ran) = ran_kernels(|| ops::non_finite(tensors.clone()).into_scalar::<f32>());
+    assert!(ran, "the CPU kernel not taken");
+    assert_eq!((ours, reference), (6.0, 6.0));
+}

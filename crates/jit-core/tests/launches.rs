@@ -278,6 +278,25 @@ fn adamw_with_both_emas_runs_many_parameters_per_launch() {
     assert!(own < shared || shared == 1, "in place, more parameters a launch: {own} launches against {shared}");
 }
 
+/// The count of non-finite values over 20 tensors takes a few launches: the multi-tensor kernel
+/// (as many tensors a launch as the adapter's storage bindings allow) and the sum of its counts.
+#[test]
+fn the_non_finite_count_runs_many_tensors_per_launch() {
+    let _one = COUNTING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let device = wgpu_device();
+    let n = 20;
+    let tensors: Vec<Tensor<1>> = (0..n)
+        .map(|i| Tensor::<1>::from_data(TensorData::new(vec![1.0f32; 10 + 3 * i], [10 + 3 * i]), &device))
+        .collect();
+    let count = || ops::non_finite(tensors.clone()).into_scalar::<f32>();
+    assert_eq!(count(), 0.0);
+    let (again, launched) = jit_core::launches::count(count);
+    assert_eq!(again, 0.0);
+    let kernels = named(&launched, &["NonFinite"]);
+    assert!(kernels >= 1 && kernels <= n / 2, "{n} tensors in {kernels} launches: {:?}", launched.by_kernel);
+    assert!(launched.total() <= kernels + 2, "the kernel and the sum of its counts: {:?}", launched.by_kernel);
+}
+
 /// A network made `for_sampling` with f16 products stores its linear layers' weights in f16 (and
 /// the biases that are added in f16): the same output, bit for bit, as casting them at every
 /// forward pass, with a cast launch fewer per linear layer (4 in the embedders, 5 a block, 2 in

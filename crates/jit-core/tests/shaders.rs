@@ -676,3 +676,34 @@ fn adamw_with_both_emas_matches_the_tensor_ops() {
         }
     }
 }
+
+/// Many tensors (more than one launch takes on lavapipe) of odd sizes, one over several cubes'
+/// chunks, with NaN and ±∞ at their ends, in their middles and at chunk borders: the kernel's
+/// count equals the reference's, and is 0 for finite values (f32::MAX included).
+#[test]
+fn non_finite_counts_nan_and_infinities_over_many_tensors() {
+    let device = wgpu_device();
+    let mut sizes: Vec<usize> = (0..40).map(|i| 1 + (i * 53) % 300).collect();
+    sizes.push(70_001);
+    let mut finite: Vec<Vec<f32>> =
+        sizes.iter().enumerate().map(|(k, &n)| (0..n).map(|i| ((i + k) % 17) as f32 - 8.0).collect()).collect();
+    finite[13][0] = f32::MAX;
+    finite[14][0] = -f32::MAX;
+    let mut spoiled = finite.clone();
+    spoiled[0][0] = f32::NAN;
+    spoiled[7][sizes[7] - 1] = f32::INFINITY;
+    for (i, v) in [(4095, f32::NEG_INFINITY), (4096, f32::NAN), (35_000, f32::NAN), (70_000, f32::INFINITY)] {
+        spoiled[40][i] = v;
+    }
+    for (values, expected) in [(&finite, 0.0), (&spoiled, 6.0)] {
+        let tensors: Vec<Tensor<1>> =
+            values.iter().map(|v| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &device)).collect();
+        let reference = reference::non_finite(&tensors).into_scalar::<f32>();
+        let before = ops::kernels_run();
+        let ours = ops::non_finite(tensors).into_scalar::<f32>();
+        // Read back first: under burn's fusion the kernel runs when its result is needed.
+        assert!(ops::kernels_run() > before, "the kernel not taken");
+        assert_eq!(reference, expected, "the reference's count");
+        assert_eq!(ours, expected, "the kernel's count");
+    }
+}

@@ -236,4 +236,14 @@ impl ListOps for CubeBackend {
             .collect();
         jit_shaders::adamw_ema(slots, factors)
     }
+
+    fn non_finite(values: Vec<CubeTensor>) -> CubeTensor {
+        let device = values[0].device.clone();
+        let values: Vec<CubeTensor> = values.into_iter().filter(|t| t.meta.shape().num_elements() > 0).collect();
+        if values.is_empty() {
+            return Self::float_zeros(Shape::new([1]), &device, burn::tensor::FloatDType::F32);
+        }
+        super::count_kernel();
+        Self::float_sum(jit_shaders::non_finite(values))
+    }
 }

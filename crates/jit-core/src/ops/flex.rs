@@ -447,4 +447,10 @@ impl ListOps for Flex {
         };
         slots.into_iter().map(step).collect()
     }
+
+    fn non_finite(values: Vec<FlexTensor>) -> FlexTensor {
+        super::count_kernel();
+        let count = values.into_iter().map(|t| cpu::non_finite(slice(&contiguous(t)))).sum::<usize>();
+        new(vec![count as f32], vec![1])
+    }
 }

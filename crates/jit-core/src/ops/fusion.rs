@@ -6,6 +6,7 @@
 
 use burn::backend::fusion::custom::{CustomOpIr, HandleContainer, OperationFn, OperationIr, StreamId, TensorIr};
 use burn::backend::fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+use burn::tensor::DType;
 use jit_shaders::CubeBackend;
 
 use super::lists::ListOps;
@@ -45,5 +46,24 @@ impl ListOps for Fusion<CubeBackend> {
         });
         let mut out = client.register(StreamId::current(), OperationIr::Custom(desc), op).into_iter();
         (0..n).map(|_| [(); 5].map(|_| out.next().expect("five outputs per parameter"))).collect()
+    }
+
+    fn non_finite(values: Vec<FusionTensor<Runtime>>) -> FusionTensor<Runtime> {
+        let client = values[0].client.clone();
+        let inputs: Vec<TensorIr> = values.into_iter().map(FusionTensor::into_ir).collect();
+        let output = TensorIr::uninit(client.create_empty_handle(), burn::tensor::Shape::new([1]), DType::F32);
+        let desc = CustomOpIr {
+            id: "non_finite".into(),
+            inputs: inputs.clone(),
+            outputs: vec![output.clone()],
+            scalars: Vec::new(),
+        };
+        let op = OperationFn(move |handles: &mut Handles| {
+            let values = inputs.iter().map(|ir| handles.get_float_tensor::<CubeBackend>(ir)).collect();
+            let count = <CubeBackend as ListOps>::non_finite(values);
+            handles.register_float_tensor::<CubeBackend>(&output.id, count);
+            Ok(())
+        });
+        client.register(StreamId::current(), OperationIr::Custom(desc), op).into_iter().next().expect("one output")
     }
 }

@@ -1,4 +1,5 @@
-//! Operations over lists of tensors: AdamW with both EMAs over every parameter. burn 0.22.1's
+//! Operations over lists of tensors: AdamW with both EMAs over every parameter, and the count of
+//! non-finite values over every gradient. burn 0.22.1's
 //! `backend_extension` routes single tensors only, so [`ListOps`] is routed here by hand, with
 //! burn's public primitive conversions (`Tensor::try_into_primitive`): to the CPU kernels on
 //! Flex, to `shaders/` on the cubecl backend (under burn's `fusion`, one custom operation in its
@@ -17,6 +18,10 @@ pub(super) trait ListOps: Backend {
     /// each), `factors` `[14]` ([`AdamWEmaFactors::values`], on the device, where the kernels
     /// read them) → per parameter `[θ, m, v, ema1, ema2]`.
     fn adamw_ema(slots: Vec<[FloatTensor<Self>; 6]>, factors: FloatTensor<Self>) -> Vec<[FloatTensor<Self>; 5]>;
+
+    /// [`reference::non_finite`]: how many values of `values` (f32, at least one tensor) are
+    /// NaN or ±∞, as a `[1]` f32 tensor.
+    fn non_finite(values: Vec<FloatTensor<Self>>) -> FloatTensor<Self>;
 }
 
 /// One parameter's `[θ, grad, m, v, ema1, ema2]` as `B`'s primitives.
@@ -40,6 +45,27 @@ where
     }
     let primitive = |t: Tensor<1>| t.try_into_primitive::<B>().expect("on the factors' backend and device");
     Ok((slots.into_iter().map(|slot| slot.map(primitive)).collect(), factors))
+}
+
+/// [`ListOps::non_finite`] on whichever backend the tensors are on (at least one tensor).
+pub(super) fn non_finite(values: Vec<Tensor<1>>) -> Tensor<1> {
+    let device = values[0].device();
+    let fits = |t: &Tensor<1>| t.dtype() == DType::F32 && !t.is_autodiff() && t.device() == device;
+    macro_rules! run_on {
+        ($b:ty) => {
+            if values.iter().all(fits) && values[0].clone().try_into_primitive::<$b>().is_ok() {
+                let prims = values.into_iter().map(|t| t.try_into_primitive::<$b>().expect("on one backend")).collect();
+                return Tensor::from_primitive::<$b>(<$b as ListOps>::non_finite(prims));
+            }
+        };
+    }
+    if enabled() {
+        #[cfg(feature = "flex")]
+        run_on!(burn::backend::Flex);
+        #[cfg(feature = "wgpu")]
+        run_on!(burn::backend::Cube);
+    }
+    reference::non_finite(&values)
 }
 
 /// [`ListOps::adamw_ema`] on whichever backend the tensors are on (at least one parameter).

@@ -649,6 +649,14 @@ pub fn cfg_mix(v: Tensor<4>, scale: f64) -> Tensor<4> {
     t(route!(cfg_mix(d(v), scale as f32)))
 }
 
+/// How many values of `values` (flat, off the autodiff graph; at least one tensor) are NaN or
+/// ±∞, as a `[1]` f32 tensor not yet read back: on a GPU many tensors per launch (the check of
+/// f16 loss scaling; [`reference::non_finite`] gives the maths).
+pub fn non_finite(values: Vec<Tensor<1>>) -> Tensor<1> {
+    assert!(!values.is_empty(), "non_finite: at least one tensor");
+    lists::non_finite(values)
+}
+
 /// One AdamW step and both EMA updates of every parameter of a list (on a GPU, many parameters
 /// per launch; [`reference::adamw_ema_one`] gives the maths). `state[i]` = `[m, v, ema1, ema2]`
 /// of `params[i]` (all flat and off the autodiff graph, one length per `i`); returns

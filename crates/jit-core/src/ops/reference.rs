@@ -486,6 +486,13 @@ pub fn adamw_ema_one<B: Backend>(param: T<B>, grad: T<B>, state: [T<B>; 4], f: &
     [theta, m, v, ema1, ema2]
 }
 
+/// How many values of `values` are NaN or ±∞, as a `[1]` f32 tensor on the first one's device.
+pub fn non_finite(values: &[burn::tensor::Tensor<1>]) -> burn::tensor::Tensor<1> {
+    let count = |t: &burn::tensor::Tensor<1>| t.clone().is_nan().float().sum().add(t.clone().is_inf().float().sum());
+    let device = values.first().map(|t| t.device()).unwrap_or_default();
+    values.iter().map(count).reduce(|a, b| a.add(b)).unwrap_or_else(|| burn::tensor::Tensor::zeros([1], &device))
+}
+
 /// [`adamw_ema_one`] for each parameter: `[θ, grad, m, v, ema1, ema2]` → `[θ, m, v, ema1, ema2]`.
 pub fn adamw_ema<B: Backend>(slots: Vec<[T<B>; 6]>, factors: &AdamWEmaFactors) -> Vec<[T<B>; 5]> {
     slots.into_iter().map(|[p, g, m, v, e1, e2]| adamw_ema_one::<B>(p, g, [m, v, e1, e2], factors)).collect()

@@ -74,6 +74,11 @@ pub fn adamw_ema(values: AdamWEmaValues<'_>, grad: &[f32], factors: &[f32; 14]) 
     kernel(param, m, v, ema1, ema2, grad, factors)
 }
 
+/// How many of `values` are NaN or ±∞.
+pub fn non_finite(values: &[f32]) -> usize {
+    values.iter().filter(|v| !v.is_finite()).count()
+}
+
 /// In place: `x ← SiLU(x)`.
 pub fn silu_inplace(x: &mut [f32]) {
     multiversion! {

@@ -27,7 +27,7 @@ mod norm;
 pub use attention::{
     AttentionShape, attention, attention_backward, attention_supports, attention_with_probs, qkv_attention,
 };
-pub use elementwise::{AdamWEmaValues, adamw_ema, cfg_mix, silu_gate, silu_gate_backward, silu_inplace};
+pub use elementwise::{AdamWEmaValues, adamw_ema, cfg_mix, non_finite, silu_gate, silu_gate_backward, silu_inplace};
 pub use heads::{QkNormRope, QkvLayout, qkv_heads, qkv_heads_backward};
 pub use math::exp;
 pub use norm::{rms_norm_modulate, rms_norm_modulate_backward};
