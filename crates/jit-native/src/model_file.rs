@@ -101,6 +101,13 @@ pub fn load(path: &Path, weights: WeightCopy, device: &Device, limit: MemoryLimi
     let ctx = || format!("{} is not a usable JiT checkpoint", path.display());
     let meta = checkpoint::read_meta(&bytes).with_context(ctx)?;
     let copy = weights.pick(&meta).with_context(ctx)?;
+    if copy.is_empty() && weights != WeightCopy::Ema1 {
+        eprintln!(
+            "note: {} is an exported model with one set of weights; --weights {} applies to training checkpoints",
+            path.display(),
+            weights.prefix()
+        );
+    }
     checkpoint::load_limited(&bytes, &copy, device, limit).with_context(ctx)
 }
 

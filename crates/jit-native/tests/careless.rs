@@ -89,6 +89,21 @@ fn outputs_never_replace_a_runs_files_or_their_input_and_others_need_force() {
     ok(&["sample", w, "--backend", "cpu", "--steps", "1", "--out", s, "--force"]);
     // A smaller sample into the same folder would leave images of the larger one beside its
     // own: refused, even with --force; the same count replaces them all.
+    // A weight copy asked of an exported model (one copy) is noted.
+    let elsewhere = tmp.path().join("ema2");
+    let out = ok(&[
+        "sample",
+        w,
+        "--backend",
+        "cpu",
+        "--steps",
+        "1",
+        "--weights",
+        "ema2",
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert!(stderr(&out).contains("exported model with one set of weights"), "{}", stderr(&out));
     let fewer = ["sample", w, "--backend", "cpu", "--steps", "1", "--out", s, "--force", "--class", "0"];
     refused(&fewer, "would not replace");
     let names = ["--names", "official"];

@@ -24,6 +24,9 @@ use crate::generate::{GenerateOptions, generate};
 use crate::model_file;
 use crate::refuse;
 use crate::science::fid::{Statistics, fid, inception_score};
+
+/// The Inception Score's splits (torch-fidelity's default): at least this many images are scored.
+const IS_SPLITS: usize = 10;
 use crate::science::inception::{self, CLASSES, FEATURES, Inception, Weights};
 
 /// The flags of `eval` that measure FID and IS.
@@ -142,7 +145,18 @@ pub fn run(
     }
     let reference = match (&f.make_stats, &f.fid_stats) {
         (Some(_), _) => None,
-        (None, Some(p)) => Some(Statistics::read(p)?),
+        (None, Some(p)) => {
+            let stats = Statistics::read(p)?;
+            // Checked before any image is sampled or scored.
+            if stats.mu.len() != FEATURES {
+                refuse!(
+                    "{} holds statistics of {} features; FID compares Inception's {FEATURES} pool features (write them with --make-stats)",
+                    p.display(),
+                    stats.mu.len()
+                );
+            }
+            Some(stats)
+        }
         (None, None) => {
             refuse!("give the reference statistics (--fid-stats NPZ), or write them with --make-stats DATA")
         }
@@ -199,7 +213,7 @@ pub fn run(
     let stats = Statistics::of(&got.features, got.count, FEATURES);
     let reference = reference.expect("checked above");
     let score = fid(&stats, &reference)?;
-    let (is_mean, is_std) = inception_score(&got.logits, got.count, CLASSES, 10)?;
+    let (is_mean, is_std) = inception_score(&got.logits, got.count, CLASSES, IS_SPLITS)?;
     println!(
         "FID {score:.4} | IS {is_mean:.3} ± {is_std:.3} | {} images | {:.1} s",
         got.count,
@@ -256,7 +270,7 @@ pub fn score_model(
 ) -> Result<(f64, f64, f64)> {
     let got = sample_features(model, diffusion, sampler, n, 32, 0, net, false)?;
     let score = fid(&Statistics::of(&got.features, got.count, FEATURES), reference)?;
-    let (mean, std) = inception_score(&got.logits, got.count, CLASSES, 10)?;
+    let (mean, std) = inception_score(&got.logits, got.count, CLASSES, IS_SPLITS)?;
     Ok((score, mean, std))
 }
 
@@ -268,8 +282,12 @@ fn score_folder(dir: &Path, net: &Inception, batch: usize, got: &mut Gathered) -
         .filter(|p| p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
         .collect();
     files.sort();
-    if files.is_empty() {
-        refuse!("{} holds no .png images", dir.display());
+    if files.len() < IS_SPLITS {
+        refuse!(
+            "{} holds {} .png images; FID and an Inception Score of {IS_SPLITS} splits need at least {IS_SPLITS}",
+            dir.display(),
+            files.len()
+        );
     }
     let bar = bar(files.len(), "images")?;
     let mut size = None;
@@ -415,8 +433,25 @@ mod tests {
         assert!(e.contains("--force"), "{e}");
         f.make_stats = None;
         f.fid_stats = Some(stats.clone());
-        f.images = Some(pngs);
+        f.images = Some(pngs.clone());
         run(&f, None, None, None, None, WeightCopy::Ema1, None, &backend).unwrap();
+        // Fewer images than the Inception Score's splits, and statistics of another width, are
+        // refused before any image is scored.
+        let few = dir.path().join("few");
+        std::fs::create_dir_all(&few).unwrap();
+        for i in 0..3 {
+            image::RgbImage::new(32, 32).save(few.join(format!("{i}.png"))).unwrap();
+        }
+        f.images = Some(few);
+        let e = run(&f, None, None, None, None, WeightCopy::Ema1, None, &backend).unwrap_err().to_string();
+        assert!(e.contains("3 .png images") && e.contains("at least 10"), "{e}");
+        f.images = Some(pngs);
+        let narrow = dir.path().join("narrow.npz");
+        std::fs::write(&narrow, Statistics::of(&[0.5, 1.0, 2.0, 0.0, 1.5, 3.0], 2, 3).to_npz().unwrap()).unwrap();
+        f.fid_stats = Some(narrow);
+        let e = run(&f, None, None, None, None, WeightCopy::Ema1, None, &backend).unwrap_err().to_string();
+        assert!(e.contains("statistics of 3 features"), "{e}");
+        f.fid_stats = Some(stats.clone());
         // Files that are not weights are refused.
         for (file, needle) in [(stats, "not a torch.save checkpoint"), (data.join("a/0.png"), "neither a .pth nor")] {
             f.fid_inception = Some(file);
