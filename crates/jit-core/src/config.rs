@@ -478,6 +478,9 @@ impl SamplerConfig {
     /// Most sampler steps accepted (the reference uses 50): bounds the time and the time grid a
     /// file or a flag can ask for.
     pub const MAX_STEPS: usize = 10_000;
+    /// The largest guidance scale, either sign: beyond it the velocities overflow into images of
+    /// NaN and ∞.
+    pub const MAX_CFG: f64 = 1000.0;
 
     /// Most images one sampling request may ask for.
     pub const MAX_IMAGES: usize = 1 << 20;
@@ -530,8 +533,12 @@ impl SamplerConfig {
                 Self::MAX_STEPS
             )));
         }
-        if !self.cfg.is_finite() {
-            return Err(JitError::InvalidConfig("cfg must be a finite number".into()));
+        if !(self.cfg.is_finite() && self.cfg.abs() <= Self::MAX_CFG) {
+            return Err(JitError::InvalidConfig(format!(
+                "cfg {} must be a number from -{max} to {max} (the paper's are 1 to 3)",
+                self.cfg,
+                max = Self::MAX_CFG
+            )));
         }
         let (lo, hi) = self.interval;
         if !(0.0..=1.0).contains(&lo) || !(0.0..=1.0).contains(&hi) || lo > hi {

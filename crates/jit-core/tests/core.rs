@@ -453,6 +453,10 @@ fn sampler_overrides_and_sampling_requests_are_checked_in_one_place() {
     let s = d.with(SamplerOverrides { steps: Some(7), cfg: Some(1.5), ..Default::default() }).unwrap();
     assert_eq!((s.steps, s.cfg, s.method, s.interval), (7, 1.5, d.method, d.interval));
     assert!(d.with(SamplerOverrides { steps: Some(0), ..Default::default() }).is_err());
+    for cfg in [f64::NAN, f64::INFINITY, 1e38, -1e4] {
+        assert!(d.with(SamplerOverrides { cfg: Some(cfg), ..Default::default() }).is_err(), "cfg {cfg}");
+    }
+    assert!(d.with(SamplerOverrides { cfg: Some(-2.0), ..Default::default() }).is_ok());
     assert!(
         d.with(SamplerOverrides { interval_low: Some(0.9), interval_high: Some(0.1), ..Default::default() }).is_err()
     );

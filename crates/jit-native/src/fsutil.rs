@@ -12,10 +12,11 @@ pub use crate::regular::open_regular;
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder is written and
 /// fsynced, renamed over `path`, and the folder is fsynced, so a crash leaves either the old file
-/// or the new one, never a torn one.
+/// or the new one, never a torn one. Missing folders above `path` are made.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().context("output path has no file name")?.to_string_lossy();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the folder {}", dir.display()))?;
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -55,10 +56,17 @@ pub fn read_text(path: &Path, max: u64, what: &str) -> Result<String> {
 }
 
 /// Checks an output path before any work is done. Always refused: a file of a training run
-/// (see [`crate::training::run_dir::run_owning`]), one of the command's own `inputs`, and
-/// anything that exists and is not a regular file. A regular file that exists is replaced only
-/// with `force`.
+/// (see [`crate::training::run_dir::run_owning`]), one of the command's own `inputs`, anything
+/// that exists and is not a regular file, and a path below a file (its folder cannot be made).
+/// A regular file that exists is replaced only with `force`.
 pub fn check_output(out: &Path, inputs: &[&Path], force: bool) -> Result<()> {
+    if let Some(file) = out.ancestors().skip(1).find(|a| a.is_file()) {
+        refuse!(
+            "{} is a file, so {} cannot be written below it; choose another output path",
+            file.display(),
+            out.display()
+        );
+    }
     if let Some(run) = crate::training::run_dir::run_owning(out) {
         refuse!(
             "{} is a file of the training run in {} (its name is one the run writes); write to another name or folder",
@@ -150,6 +158,13 @@ mod tests {
         assert!(check_output(&other, &[&input], false).unwrap_err().to_string().contains("--force"));
         check_output(&other, &[&input], true).unwrap();
         assert!(check_output(dir.path(), &[], true).unwrap_err().to_string().contains("not a regular file"));
+        // Below a file no folder can be made; a missing folder is made when the file is written.
+        let below = input.join("x.json");
+        assert!(check_output(&below, &[], true).unwrap_err().to_string().contains("cannot be written below it"));
+        let deep = dir.path().join("new/deeper/x.json");
+        check_output(&deep, &[], false).unwrap();
+        write_atomic(&deep, b"{}").unwrap();
+        assert_eq!(std::fs::read(&deep).unwrap(), b"{}");
         let run = dir.path().join("run");
         std::fs::create_dir(&run).unwrap();
         std::fs::write(run.join("settings.json"), b"{}").unwrap();
