@@ -46,13 +46,13 @@ impl LossScale {
         self.at_floor = !finite && self.scale <= 1.0;
         if finite {
             self.skipped = 0;
-            self.good_steps += 1;
+            self.good_steps = self.good_steps.saturating_add(1);
             if self.good_steps >= Self::GROWTH_INTERVAL {
                 self.scale = (self.scale * 2.0).min(Self::MAX);
                 self.good_steps = 0;
             }
         } else {
-            self.skipped += 1;
+            self.skipped = self.skipped.saturating_add(1);
             self.good_steps = 0;
             self.scale = (self.scale * 0.5).max(1.0);
         }

@@ -255,6 +255,9 @@ fn eval_bench_and_toy_write_over_nothing_and_check_their_numbers() {
     ] {
         refused(&refs(&eval_with(flags)), needle);
     }
+    for flags in [&["--images", "/nonexistent"][..], &["--fid-stats", "x.npz"], &["--stats-out", "y.npz"]] {
+        refused(&refs(&eval(flags)), "add --fid-inception");
+    }
     // Within the bounds, a size whose classifier would not fit is refused before any work.
     refused(&refs(&eval_with(&["--image-size", "4096", "--count", "10"])), "memory limit");
     let bench = ["bench", "--backend", "cpu", "--loader", "shapes", "--train-steps", "1"];

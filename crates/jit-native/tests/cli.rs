@@ -403,10 +403,23 @@ fn an_f16_run_scales_its_losses_and_resumes_with_its_scale() {
     };
     resume("3", "f16");
     assert_eq!(scales(), vec![65536.0, 65536.0, 1024.0]);
-    // Without f16 there is no scale.
-    resume("4", "f32");
+    // Without f16 there is no scale, and a note says the run changed precision.
+    let out = resume("4", "f32");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trained with --precision f16"));
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert!(!text.lines().last().unwrap().contains("loss_scale"), "{text}");
+    // A resume with nothing to do leaves the settings as they were.
+    let settings = std::fs::read(run.join("settings.json")).unwrap();
+    ok(&["train", "--resume", run.to_str().unwrap(), "--backend", "cpu", "--steps", "2", "--lr", "5"]);
+    assert_eq!(std::fs::read(run.join("settings.json")).unwrap(), settings);
+    // A run whose checkpoints were all set aside as unusable does not start again at step 0.
+    for entry in std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().path()) {
+        if entry.file_name().unwrap().to_string_lossy().starts_with("ckpt-") {
+            std::fs::rename(&entry, format!("{}.unusable", entry.display())).unwrap();
+        }
+    }
+    fails(&["train", "--resume", run.to_str().unwrap(), "--backend", "cpu", "--steps", "6"], "set aside");
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(), text, "no step was run again");
 }
 
 #[test]

@@ -81,6 +81,16 @@ pub fn run(a: EvalArgs) -> Result<Vec<Row>> {
         super::fid::run(&a.fid, ckpt, a.count, steps, a.cfg, a.weights, a.image_size, &a.backend)?;
         return Ok(Vec::new());
     }
+    // The FID flags without the Inception network would be ignored by the classifier's report.
+    for (given, flag) in [
+        (a.fid.images.is_some(), "--images"),
+        (a.fid.fid_stats.is_some(), "--fid-stats"),
+        (a.fid.stats_out.is_some(), "--stats-out"),
+    ] {
+        if given {
+            refuse!("{flag} is for FID and IS: add --fid-inception FILE (torch-fidelity's Inception weights)");
+        }
+    }
     let count = a.count.unwrap_or(1000);
     if count < 2 {
         refuse!("--count {count}: must be at least 2 (images per split, for a covariance)");

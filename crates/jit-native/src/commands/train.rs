@@ -164,10 +164,23 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
         None => TrainState::from_checkpoint(&bytes, r.optim.clone(), r.seed, &device, limit)?.0,
     };
     drop(bytes);
+    // (A checkpoint with a loss scale was written by an f16 run.)
+    if state.loss_scale.is_some() && mm != Some(burn::tensor::FloatDType::F16) && lead {
+        let asked = format!("{:?}", args.backend.precision).to_lowercase();
+        eprintln!(
+            "note: this run trained with --precision f16 (its checkpoint holds a loss scale); it goes on in {asked} as asked (pass --precision f16 to keep f16)"
+        );
+    }
     state.set_matmul_dtype(mm);
     if size > 1 {
         let sum = jit_core::flat::weights_checksum(&state.model)?;
         dist::check_same(world, sum, &format!("starts from other weights at step {}", state.step))?;
+    }
+    if state.step >= r.steps {
+        if lead {
+            eprintln!("already trained for {} steps; pass --steps N to continue further", state.step);
+        }
+        return Ok(());
     }
     if let Some(dir) = &dir {
         // The settings as they now apply (a resume may have changed the schedule or the ranks).
@@ -186,12 +199,6 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
             state.step,
             r.steps
         );
-    }
-    if state.step >= r.steps {
-        if lead {
-            eprintln!("already trained for {} steps; pass --steps N to continue further", state.step);
-        }
-        return Ok(());
     }
 
     // The online evaluation's network and reference, loaded (and checked) before training.
@@ -440,6 +447,18 @@ fn resume_newest_intact(
 ) -> Result<(Option<TrainState<Jit>>, Vec<u8>)> {
     let found = dir.checkpoints()?;
     if found.is_empty() {
+        // Checkpoints set aside by an earlier resume hold steps a fresh start would lose.
+        let aside = std::fs::read_dir(&dir.path)
+            .with_context(|| format!("cannot list {}", dir.path.display()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".unusable"))
+            .count();
+        if aside > 0 {
+            bail!(
+                "no checkpoint in {} is usable ({aside} set aside as ….unusable); resuming would start again at step 0: rename a good one back, or start a new run with --out",
+                dir.path.display()
+            );
+        }
         eprintln!("{} holds no checkpoint yet (stopped before the first one): starting at step 0", dir.path.display());
         return Ok((None, Vec::new()));
     }
