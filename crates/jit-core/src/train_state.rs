@@ -324,6 +324,16 @@ impl TrainState<Jit> {
         let adamw = if meta.copies.iter().any(|c| c == ADAMW_M) {
             let (m, _) = load(ADAMW_M)?;
             let (v, _) = load(ADAMW_V)?;
+            // Second moments are sums of squares: a negative one is a damaged file (its step
+            // would divide by the root of a negative number).
+            let tensors = checkpoint::parse(bytes)?;
+            let prefix = format!("{ADAMW_V}.");
+            for name in tensors.names().into_iter().filter(|n| n.starts_with(&prefix)) {
+                let view = tensors.tensor(name).map_err(|e| JitError::BadMetadata(e.to_string()))?;
+                if checkpoint::decode(name, &view)?.data.iter().any(|v| *v < 0.0) {
+                    return Err(JitError::BadMetadata(format!("corrupt AdamW state: {name} holds negative values")));
+                }
+            }
             let steps = checkpoint::blob(bytes, ADAMW_STEPS_BLOB)?.ok_or_else(|| missing("AdamW step counts"))?;
             let steps: Vec<u64> = serde_json::from_slice(&steps)
                 .map_err(|e| JitError::BadMetadata(format!("corrupt AdamW step counts: {e}")))?;

@@ -617,10 +617,10 @@ fn damaged_optimizer_state_is_an_error_not_a_panic() {
             .expect("a damaged file is refused")
             .to_string()
     };
-    // Rewrites the file with `edit` applied to each tensor's bytes (by name).
-    let rewrite = |edit: &dyn Fn(&str, &mut Vec<u8>)| {
-        let st = checkpoint::parse(&good).unwrap();
-        let (_, info) = safetensors::SafeTensors::read_metadata(&good).unwrap();
+    // Rewrites the file `from` with `edit` applied to each tensor's bytes (by name).
+    let rewrite_from = |from: &[u8], edit: &dyn Fn(&str, &mut Vec<u8>)| {
+        let st = checkpoint::parse(from).unwrap();
+        let (_, info) = safetensors::SafeTensors::read_metadata(from).unwrap();
         let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, view) in st.tensors() {
             let mut data = view.data().to_vec();
@@ -635,6 +635,7 @@ fn damaged_optimizer_state_is_an_error_not_a_panic() {
             .collect();
         safetensors::serialize(views, info.metadata().clone()).unwrap()
     };
+    let rewrite = |edit: &dyn Fn(&str, &mut Vec<u8>)| rewrite_from(&good, edit);
     let blob = |name: &str| format!("{}{name}", checkpoint::BLOB_PREFIX);
     // Step counts for the wrong number of parameters.
     let short = rewrite(&|name, data| {
@@ -652,6 +653,30 @@ fn damaged_optimizer_state_is_an_error_not_a_panic() {
     });
     let err = resume(&nan);
     assert!(err.to_lowercase().contains("nan") || err.contains("finite"), "{err}");
+    // A negative second moment (a sum of squares).
+    let negative = rewrite(&|name, data| {
+        if name.starts_with("adamw_v.") && name.ends_with("final_layer.linear.weight") {
+            data[4..8].copy_from_slice(&(-1.0f32).to_le_bytes());
+        }
+    });
+    let err = resume(&negative);
+    assert!(err.contains("negative"), "{err}");
+    // A damaged loss scale.
+    let mut scaled = TrainState::new(randomized(&config, &device, 5), OptimConfig::default(), 11);
+    scaled.loss_scale = Some(jit_core::LossScale::default());
+    let with_scale = scaled.to_checkpoint(&meta_for(&config)).unwrap();
+    let st = checkpoint::parse(&with_scale).unwrap();
+    assert!(st.names().iter().any(|n| **n == blob("loss_scale")), "the loss scale is saved");
+    drop(st);
+    for bad in [&br#"{"scale": 3.0, "good_steps": 0, "skipped": 0}"#[..], b"[]", b""] {
+        let damaged = rewrite_from(&with_scale, &|name, data| {
+            if name == blob("loss_scale") {
+                *data = bad.to_vec();
+            }
+        });
+        let err = resume(&damaged);
+        assert!(err.contains("loss scale"), "{err}");
+    }
     // Earlier versions' format: a record that is not burnpack, and no record at all.
     let ids = serde_json::to_vec(&state_dict::param_ids(&state.model)).unwrap();
     let net = state.model.valid();

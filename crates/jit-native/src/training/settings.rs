@@ -232,6 +232,9 @@ impl TrainSettings {
     }
 }
 
+/// Settings every `settings.json` holds, whatever version wrote it.
+const DEFINING: &[&str] = &["data", "model", "image_size", "batch_size", "seed"];
+
 /// Settings that may change when a run is resumed; all others define the run and are fixed.
 pub const RESUMABLE: &[&str] = &[
     "blr",
@@ -294,9 +297,17 @@ pub fn from_toml(text: &str) -> Result<TrainSettings> {
 /// hold `null` for unset ones: those take today's defaults, which are the same values.
 pub fn from_settings_json(text: &str) -> Result<TrainSettings> {
     let mut value: Value = serde_json::from_str(text).context("settings.json is not JSON")?;
-    if let Value::Object(map) = &mut value {
-        map.retain(|_, v| !v.is_null());
+    let Value::Object(map) = &mut value else { refuse!("settings.json does not hold a JSON object of settings") };
+    // What defines a run, written by every version (an earlier one wrote null for a default): a
+    // file without it would resume with defaults in its place.
+    let missing: Vec<&str> = DEFINING.iter().copied().filter(|k| !map.contains_key(*k)).collect();
+    if !missing.is_empty() {
+        refuse!(
+            "settings.json lacks {}: it is not the file this run wrote (restore it, or start a new run with --out)",
+            missing.join(", ")
+        );
     }
+    map.retain(|_, v| !v.is_null());
     let settings: TrainSettings = serde_json::from_value(value)
         .map_err(|e| refused(format!("settings.json does not hold valid settings: {e}")))?;
     settings.validate()?;
@@ -507,7 +518,11 @@ mod tests {
         let flags = TrainSettings { lr: Some(f64::NAN), ..TrainSettings::default() };
         let e = overlay(&TrainSettings::default(), &flags, &["lr".into()]).unwrap_err().to_string();
         assert!(e.contains("--lr NaN"), "{e}");
-        let e = from_settings_json(r#"{"blr": -1.0}"#).unwrap_err().to_string();
+        let e = from_settings_json(
+            r#"{"blr": -1.0, "data": "shapes", "model": "JiT-T/4", "image_size": 32, "batch_size": 8, "seed": 0}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("--blr -1"), "{e}");
         TrainSettings::default().validate().unwrap();
     }
@@ -535,7 +550,16 @@ mod tests {
 
     #[test]
     fn old_settings_json_with_nulls_still_reads() {
-        let s = from_settings_json(r#"{"data": "shapes", "model": null, "steps": 40, "lr": 0.002}"#).unwrap();
+        let defining = r#""image_size": 32, "batch_size": 8, "seed": null"#;
+        let text = format!(r#"{{"data": "shapes", "model": null, "steps": 40, "lr": 0.002, {defining}}}"#);
+        let s = from_settings_json(&text).unwrap();
         assert_eq!((s.model.as_str(), s.steps, s.lr), ("JiT-T/4", 40, Some(0.002)));
+        // A file without what defines a run, or not an object, is refused.
+        for bad in ["{}", "[]", r#"{"data": "shapes"}"#] {
+            let e = from_settings_json(bad).unwrap_err().to_string();
+            assert!(e.contains("settings.json"), "{bad}: {e}");
+        }
+        let e = from_settings_json(r#"{"data": "shapes", "model": "JiT-T/4"}"#).unwrap_err().to_string();
+        assert!(e.contains("lacks image_size, batch_size, seed"), "{e}");
     }
 }
