@@ -148,6 +148,21 @@ fn every_number_is_checked_where_it_enters() {
     assert!(stderr(&out).contains("--attention flash is for GPUs"), "{}", stderr(&out));
     common::fails(&refs(&args), "memory limit");
     assert!(!run.exists(), "nothing was written by a run over the memory limit");
+    // The online evaluation's flags are checked before the run directory is made; given without
+    // --eval-every, and a warm-up longer than the run, get a note.
+    refused(&refs(&train_args(&run, &["--eval-every", "1"])), "--eval-every needs");
+    assert!(!run.exists());
+    let notes = tmp.path().join("notes");
+    let args = train_args(&notes, &["--eval-count", "5", "--warmup-steps", "50", "--steps", "1"]);
+    let out = ok(&refs(&args));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--eval-count is for the online evaluation") && err.contains("never reaches its peak"),
+        "{err}"
+    );
+    // --resume of a file, or of a folder whose settings.json is a folder.
+    let settings = notes.join("settings.json");
+    refused(&["train", "--backend", "cpu", "--resume", settings.to_str().unwrap()], "takes a run's folder");
     // A precision the device cannot compute in (lavapipe has f16, not bf16) is refused before
     // the run directory is made, naming the precision it can.
     let mut args = train_args(&run, &["--precision", "bf16"]);

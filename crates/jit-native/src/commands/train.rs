@@ -143,6 +143,36 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
     // not compute in --precision's type), before a run directory is made.
     limit.check_training(&r.network, r.batch_size)?;
     let mm = args.backend.matmul_dtype(&device)?;
+    // The online evaluation's network and reference, loaded (and checked) before a run
+    // directory is made.
+    let evaluator = match (lead && args.eval_every > 0, &args.fid_inception, &args.fid_stats) {
+        (false, ..) => None,
+        (true, Some(w), Some(s)) => {
+            let n = args.eval_count.unwrap_or(10 * r.network.num_classes);
+            if n == 0 || !n.is_multiple_of(r.network.num_classes) {
+                refuse!("--eval-count {n} must be a positive multiple of the {} classes", r.network.num_classes);
+            }
+            Some((super::fid::load_inception(w, &device)?, Statistics::read(s)?, n))
+        }
+        (true, ..) => refuse!("--eval-every needs --fid-inception PTH and --fid-stats NPZ (see docs/fid.md)"),
+    };
+    if lead && r.optim.warmup_steps > r.steps {
+        eprintln!(
+            "note: the warm-up ({} steps) is longer than the run ({} steps): the learning rate never reaches its peak",
+            r.optim.warmup_steps, r.steps
+        );
+    }
+    if args.eval_every == 0 {
+        for (given, flag) in [
+            (args.fid_inception.is_some(), "--fid-inception"),
+            (args.fid_stats.is_some(), "--fid-stats"),
+            (args.eval_count.is_some(), "--eval-count"),
+        ] {
+            if given && lead {
+                eprintln!("note: {flag} is for the online evaluation; without --eval-every N it does nothing");
+            }
+        }
+    }
     let is_resume = args.resume.is_some();
     let dir = match (lead, resumed) {
         (false, _) => None,
@@ -201,18 +231,6 @@ fn train(args: &TrainArgs, matches: &ArgMatches, world: &dyn Collective) -> Resu
         );
     }
 
-    // The online evaluation's network and reference, loaded (and checked) before training.
-    let evaluator = match (lead && args.eval_every > 0, &args.fid_inception, &args.fid_stats) {
-        (false, ..) => None,
-        (true, Some(w), Some(s)) => {
-            let n = args.eval_count.unwrap_or(10 * r.network.num_classes);
-            if n == 0 || !n.is_multiple_of(r.network.num_classes) {
-                refuse!("--eval-count {n} must be a positive multiple of the {} classes", r.network.num_classes);
-            }
-            Some((super::fid::load_inception(w, &device)?, Statistics::read(s)?, n))
-        }
-        (true, ..) => refuse!("--eval-every needs --fid-inception PTH and --fid-stats NPZ (see docs/fid.md)"),
-    };
     let part = rank * r.batch_size..(rank + 1) * r.batch_size;
     let threads = args.loader_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let loader = Loader::spawn(dataset, r.global_batch, part.clone(), r.seed, state.step, 4, threads)?;

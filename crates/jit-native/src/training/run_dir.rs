@@ -123,6 +123,12 @@ impl RunDir {
 
     /// An existing run folder (for `--resume`), locked; refused while another process holds it.
     pub fn open(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            refuse!("{} is a file; --resume takes a run's folder (the one holding {SETTINGS})", path.display());
+        }
+        if path.join(SETTINGS).exists() && !path.join(SETTINGS).is_file() {
+            refuse!("{} in {} is not a regular file; restore the run's settings file", SETTINGS, path.display());
+        }
         if !path.join(SETTINGS).is_file() {
             refuse!(
                 "{} is not a run folder (no {SETTINGS}); start a run with `train --out {}`",
