@@ -303,6 +303,26 @@ fn eval_bench_and_toy_write_over_nothing_and_check_their_numbers() {
         &["bench", "--backend", "cpu", "--loader", &folder, "--train-steps", "1"],
         "is a file, not an image folder",
     );
+    // --depth sizes the network of every bench mode; a flag of another mode gets a note.
+    let params = |extra: &[&str]| -> String {
+        let args = [&["bench", "--all-reduce", "--backend", "cpu", "--model", "JiT-T/4"][..], extra].concat();
+        let out = ok(&args);
+        stdout(&out).lines().last().unwrap().split('|').nth(2).unwrap().trim().to_string()
+    };
+    assert_ne!(params(&["--depth", "1"]), params(&[]), "--all-reduce measures the --depth network");
+    let out = ok(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--model",
+        "JiT-T/4",
+        "--train-steps",
+        "1",
+        "--no-sample",
+        "--loader-threads",
+        "2",
+    ]);
+    assert!(stderr(&out).contains("--loader-threads is for --loader"), "{}", stderr(&out));
     // The toy's outputs: an existing one needs --force.
     let out = tmp.path().join("toy");
     std::fs::create_dir_all(&out).unwrap();

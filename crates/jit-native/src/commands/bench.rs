@@ -131,8 +131,23 @@ fn rate(flops: f64, secs: f64, peak: Option<f64>) -> String {
     }
 }
 
+/// The measured network: preset `name` at the bench's image size, channels and classes, at
+/// `--depth` where given.
+fn model_config(a: &BenchArgs, name: &str) -> Result<JitConfig> {
+    let mut config = JitConfig::preset_unchecked(name, a.image_size, a.channels, a.num_classes)?;
+    if let Some(depth) = a.depth {
+        config.depth = depth;
+        config.in_context_start = config.in_context_start.min(depth - 1);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
 /// Runs `bench` and prints a Markdown table.
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.loader_threads.is_some() && a.loader.is_none() {
+        eprintln!("note: --loader-threads is for --loader DATA; without it it does nothing");
+    }
     if a.all_reduce {
         return dist::run_on_every_rank(|world| all_reduce(&a, world));
     }
@@ -168,12 +183,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let lanes = CpuLanes::new(&device);
     for name in &a.model {
-        let mut config = JitConfig::preset_unchecked(name, a.image_size, a.channels, a.num_classes)?;
-        if let Some(depth) = a.depth {
-            config.depth = depth;
-            config.in_context_start = config.in_context_start.min(depth - 1);
-        }
-        config.validate()?;
+        let config = model_config(&a, name)?;
         a.backend.memory_limit().check_training(&config, a.batch_size)?;
         a.backend.memory_limit().check(&config, 2 * a.sample_count)?;
         let model = Jit::new(&config, &device)?;
@@ -376,7 +386,7 @@ fn all_reduce(a: &BenchArgs, world: &dyn Collective) -> Result<()> {
         println!("|---|---|---|---|---|---|");
     }
     for name in &a.model {
-        let config = JitConfig::preset(name, a.image_size, a.channels, a.num_classes)?;
+        let config = model_config(a, name)?;
         let params = config.param_count() as usize;
         a.backend.memory_limit().check_bytes(format!("two gradient buffers of {name}"), 8 * params as u64)?;
         let mut buf = vec![1f32; params];
