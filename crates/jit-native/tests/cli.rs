@@ -7,7 +7,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use jit_core::checkpoint::{self, decode, parse};
 
 mod common;
-use common::{fails, losses, ok, stdout};
+use common::{fails, losses, ok, refused, stdout};
 
 const TINY: &[&str] = &[
     "train",
@@ -241,7 +241,8 @@ fn bad_input_gives_one_line_errors() {
     );
     fails(&["train", "--backend", "cpu", "--data", "imagenet", "--out", &p("r4")], "unknown dataset");
     fails(&["train", "--backend", "cpu", "--model", "JiT-Z/16", "--out", &p("r5")], "unknown model preset");
-    fails(&["sample", ckpt.to_str().unwrap(), "--backend", "cpu", "--class", "giraffe"], "unknown class");
+    refused(&["sample", ckpt.to_str().unwrap(), "--backend", "cpu", "--class", "giraffe"], "unknown class");
+    refused(&["sample", ckpt.to_str().unwrap(), "--backend", "cpu", "--class", "99"], "does not exist");
 
     // .pth files that are not JiT checkpoints.
     std::fs::write(p("text.pth"), "just some text").unwrap();

@@ -118,13 +118,13 @@ fn parse_classes(spec: &[String], names: &[String], k: usize) -> Result<Vec<i64>
             _ => {
                 if let Ok(i) = s.parse::<usize>() {
                     if i >= k {
-                        bail!("class {i} does not exist: the model has classes 0..{}", k - 1);
+                        refuse!("class {i} does not exist: the model has classes 0..{}", k - 1);
                     }
                     out.push(i as i64);
                 } else if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
                     out.push(i as i64);
                 } else {
-                    bail!("unknown class '{s}' (classes: {})", names.join(", "));
+                    refuse!("unknown class '{s}' (classes: {})", names.join(", "));
                 }
             }
         }
