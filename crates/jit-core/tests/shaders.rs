@@ -678,8 +678,10 @@ fn adamw_with_both_emas_matches_the_tensor_ops() {
 }
 
 /// Many tensors (more than one launch takes on lavapipe) of odd sizes, one over several cubes'
-/// chunks, with NaN and ±∞ at their ends, in their middles and at chunk borders: the kernel's
-/// count equals the reference's, and is 0 for finite values (f32::MAX included).
+/// chunks, with NaN and ±∞ at their ends, in their middles and at chunk borders: the kernel
+/// counts them exactly, and 0 for finite values (f32::MAX included). (The reference body's
+/// tensor ops are checked on the CPU, `fused.rs`: WGSL compilers may fold burn's `x ≠ x` NaN
+/// test away, which the kernel avoids by testing the bits.)
 #[test]
 fn non_finite_counts_nan_and_infinities_over_many_tensors() {
     let device = wgpu_device();
@@ -698,12 +700,10 @@ fn non_finite_counts_nan_and_infinities_over_many_tensors() {
     for (values, expected) in [(&finite, 0.0), (&spoiled, 6.0)] {
         let tensors: Vec<Tensor<1>> =
             values.iter().map(|v| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &device)).collect();
-        let reference = reference::non_finite(&tensors).into_scalar::<f32>();
         let before = ops::kernels_run();
         let ours = ops::non_finite(tensors).into_scalar::<f32>();
         // Read back first: under burn's fusion the kernel runs when its result is needed.
         assert!(ops::kernels_run() > before, "the kernel not taken");
-        assert_eq!(reference, expected, "the reference's count");
         assert_eq!(ours, expected, "the kernel's count");
     }
 }

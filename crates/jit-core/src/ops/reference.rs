@@ -487,6 +487,8 @@ pub fn adamw_ema_one<B: Backend>(param: T<B>, grad: T<B>, state: [T<B>; 4], f: &
 }
 
 /// How many values of `values` are NaN or ±∞, as a `[1]` f32 tensor on the first one's device.
+/// Exact on IEEE backends (the CPU); WGSL compilers may fold burn's `x ≠ x` NaN test away, so
+/// GPUs take the kernel, which tests the bits.
 pub fn non_finite(values: &[burn::tensor::Tensor<1>]) -> burn::tensor::Tensor<1> {
     let count = |t: &burn::tensor::Tensor<1>| t.clone().is_nan().float().sum().add(t.clone().is_inf().float().sum());
     let device = values.first().map(|t| t.device()).unwrap_or_default();
