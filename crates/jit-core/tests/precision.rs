@@ -136,10 +136,6 @@ fn an_f16_training_step_on_wgpu_follows_the_f32_step() {
 /// master weights stay f32, the loss, the weights and the EMA follow the f32 step's.
 fn training_step_follows_f32(device: &Device, dtype: FloatDType) {
     let device = device.clone();
-    let x = PortableRng::new(2).noise([4, 3, 16, 16], 0.5, &device).clamp(-1.0, 1.0);
-    let eps = PortableRng::new(4).noise([4, 3, 16, 16], 1.0, &device);
-    let t = Tensor::<1>::from_data(TensorData::new(vec![0.2f32, 0.5, 0.8, 0.9], [4]), &device);
-    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), &device);
     // Same initial weights and the same draws for both runs (explicit, not from the device RNG,
     // which other tests running in parallel also seed).
     let net0 = trained_like(&device);
@@ -149,13 +145,8 @@ fn training_step_follows_f32(device: &Device, dtype: FloatDType) {
             OptimConfig { lr: Some(1e-3), ..OptimConfig::default() },
             5,
         );
-        let ad = state.device();
-        let draw = StepNoise {
-            t: t.clone().to_device(&ad),
-            noise: eps.clone().to_device(&ad),
-            labels: y.clone().to_device(&ad),
-        };
-        let l = loss(&state.model, &DiffusionConfig::default(), x.clone().to_device(&ad), draw);
+        let (x, draw) = step_draws(&state.device());
+        let l = loss(&state.model, &DiffusionConfig::default(), x, draw);
         let value: f32 = l.clone().without_autodiff().into_scalar();
         state.apply(l, 4);
         let w = state.model.blocks[0].attn.qkv.weight.val();
