@@ -133,7 +133,7 @@ fn a_rank_killed_ends_the_run_and_the_last_checkpoint_resumes_exactly() {
     let whole = tmp.path().join("whole");
     // A constant learning rate: the schedule does not depend on --steps.
     let constant = ["--warmup-steps", "0", "--schedule", "constant"];
-    ok(&refs(&train_args(&whole, 8, &[&constant[..], &["--steps", "40", "--checkpoint-every", "40"]].concat())));
+    ok(&refs(&train_args(&whole, 8, &[&constant[..], &["--steps", "120", "--checkpoint-every", "120"]].concat())));
     let reference = losses(&whole);
     let run = tmp.path().join("killed");
     let job = Command::new("timeout")
@@ -167,7 +167,7 @@ fn a_rank_killed_ends_the_run_and_the_last_checkpoint_resumes_exactly() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Resume from the newest checkpoint (one process, same global batch) to step 40.
-    ok(&["train", "--backend", "cpu", "--resume", run.to_str().unwrap(), "--steps", "40"]);
+    ok(&["train", "--backend", "cpu", "--resume", run.to_str().unwrap(), "--steps", "120"]);
     // A step logged before the kill and again after the resume: the resumed one counts.
     let got: std::collections::BTreeMap<u64, f64> = losses(&run).into_iter().collect();
     assert_close_losses(&got.into_iter().collect::<Vec<_>>(), &reference, "killed and resumed");
